@@ -1,0 +1,182 @@
+//! The ACL engine: a pure function of (config, this machine, peer, request)
+//! to a decision with the reason a person can audit. No I/O, so it is
+//! property-tested against a naive reference evaluator.
+//!
+//! Semantics (DESIGN.md): default deny. A command rule decides, alone, for its
+//! command name; otherwise the machine's `allow_from` decides for any argv.
+//! An empty argv is a request for a shell, decided by `allow_shell` (which
+//! defaults to `allow_from`).
+
+use std::collections::BTreeSet;
+
+use crate::config::{ClusterConfig, Principal};
+use crate::identity::Id52;
+
+/// What a peer asks a machine to do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Request<'a> {
+    /// Run this argv; its first word may name a command rule.
+    Exec(&'a [String]),
+    /// An interactive shell on a PTY.
+    Shell,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    Allow(Grant),
+    Deny(String),
+}
+
+/// What an allowed request runs, and why it was allowed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Grant {
+    /// The argv to run: the request's own, or a command rule's expansion.
+    /// Empty for a shell.
+    pub argv: Vec<String>,
+    /// Run as this user; `None` means as the daemon's own user.
+    pub username: Option<String>,
+    pub reason: String,
+}
+
+impl Decision {
+    pub fn is_allowed(&self) -> bool {
+        matches!(self, Decision::Allow(_))
+    }
+
+    pub fn reason(&self) -> &str {
+        match self {
+            Decision::Allow(g) => &g.reason,
+            Decision::Deny(r) => r,
+        }
+    }
+}
+
+/// Decides whether `peer` may do `request` on the machine `host`.
+pub fn decide(config: &ClusterConfig, host: &Id52, peer: &Id52, request: Request) -> Decision {
+    let Some((alias, machine)) = config.machine_by_id52(host) else {
+        return Decision::Deny(
+            "this device is not listed as a machine of the cluster, so it runs nothing".into(),
+        );
+    };
+    match request {
+        Request::Shell => {
+            let (list, key) = match &machine.allow_shell {
+                Some(list) => (list, "allow_shell"),
+                None => (&machine.allow_from, "allow_from"),
+            };
+            match matching(config, list, peer) {
+                Some(p) => Decision::Allow(Grant {
+                    argv: Vec::new(),
+                    username: machine.username.clone(),
+                    reason: format!("shell allowed by machine.{alias}.{key} ({p})"),
+                }),
+                None => Decision::Deny(format!(
+                    "peer is not in machine.{alias}.{key}, so it may not open a shell"
+                )),
+            }
+        }
+        Request::Exec(argv) => {
+            let Some(first) = argv.first() else {
+                return Decision::Deny("empty command".into());
+            };
+            if let Some(rule) = machine.commands.get(first) {
+                let Some(p) = matching(config, &rule.allow_from, peer) else {
+                    return Decision::Deny(format!(
+                        "peer is not in machine.{alias}.command.{first}.allow_from"
+                    ));
+                };
+                if argv.len() > 1 && !rule.allow_args {
+                    return Decision::Deny(format!(
+                        "command rule {first:?} runs exactly its command; extra arguments need allow_args = true"
+                    ));
+                }
+                return Decision::Allow(Grant {
+                    argv: rule.argv.iter().chain(&argv[1..]).cloned().collect(),
+                    username: rule.username.clone().or_else(|| machine.username.clone()),
+                    reason: format!("command rule machine.{alias}.command.{first} allows {p}"),
+                });
+            }
+            match matching(config, &machine.allow_from, peer) {
+                Some(p) => Decision::Allow(Grant {
+                    argv: argv.to_vec(),
+                    username: machine.username.clone(),
+                    reason: format!("machine.{alias}.allow_from allows {p}"),
+                }),
+                None => Decision::Deny(format!(
+                    "peer is not in machine.{alias}.allow_from and no command rule named {first:?} allows it"
+                )),
+            }
+        }
+    }
+}
+
+/// Whether `peer` may download and upload the cluster config.
+pub fn may_edit_config(config: &ClusterConfig, peer: &Id52) -> Decision {
+    match matching(config, &config.config_editors, peer) {
+        Some(p) => Decision::Allow(Grant {
+            argv: Vec::new(),
+            username: None,
+            reason: format!("cluster-manager.config_editors allows {p}"),
+        }),
+        None => Decision::Deny("peer is not in cluster-manager.config_editors".into()),
+    }
+}
+
+/// The first principal of `list` that includes `peer`, if any.
+pub fn matching<'a>(
+    config: &ClusterConfig,
+    list: &'a [Principal],
+    peer: &Id52,
+) -> Option<&'a Principal> {
+    list.iter()
+        .find(|p| includes(config, p, peer, &mut BTreeSet::new()))
+}
+
+/// Whether `principal` includes `peer`. `visiting` guards against a cycle,
+/// which validation already refuses.
+fn includes<'a>(
+    config: &'a ClusterConfig,
+    principal: &'a Principal,
+    peer: &Id52,
+    visiting: &mut BTreeSet<&'a str>,
+) -> bool {
+    match principal {
+        Principal::Everyone => config.machines.values().any(|m| m.id52 == *peer),
+        Principal::Id52(id) => id == peer,
+        Principal::Machine(alias) => config.machines.get(alias).is_some_and(|m| m.id52 == *peer),
+        Principal::Group(name) => {
+            if !visiting.insert(name) {
+                return false;
+            }
+            let found = config
+                .groups
+                .get(name)
+                .is_some_and(|members| members.iter().any(|m| includes(config, m, peer, visiting)));
+            visiting.remove(name.as_str());
+            found
+        }
+    }
+}
+
+/// Every id52 a principal list stands for, with groups expanded: what
+/// personalization writes into a machine's groups.
+pub fn expand(config: &ClusterConfig, list: &[Principal]) -> BTreeSet<Id52> {
+    let mut out = BTreeSet::new();
+    let mut stack: Vec<&Principal> = list.iter().collect();
+    let mut seen_groups = BTreeSet::new();
+    while let Some(p) = stack.pop() {
+        match p {
+            Principal::Everyone => out.extend(config.machines.values().map(|m| m.id52)),
+            Principal::Id52(id) => {
+                out.insert(*id);
+            }
+            Principal::Machine(alias) => out.extend(config.machines.get(alias).map(|m| m.id52)),
+            Principal::Group(name) => {
+                if seen_groups.insert(name) {
+                    stack.extend(config.groups.get(name).into_iter().flatten());
+                }
+            }
+        }
+    }
+    out
+}

@@ -1,0 +1,90 @@
+//! The command line: clap definitions and dispatch. Each verb lives in its own
+//! file with an `Args` struct and a `run` that only turns arguments into
+//! library calls.
+
+use clap::{Parser, Subcommand};
+
+pub mod cluster;
+pub mod machine;
+pub mod rescan;
+pub mod status;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "malai",
+    version,
+    about = "Run commands on, and reach services of, your machines over an encrypted peer-to-peer network",
+    long_about = None,
+    allow_external_subcommands = true,
+    after_help = "Remote commands:\n  malai <machine>.<cluster> [--] <cmd> [args]...   run a command\n  malai <machine>.<cluster>                        open a shell\n  malai <alias> [args]...                          an alias from malai.toml"
+)]
+pub struct Cli {
+    /// Say more about what malai does (route taken, connections).
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    pub verbose: u8,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create and manage clusters this device manages.
+    #[command(subcommand)]
+    Cluster(cluster::ClusterCommand),
+    /// Join clusters as a machine.
+    #[command(subcommand)]
+    Machine(machine::MachineCommand),
+    /// Validate config files; without --check also apply them.
+    Rescan(rescan::Args),
+    /// Show clusters, roles, config versions and sync state.
+    Status(status::Args),
+    /// `malai <machine>.<cluster> cmd...` or `malai <alias> args...`.
+    #[command(external_subcommand)]
+    Remote(Vec<String>),
+}
+
+/// Runs the parsed command line; the result's error carries the exit code.
+pub fn run(cli: Cli) -> anyhow::Result<u8> {
+    match cli.command {
+        Command::Cluster(cmd) => cluster::run(cmd),
+        Command::Machine(cmd) => machine::run(cmd),
+        Command::Rescan(args) => rescan::run(args),
+        Command::Status(args) => status::run(args),
+        Command::Remote(words) => Err(crate::exit::Failure::new(
+            crate::exit::EXEC_FAILED,
+            format!("remote exec is not built yet ({})", words.join(" ")),
+        )
+        .into()),
+    }
+}
+
+/// Prints one JSON object on stdout.
+pub fn print_json(value: &serde_json::Value) {
+    println!(
+        "{}",
+        serde_json::to_string_pretty(value).expect("JSON serializes")
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn every_subcommand_is_a_reserved_word() {
+        for sub in Cli::command().get_subcommands() {
+            assert!(
+                crate::config::local::RESERVED_WORDS.contains(&sub.get_name()),
+                "{} must be in RESERVED_WORDS so no alias shadows it",
+                sub.get_name()
+            );
+        }
+    }
+}

@@ -1,0 +1,43 @@
+//! `malai rescan [<cluster>] [--check]`: validate every cluster directory and
+//! malai.toml, listing every error; without --check also apply what changed.
+
+use crate::config::Diagnostics;
+use crate::home::{self, Home, Role};
+use crate::state::CmState;
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Only this cluster (default: all).
+    pub cluster: Option<String>,
+    /// Only validate; change nothing.
+    #[arg(long)]
+    pub check: bool,
+}
+
+pub fn run(args: Args) -> anyhow::Result<u8> {
+    let home = Home::resolve()?;
+    let (_, clusters, diags) = home::load_all(&home, args.cluster.as_deref());
+    if !args.check {
+        for c in clusters.iter().filter(|c| c.role == Role::ClusterManager) {
+            let path = c.state_path();
+            let mut state = CmState::load(&path)?;
+            let old = state.version;
+            if state.reconcile(&c.config_hash()) {
+                state.save(&path)?;
+                eprintln!("{}: config version {old} -> {}", c.alias, state.version);
+            }
+        }
+    }
+    for c in &clusters {
+        eprintln!("{}: ok ({})", c.alias, c.role.as_str());
+    }
+    if diags.is_empty() {
+        Ok(crate::exit::OK)
+    } else {
+        Err(invalid(diags))
+    }
+}
+
+fn invalid(diags: Diagnostics) -> anyhow::Error {
+    anyhow::Error::new(diags).context("invalid configuration")
+}

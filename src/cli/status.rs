@@ -1,0 +1,21 @@
+//! `malai status [--json]`: clusters, roles, config versions and sync state.
+
+use crate::home::Home;
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Print one JSON object on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn run(args: Args) -> anyhow::Result<u8> {
+    let home = Home::resolve()?;
+    let status = crate::status::from_files(&home)?;
+    if args.json {
+        super::print_json(&serde_json::to_value(&status)?);
+    } else {
+        print!("{}", crate::status::render(&status));
+    }
+    Ok(crate::exit::OK)
+}

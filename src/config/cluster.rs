@@ -1,0 +1,454 @@
+//! `cluster.toml` (the CM's master config) and `machine.toml` (what a machine
+//! receives from its CM) share one schema: parsed by serde with unknown keys
+//! refused, then validated into a `ClusterConfig` whose every error points at
+//! `file:line:column`.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::SocketAddr;
+use std::path::Path;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use super::diag::{Diagnostic, Diagnostics, Source};
+use super::names::{Principal, looks_like_id52, name_error, split_list, username_ok};
+use crate::identity::Id52;
+
+/// Which of the two files is being read: they differ only in the `[received]`
+/// table, which a machine.toml must have and a cluster.toml must not.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FileKind {
+    Cluster,
+    Machine,
+}
+
+/// A validated cluster.toml or machine.toml.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterConfig {
+    pub cluster_manager: Id52,
+    /// Address hints for the CM, so machines can reach it without discovery.
+    pub cm_addrs: Vec<SocketAddr>,
+    pub config_editors: Vec<Principal>,
+    pub machines: BTreeMap<String, Machine>,
+    pub groups: BTreeMap<String, Vec<Principal>>,
+    /// machine.toml only: the version the CM signed this file as.
+    pub received_version: Option<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Machine {
+    pub id52: Id52,
+    pub addrs: Vec<SocketAddr>,
+    /// Who may run any argv here; empty (the default) denies everyone.
+    pub allow_from: Vec<Principal>,
+    /// Who may open a shell; `None` means the same as `allow_from`.
+    pub allow_shell: Option<Vec<Principal>>,
+    pub username: Option<String>,
+    pub commands: BTreeMap<String, CommandRule>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CommandRule {
+    /// The text as written, kept so personalization can write it back.
+    pub command: String,
+    pub argv: Vec<String>,
+    pub allow_from: Vec<Principal>,
+    pub username: Option<String>,
+    pub allow_args: bool,
+}
+
+impl ClusterConfig {
+    pub fn machine_by_id52(&self, id: &Id52) -> Option<(&str, &Machine)> {
+        self.machines
+            .iter()
+            .find(|(_, m)| m.id52 == *id)
+            .map(|(alias, m)| (alias.as_str(), m))
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFile {
+    #[serde(rename = "cluster-manager")]
+    cluster_manager: Option<Spanned<RawClusterManager>>,
+    #[serde(default)]
+    machine: BTreeMap<Spanned<String>, RawMachine>,
+    #[serde(default)]
+    group: BTreeMap<Spanned<String>, RawGroup>,
+    received: Option<Spanned<RawReceived>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawClusterManager {
+    id52: Spanned<String>,
+    #[serde(default)]
+    addrs: Vec<Spanned<String>>,
+    config_editors: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMachine {
+    id52: Spanned<String>,
+    #[serde(default)]
+    addrs: Vec<Spanned<String>>,
+    allow_from: Option<Spanned<String>>,
+    allow_shell: Option<Spanned<String>>,
+    username: Option<Spanned<String>>,
+    #[serde(default)]
+    command: BTreeMap<Spanned<String>, RawCommand>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCommand {
+    command: Spanned<String>,
+    allow_from: Option<Spanned<String>>,
+    username: Option<Spanned<String>>,
+    #[serde(default)]
+    allow_args: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawGroup {
+    members: Spanned<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawReceived {
+    version: u64,
+}
+
+/// Parses and validates the text of a cluster.toml or machine.toml.
+pub fn parse(path: &Path, text: &str, kind: FileKind) -> Result<ClusterConfig, Diagnostics> {
+    let src = Source::new(path, text);
+    let raw: RawFile = toml::from_str(text).map_err(|e| Diagnostics(vec![src.from_toml(&e)]))?;
+    Validator {
+        src: &src,
+        diags: Vec::new(),
+        machines: raw.machine.keys().map(|k| k.get_ref().clone()).collect(),
+        groups: raw.group.keys().map(|k| k.get_ref().clone()).collect(),
+    }
+    .run(raw, kind)
+}
+
+struct Validator<'a> {
+    src: &'a Source<'a>,
+    diags: Vec<Diagnostic>,
+    machines: BTreeSet<String>,
+    groups: BTreeSet<String>,
+}
+
+impl Validator<'_> {
+    fn err(&mut self, span: std::ops::Range<usize>, message: impl Into<String>, help: &str) {
+        self.diags.push(self.src.diag(span, message, help));
+    }
+
+    fn run(mut self, raw: RawFile, kind: FileKind) -> Result<ClusterConfig, Diagnostics> {
+        let received_version = match (kind, &raw.received) {
+            (FileKind::Cluster, Some(r)) => {
+                self.err(
+                    r.span(),
+                    "a [received] table belongs only in a machine.toml sent by the cluster manager",
+                    "remove the [received] table from cluster.toml",
+                );
+                None
+            }
+            (FileKind::Cluster, None) => None,
+            (FileKind::Machine, Some(r)) => Some(r.get_ref().version),
+            (FileKind::Machine, None) => {
+                self.err(
+                    0..0,
+                    "machine.toml has no [received] table with the version the cluster manager sent",
+                    "do not edit machine.toml by hand: delete it and let the cluster manager send it again",
+                );
+                None
+            }
+        };
+
+        let (cluster_manager, cm_addrs, config_editors) = match &raw.cluster_manager {
+            None => {
+                self.err(
+                    0..0,
+                    "missing [cluster-manager] table",
+                    "add [cluster-manager] with id52 = \"<the cluster manager's id52>\"",
+                );
+                (None, Vec::new(), Vec::new())
+            }
+            Some(cm) => {
+                let cm = cm.get_ref();
+                let id = self.id52(&cm.id52, "the cluster manager's id52");
+                let addrs = self.addrs(&cm.addrs);
+                let editors = cm
+                    .config_editors
+                    .as_ref()
+                    .map(|l| self.principals(l))
+                    .unwrap_or_default();
+                (id, addrs, editors)
+            }
+        };
+
+        for name in raw.group.keys() {
+            if let Some(why) = name_error(name.get_ref()) {
+                self.err(
+                    name.span(),
+                    format!("invalid group name {:?}: {why}", name.get_ref()),
+                    "rename the group",
+                );
+            }
+            if self.machines.contains(name.get_ref()) {
+                self.err(
+                    name.span(),
+                    format!("group {:?} has the same name as a machine, so a principal of that name would be ambiguous", name.get_ref()),
+                    "rename the group or the machine",
+                );
+            }
+        }
+        let mut groups = BTreeMap::new();
+        let mut member_spans = HashMap::new();
+        for (name, group) in &raw.group {
+            groups.insert(name.get_ref().clone(), self.principals(&group.members));
+            member_spans.insert(name.get_ref().clone(), group.members.span());
+        }
+        self.check_cycles(&groups, &member_spans);
+
+        let mut machines = BTreeMap::new();
+        let mut seen_ids: HashMap<Id52, String> = HashMap::new();
+        for (alias, m) in &raw.machine {
+            if let Some(why) = name_error(alias.get_ref()) {
+                self.err(
+                    alias.span(),
+                    format!("invalid machine alias {:?}: {why}", alias.get_ref()),
+                    "rename the machine",
+                );
+            }
+            let id = self.id52(&m.id52, "a machine's id52");
+            if let Some(id) = id {
+                if let Some(first) = seen_ids.get(&id) {
+                    self.err(
+                        m.id52.span(),
+                        format!("id52 {id} is already the id52 of machine {first:?}"),
+                        "each device has one id52 per cluster: remove one of the two entries",
+                    );
+                } else {
+                    seen_ids.insert(id, alias.get_ref().clone());
+                }
+            }
+            if let Some(machine) = self.machine(id, m) {
+                machines.insert(alias.get_ref().clone(), machine);
+            }
+        }
+
+        if !self.diags.is_empty() {
+            return Err(Diagnostics(self.diags));
+        }
+        Ok(ClusterConfig {
+            cluster_manager: cluster_manager.expect("no diagnostics means the CM id52 parsed"),
+            cm_addrs,
+            config_editors,
+            machines,
+            groups,
+            received_version,
+        })
+    }
+
+    /// Validates the rules of one machine; `None` when its id52 did not parse.
+    fn machine(&mut self, id52: Option<Id52>, m: &RawMachine) -> Option<Machine> {
+        let addrs = self.addrs(&m.addrs);
+        let allow_from = m
+            .allow_from
+            .as_ref()
+            .map(|l| self.principals(l))
+            .unwrap_or_default();
+        let allow_shell = m.allow_shell.as_ref().map(|l| self.principals(l));
+        let username = m.username.as_ref().and_then(|u| self.username(u));
+        let mut commands = BTreeMap::new();
+        for (name, c) in &m.command {
+            if let Some(why) = name_error(name.get_ref()) {
+                self.err(
+                    name.span(),
+                    format!("invalid command name {:?}: {why}", name.get_ref()),
+                    "rename the command rule",
+                );
+            }
+            let argv = match shell_words::split(c.command.get_ref()) {
+                Ok(argv) if argv.is_empty() => {
+                    self.err(c.command.span(), format!("command rule {:?} has an empty command", name.get_ref()), "write the program and its arguments, e.g. command = \"systemctl restart nginx\"");
+                    Vec::new()
+                }
+                Ok(argv) => argv,
+                Err(e) => {
+                    self.err(c.command.span(), format!("command rule {:?}: cannot split the command into arguments: {e}", name.get_ref()), "close every quote; the command is split like a shell would, but never run by one");
+                    Vec::new()
+                }
+            };
+            let allow_from = match &c.allow_from {
+                Some(l) => self.principals(l),
+                None => {
+                    self.err(
+                        name.span(),
+                        format!(
+                            "command rule {:?} has no allow_from, so nobody could run it",
+                            name.get_ref()
+                        ),
+                        "add allow_from = \"<group or machine>\" to the rule",
+                    );
+                    Vec::new()
+                }
+            };
+            let username = c.username.as_ref().and_then(|u| self.username(u));
+            commands.insert(
+                name.get_ref().clone(),
+                CommandRule {
+                    command: c.command.get_ref().clone(),
+                    argv,
+                    allow_from,
+                    username,
+                    allow_args: c.allow_args,
+                },
+            );
+        }
+        Some(Machine {
+            id52: id52?,
+            addrs,
+            allow_from,
+            allow_shell,
+            username,
+            commands,
+        })
+    }
+
+    fn id52(&mut self, text: &Spanned<String>, what: &str) -> Option<Id52> {
+        match text.get_ref().parse::<Id52>() {
+            Ok(id) => Some(id),
+            Err(e) => {
+                self.err(
+                    text.span(),
+                    format!("malformed id52 {:?} for {what}: {e}", text.get_ref()),
+                    "copy the id52 exactly as `malai machine init` or `malai cluster init` printed it",
+                );
+                None
+            }
+        }
+    }
+
+    fn addrs(&mut self, addrs: &[Spanned<String>]) -> Vec<SocketAddr> {
+        let mut out = Vec::new();
+        for a in addrs {
+            match a.get_ref().parse::<SocketAddr>() {
+                Ok(addr) => out.push(addr),
+                Err(_) => self.err(
+                    a.span(),
+                    format!("{:?} is not an IP:PORT address", a.get_ref()),
+                    "write addresses like \"192.0.2.10:7700\" or \"[2001:db8::1]:7700\"",
+                ),
+            }
+        }
+        out
+    }
+
+    fn username(&mut self, u: &Spanned<String>) -> Option<String> {
+        if username_ok(u.get_ref()) {
+            Some(u.get_ref().clone())
+        } else {
+            self.err(
+                u.span(),
+                format!("{:?} is not a valid Unix user name", u.get_ref()),
+                "use a lowercase name such as \"www-data\" or \"root\"",
+            );
+            None
+        }
+    }
+
+    fn principals(&mut self, list: &Spanned<String>) -> Vec<Principal> {
+        let mut out = Vec::new();
+        for (offset, item) in split_list(list.get_ref()) {
+            let span = self.src.sub_span(&list.span(), offset, item.len().max(1));
+            if item.is_empty() {
+                self.err(
+                    span,
+                    "empty entry in a principal list",
+                    "remove the extra comma",
+                );
+            } else if item == "*" {
+                out.push(Principal::Everyone);
+            } else if self.groups.contains(item) {
+                out.push(Principal::Group(item.to_owned()));
+            } else if self.machines.contains(item) {
+                out.push(Principal::Machine(item.to_owned()));
+            } else if looks_like_id52(item) {
+                match item.parse::<Id52>() {
+                    Ok(id) => out.push(Principal::Id52(id)),
+                    Err(e) => self.err(
+                        span,
+                        format!("malformed id52 {item:?}: {e}"),
+                        "copy the id52 exactly as `malai machine init` printed it",
+                    ),
+                }
+            } else {
+                self.err(
+                    span,
+                    format!("unknown principal {item:?}: not a machine alias, a group or an id52"),
+                    "define [group.NAME] or [machine.NAME] with that name, or fix the spelling",
+                );
+            }
+        }
+        out
+    }
+
+    fn check_cycles(
+        &mut self,
+        groups: &BTreeMap<String, Vec<Principal>>,
+        spans: &HashMap<String, std::ops::Range<usize>>,
+    ) {
+        let mut reported: BTreeSet<BTreeSet<String>> = BTreeSet::new();
+        let mut acyclic = BTreeSet::new();
+        for start in groups.keys() {
+            let mut path = vec![start.clone()];
+            if let Some(cycle) = find_cycle(groups, &mut path, &mut acyclic)
+                && reported.insert(cycle.iter().cloned().collect())
+            {
+                let head = &cycle[0];
+                self.err(
+                    spans[head].clone(),
+                    format!("group cycle: {}", cycle.join(" -> ")),
+                    "remove one of these memberships; a group cannot contain itself",
+                );
+            }
+        }
+    }
+}
+
+/// Depth-first search for a cycle reachable from the last group of `path`;
+/// returns it as a closed path (`a -> b -> a`). `acyclic` remembers groups
+/// already fully explored without finding one, so each is walked once.
+fn find_cycle(
+    groups: &BTreeMap<String, Vec<Principal>>,
+    path: &mut Vec<String>,
+    acyclic: &mut BTreeSet<String>,
+) -> Option<Vec<String>> {
+    let current = path.last().expect("path is never empty").clone();
+    for member in groups.get(&current).into_iter().flatten() {
+        let Principal::Group(next) = member else {
+            continue;
+        };
+        if let Some(pos) = path.iter().position(|g| g == next) {
+            let mut cycle = path[pos..].to_vec();
+            cycle.push(next.clone());
+            return Some(cycle);
+        }
+        if acyclic.contains(next) {
+            continue;
+        }
+        path.push(next.clone());
+        if let Some(c) = find_cycle(groups, path, acyclic) {
+            return Some(c);
+        }
+        path.pop();
+    }
+    acyclic.insert(current);
+    None
+}

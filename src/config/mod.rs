@@ -1,0 +1,12 @@
+//! Config files: the shared diagnostics, the cluster.toml / machine.toml
+//! schema, malai.toml, and the grammars of names and principals.
+
+pub mod cluster;
+pub mod diag;
+pub mod local;
+pub mod names;
+
+pub use cluster::{ClusterConfig, CommandRule, FileKind, Machine};
+pub use diag::{Diagnostic, Diagnostics};
+pub use local::{LocalConfig, NetworkSettings, Relay};
+pub use names::Principal;

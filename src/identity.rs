@@ -1,0 +1,225 @@
+//! Identities: one ed25519 secret key per cluster a device takes part in,
+//! stored in `identity.key`, and the id52 text of its public key, which is the
+//! only name the network knows.
+
+use std::fmt;
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use crate::fsutil;
+
+/// The 52-character z-base-32 text of an ed25519 public key: the canonical,
+/// case-sensitive address of a device in a cluster.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Id52(iroh::PublicKey);
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum Id52Error {
+    #[error("an id52 is 52 characters long, this is {0}")]
+    Length(usize),
+    #[error("an id52 is lowercase z-base-32 (letters and the digits 1, 3-9), found {0:?}")]
+    Alphabet(char),
+    #[error("not the public key of an ed25519 identity")]
+    NotAKey,
+}
+
+impl Id52 {
+    pub fn public_key(&self) -> iroh::PublicKey {
+        self.0
+    }
+
+    pub fn from_public_key(key: iroh::PublicKey) -> Self {
+        Id52(key)
+    }
+
+    /// Verifies `signature` over `message` by this identity.
+    pub fn verify(&self, message: &[u8], signature: &[u8; 64]) -> bool {
+        let signature = iroh::Signature::from_bytes(signature);
+        self.0.verify(message, &signature).is_ok()
+    }
+}
+
+impl FromStr for Id52 {
+    type Err = Id52Error;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        const ALPHABET: &str = "ybndrfg8ejkmcpqxot1uwisza345h769";
+        if let Some(c) = s.chars().find(|c| !ALPHABET.contains(*c)) {
+            return Err(Id52Error::Alphabet(c));
+        }
+        if s.len() != 52 {
+            return Err(Id52Error::Length(s.len()));
+        }
+        let key = iroh::PublicKey::from_z32(s).map_err(|_| Id52Error::NotAKey)?;
+        // 52 characters carry 260 bits for 256: the canonical text is the one
+        // the key prints as, so that matching on text is exact.
+        if key.to_z32() != s {
+            return Err(Id52Error::NotAKey);
+        }
+        Ok(Id52(key))
+    }
+}
+
+impl fmt::Display for Id52 {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0.to_z32())
+    }
+}
+
+impl fmt::Debug for Id52 {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Id52({self})")
+    }
+}
+
+/// A device's secret key for one cluster.
+#[derive(Clone)]
+pub struct Identity {
+    secret: iroh::SecretKey,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum KeyFileError {
+    #[error(
+        "{path}: key file is readable by group or others (mode {mode:04o}); fix: chmod 600 {path}"
+    )]
+    TooOpen { path: PathBuf, mode: u32 },
+    #[error(
+        "{path}: not a malai identity key (expected 64 hex characters); restore it from a backup or create a new identity"
+    )]
+    Malformed { path: PathBuf },
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl Identity {
+    pub fn generate() -> Self {
+        Identity {
+            secret: iroh::SecretKey::generate(),
+        }
+    }
+
+    pub fn id52(&self) -> Id52 {
+        Id52(self.secret.public())
+    }
+
+    pub fn secret_key(&self) -> &iroh::SecretKey {
+        &self.secret
+    }
+
+    pub fn sign(&self, message: &[u8]) -> [u8; 64] {
+        self.secret.sign(message).to_bytes()
+    }
+
+    /// Reads a key file, refusing one that group or others may read.
+    pub fn load(path: &Path) -> Result<Self, KeyFileError> {
+        let io = |source| KeyFileError::Io {
+            path: path.to_owned(),
+            source,
+        };
+        let mode = fs::metadata(path).map_err(io)?.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            return Err(KeyFileError::TooOpen {
+                path: path.to_owned(),
+                mode,
+            });
+        }
+        let text = fs::read_to_string(path).map_err(io)?;
+        let malformed = || KeyFileError::Malformed {
+            path: path.to_owned(),
+        };
+        let bytes = data_encoding::HEXLOWER_PERMISSIVE
+            .decode(text.trim().as_bytes())
+            .map_err(|_| malformed())?;
+        let bytes: [u8; 32] = bytes.try_into().map_err(|_| malformed())?;
+        Ok(Identity {
+            secret: iroh::SecretKey::from_bytes(&bytes),
+        })
+    }
+
+    /// Writes the key file atomically with mode 0600, whatever the umask.
+    pub fn store(&self, path: &Path) -> Result<(), KeyFileError> {
+        let mut text = data_encoding::HEXLOWER.encode(&self.secret.to_bytes());
+        text.push('\n');
+        fsutil::write_atomic(path, text.as_bytes(), 0o600).map_err(|source| KeyFileError::Io {
+            path: path.to_owned(),
+            source,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn id52_round_trips_and_matches_iroh() {
+        let id = Identity::generate();
+        let text = id.id52().to_string();
+        assert_eq!(text.len(), 52);
+        assert_eq!(text, id.secret_key().public().to_z32());
+        assert_eq!(text.parse::<Id52>().unwrap(), id.id52());
+    }
+
+    #[test]
+    fn id52_rejects_bad_text() {
+        let good = Identity::generate().id52().to_string();
+        assert!(matches!(
+            good[..51].parse::<Id52>(),
+            Err(Id52Error::Length(51))
+        ));
+        assert!(matches!(
+            good.to_uppercase().parse::<Id52>(),
+            Err(Id52Error::Alphabet(_))
+        ));
+        assert!(matches!(
+            format!("{}0", &good[..51]).parse::<Id52>(),
+            Err(Id52Error::Alphabet('0'))
+        ));
+    }
+
+    #[test]
+    fn signatures_verify_only_for_their_key() {
+        let a = Identity::generate();
+        let b = Identity::generate();
+        let sig = a.sign(b"config");
+        assert!(a.id52().verify(b"config", &sig));
+        assert!(!a.id52().verify(b"other", &sig));
+        assert!(!b.id52().verify(b"config", &sig));
+    }
+
+    proptest! {
+        #[test]
+        fn any_key_round_trips(bytes in any::<[u8; 32]>()) {
+            let id = Identity { secret: iroh::SecretKey::from_bytes(&bytes) };
+            let text = id.id52().to_string();
+            prop_assert_eq!(text.parse::<Id52>().unwrap(), id.id52());
+        }
+
+        #[test]
+        fn parser_never_panics(s in "\\PC{0,60}") {
+            let _ = s.parse::<Id52>();
+        }
+    }
+
+    #[test]
+    fn key_file_round_trip_and_mode_check() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("identity.key");
+        let id = Identity::generate();
+        id.store(&path).unwrap();
+        assert_eq!(Identity::load(&path).unwrap().id52(), id.id52());
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();
+        let err = Identity::load(&path).err().expect("0644 must be refused");
+        let msg = err.to_string();
+        assert!(msg.contains("chmod 600"), "{msg}");
+        assert!(msg.contains("identity.key"), "{msg}");
+    }
+}

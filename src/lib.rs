@@ -1,0 +1,15 @@
+//! malai: run commands on, and reach services of, a fleet of machines over an
+//! encrypted peer-to-peer network. The binary is a thin shell over this
+//! library, so that tests reach every module.
+
+pub mod acl;
+pub mod cli;
+pub mod config;
+pub mod exit;
+pub mod fsutil;
+pub mod home;
+pub mod identity;
+pub mod personalize;
+pub mod state;
+pub mod status;
+pub mod target;

@@ -1,0 +1,74 @@
+//! `state.json` on a cluster manager: the config version (a counter that only
+//! goes up, bumped whenever cluster.toml's bytes change) and what each
+//! machine has acknowledged.
+
+use std::collections::BTreeMap;
+use std::io::ErrorKind;
+use std::path::Path;
+
+use anyhow::Context;
+use serde::{Deserialize, Serialize};
+
+use crate::fsutil;
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CmState {
+    /// Version of the config whose hash is `hash`.
+    pub version: u64,
+    /// blake3 (hex) of the cluster.toml bytes that `version` names.
+    pub hash: String,
+    /// Per machine alias: its sync state.
+    #[serde(default)]
+    pub machines: BTreeMap<String, MachineSync>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MachineSync {
+    pub id52: String,
+    /// The highest version the machine has acknowledged (0: none yet).
+    pub acked_version: u64,
+    /// Unix seconds of the last successful exchange with the machine.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_contact: Option<u64>,
+    /// Unix seconds since which pushes have failed, and why.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unreachable_since: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+}
+
+impl CmState {
+    pub fn load(path: &Path) -> anyhow::Result<CmState> {
+        match std::fs::read(path) {
+            Ok(bytes) => serde_json::from_slice(&bytes)
+                .with_context(|| format!("{}: not a valid malai state file", path.display())),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(CmState::default()),
+            Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+        }
+    }
+
+    pub fn save(&self, path: &Path) -> anyhow::Result<()> {
+        let mut bytes = serde_json::to_vec_pretty(self).expect("state serializes");
+        bytes.push(b'\n');
+        fsutil::write_atomic(path, &bytes, 0o644)
+            .with_context(|| format!("writing {}", path.display()))
+    }
+
+    /// Makes `version` name the config with `hash`: bumps it when the bytes
+    /// changed. Returns whether it did.
+    pub fn reconcile(&mut self, hash: &str) -> bool {
+        if self.hash == hash {
+            return false;
+        }
+        self.version += 1;
+        self.hash = hash.to_owned();
+        true
+    }
+}
+
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}

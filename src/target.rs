@@ -1,0 +1,113 @@
+//! What the first word of `malai <word> ...` means: a `machine.cluster`
+//! target, or an alias from malai.toml that expands to one.
+
+use std::fmt;
+
+use crate::config::LocalConfig;
+use crate::config::names::name_error;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    pub machine: String,
+    pub cluster: String,
+}
+
+impl Target {
+    pub fn parse(text: &str) -> Result<Target, String> {
+        let Some((machine, cluster)) = text.split_once('.') else {
+            return Err("expected MACHINE.CLUSTER, e.g. web01.company".into());
+        };
+        for (what, name) in [("machine", machine), ("cluster", cluster)] {
+            if let Some(why) = name_error(name) {
+                return Err(format!("bad {what} name {name:?}: {why}"));
+            }
+        }
+        Ok(Target {
+            machine: machine.to_owned(),
+            cluster: cluster.to_owned(),
+        })
+    }
+}
+
+impl fmt::Display for Target {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}.{}", self.machine, self.cluster)
+    }
+}
+
+/// A remote command as the user asked for it: where, and the argv to run
+/// (empty for an interactive shell).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Invocation {
+    pub target: Target,
+    pub argv: Vec<String>,
+}
+
+/// Resolves `malai <words>...`: an alias expands to its words with the
+/// user's arguments appended; otherwise the first word must be a target.
+/// A leading `--` among the arguments is dropped, as ssh users expect.
+pub fn resolve(local: &LocalConfig, words: &[String]) -> Result<Invocation, String> {
+    let (first, rest) = words
+        .split_first()
+        .ok_or_else(|| "no target given".to_string())?;
+    let expanded: Vec<String> = match local.aliases.get(first) {
+        Some(alias) => alias.iter().chain(rest).cloned().collect(),
+        None => words.to_vec(),
+    };
+    let target = Target::parse(&expanded[0]).map_err(|e| {
+        if local.aliases.contains_key(first) {
+            format!("alias {first:?}: {e}")
+        } else {
+            format!("{first:?} is neither a subcommand, an alias in malai.toml nor a target: {e}")
+        }
+    })?;
+    let mut argv = expanded[1..].to_vec();
+    if argv.first().is_some_and(|a| a == "--") {
+        argv.remove(0);
+    }
+    Ok(Invocation { target, argv })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn words(s: &str) -> Vec<String> {
+        s.split_whitespace().map(String::from).collect()
+    }
+
+    #[test]
+    fn target_parsing() {
+        assert_eq!(
+            Target::parse("web01.company").unwrap(),
+            Target {
+                machine: "web01".into(),
+                cluster: "company".into()
+            }
+        );
+        assert!(Target::parse("web01").is_err());
+        assert!(Target::parse("a.b.c").is_err());
+        assert!(Target::parse(".company").is_err());
+    }
+
+    #[test]
+    fn alias_appends_arguments() {
+        let mut local = LocalConfig::default();
+        local
+            .aliases
+            .insert("web".into(), words("web01.company ps aux"));
+        let inv = resolve(&local, &words("web -ef")).unwrap();
+        assert_eq!(inv.target.to_string(), "web01.company");
+        assert_eq!(inv.argv, words("ps aux -ef"));
+    }
+
+    #[test]
+    fn plain_target_and_double_dash() {
+        let local = LocalConfig::default();
+        let inv = resolve(&local, &words("db.x -- ls -l")).unwrap();
+        assert_eq!(inv.argv, words("ls -l"));
+        let shell = resolve(&local, &words("db.x")).unwrap();
+        assert!(shell.argv.is_empty());
+        assert!(resolve(&local, &words("nothing")).is_err());
+    }
+}
