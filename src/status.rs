@@ -168,10 +168,10 @@ pub fn render(status: &Status) -> String {
         if let Some(id) = &c.id52 {
             let _ = writeln!(out, "  id52: {id}");
         }
-        if c.role == "machine" || c.role == "waiting" {
-            if let Some(cm) = &c.cluster_manager {
-                let _ = writeln!(out, "  cluster manager: {cm}");
-            }
+        if let Some(cm) = &c.cluster_manager
+            && (c.role == "machine" || c.role == "waiting")
+        {
+            let _ = writeln!(out, "  cluster manager: {cm}");
         }
         if let Some(e) = &c.error {
             for line in e.lines() {

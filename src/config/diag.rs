@@ -107,6 +107,8 @@ impl<'a> Source<'a> {
         let message = err.message().trim_end().to_owned();
         let help = if message.contains("unknown field") {
             "remove or rename the key; see the list of expected keys above"
+        } else if message.contains("duplicate key") {
+            "each key and each [table] appears once: rename or merge the second one"
         } else if message.contains("missing field") {
             "add the missing key to this table"
         } else {
