@@ -4,8 +4,8 @@
 //!
 //! Semantics (DESIGN.md): default deny. A command rule decides, alone, for its
 //! command name; otherwise the machine's `allow_from` decides for any argv.
-//! An empty argv is a request for a shell, decided by `allow_shell` (which
-//! defaults to `allow_from`).
+//! A shell (`Request::Shell`) is decided by `allow_shell`, which defaults to
+//! `allow_from`; an empty argv is denied.
 
 use std::collections::BTreeSet;
 

@@ -199,6 +199,16 @@ impl Validator<'_> {
                     "rename the group",
                 );
             }
+            if looks_like_id52(name.get_ref()) {
+                self.err(
+                    name.span(),
+                    format!(
+                        "group name {:?} looks like an id52, so it would shadow one",
+                        name.get_ref()
+                    ),
+                    "choose a shorter group name",
+                );
+            }
             if self.machines.contains(name.get_ref()) {
                 self.err(
                     name.span(),
