@@ -80,6 +80,13 @@ pub struct Identity {
     secret: iroh::SecretKey,
 }
 
+/// Prints only the public half, so a key never lands in a log.
+impl fmt::Debug for Identity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Identity({})", self.id52())
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum KeyFileError {
     #[error(

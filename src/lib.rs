@@ -5,11 +5,15 @@
 pub mod acl;
 pub mod cli;
 pub mod config;
+pub mod daemon;
+pub mod exec;
 pub mod exit;
 pub mod fsutil;
 pub mod home;
 pub mod identity;
+pub mod p2p;
 pub mod personalize;
 pub mod state;
 pub mod status;
+pub mod sync;
 pub mod target;

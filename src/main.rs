@@ -5,6 +5,7 @@ use clap::Parser;
 
 fn main() -> std::process::ExitCode {
     let cli = malai::cli::Cli::parse();
+    malai::cli::init_logging(&cli);
     let code = match malai::cli::run(cli) {
         Ok(code) => code,
         Err(err) => {

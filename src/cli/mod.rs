@@ -5,8 +5,10 @@
 use clap::{Parser, Subcommand};
 
 pub mod cluster;
+pub mod daemon;
 pub mod machine;
 pub mod rescan;
+pub mod route;
 pub mod status;
 
 #[derive(Debug, Parser)]
@@ -35,6 +37,8 @@ pub enum Command {
     /// Join clusters as a machine.
     #[command(subcommand)]
     Machine(machine::MachineCommand),
+    /// Run the daemon in the foreground (as systemd does).
+    Daemon(daemon::Args),
     /// Validate config files; without --check also apply them.
     Rescan(rescan::Args),
     /// Show clusters, roles, config versions and sync state.
@@ -49,14 +53,37 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
     match cli.command {
         Command::Cluster(cmd) => cluster::run(cmd),
         Command::Machine(cmd) => machine::run(cmd),
+        Command::Daemon(args) => daemon::run(args),
         Command::Rescan(args) => rescan::run(args),
         Command::Status(args) => status::run(args),
-        Command::Remote(words) => Err(crate::exit::Failure::new(
-            crate::exit::EXEC_FAILED,
-            format!("remote exec is not built yet ({})", words.join(" ")),
-        )
-        .into()),
+        Command::Remote(words) => route::exec(&crate::home::Home::resolve()?, &words, cli.verbose),
     }
+}
+
+/// The process's one tokio runtime, for the verbs that need one.
+pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?)
+}
+
+/// Logs to stderr; `MALAI_LOG` (a tracing filter) overrides the level, which
+/// is `info` for the daemon and `warn` (more with -v) for everything else.
+pub fn init_logging(cli: &Cli) {
+    let default = match (&cli.command, cli.verbose) {
+        (Command::Daemon(_), _) => "info",
+        (_, 0) => "warn",
+        (_, 1) => "info",
+        _ => "debug",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("MALAI_LOG").unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new(format!("{default},iroh=warn,noq=warn,noq_proto=warn"))
+    });
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(rustix::termios::isatty(std::io::stderr()))
+        .try_init();
 }
 
 /// Prints one JSON object on stdout.

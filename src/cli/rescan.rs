@@ -17,7 +17,11 @@ pub struct Args {
 pub fn run(args: Args) -> anyhow::Result<u8> {
     let home = Home::resolve()?;
     let (_, clusters, diags) = home::load_all(&home, args.cluster.as_deref());
-    if !args.check {
+    if !args.check
+        && let super::route::RescanRoute::Daemon(pid) = super::route::rescan(&home)?
+    {
+        eprintln!("asked the running daemon (pid {pid}) to rescan");
+    } else if !args.check {
         for c in clusters.iter().filter(|c| c.role == Role::ClusterManager) {
             let path = c.state_path();
             let mut state = CmState::load(&path)?;

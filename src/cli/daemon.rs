@@ -1,0 +1,16 @@
+//! `malai daemon`: run in the foreground (systemd runs it so).
+
+use crate::daemon::Daemon;
+use crate::home::Home;
+
+#[derive(Debug, clap::Args)]
+pub struct Args {}
+
+pub fn run(_args: Args) -> anyhow::Result<u8> {
+    let home = Home::resolve()?;
+    super::runtime()?.block_on(async {
+        let daemon = Daemon::start(home).await?;
+        daemon.run().await
+    })?;
+    Ok(crate::exit::OK)
+}

@@ -1,0 +1,96 @@
+//! The one place that decides how a verb reaches its target: through the
+//! local daemon when one serves this MALAI_HOME, or directly with the keys in
+//! MALAI_HOME otherwise. (Until the D-Bus interface exists the daemon is
+//! reached by signal, and exec always dials directly.)
+
+use anyhow::Context;
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+
+use crate::exit::{EXEC_FAILED, Failure, USAGE};
+use crate::home::Home;
+use crate::p2p::{self, EXEC_ALPN};
+use crate::target::{self, Invocation};
+
+/// How `malai rescan` reached the daemon.
+pub enum RescanRoute {
+    /// The running daemon was asked to rescan (SIGHUP).
+    Daemon(i32),
+    /// No daemon: the caller applies to the files itself.
+    Files,
+}
+
+pub fn rescan(home: &Home) -> anyhow::Result<RescanRoute> {
+    match crate::daemon::lock::running_daemon(home) {
+        Some(pid) => {
+            kill(Pid::from_raw(pid), Signal::SIGHUP)
+                .with_context(|| format!("signalling the daemon (pid {pid})"))?;
+            Ok(RescanRoute::Daemon(pid))
+        }
+        None => Ok(RescanRoute::Files),
+    }
+}
+
+/// Runs a remote command; returns the exit code to end with.
+pub fn exec(home: &Home, words: &[String], verbose: u8) -> anyhow::Result<u8> {
+    let local = home
+        .local_config()
+        .map_err(|d| Failure::new(EXEC_FAILED, format!("malai.toml is invalid:\n{d}")))?;
+    let inv = target::resolve(&local, words).map_err(Failure::usage)?;
+    let Invocation { target, argv } = inv;
+    let cluster = home
+        .load_cluster(&target.cluster)
+        .map_err(|d| Failure::new(EXEC_FAILED, d.to_string()))?;
+    let config = cluster.config.as_ref().ok_or_else(|| {
+        Failure::new(
+            EXEC_FAILED,
+            format!(
+                "cluster {:?} has no config yet: the cluster manager has not sent one",
+                target.cluster
+            ),
+        )
+    })?;
+    let machine = config.machines.get(&target.machine).ok_or_else(|| {
+        let known: Vec<&str> = config.machines.keys().map(String::as_str).collect();
+        Failure::new(
+            if known.is_empty() { EXEC_FAILED } else { USAGE },
+            format!(
+                "no machine {:?} in cluster {:?} (machines: {})",
+                target.machine,
+                target.cluster,
+                known.join(", ")
+            ),
+        )
+    })?;
+    if verbose > 0 {
+        eprintln!(
+            "malai: dialling {target} ({}) directly with this device's identity for {:?}",
+            machine.id52, target.cluster
+        );
+    }
+    let (id, addrs) = (machine.id52, machine.addrs.clone());
+    let network = local.network.clone();
+    let what = target.to_string();
+    let rt = super::runtime()?;
+    let result = rt.block_on(async move {
+        let endpoint = p2p::bind(&cluster.identity, &network, 0, Vec::new())
+            .await
+            .map_err(|e| Failure::new(EXEC_FAILED, format!("{e:#}")))?;
+        let conn = match p2p::dial(&endpoint, &id, &addrs, EXEC_ALPN).await {
+            Ok(c) => c,
+            Err(e) => {
+                endpoint.close().await;
+                return Err(
+                    Failure::new(EXEC_FAILED, format!("cannot reach {what}: {e:#}")).into(),
+                );
+            }
+        };
+        let code = crate::exec::client::run(&conn, argv, &what).await;
+        conn.close(0u32.into(), b"done");
+        endpoint.close().await;
+        code
+    });
+    // stdin may still be blocked in a read: do not wait for it.
+    rt.shutdown_background();
+    result
+}

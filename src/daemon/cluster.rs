@@ -1,0 +1,134 @@
+//! One cluster identity running in the daemon: its endpoint and router (one
+//! handler per ALPN), the exec host, and its role's config-sync task (the
+//! CM's pusher, or a machine's first fetch).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+
+use iroh::Endpoint;
+use iroh::protocol::Router;
+use tokio::sync::{Mutex, Notify};
+use tokio::task::JoinHandle;
+
+use crate::config::NetworkSettings;
+use crate::exec::server::{ExecHandler, Host};
+use crate::home::{ClusterDir, Role};
+use crate::identity::{Id52, Identity};
+use crate::p2p::{self, CONFIG_ALPN, EXEC_ALPN, Pool};
+use crate::state::CmState;
+use crate::sync;
+
+/// The state one cluster's tasks share.
+#[derive(Debug)]
+pub struct Shared {
+    pub alias: String,
+    pub dir: PathBuf,
+    pub identity: Identity,
+    pub cm_id52: Id52,
+    pub cm_addrs: RwLock<Vec<SocketAddr>>,
+    pub role: RwLock<Role>,
+    pub host: Arc<Host>,
+    /// Serializes config applies (machine) and state.json writes (CM).
+    pub apply: Mutex<()>,
+    /// CM only: versions and acknowledgements, mirrored in state.json.
+    pub cm_state: Mutex<CmState>,
+    /// CM only: the exact bytes of the cluster.toml in force.
+    pub cluster_text: RwLock<String>,
+    /// Wakes the CM's pusher when the config changed.
+    pub wake: Notify,
+    pub endpoint: Endpoint,
+    pub pool: Pool,
+}
+
+impl Shared {
+    pub fn role(&self) -> Role {
+        *self.role.read().expect("role lock")
+    }
+
+    pub fn machine_path(&self) -> PathBuf {
+        self.dir.join(crate::home::MACHINE_FILE)
+    }
+
+    pub fn state_path(&self) -> PathBuf {
+        self.dir.join(crate::home::STATE_FILE)
+    }
+}
+
+pub struct RunningCluster {
+    pub shared: Arc<Shared>,
+    pub port: u16,
+    router: Router,
+    task: JoinHandle<()>,
+}
+
+impl RunningCluster {
+    pub async fn start(c: ClusterDir, net: &NetworkSettings) -> anyhow::Result<RunningCluster> {
+        let port = net.ports.get(&c.alias).copied().unwrap_or(0);
+        let alpns = vec![EXEC_ALPN.to_vec(), CONFIG_ALPN.to_vec()];
+        let endpoint = p2p::bind(&c.identity, net, port, alpns).await?;
+        let cm_state = if c.role == Role::ClusterManager {
+            let path = c.state_path();
+            let mut state = CmState::load(&path)?;
+            if state.reconcile(&c.config_hash()) {
+                state.save(&path)?;
+            }
+            state
+        } else {
+            CmState::default()
+        };
+        let host = Host::new(&c.alias, c.identity.id52(), c.config.clone());
+        let shared = Arc::new(Shared {
+            alias: c.alias.clone(),
+            dir: c.dir.clone(),
+            cm_id52: c.cm_id52,
+            cm_addrs: RwLock::new(c.cm_addrs.clone()),
+            role: RwLock::new(c.role),
+            host: host.clone(),
+            apply: Mutex::new(()),
+            cm_state: Mutex::new(cm_state),
+            cluster_text: RwLock::new(String::from_utf8_lossy(&c.config_bytes).into_owned()),
+            wake: Notify::new(),
+            endpoint: endpoint.clone(),
+            pool: Pool::default(),
+            identity: c.identity,
+        });
+        let router = Router::builder(endpoint)
+            .accept(EXEC_ALPN, ExecHandler { host })
+            .accept(
+                CONFIG_ALPN,
+                sync::ConfigHandler {
+                    shared: shared.clone(),
+                },
+            )
+            .spawn();
+        let task = match c.role {
+            Role::ClusterManager => tokio::spawn(sync::cm::pusher(shared.clone())),
+            Role::Machine | Role::Waiting => {
+                tokio::spawn(sync::machine::fetch_on_start(shared.clone()))
+            }
+        };
+        tracing::info!(
+            malai_cluster = %c.alias,
+            "cluster {} up as {} on {:?}, id52 {}",
+            c.alias,
+            c.role.as_str(),
+            shared.endpoint.bound_sockets(),
+            shared.identity.id52()
+        );
+        Ok(RunningCluster {
+            shared,
+            port,
+            router,
+            task,
+        })
+    }
+
+    /// Stops accepting, lets running commands finish within `bound`, closes
+    /// the endpoint.
+    pub async fn stop(self, bound: std::time::Duration) {
+        self.task.abort();
+        self.shared.host.drain(bound).await;
+        let _ = self.router.shutdown().await;
+    }
+}

@@ -1,0 +1,57 @@
+//! `malai.lock`: held (flock) by the one daemon that owns a MALAI_HOME, with
+//! its PID inside, so a second daemon refuses to start and the CLI can find
+//! the running one.
+
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Seek, Write};
+
+use anyhow::Context;
+use nix::fcntl::{Flock, FlockArg};
+
+use crate::home::Home;
+
+pub struct HomeLock {
+    _lock: Flock<File>,
+}
+
+/// Takes the home's lock or says which daemon holds it.
+pub fn acquire(home: &Home) -> anyhow::Result<HomeLock> {
+    let path = home.lock_path();
+    std::fs::create_dir_all(&home.root)
+        .with_context(|| format!("creating {}", home.root.display()))?;
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    let mut lock = match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+        Ok(lock) => lock,
+        Err((mut file, _)) => {
+            let mut pid = String::new();
+            let _ = file.read_to_string(&mut pid);
+            anyhow::bail!(
+                "another malai daemon (pid {}) already owns {}; stop it first",
+                pid.trim(),
+                home.root.display()
+            );
+        }
+    };
+    lock.set_len(0)?;
+    lock.rewind()?;
+    writeln!(lock, "{}", std::process::id())?;
+    lock.sync_all()?;
+    Ok(HomeLock { _lock: lock })
+}
+
+/// The PID of the daemon holding the home's lock, if one does.
+pub fn running_daemon(home: &Home) -> Option<i32> {
+    let mut file = File::open(home.lock_path()).ok()?;
+    let mut text = String::new();
+    file.read_to_string(&mut text).ok()?;
+    match Flock::lock(file, FlockArg::LockSharedNonblock) {
+        Ok(_free) => None,
+        Err(_) => text.trim().parse().ok(),
+    }
+}

@@ -1,0 +1,203 @@
+//! `malai daemon`: one process hosting every cluster identity of a
+//! MALAI_HOME. Start-up validates everything (exit 78 listing every error),
+//! takes the lock, starts one listener per identity and tells systemd it is
+//! ready; then it serves until SIGTERM/SIGINT, rescanning on SIGHUP.
+
+pub mod cluster;
+pub mod lock;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use sd_notify::NotifyState;
+use tokio::signal::unix::{SignalKind, signal};
+
+use crate::config::{Diagnostics, LocalConfig};
+use crate::home::{self, ClusterDir, Home, Role};
+use cluster::RunningCluster;
+
+/// How long running commands may take to finish at shutdown.
+pub const SHUTDOWN_BOUND: Duration = Duration::from_secs(10);
+
+pub struct Daemon {
+    signals: Signals,
+    home: Home,
+    local: LocalConfig,
+    clusters: BTreeMap<String, RunningCluster>,
+    _lock: lock::HomeLock,
+}
+
+impl Daemon {
+    /// Validates, locks and starts every cluster.
+    pub async fn start(home: Home) -> anyhow::Result<Daemon> {
+        // First, so that a SIGHUP from `malai rescan` can never kill a
+        // daemon that is still starting.
+        let signals = Signals {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+            hup: signal(SignalKind::hangup())?,
+        };
+        let (local, dirs, diags) = home::load_all(&home, None);
+        if !diags.is_empty() {
+            return Err(anyhow::Error::new(diags)
+                .context("invalid configuration; the daemon did not start"));
+        }
+        let local = local.expect("no diagnostics means malai.toml loaded");
+        let lock = lock::acquire(&home)?;
+        let mut clusters = BTreeMap::new();
+        for dir in dirs {
+            let alias = dir.alias.clone();
+            let running = RunningCluster::start(dir, &local.network).await?;
+            clusters.insert(alias, running);
+        }
+        Ok(Daemon {
+            signals,
+            home,
+            local,
+            clusters,
+            _lock: lock,
+        })
+    }
+
+    /// A one-line summary for systemd's STATUS=.
+    pub fn status_line(&self) -> String {
+        if self.clusters.is_empty() {
+            return "no clusters".into();
+        }
+        let parts: Vec<String> = self
+            .clusters
+            .iter()
+            .map(|(alias, c)| format!("{alias} ({})", c.shared.role().as_str()))
+            .collect();
+        format!("serving {}", parts.join(", "))
+    }
+
+    /// Serves until SIGTERM or SIGINT; SIGHUP rescans.
+    pub async fn run(mut self) -> anyhow::Result<()> {
+        notify(&[NotifyState::Ready, NotifyState::Status(&self.status_line())]);
+        tracing::info!("malai daemon ready: {}", self.status_line());
+        loop {
+            tokio::select! {
+                _ = self.signals.term.recv() => break,
+                _ = self.signals.int.recv() => break,
+                _ = self.signals.hup.recv() => {
+                    let usec = sd_notify::NotifyState::monotonic_usec_now().ok();
+                    let mut states = vec![NotifyState::Reloading];
+                    states.extend(usec);
+                    notify(&states);
+                    let problems = self.rescan().await;
+                    if !problems.is_empty() {
+                        tracing::error!("rescan kept the last good config of invalid clusters:\n{problems}");
+                    }
+                    notify(&[NotifyState::Ready, NotifyState::Status(&self.status_line())]);
+                }
+            }
+        }
+        notify(&[NotifyState::Stopping, NotifyState::Status("stopping")]);
+        tracing::info!(
+            "stopping: letting running commands finish (up to {} s)",
+            SHUTDOWN_BOUND.as_secs()
+        );
+        let stops: Vec<_> = std::mem::take(&mut self.clusters)
+            .into_values()
+            .map(|c| tokio::spawn(c.stop(SHUTDOWN_BOUND)))
+            .collect();
+        for s in stops {
+            let _ = s.await;
+        }
+        Ok(())
+    }
+
+    /// Reconciles the running clusters with the files: starts new ones,
+    /// stops removed ones, reloads changed ones; an invalid cluster keeps its
+    /// last good config. Returns what could not be applied.
+    pub async fn rescan(&mut self) -> Diagnostics {
+        let mut problems = Diagnostics::default();
+        match self.home.local_config() {
+            Ok(local) => self.local = local,
+            Err(d) => problems.extend(d),
+        }
+        let aliases = self.home.cluster_aliases().unwrap_or_default();
+        let removed: Vec<String> = self
+            .clusters
+            .keys()
+            .filter(|a| !aliases.contains(a))
+            .cloned()
+            .collect();
+        for alias in removed {
+            if let Some(c) = self.clusters.remove(&alias) {
+                tracing::info!(malai_cluster = %alias, "cluster {alias} removed; stopping it");
+                c.stop(SHUTDOWN_BOUND).await;
+            }
+        }
+        for alias in aliases {
+            let dir = match self.home.load_cluster(&alias) {
+                Ok(d) => d,
+                Err(d) => {
+                    problems.extend(d);
+                    continue;
+                }
+            };
+            if let Err(e) = self.apply(dir).await {
+                problems.0.push(crate::config::Diagnostic::whole(
+                    self.home.cluster_dir(&alias),
+                    format!("{e:#}"),
+                    "",
+                ));
+            }
+        }
+        problems
+    }
+
+    async fn apply(&mut self, dir: ClusterDir) -> anyhow::Result<()> {
+        let alias = dir.alias.clone();
+        let port = self.local.network.ports.get(&alias).copied().unwrap_or(0);
+        if let Some(running) = self.clusters.get(&alias) {
+            let s = &running.shared;
+            let same_identity = s.identity.id52() == dir.identity.id52();
+            let was_cm = s.role() == Role::ClusterManager;
+            let is_cm = dir.role == Role::ClusterManager;
+            if same_identity && was_cm == is_cm && running.port == port {
+                if is_cm {
+                    reload_cm(s, &dir).await?;
+                }
+                return Ok(());
+            }
+            let old = self.clusters.remove(&alias).expect("present");
+            tracing::info!(malai_cluster = %alias, "cluster {alias} changed identity, role or port; restarting it");
+            old.stop(SHUTDOWN_BOUND).await;
+        }
+        let running = RunningCluster::start(dir, &self.local.network).await?;
+        self.clusters.insert(alias, running);
+        Ok(())
+    }
+}
+
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+/// Puts a changed cluster.toml in force on a running CM: a new version when
+/// the bytes changed, then a push to every machine.
+async fn reload_cm(s: &cluster::Shared, dir: &ClusterDir) -> anyhow::Result<()> {
+    let text = String::from_utf8_lossy(&dir.config_bytes).into_owned();
+    let mut state = s.cm_state.lock().await;
+    if state.reconcile(&dir.config_hash()) {
+        state.save(&s.state_path())?;
+        tracing::info!(malai_cluster = %s.alias, malai_config_version = state.version, "cluster.toml changed: config version {}", state.version);
+    }
+    *s.cluster_text.write().expect("text lock") = text;
+    s.host.set_config(dir.config.clone());
+    drop(state);
+    s.wake.notify_one();
+    Ok(())
+}
+
+/// Tells systemd (when NOTIFY_SOCKET is set) how the daemon is doing.
+fn notify(states: &[NotifyState]) {
+    if let Err(e) = sd_notify::notify(states) {
+        tracing::warn!("cannot notify systemd: {e}");
+    }
+}

@@ -1,0 +1,177 @@
+//! The client side of `malai/exec/1`: send the request, then stream stdin
+//! up and stdout/stderr down, forward Ctrl-C (or, on a PTY, the raw bytes
+//! and window size), and return the remote exit code.
+
+use std::os::fd::AsFd;
+
+use iroh::endpoint::Connection;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::mpsc;
+
+use super::proto::{ClientMsg, ExecRequest, HostMsg, WindowSize, env_allowed};
+use crate::exit::{EXEC_FAILED, Failure};
+use crate::p2p::frame::{self, Kind};
+
+/// Runs `argv` (empty: a shell) on the peer of `conn`; returns the exit code
+/// to end with. `what` names the target in messages.
+pub async fn run(conn: &Connection, argv: Vec<String>, what: &str) -> anyhow::Result<u8> {
+    let stdin_tty = rustix::termios::isatty(std::io::stdin());
+    let stdout_tty = rustix::termios::isatty(std::io::stdout());
+    let pty = if argv.is_empty() && stdin_tty {
+        Some(window_size().unwrap_or(WindowSize { rows: 24, cols: 80 }))
+    } else {
+        None
+    };
+    let env = std::env::vars().filter(|(k, _)| env_allowed(k)).collect();
+    let (mut send, mut recv) = conn
+        .open_bi()
+        .await
+        .map_err(|e| Failure::new(EXEC_FAILED, format!("{what}: {e}")))?;
+    frame::write_msg(&mut send, &ExecRequest { argv, env, pty }).await?;
+    let answer: HostMsg = frame::read_msg(&mut recv)
+        .await
+        .map_err(|e| Failure::new(EXEC_FAILED, format!("{what}: no answer: {e}")))?;
+    match answer {
+        HostMsg::Started => {}
+        HostMsg::Denied { reason } => {
+            return Err(
+                Failure::new(EXEC_FAILED, format!("{what} denied the command: {reason}")).into(),
+            );
+        }
+        HostMsg::Failed { reason } => {
+            return Err(Failure::new(
+                EXEC_FAILED,
+                format!("{what} could not run the command: {reason}"),
+            )
+            .into());
+        }
+        HostMsg::Exit { .. } => anyhow::bail!("{what}: protocol error: exit before start"),
+    }
+
+    let raw = match pty {
+        Some(_) if stdout_tty => Some(RawMode::enter()?),
+        _ => None,
+    };
+
+    // Everything the client sends goes through one writer task.
+    let (tx, mut rx) = mpsc::channel::<(Kind, Vec<u8>)>(8);
+    let writer = tokio::spawn(async move {
+        while let Some((kind, bytes)) = rx.recv().await {
+            if frame::write(&mut send, kind, &bytes).await.is_err() {
+                break;
+            }
+        }
+        let _ = send.finish();
+    });
+
+    let stdin_tx = tx.clone();
+    let stdin_task = tokio::spawn(async move {
+        let mut stdin = tokio::io::stdin();
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            match stdin.read(&mut buf).await {
+                Ok(0) | Err(_) => {
+                    let eof = serde_json::to_vec(&ClientMsg::Eof).expect("json");
+                    let _ = stdin_tx.send((Kind::Control, eof)).await;
+                    break;
+                }
+                Ok(n) => {
+                    if stdin_tx
+                        .send((Kind::Stdin, buf[..n].to_vec()))
+                        .await
+                        .is_err()
+                    {
+                        break;
+                    }
+                }
+            }
+        }
+    });
+
+    let signal_tx = tx.clone();
+    let on_pty = pty.is_some();
+    let signal_task = tokio::spawn(async move {
+        let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
+        let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+        let mut winch = signal(SignalKind::window_change()).expect("SIGWINCH handler");
+        loop {
+            let msg = tokio::select! {
+                _ = int.recv() => ClientMsg::Signal { signal: 2 },
+                _ = term.recv() => ClientMsg::Signal { signal: 15 },
+                _ = winch.recv() => match (on_pty, window_size()) {
+                    (true, Some(size)) => ClientMsg::Resize(size),
+                    _ => continue,
+                },
+            };
+            let bytes = serde_json::to_vec(&msg).expect("json");
+            if signal_tx.send((Kind::Control, bytes)).await.is_err() {
+                break;
+            }
+        }
+    });
+    drop(tx);
+
+    let mut stdout = tokio::io::stdout();
+    let mut stderr = tokio::io::stderr();
+    let mut buf = Vec::new();
+    let outcome = loop {
+        match frame::read(&mut recv, &mut buf).await {
+            Ok(Some(Kind::Stdout)) => {
+                stdout.write_all(&buf).await?;
+                stdout.flush().await?;
+            }
+            Ok(Some(Kind::Stderr)) => {
+                stderr.write_all(&buf).await?;
+                stderr.flush().await?;
+            }
+            Ok(Some(Kind::Control)) => match serde_json::from_slice::<HostMsg>(&buf) {
+                Ok(HostMsg::Exit { code }) => break Ok(code),
+                _ => continue,
+            },
+            Ok(Some(Kind::Stdin)) => continue,
+            Ok(None) => break Err(format!("{what}: connection ended before the command did")),
+            Err(e) => break Err(format!("{what}: connection lost: {e}")),
+        }
+    };
+    drop(raw);
+    stdin_task.abort();
+    signal_task.abort();
+    let _ = writer.await;
+    outcome.map_err(|m| Failure::new(EXEC_FAILED, m).into())
+}
+
+fn window_size() -> Option<WindowSize> {
+    let ws = rustix::termios::tcgetwinsize(std::io::stdout().as_fd()).ok()?;
+    (ws.ws_row > 0 && ws.ws_col > 0).then_some(WindowSize {
+        rows: ws.ws_row,
+        cols: ws.ws_col,
+    })
+}
+
+/// The local terminal in raw mode for the life of a remote shell; restored
+/// on drop, whatever happens.
+struct RawMode {
+    saved: rustix::termios::Termios,
+}
+
+impl RawMode {
+    fn enter() -> anyhow::Result<RawMode> {
+        let stdin = std::io::stdin();
+        let saved = rustix::termios::tcgetattr(&stdin)?;
+        let mut raw = saved.clone();
+        raw.make_raw();
+        rustix::termios::tcsetattr(&stdin, rustix::termios::OptionalActions::Now, &raw)?;
+        Ok(RawMode { saved })
+    }
+}
+
+impl Drop for RawMode {
+    fn drop(&mut self) {
+        let _ = rustix::termios::tcsetattr(
+            std::io::stdin(),
+            rustix::termios::OptionalActions::Now,
+            &self.saved,
+        );
+    }
+}

@@ -1,0 +1,76 @@
+//! The messages of `malai/exec/1`. One bidirectional stream per command: the
+//! client sends an `ExecRequest`, the host answers `Started`, `Denied` or
+//! `Failed`; then stdin/stdout/stderr flow as data frames, with control
+//! messages for EOF, signals, window size and the exit status.
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ExecRequest {
+    /// The argv to run; empty for an interactive shell.
+    pub argv: Vec<String>,
+    /// The client's TERM, LANG and LC_*; the host filters them again.
+    pub env: Vec<(String, String)>,
+    /// Run on a PTY of this size (interactive shells).
+    pub pty: Option<WindowSize>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WindowSize {
+    pub rows: u16,
+    pub cols: u16,
+}
+
+/// Control messages from the host.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "kebab-case")]
+pub enum HostMsg {
+    Started,
+    /// The ACL refused the request.
+    Denied {
+        reason: String,
+    },
+    /// Allowed, but the host could not run it.
+    Failed {
+        reason: String,
+    },
+    /// The command ended: its exit code, or 128+N for signal N.
+    Exit {
+        code: u8,
+    },
+}
+
+/// Control messages from the client.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "kebab-case")]
+pub enum ClientMsg {
+    /// No more stdin.
+    Eof,
+    /// Deliver this signal to the command's process group.
+    Signal {
+        signal: i32,
+    },
+    Resize(WindowSize),
+}
+
+/// Whether an environment variable may pass from client to command.
+pub fn env_allowed(name: &str) -> bool {
+    name == "TERM" || name == "LANG" || name == "COLORTERM" || name.starts_with("LC_")
+}
+
+/// Signals a client may deliver; anything else is ignored.
+pub const FORWARDED_SIGNALS: &[i32] = &[1, 2, 3, 15]; // HUP, INT, QUIT, TERM
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn env_allow_list() {
+        assert!(env_allowed("TERM"));
+        assert!(env_allowed("LC_ALL"));
+        assert!(!env_allowed("LD_PRELOAD"));
+        assert!(!env_allowed("PATH"));
+        assert!(!env_allowed("BASH_ENV"));
+    }
+}

@@ -1,0 +1,339 @@
+//! The host side of `malai/exec/1`: for each stream a peer opens, decide with
+//! the ACL (the peer is the id52 iroh authenticated, never a field of the
+//! request), log the decision, run the command and stream its output with
+//! backpressure. A client that goes away takes the whole process group with
+//! it.
+
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use iroh::endpoint::{Connection, RecvStream, SendStream};
+use iroh::protocol::{AcceptError, ProtocolHandler};
+use nix::sys::signal::Signal;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::sync::{Notify, mpsc};
+
+use super::proto::{ClientMsg, ExecRequest, FORWARDED_SIGNALS, HostMsg};
+use super::spawn::{self, Spec};
+use crate::acl::{self, Decision, Request};
+use crate::config::ClusterConfig;
+use crate::identity::Id52;
+use crate::p2p::frame::{self, Kind};
+
+/// Commands one peer may run at once on this machine.
+pub const MAX_COMMANDS_PER_PEER: usize = 16;
+/// Bytes read from a command's output per frame.
+const CHUNK: usize = 64 * 1024;
+/// Frames of output queued per command before reading pauses.
+const QUEUE: usize = 8;
+
+/// One cluster's exec service: the config it decides with and the commands
+/// it is running.
+#[derive(Debug)]
+pub struct Host {
+    pub cluster: String,
+    pub me: Id52,
+    config: RwLock<Option<Arc<ClusterConfig>>>,
+    running: Mutex<Running>,
+    idle: Notify,
+}
+
+#[derive(Debug, Default)]
+struct Running {
+    next: u64,
+    /// command id -> (peer, process group)
+    commands: HashMap<u64, (Id52, i32)>,
+}
+
+impl Host {
+    pub fn new(cluster: &str, me: Id52, config: Option<ClusterConfig>) -> Arc<Host> {
+        Arc::new(Host {
+            cluster: cluster.to_owned(),
+            me,
+            config: RwLock::new(config.map(Arc::new)),
+            running: Mutex::new(Running::default()),
+            idle: Notify::new(),
+        })
+    }
+
+    pub fn set_config(&self, config: Option<ClusterConfig>) {
+        *self.config.write().expect("config lock") = config.map(Arc::new);
+    }
+
+    pub fn config(&self) -> Option<Arc<ClusterConfig>> {
+        self.config.read().expect("config lock").clone()
+    }
+
+    pub fn running_count(&self) -> usize {
+        self.running.lock().expect("running lock").commands.len()
+    }
+
+    /// Waits up to `bound` for running commands to finish, then kills the
+    /// process groups of those that did not.
+    pub async fn drain(&self, bound: Duration) {
+        let deadline = tokio::time::Instant::now() + bound;
+        loop {
+            let idle = self.idle.notified();
+            if self.running_count() == 0 {
+                return;
+            }
+            if tokio::time::timeout_at(deadline, idle).await.is_err() {
+                break;
+            }
+        }
+        let running = self.running.lock().expect("running lock");
+        for (peer, pgid) in running.commands.values() {
+            tracing::warn!(malai_cluster = %self.cluster, malai_peer = %peer, "killing a command still running at shutdown");
+            spawn::kill_group(*pgid, Signal::SIGKILL);
+        }
+    }
+
+    fn register(&self, peer: Id52, pgid: i32) -> Option<u64> {
+        let mut r = self.running.lock().expect("running lock");
+        if r.commands.values().filter(|(p, _)| *p == peer).count() >= MAX_COMMANDS_PER_PEER {
+            return None;
+        }
+        r.next += 1;
+        let id = r.next;
+        r.commands.insert(id, (peer, pgid));
+        Some(id)
+    }
+
+    fn unregister(&self, id: u64) {
+        let mut r = self.running.lock().expect("running lock");
+        r.commands.remove(&id);
+        if r.commands.is_empty() {
+            self.idle.notify_waiters();
+        }
+    }
+
+    fn peer_count(&self, peer: &Id52) -> usize {
+        let r = self.running.lock().expect("running lock");
+        r.commands.values().filter(|(p, _)| p == peer).count()
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct ExecHandler {
+    pub host: Arc<Host>,
+}
+
+impl ProtocolHandler for ExecHandler {
+    async fn accept(&self, conn: Connection) -> Result<(), AcceptError> {
+        let peer = Id52::from_public_key(conn.remote_id());
+        while let Ok((send, recv)) = conn.accept_bi().await {
+            let host = self.host.clone();
+            tokio::spawn(async move {
+                if let Err(e) = serve(host.clone(), peer, send, recv).await {
+                    tracing::info!(malai_cluster = %host.cluster, malai_peer = %peer, "exec stream ended: {e:#}");
+                }
+            });
+        }
+        Ok(())
+    }
+}
+
+async fn serve(
+    host: Arc<Host>,
+    peer: Id52,
+    mut send: SendStream,
+    mut recv: RecvStream,
+) -> anyhow::Result<()> {
+    let req: ExecRequest =
+        tokio::time::timeout(Duration::from_secs(30), frame::read_msg(&mut recv)).await??;
+    let argv_text = shell_words::join(&req.argv);
+    let decision = match host.config() {
+        None => Decision::Deny(
+            "this machine has not received its config from the cluster manager yet".into(),
+        ),
+        Some(config) => {
+            let request = if req.argv.is_empty() {
+                Request::Shell
+            } else {
+                Request::Exec(&req.argv)
+            };
+            acl::decide(&config, &host.me, &peer, request)
+        }
+    };
+    let grant = match decision {
+        Decision::Deny(reason) => {
+            tracing::warn!(
+                malai_cluster = %host.cluster, malai_peer = %peer, malai_argv = %argv_text, malai_decision = "denied",
+                "denied {peer} running {argv_text:?}: {reason}"
+            );
+            frame::write_msg(&mut send, &HostMsg::Denied { reason }).await?;
+            send.finish()?;
+            let _ = send.stopped().await;
+            return Ok(());
+        }
+        Decision::Allow(grant) => grant,
+    };
+    if host.peer_count(&peer) >= MAX_COMMANDS_PER_PEER {
+        let reason =
+            format!("{MAX_COMMANDS_PER_PEER} commands of this peer are already running here");
+        tracing::warn!(malai_cluster = %host.cluster, malai_peer = %peer, malai_argv = %argv_text, "refused: {reason}");
+        frame::write_msg(&mut send, &HostMsg::Failed { reason }).await?;
+        send.finish()?;
+        let _ = send.stopped().await;
+        return Ok(());
+    }
+    let run_text = shell_words::join(&grant.argv);
+    let spawned = spawn::spawn(Spec {
+        argv: grant.argv.clone(),
+        username: grant.username.clone(),
+        env: req.env.clone(),
+        pty: req.pty,
+    });
+    let spawned = match spawned {
+        Ok(s) => s,
+        Err(e) => {
+            let reason = format!("{e:#}");
+            tracing::warn!(malai_cluster = %host.cluster, malai_peer = %peer, malai_argv = %run_text, "allowed but failed to start: {reason}");
+            frame::write_msg(&mut send, &HostMsg::Failed { reason }).await?;
+            send.finish()?;
+            let _ = send.stopped().await;
+            return Ok(());
+        }
+    };
+    let Some(id) = host.register(peer, spawned.pgid) else {
+        spawn::kill_group(spawned.pgid, Signal::SIGKILL);
+        anyhow::bail!("per-peer command limit reached");
+    };
+    tracing::info!(
+        malai_cluster = %host.cluster, malai_peer = %peer, malai_argv = %run_text, malai_decision = "allowed",
+        "{peer} runs {run_text:?} ({})", grant.reason
+    );
+    frame::write_msg(&mut send, &HostMsg::Started).await?;
+    let pgid = spawned.pgid;
+    let result = pump(spawned, send, recv).await;
+    host.unregister(id);
+    match &result {
+        Ok(code) => tracing::info!(
+            malai_cluster = %host.cluster, malai_peer = %peer, malai_argv = %run_text, malai_exit = *code,
+            "{run_text:?} for {peer} exited with {code}"
+        ),
+        Err(e) => {
+            spawn::kill_group(pgid, Signal::SIGKILL);
+            tracing::warn!(
+                malai_cluster = %host.cluster, malai_peer = %peer, malai_argv = %run_text,
+                "client of {run_text:?} went away ({e:#}); killed its process group"
+            );
+        }
+    }
+    result.map(|_| ())
+}
+
+/// Moves bytes between the command and the stream until the command exits;
+/// returns its exit code, or an error when the client went away first.
+async fn pump(mut s: spawn::Spawned, mut send: SendStream, recv: RecvStream) -> anyhow::Result<u8> {
+    let (tx, mut rx) = mpsc::channel::<(Kind, Vec<u8>)>(QUEUE);
+    let mut readers = Vec::new();
+    let mut stdin_sink: Option<Box<dyn FnMut(Vec<u8>) -> tokio::task::JoinHandle<bool> + Send>> =
+        None;
+    let master = s.pty_master.take();
+
+    if let Some(master) = &master {
+        let mut reader = std::fs::File::from(master.try_clone()?);
+        let tx = tx.clone();
+        readers.push(tokio::task::spawn_blocking(move || {
+            let mut buf = vec![0u8; CHUNK];
+            // EIO once every process has closed the PTY's other side.
+            while let Ok(n) = reader.read(&mut buf) {
+                if n == 0 || tx.blocking_send((Kind::Stdout, buf[..n].to_vec())).is_err() {
+                    break;
+                }
+            }
+        }));
+        let writer = Arc::new(Mutex::new(std::fs::File::from(master.try_clone()?)));
+        stdin_sink = Some(Box::new(move |bytes: Vec<u8>| {
+            let writer = writer.clone();
+            tokio::task::spawn_blocking(move || {
+                writer.lock().expect("pty writer").write_all(&bytes).is_ok()
+            })
+        }));
+    } else {
+        if let Some(out) = s.child.stdout.take() {
+            readers.push(tokio::spawn(read_into(out, Kind::Stdout, tx.clone())));
+        }
+        if let Some(err) = s.child.stderr.take() {
+            readers.push(tokio::spawn(read_into(err, Kind::Stderr, tx.clone())));
+        }
+    }
+    drop(tx);
+
+    let writer = tokio::spawn(async move {
+        while let Some((kind, bytes)) = rx.recv().await {
+            frame::write(&mut send, kind, &bytes).await?;
+        }
+        anyhow::Ok(send)
+    });
+
+    let mut child_stdin = s.child.stdin.take();
+    let pgid = s.pgid;
+    let input = async move {
+        let mut recv = recv;
+        let mut buf = Vec::new();
+        loop {
+            match frame::read(&mut recv, &mut buf).await {
+                Ok(Some(Kind::Stdin)) => {
+                    if let Some(sink) = stdin_sink.as_mut() {
+                        let _ = sink(std::mem::take(&mut buf)).await;
+                    } else if let Some(stdin) = child_stdin.as_mut()
+                        && stdin.write_all(&buf).await.is_err()
+                    {
+                        child_stdin = None;
+                    }
+                }
+                Ok(Some(Kind::Control)) => match serde_json::from_slice::<ClientMsg>(&buf) {
+                    Ok(ClientMsg::Eof) => child_stdin = None,
+                    Ok(ClientMsg::Signal { signal }) if FORWARDED_SIGNALS.contains(&signal) => {
+                        if let Ok(sig) = Signal::try_from(signal) {
+                            spawn::kill_group(pgid, sig);
+                        }
+                    }
+                    Ok(ClientMsg::Resize(size)) => {
+                        if let Some(m) = &master {
+                            let _ = spawn::resize(m, size);
+                        }
+                    }
+                    _ => {}
+                },
+                Ok(Some(_)) => {}
+                Ok(None) => {
+                    return anyhow::anyhow!("client closed its side before the command ended");
+                }
+                Err(e) => return anyhow::anyhow!("{e}"),
+            }
+        }
+    };
+
+    let status = tokio::select! {
+        status = s.child.wait() => status?,
+        gone = input => {
+            spawn::kill_group(pgid, Signal::SIGKILL);
+            let _ = s.child.wait().await;
+            writer.abort();
+            return Err(gone);
+        }
+    };
+    for r in readers {
+        let _ = r.await;
+    }
+    let mut send = writer.await??;
+    let code = spawn::exit_code(status);
+    frame::write_msg(&mut send, &HostMsg::Exit { code }).await?;
+    send.finish()?;
+    let _ = send.stopped().await;
+    Ok(code)
+}
+
+async fn read_into<R: AsyncRead + Unpin>(mut r: R, kind: Kind, tx: mpsc::Sender<(Kind, Vec<u8>)>) {
+    let mut buf = vec![0u8; CHUNK];
+    while let Ok(n) = r.read(&mut buf).await {
+        if n == 0 || tx.send((kind, buf[..n].to_vec())).await.is_err() {
+            break;
+        }
+    }
+}

@@ -1,0 +1,194 @@
+//! Starting a command for a peer: argv (never a shell string), a clean
+//! environment from a short allow-list, its own session and process group
+//! (so a disconnect can kill all of it), pipes or a PTY, and, when the daemon
+//! is root, the target user's uid, gid and groups.
+
+use std::ffi::CString;
+use std::os::fd::OwnedFd;
+use std::process::Stdio;
+
+use anyhow::Context;
+use nix::unistd::{Gid, Uid, User};
+use rustix::fs::{Mode, OFlags};
+use rustix::pty::OpenptFlags;
+use tokio::process::{Child, Command};
+
+use super::proto::{WindowSize, env_allowed};
+
+/// What to run, as decided by the ACL.
+pub struct Spec {
+    /// Empty: the user's login shell.
+    pub argv: Vec<String>,
+    pub username: Option<String>,
+    pub env: Vec<(String, String)>,
+    pub pty: Option<WindowSize>,
+}
+
+pub struct Spawned {
+    pub child: Child,
+    /// The process group (= session) of the command: `killpg` target.
+    pub pgid: i32,
+    /// The PTY's master side, when the command runs on one.
+    pub pty_master: Option<OwnedFd>,
+}
+
+const PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// The user a command runs as: the named one, or the daemon's own. Naming
+/// another user needs root.
+fn target_user(username: Option<&str>) -> anyhow::Result<(User, bool)> {
+    let me = Uid::current();
+    let Some(name) = username else {
+        let user = User::from_uid(me)?.context("the daemon's user has no passwd entry")?;
+        return Ok((user, false));
+    };
+    let user =
+        User::from_name(name)?.with_context(|| format!("no user {name:?} on this machine"))?;
+    if user.uid == me {
+        return Ok((user, false));
+    }
+    if !me.is_root() {
+        anyhow::bail!(
+            "the rule runs as {name:?}, but the daemon is not root and cannot switch users"
+        );
+    }
+    Ok((user, true))
+}
+
+pub fn spawn(spec: Spec) -> anyhow::Result<Spawned> {
+    let (user, switch) = target_user(spec.username.as_deref())?;
+    let shell = user.shell.to_string_lossy().into_owned();
+    let shell = if shell.is_empty() {
+        "/bin/sh".to_owned()
+    } else {
+        shell
+    };
+    let argv = if spec.argv.is_empty() {
+        vec![shell.clone(), "-l".to_owned()]
+    } else {
+        spec.argv.clone()
+    };
+
+    let mut cmd = Command::new(&argv[0]);
+    cmd.args(&argv[1..]);
+    cmd.env_clear()
+        .env("PATH", PATH)
+        .env("HOME", &user.dir)
+        .env("USER", &user.name)
+        .env("LOGNAME", &user.name)
+        .env("SHELL", &shell);
+    for (k, v) in spec.env.iter().filter(|(k, _)| env_allowed(k)) {
+        cmd.env(k, v);
+    }
+    if spec.pty.is_some() && !spec.env.iter().any(|(k, _)| k == "TERM") {
+        cmd.env("TERM", "xterm-256color");
+    }
+    cmd.current_dir(if user.dir.is_dir() {
+        user.dir.clone()
+    } else {
+        "/".into()
+    });
+
+    let mut pty_master = None;
+    let mut slave_for_child = None;
+    if let Some(size) = spec.pty {
+        let (master, slave) = open_pty(size)?;
+        cmd.stdin(Stdio::from(slave.try_clone()?))
+            .stdout(Stdio::from(slave.try_clone()?))
+            .stderr(Stdio::from(slave.try_clone()?));
+        slave_for_child = Some(slave);
+        pty_master = Some(master);
+    } else {
+        cmd.stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+    }
+
+    let ids = if switch {
+        let name = CString::new(user.name.clone()).context("user name")?;
+        let groups = nix::unistd::getgrouplist(&name, user.gid).context("groups of the user")?;
+        Some((user.uid, user.gid, groups))
+    } else {
+        None
+    };
+    let with_pty = spec.pty.is_some();
+    set_up_child(&mut cmd, with_pty, ids);
+
+    let child = cmd
+        .spawn()
+        .with_context(|| format!("cannot run {:?}", argv[0]))?;
+    drop(slave_for_child);
+    let pgid = child.id().context("child has no pid")? as i32;
+    Ok(Spawned {
+        child,
+        pgid,
+        pty_master,
+    })
+}
+
+/// In the child, between fork and exec: a new session (so the command and
+/// everything it starts share one process group), the PTY as controlling
+/// terminal, then the user's groups, gid and uid, in that order.
+#[allow(unsafe_code)]
+fn set_up_child(cmd: &mut Command, with_pty: bool, ids: Option<(Uid, Gid, Vec<Gid>)>) {
+    // SAFETY: the closure runs in the forked child before exec and only makes
+    // system calls (setsid, ioctl, setgroups, setgid, setuid) on values
+    // prepared before the fork; it allocates nothing and takes no locks.
+    unsafe {
+        cmd.pre_exec(move || {
+            rustix::process::setsid()?;
+            if with_pty {
+                rustix::process::ioctl_tiocsctty(rustix::stdio::stdin())?;
+            }
+            if let Some((uid, gid, groups)) = &ids {
+                nix::unistd::setgroups(groups)?;
+                nix::unistd::setgid(*gid)?;
+                nix::unistd::setuid(*uid)?;
+            }
+            Ok(())
+        });
+    }
+}
+
+fn open_pty(size: WindowSize) -> anyhow::Result<(OwnedFd, OwnedFd)> {
+    let master =
+        rustix::pty::openpt(OpenptFlags::RDWR | OpenptFlags::NOCTTY | OpenptFlags::CLOEXEC)
+            .context("openpt")?;
+    rustix::pty::grantpt(&master).context("grantpt")?;
+    rustix::pty::unlockpt(&master).context("unlockpt")?;
+    let name = rustix::pty::ptsname(&master, Vec::new()).context("ptsname")?;
+    let slave = rustix::fs::open(
+        name.as_c_str(),
+        OFlags::RDWR | OFlags::NOCTTY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .context("opening the PTY")?;
+    resize(&master, size)?;
+    Ok((master, slave))
+}
+
+pub fn resize(master: &OwnedFd, size: WindowSize) -> anyhow::Result<()> {
+    let ws = rustix::termios::Winsize {
+        ws_row: size.rows,
+        ws_col: size.cols,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    rustix::termios::tcsetwinsize(master, ws).context("setting the window size")?;
+    Ok(())
+}
+
+/// Sends `signal` to the whole process group of a command.
+pub fn kill_group(pgid: i32, signal: nix::sys::signal::Signal) {
+    let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pgid), signal);
+}
+
+/// The exit code a client reports: the code, or 128+N for signal N.
+pub fn exit_code(status: std::process::ExitStatus) -> u8 {
+    use std::os::unix::process::ExitStatusExt;
+    match (status.code(), status.signal()) {
+        (Some(code), _) => code as u8,
+        (None, Some(sig)) => (128 + sig) as u8,
+        (None, None) => 255,
+    }
+}

@@ -1,0 +1,138 @@
+//! The network side: one iroh endpoint per cluster identity, built from the
+//! `[network]` settings, the ALPNs of our protocols, dialling with a timeout,
+//! and a pool that reuses one connection per peer and protocol.
+
+pub mod frame;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use iroh::endpoint::{Connection, PortmapperConfig, QuicTransportConfig, VarInt, presets};
+use iroh::{Endpoint, EndpointAddr, NetReportConfig, RelayMode};
+use tokio::sync::Mutex;
+
+use crate::config::{NetworkSettings, Relay};
+use crate::identity::{Id52, Identity};
+
+/// Remote exec: one bidirectional stream per command.
+pub const EXEC_ALPN: &[u8] = b"malai/exec/1";
+/// Config distribution and editing: one request/answer per stream.
+pub const CONFIG_ALPN: &[u8] = b"malai/config/1";
+
+/// How long a dial may take before we call the peer unreachable (iroh's own
+/// limit for a dead address is about 30 s).
+pub const DIAL_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Streams a peer may have open on one connection at once; together with
+/// the per-peer command cap this bounds what one peer can make us hold.
+const MAX_STREAMS_PER_CONNECTION: u32 = 32;
+
+/// Binds an endpoint for `identity` with the network settings of malai.toml.
+/// `port` fixes the UDP port (0: any).
+pub async fn bind(
+    identity: &Identity,
+    net: &NetworkSettings,
+    port: u16,
+    alpns: Vec<Vec<u8>>,
+) -> anyhow::Result<Endpoint> {
+    let transport = QuicTransportConfig::builder()
+        .max_concurrent_bidi_streams(VarInt::from_u32(MAX_STREAMS_PER_CONNECTION))
+        .build();
+    let mut builder = if net.discovery {
+        Endpoint::builder(presets::N0)
+    } else {
+        Endpoint::builder(presets::Minimal)
+    };
+    builder = builder
+        .secret_key(identity.secret_key().clone())
+        .alpns(alpns)
+        .transport_config(transport);
+    builder = match &net.relay {
+        Relay::Default => builder.relay_mode(RelayMode::Default),
+        Relay::Disabled => builder.relay_mode(RelayMode::Disabled),
+        Relay::Url(url) => {
+            let url: iroh::RelayUrl = url.parse().with_context(|| format!("relay URL {url:?}"))?;
+            builder.relay_mode(RelayMode::custom([url]))
+        }
+    };
+    if !net.discovery {
+        builder = builder.clear_address_lookup();
+    }
+    if !net.discovery && net.relay == Relay::Disabled {
+        // A closed network: no UPnP multicast, no probes of public servers.
+        builder = builder
+            .portmapper_config(PortmapperConfig::Disabled)
+            .net_report_config(NetReportConfig::minimal());
+    }
+    let builder = builder
+        .clear_ip_transports()
+        .bind_addr(SocketAddr::new(net.bind, port))
+        .context("bind address")?;
+    builder
+        .bind()
+        .await
+        .with_context(|| format!("binding UDP {}:{port}", net.bind))
+}
+
+/// The addresses to give peers for an endpoint: its bound sockets, with an
+/// unspecified IP replaced by loopback (useful for local hints and tests).
+pub fn local_addrs(endpoint: &Endpoint) -> Vec<SocketAddr> {
+    endpoint
+        .bound_sockets()
+        .into_iter()
+        .map(|mut a| {
+            if a.ip().is_unspecified() {
+                a.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+            }
+            a
+        })
+        .collect()
+}
+
+/// Connects to `peer` (at `addrs`, plus whatever discovery finds) for `alpn`.
+pub async fn dial(
+    endpoint: &Endpoint,
+    peer: &Id52,
+    addrs: &[SocketAddr],
+    alpn: &[u8],
+) -> anyhow::Result<Connection> {
+    let mut addr = EndpointAddr::new(peer.public_key());
+    for a in addrs {
+        addr = addr.with_ip_addr(*a);
+    }
+    match tokio::time::timeout(DIAL_TIMEOUT, endpoint.connect(addr, alpn)).await {
+        Ok(conn) => conn.with_context(|| format!("connecting to {peer}")),
+        Err(_) => anyhow::bail!("{peer} did not answer within {} s", DIAL_TIMEOUT.as_secs()),
+    }
+}
+
+/// Reuses one live connection per (peer, protocol).
+#[derive(Debug, Clone, Default)]
+pub struct Pool {
+    conns: Arc<Mutex<HashMap<(Id52, Vec<u8>), Connection>>>,
+}
+
+impl Pool {
+    pub async fn get(
+        &self,
+        endpoint: &Endpoint,
+        peer: &Id52,
+        addrs: &[SocketAddr],
+        alpn: &[u8],
+    ) -> anyhow::Result<Connection> {
+        let key = (*peer, alpn.to_vec());
+        if let Some(c) = self.conns.lock().await.get(&key)
+            && c.close_reason().is_none()
+        {
+            return Ok(c.clone());
+        }
+        // Dial without holding the lock, so dials to different peers run at
+        // once; two racing dials to one peer both succeed and one is kept.
+        let conn = dial(endpoint, peer, addrs, alpn).await?;
+        self.conns.lock().await.insert(key, conn.clone());
+        Ok(conn)
+    }
+}

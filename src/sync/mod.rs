@@ -1,0 +1,84 @@
+//! Config distribution over `malai/config/1`: the CM pushes each machine its
+//! personalized config in a signed envelope and retries with backoff; a
+//! machine accepts only from its CM, only a higher version, only after
+//! verifying, writes atomically and acknowledges.
+//!
+//! Who may send what is decided in one exhaustive match in `ConfigHandler`.
+
+pub mod cm;
+pub mod envelope;
+pub mod machine;
+pub mod proto;
+
+use std::sync::Arc;
+
+use iroh::endpoint::Connection;
+use iroh::protocol::{AcceptError, ProtocolHandler};
+
+use crate::daemon::cluster::Shared;
+use crate::home::Role;
+use crate::identity::Id52;
+use crate::p2p::frame;
+use proto::{ConfigAnswer, ConfigRequest};
+
+#[derive(Debug, Clone)]
+pub struct ConfigHandler {
+    pub shared: Arc<Shared>,
+}
+
+impl ProtocolHandler for ConfigHandler {
+    async fn accept(&self, conn: Connection) -> Result<(), AcceptError> {
+        let peer = Id52::from_public_key(conn.remote_id());
+        while let Ok((mut send, mut recv)) = conn.accept_bi().await {
+            let shared = self.shared.clone();
+            tokio::spawn(async move {
+                let answer = match frame::read_msg::<_, ConfigRequest>(&mut recv).await {
+                    Ok(req) => answer(&shared, peer, req).await,
+                    Err(e) => ConfigAnswer::Rejected {
+                        reason: format!("bad request: {e}"),
+                    },
+                };
+                if frame::write_msg(&mut send, &answer).await.is_ok() {
+                    let _ = send.finish();
+                    let _ = send.stopped().await;
+                }
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Every request type with the rule that authorizes it; no catch-all arm.
+async fn answer(shared: &Arc<Shared>, peer: Id52, req: ConfigRequest) -> ConfigAnswer {
+    let role = shared.role();
+    match req {
+        // Only this cluster's manager may push, and only to a machine.
+        ConfigRequest::Push { envelope } => match role {
+            Role::Machine | Role::Waiting if peer == shared.cm_id52 => {
+                machine::apply(shared, envelope).await
+            }
+            Role::Machine | Role::Waiting => {
+                tracing::warn!(
+                    malai_cluster = %shared.alias, malai_peer = %peer,
+                    "refused a config push from {peer}: not the cluster manager {}", shared.cm_id52
+                );
+                ConfigAnswer::Denied {
+                    reason: "only the cluster manager may push config".into(),
+                }
+            }
+            Role::ClusterManager => {
+                tracing::warn!(malai_cluster = %shared.alias, malai_peer = %peer, "refused a config push to the cluster manager");
+                ConfigAnswer::Denied {
+                    reason: "this device is the cluster manager; it takes no pushed config".into(),
+                }
+            }
+        },
+        // Only a machine listed in cluster.toml may fetch, and only its own.
+        ConfigRequest::Fetch => match role {
+            Role::ClusterManager => cm::serve_fetch(shared, peer).await,
+            Role::Machine | Role::Waiting => ConfigAnswer::Denied {
+                reason: "this device is not the cluster manager".into(),
+            },
+        },
+    }
+}
