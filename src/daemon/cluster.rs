@@ -37,11 +37,59 @@ pub struct Shared {
     pub cluster_text: RwLock<String>,
     /// Wakes the CM's pusher when the config changed.
     pub wake: Notify,
+    /// Wakes the daemon's main loop to re-announce its status (a config was
+    /// applied, a machine acknowledged).
+    pub changed: Arc<Notify>,
     pub endpoint: Endpoint,
     pub pool: Pool,
 }
 
 impl Shared {
+    /// One phrase for the daemon's STATUS= line, e.g. `company: machine v3`.
+    pub async fn status_phrase(&self) -> String {
+        match self.role() {
+            Role::ClusterManager => {
+                let state = self.cm_state.lock().await;
+                let me = self.identity.id52();
+                let machines: Vec<_> = self
+                    .host
+                    .config()
+                    .map(|c| {
+                        c.machines
+                            .values()
+                            .filter(|m| m.id52 != me)
+                            .map(|m| m.id52.to_string())
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                let synced = machines
+                    .iter()
+                    .filter(|id| {
+                        state
+                            .machines
+                            .values()
+                            .any(|m| &m.id52 == *id && m.acked_version >= state.version)
+                    })
+                    .count();
+                format!(
+                    "{}: cluster-manager v{}, {synced}/{} machines in sync",
+                    self.alias,
+                    state.version,
+                    machines.len()
+                )
+            }
+            Role::Machine => {
+                let v = self
+                    .host
+                    .config()
+                    .and_then(|c| c.received_version)
+                    .unwrap_or(0);
+                format!("{}: machine v{v}", self.alias)
+            }
+            Role::Waiting => format!("{}: waiting for config", self.alias),
+        }
+    }
+
     pub fn role(&self) -> Role {
         *self.role.read().expect("role lock")
     }
@@ -63,7 +111,11 @@ pub struct RunningCluster {
 }
 
 impl RunningCluster {
-    pub async fn start(c: ClusterDir, net: &NetworkSettings) -> anyhow::Result<RunningCluster> {
+    pub async fn start(
+        c: ClusterDir,
+        net: &NetworkSettings,
+        changed: Arc<Notify>,
+    ) -> anyhow::Result<RunningCluster> {
         let port = net.ports.get(&c.alias).copied().unwrap_or(0);
         let alpns = vec![EXEC_ALPN.to_vec(), CONFIG_ALPN.to_vec()];
         let endpoint = p2p::bind(&c.identity, net, port, alpns).await?;
@@ -89,6 +141,7 @@ impl RunningCluster {
             cm_state: Mutex::new(cm_state),
             cluster_text: RwLock::new(String::from_utf8_lossy(&c.config_bytes).into_owned()),
             wake: Notify::new(),
+            changed,
             endpoint: endpoint.clone(),
             pool: Pool::default(),
             identity: c.identity,

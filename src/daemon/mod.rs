@@ -9,8 +9,11 @@ pub mod lock;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use std::sync::Arc;
+
 use sd_notify::NotifyState;
 use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::Notify;
 
 use crate::config::{Diagnostics, LocalConfig};
 use crate::home::{self, ClusterDir, Home, Role};
@@ -21,6 +24,7 @@ pub const SHUTDOWN_BOUND: Duration = Duration::from_secs(10);
 
 pub struct Daemon {
     signals: Signals,
+    changed: Arc<Notify>,
     home: Home,
     local: LocalConfig,
     clusters: BTreeMap<String, RunningCluster>,
@@ -44,14 +48,16 @@ impl Daemon {
         }
         let local = local.expect("no diagnostics means malai.toml loaded");
         let lock = lock::acquire(&home)?;
+        let changed = Arc::new(Notify::new());
         let mut clusters = BTreeMap::new();
         for dir in dirs {
             let alias = dir.alias.clone();
-            let running = RunningCluster::start(dir, &local.network).await?;
+            let running = RunningCluster::start(dir, &local.network, changed.clone()).await?;
             clusters.insert(alias, running);
         }
         Ok(Daemon {
             signals,
+            changed,
             home,
             local,
             clusters,
@@ -60,24 +66,27 @@ impl Daemon {
     }
 
     /// A one-line summary for systemd's STATUS=.
-    pub fn status_line(&self) -> String {
+    pub async fn status_line(&self) -> String {
         if self.clusters.is_empty() {
             return "no clusters".into();
         }
-        let parts: Vec<String> = self
-            .clusters
-            .iter()
-            .map(|(alias, c)| format!("{alias} ({})", c.shared.role().as_str()))
-            .collect();
-        format!("serving {}", parts.join(", "))
+        let mut parts = Vec::new();
+        for c in self.clusters.values() {
+            parts.push(c.shared.status_phrase().await);
+        }
+        parts.join("; ")
     }
 
     /// Serves until SIGTERM or SIGINT; SIGHUP rescans.
     pub async fn run(mut self) -> anyhow::Result<()> {
-        notify(&[NotifyState::Ready, NotifyState::Status(&self.status_line())]);
-        tracing::info!("malai daemon ready: {}", self.status_line());
+        let line = self.status_line().await;
+        notify(&[NotifyState::Ready, NotifyState::Status(&line)]);
+        tracing::info!("malai daemon ready: {line}");
         loop {
             tokio::select! {
+                _ = self.changed.notified() => {
+                    notify(&[NotifyState::Status(&self.status_line().await)]);
+                }
                 _ = self.signals.term.recv() => break,
                 _ = self.signals.int.recv() => break,
                 _ = self.signals.hup.recv() => {
@@ -89,7 +98,7 @@ impl Daemon {
                     if !problems.is_empty() {
                         tracing::error!("rescan kept the last good config of invalid clusters:\n{problems}");
                     }
-                    notify(&[NotifyState::Ready, NotifyState::Status(&self.status_line())]);
+                    notify(&[NotifyState::Ready, NotifyState::Status(&self.status_line().await)]);
                 }
             }
         }
@@ -167,7 +176,7 @@ impl Daemon {
             tracing::info!(malai_cluster = %alias, "cluster {alias} changed identity, role or port; restarting it");
             old.stop(SHUTDOWN_BOUND).await;
         }
-        let running = RunningCluster::start(dir, &self.local.network).await?;
+        let running = RunningCluster::start(dir, &self.local.network, self.changed.clone()).await?;
         self.clusters.insert(alias, running);
         Ok(())
     }

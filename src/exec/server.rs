@@ -38,6 +38,8 @@ pub struct Host {
     config: RwLock<Option<Arc<ClusterConfig>>>,
     running: Mutex<Running>,
     idle: Notify,
+    /// Set at shutdown: new commands are refused while running ones finish.
+    stopping: std::sync::atomic::AtomicBool,
 }
 
 #[derive(Debug, Default)]
@@ -55,6 +57,7 @@ impl Host {
             config: RwLock::new(config.map(Arc::new)),
             running: Mutex::new(Running::default()),
             idle: Notify::new(),
+            stopping: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -73,6 +76,8 @@ impl Host {
     /// Waits up to `bound` for running commands to finish, then kills the
     /// process groups of those that did not.
     pub async fn drain(&self, bound: Duration) {
+        self.stopping
+            .store(true, std::sync::atomic::Ordering::SeqCst);
         let deadline = tokio::time::Instant::now() + bound;
         loop {
             let idle = self.idle.notified();

@@ -26,6 +26,13 @@ pub const CONFIG_ALPN: &[u8] = b"malai/config/1";
 /// limit for a dead address is about 30 s).
 pub const DIAL_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// A peer that vanishes without closing (its process was killed, its network
+/// cut) is declared gone after `IDLE_TIMEOUT`; keep-alives every
+/// `KEEP_ALIVE` keep live but quiet connections (a `sleep`, a shell at its
+/// prompt) open. On that timeout a host kills the abandoned command.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(10);
+const KEEP_ALIVE: Duration = Duration::from_secs(2);
+
 /// Streams a peer may have open on one connection at once; together with
 /// the per-peer command cap this bounds what one peer can make us hold.
 const MAX_STREAMS_PER_CONNECTION: u32 = 32;
@@ -40,6 +47,8 @@ pub async fn bind(
 ) -> anyhow::Result<Endpoint> {
     let transport = QuicTransportConfig::builder()
         .max_concurrent_bidi_streams(VarInt::from_u32(MAX_STREAMS_PER_CONNECTION))
+        .keep_alive_interval(KEEP_ALIVE)
+        .max_idle_timeout(Some(IDLE_TIMEOUT.try_into().expect("idle timeout fits")))
         .build();
     let mut builder = if net.discovery {
         Endpoint::builder(presets::N0)

@@ -151,5 +151,7 @@ async fn record(shared: &Shared, alias: &str, id: &Id52, result: anyhow::Result<
     if let Err(e) = state.save(&shared.state_path()) {
         tracing::error!(malai_cluster = %shared.alias, "cannot record sync state: {e:#}");
     }
+    drop(state);
+    shared.changed.notify_one();
     ok
 }

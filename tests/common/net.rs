@@ -1,0 +1,391 @@
+//! Test hosts: network namespaces joined by a bridge (made and deleted by the
+//! test, with names unique to it), each with its own MALAI_HOME and a real
+//! `malai daemon` whose readiness and status come from a NOTIFY_SOCKET.
+
+use std::io::Write;
+use std::net::Ipv4Addr;
+use std::os::unix::net::UnixDatagram;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use super::TestHome;
+
+/// How long a test waits for any one thing to happen.
+pub const DEADLINE: Duration = Duration::from_secs(30);
+
+pub fn is_root() -> bool {
+    nix::unistd::Uid::effective().is_root()
+}
+
+/// Skips the calling test (with a note) when not root.
+#[macro_export]
+macro_rules! require_root {
+    () => {
+        if !common::net::is_root() {
+            eprintln!("skipped: needs root for network namespaces");
+            return;
+        }
+    };
+}
+
+fn ip(args: &[&str]) {
+    let out = Command::new("ip").args(args).output().expect("run ip");
+    assert!(
+        out.status.success(),
+        "ip {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A bridge namespace and one namespace per host, deleted on drop.
+pub struct Net {
+    hub: String,
+    hosts: Vec<String>,
+}
+
+impl Net {
+    pub fn new(tag: &str, count: usize) -> Net {
+        let id = format!("m{}-{}", std::process::id(), tag);
+        let hub = format!("{id}-hub");
+        let mut net = Net {
+            hub: hub.clone(),
+            hosts: Vec::new(),
+        };
+        ip(&["netns", "add", &hub]);
+        ip(&["-n", &hub, "link", "set", "lo", "up"]);
+        ip(&["-n", &hub, "link", "add", "br0", "type", "bridge"]);
+        ip(&["-n", &hub, "link", "set", "br0", "up"]);
+        for i in 0..count {
+            let ns = format!("{id}-{i}");
+            ip(&["netns", "add", &ns]);
+            net.hosts.push(ns.clone());
+            let veth = format!("v{i}");
+            ip(&[
+                "-n", &hub, "link", "add", &veth, "type", "veth", "peer", "name", "eth0", "netns",
+                &ns,
+            ]);
+            ip(&["-n", &hub, "link", "set", &veth, "master", "br0", "up"]);
+            let addr = format!("{}/24", Net::addr(i));
+            ip(&["-n", &ns, "addr", "add", &addr, "dev", "eth0"]);
+            ip(&["-n", &ns, "link", "set", "eth0", "up"]);
+            ip(&["-n", &ns, "link", "set", "lo", "up"]);
+        }
+        net
+    }
+
+    /// The address of host `i` (each test's hosts live in their own
+    /// namespaces, so every test may use the same range).
+    pub fn addr(i: usize) -> Ipv4Addr {
+        Ipv4Addr::new(10, 99, 0, (i + 1) as u8)
+    }
+
+    pub fn ns(&self, i: usize) -> &str {
+        &self.hosts[i]
+    }
+}
+
+impl Drop for Net {
+    fn drop(&mut self) {
+        for ns in self.hosts.iter().chain(std::iter::once(&self.hub)) {
+            let _ = Command::new("ip").args(["netns", "del", ns]).status();
+        }
+    }
+}
+
+/// The UDP port every test daemon binds in its own namespace.
+pub const PORT: u16 = 7700;
+
+/// One test host: a namespace, a home, and the offline network settings.
+pub struct Host {
+    pub name: String,
+    pub ns: String,
+    pub addr: Ipv4Addr,
+    pub home: TestHome,
+}
+
+impl Host {
+    pub fn new(name: &str, ns: &str, addr: Ipv4Addr, clusters: &[&str]) -> Host {
+        let home = TestHome::new();
+        let mut ports = String::new();
+        for c in clusters {
+            ports.push_str(&format!("{c} = {PORT}\n"));
+        }
+        let _ = clusters;
+        std::fs::write(
+            home.path().join("malai.toml"),
+            format!("[network]\nrelay = \"disabled\"\ndiscovery = false\nbind = \"{addr}\"\n[network.ports]\n{ports}"),
+        )
+        .unwrap();
+        Host {
+            name: name.to_owned(),
+            ns: ns.to_owned(),
+            addr,
+            home,
+        }
+    }
+
+    pub fn socket_addr(&self) -> String {
+        format!("{}:{PORT}", self.addr)
+    }
+
+    /// `malai ARGS` inside this host's namespace and home.
+    pub fn malai(&self, args: &[&str]) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.ns, super::malai_bin()])
+            .args(args)
+            .env("MALAI_HOME", self.home.path())
+            .env_remove("MALAI_LOG");
+        c
+    }
+
+    pub fn run(&self, args: &[&str]) -> Output {
+        self.malai(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run malai")
+    }
+
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(
+            out.status.success(),
+            "{}: malai {args:?} failed ({:?}):\n{}",
+            self.name,
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    pub fn json(&self, args: &[&str]) -> serde_json::Value {
+        serde_json::from_str(&self.ok(args)).expect("one JSON object")
+    }
+
+    pub fn cluster_dir(&self, alias: &str) -> PathBuf {
+        self.home.cluster_dir(alias)
+    }
+
+    /// Starts `malai daemon` here and waits for READY=1.
+    pub fn start_daemon(&self) -> Daemon {
+        let dir = self.home.path();
+        let sock_path = dir.join(format!("notify-{}.sock", std::process::id()));
+        let _ = std::fs::remove_file(&sock_path);
+        let notify = UnixDatagram::bind(&sock_path).expect("notify socket");
+        let log_path = dir.join("daemon.log");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .unwrap();
+        let child = self
+            .malai(&["daemon"])
+            .env("NOTIFY_SOCKET", &sock_path)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start daemon");
+        let mut d = Daemon {
+            child,
+            notify,
+            log: log_path,
+            status: String::new(),
+            name: self.name.clone(),
+        };
+        d.wait_notify("READY=1");
+        d
+    }
+}
+
+/// A running daemon; stopped (SIGTERM, then SIGKILL) when dropped.
+pub struct Daemon {
+    pub child: Child,
+    notify: UnixDatagram,
+    pub log: PathBuf,
+    /// The last STATUS= line seen.
+    pub status: String,
+    name: String,
+}
+
+impl Daemon {
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    /// Reads NOTIFY_SOCKET datagrams until one contains `what`.
+    pub fn wait_notify(&mut self, what: &str) -> String {
+        let deadline = Instant::now() + DEADLINE;
+        let mut buf = vec![0u8; 4096];
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            assert!(
+                !left.is_zero(),
+                "{}: no {what:?} from the daemon within {DEADLINE:?}; last status {:?}; log:\n{}",
+                self.name,
+                self.status,
+                self.log_text()
+            );
+            self.notify.set_read_timeout(Some(left)).unwrap();
+            if let Ok(n) = self.notify.recv(&mut buf) {
+                let msg = String::from_utf8_lossy(&buf[..n]).into_owned();
+                if let Some(s) = msg.lines().find_map(|l| l.strip_prefix("STATUS=")) {
+                    self.status = s.to_owned();
+                }
+                if msg.contains(what) {
+                    return msg;
+                }
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!(
+                    "{}: daemon exited ({status}) before {what:?}; log:\n{}",
+                    self.name,
+                    self.log_text()
+                );
+            }
+        }
+    }
+
+    /// Waits until the daemon's STATUS= line contains `what`.
+    pub fn wait_status(&mut self, what: &str) {
+        if self.status.contains(what) {
+            return;
+        }
+        let deadline = Instant::now() + DEADLINE;
+        while !self.status.contains(what) {
+            assert!(
+                Instant::now() < deadline,
+                "{}: status never showed {what:?} (last: {:?})",
+                self.name,
+                self.status
+            );
+            self.wait_notify("STATUS=");
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn signal(&self, sig: nix::sys::signal::Signal) {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid()), sig);
+    }
+
+    /// SIGTERM and wait for a clean exit.
+    pub fn stop(mut self) -> std::process::ExitStatus {
+        self.signal(nix::sys::signal::Signal::SIGTERM);
+        self.child.wait().expect("wait daemon")
+    }
+
+    pub fn kill9(mut self) {
+        self.signal(nix::sys::signal::Signal::SIGKILL);
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            self.signal(nix::sys::signal::Signal::SIGTERM);
+            let deadline = Instant::now() + Duration::from_secs(15);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = self.child.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20)); // poll for exit
+            }
+            self.signal(nix::sys::signal::Signal::SIGKILL);
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// A cluster `company` on three hosts: cm (host 0), web01 (1), laptop (2),
+/// with every machine added to the CM's cluster.toml by `rules`.
+pub struct Company {
+    pub net: Net,
+    pub cm: Host,
+    pub web01: Host,
+    pub laptop: Host,
+    pub cm_id: String,
+    pub web_id: String,
+    pub laptop_id: String,
+}
+
+impl Company {
+    /// `rules` is appended to cluster.toml after the machine entries; it may
+    /// add keys to [machine.web01] etc. through dotted tables.
+    pub fn new(tag: &str) -> Company {
+        let net = Net::new(tag, 3);
+        let cm = Host::new("cm", net.ns(0), Net::addr(0), &["company"]);
+        let web01 = Host::new("web01", net.ns(1), Net::addr(1), &["company"]);
+        let laptop = Host::new("laptop", net.ns(2), Net::addr(2), &["company"]);
+        let cm_id = id52_of(&cm.json(&["cluster", "init", "company", "--json"]));
+        let cm_addr = cm.socket_addr();
+        let join = |h: &Host| {
+            id52_of(&h.json(&[
+                "machine",
+                "init",
+                &cm_id,
+                "company",
+                "--cm-addr",
+                &cm_addr,
+                "--name",
+                &h.name,
+                "--json",
+            ]))
+        };
+        let web_id = join(&web01);
+        let laptop_id = join(&laptop);
+        Company {
+            net,
+            cm,
+            web01,
+            laptop,
+            cm_id,
+            web_id,
+            laptop_id,
+        }
+    }
+
+    /// Rewrites the CM's cluster.toml: the CM section, both machines with
+    /// their addresses, and `extra` (rules for them, groups...).
+    pub fn write_cluster_toml(&self, web_rules: &str, laptop_rules: &str, extra: &str) {
+        let text = format!(
+            "[cluster-manager]\nid52 = \"{}\"\nconfig_editors = \"laptop\"\n\n[machine.web01]\nid52 = \"{}\"\naddrs = [\"{}\"]\n{web_rules}\n\n[machine.laptop]\nid52 = \"{}\"\naddrs = [\"{}\"]\n{laptop_rules}\n\n{extra}\n",
+            self.cm_id,
+            self.web_id,
+            self.web01.socket_addr(),
+            self.laptop_id,
+            self.laptop.socket_addr()
+        );
+        let path = self.cm.cluster_dir("company").join("cluster.toml");
+        let mut f = std::fs::File::create(path).unwrap();
+        f.write_all(text.as_bytes()).unwrap();
+    }
+}
+
+pub fn id52_of(v: &serde_json::Value) -> String {
+    v["id52"].as_str().expect("id52 in JSON").to_owned()
+}
+
+/// The pids of processes whose command line starts with `needle`.
+pub fn pids_matching(needle: &str) -> Vec<i32> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        if let Ok(cmd) = std::fs::read(entry.path().join("cmdline")) {
+            let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+            if cmd.starts_with(needle) {
+                out.push(pid);
+            }
+        }
+    }
+    out
+}
+
+pub fn path_str(p: &Path) -> String {
+    p.display().to_string()
+}

@@ -1,0 +1,161 @@
+//! Three hosts in network namespaces (cm, web01, laptop), each with its own
+//! MALAI_HOME and daemon, relays and discovery off: config push, remote
+//! exec, streaming, stdin, exit codes and cleanup of abandoned commands.
+
+mod common;
+
+use std::io::Read;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use common::net::{Company, DEADLINE, pids_matching};
+
+#[test]
+fn config_push_then_exec_streams_and_exits_like_ssh() {
+    require_root!();
+    let c = Company::new("exec");
+    let mut cm = c.cm.start_daemon();
+    let mut web = c.web01.start_daemon();
+    let _lap = c.laptop.start_daemon();
+
+    c.write_cluster_toml(
+        "allow_from = \"admins\"",
+        "",
+        "[group.admins]\nmembers = \"laptop\"",
+    );
+    c.cm.ok(&["rescan"]);
+    cm.wait_status("2/2 machines in sync");
+    web.wait_status("company: machine v2");
+
+    // Nobody touched web01: it holds the pushed machine.toml.
+    let status = c.web01.json(&["status", "--json"]);
+    assert_eq!(status["clusters"][0]["role"], "machine");
+    assert_eq!(status["clusters"][0]["config_version"], 2);
+    let cm_status = c.cm.json(&["status", "--json"]);
+    for m in cm_status["clusters"][0]["machines"].as_array().unwrap() {
+        assert_eq!(m["acked_version"], 2, "{m}");
+        assert_eq!(m["sync"], "in-sync");
+    }
+
+    // stdout, stderr and the exit code, each where it belongs.
+    let out = c.laptop.run(&[
+        "web01.company",
+        "sh",
+        "-c",
+        "echo out; echo err >&2; exit 7",
+    ]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "out\n");
+    assert_eq!(String::from_utf8_lossy(&out.stderr), "err\n");
+    assert_eq!(out.status.code(), Some(7));
+
+    // A signal death is 128+N.
+    let out = c
+        .laptop
+        .run(&["web01.company", "--", "sh", "-c", "kill -TERM $$"]);
+    assert_eq!(out.status.code(), Some(128 + 15));
+
+    // stdin streams, with EOF.
+    let mut child = c
+        .laptop
+        .malai(&["web01.company", "cat"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(child.stdin.as_mut().unwrap(), b"hi\n").unwrap();
+    drop(child.stdin.take());
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.stdout, b"hi\n");
+    assert!(out.status.success());
+
+    // The environment is an allow-list: LD_* and friends do not pass.
+    let out = c
+        .laptop
+        .malai(&["web01.company", "env"])
+        .env("LD_PRELOAD", "/evil.so")
+        .env("LC_ALL", "C.UTF-8")
+        .output()
+        .unwrap();
+    let env = String::from_utf8_lossy(&out.stdout);
+    assert!(env.contains("LC_ALL=C.UTF-8"), "{env}");
+    assert!(!env.contains("LD_PRELOAD"), "{env}");
+    assert!(!env.contains("MALAI_HOME"), "{env}");
+
+    // 200 MB of output streams through while web01's daemon stays small.
+    let rss_before = rss_kib(web.pid());
+    let mut child = c
+        .laptop
+        .malai(&["web01.company", "head", "-c", "200000000", "/dev/zero"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    let mut total = 0usize;
+    let mut buf = vec![0u8; 1 << 16];
+    let mut peak = rss_before;
+    loop {
+        let n = stdout.read(&mut buf).unwrap();
+        if n == 0 {
+            break;
+        }
+        assert!(buf[..n].iter().all(|b| *b == 0));
+        total += n;
+        if total % (16 << 20) < n {
+            peak = peak.max(rss_kib(web.pid()));
+        }
+    }
+    assert!(child.wait().unwrap().success());
+    assert_eq!(total, 200_000_000);
+    let hwm = hwm_kib(web.pid());
+    assert!(
+        peak < rss_before + 64 * 1024 && hwm < rss_before + 64 * 1024,
+        "daemon memory grew with output: before {rss_before} KiB, peak {peak} KiB, high-water {hwm} KiB"
+    );
+
+    // Killing the CLI during a long command leaves nothing behind on web01.
+    let marker = "1000.31337";
+    let mut child = c
+        .laptop
+        .malai(&["web01.company", "sleep", marker])
+        .spawn()
+        .unwrap();
+    wait_until("the remote sleep starts", || {
+        !pids_matching(&format!("sleep {marker}")).is_empty()
+    });
+    child.kill().unwrap();
+    let _ = child.wait();
+    wait_until("the remote sleep is killed", || {
+        pids_matching(&format!("sleep {marker}")).is_empty()
+    });
+    wait_until("web01 logs the abandoned command", || {
+        web.log_text().contains("went away")
+    });
+
+    // The daemons stop cleanly on SIGTERM.
+    assert!(web.stop().success());
+    assert!(cm.stop().success());
+}
+
+/// Polls a condition of the system under test until it holds or the
+/// deadline passes.
+fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + DEADLINE;
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        std::thread::sleep(Duration::from_millis(20)); // poll interval
+    }
+}
+
+fn proc_status_kib(pid: i32, key: &str) -> u64 {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = text.lines().find(|l| l.starts_with(key)).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+fn rss_kib(pid: i32) -> u64 {
+    proc_status_kib(pid, "VmRSS:")
+}
+
+fn hwm_kib(pid: i32) -> u64 {
+    proc_status_kib(pid, "VmHWM:")
+}
