@@ -235,8 +235,7 @@ async fn serve(
 async fn pump(mut s: spawn::Spawned, mut send: SendStream, recv: RecvStream) -> anyhow::Result<u8> {
     let (tx, mut rx) = mpsc::channel::<(Kind, Vec<u8>)>(QUEUE);
     let mut readers = Vec::new();
-    let mut stdin_sink: Option<Box<dyn FnMut(Vec<u8>) -> tokio::task::JoinHandle<bool> + Send>> =
-        None;
+    let mut stdin_sink: Option<StdinSink> = None;
     let master = s.pty_master.take();
 
     if let Some(master) = &master {
@@ -333,6 +332,10 @@ async fn pump(mut s: spawn::Spawned, mut send: SendStream, recv: RecvStream) -> 
     let _ = send.stopped().await;
     Ok(code)
 }
+
+/// Where stdin goes when the command runs on a PTY: a blocking write to the
+/// master side, off the async threads.
+type StdinSink = Box<dyn FnMut(Vec<u8>) -> tokio::task::JoinHandle<bool> + Send>;
 
 async fn read_into<R: AsyncRead + Unpin>(mut r: R, kind: Kind, tx: mpsc::Sender<(Kind, Vec<u8>)>) {
     let mut buf = vec![0u8; CHUNK];

@@ -118,13 +118,21 @@ pub async fn dial(
     }
 }
 
+/// Connections by (peer, ALPN).
+type ConnMap = HashMap<(Id52, Vec<u8>), Connection>;
+
 /// Reuses one live connection per (peer, protocol).
 #[derive(Debug, Clone, Default)]
 pub struct Pool {
-    conns: Arc<Mutex<HashMap<(Id52, Vec<u8>), Connection>>>,
+    conns: Arc<Mutex<ConnMap>>,
 }
 
 impl Pool {
+    /// Drops a connection that failed, so the next use dials afresh.
+    pub async fn forget(&self, peer: &Id52, alpn: &[u8]) {
+        self.conns.lock().await.remove(&(*peer, alpn.to_vec()));
+    }
+
     pub async fn get(
         &self,
         endpoint: &Endpoint,

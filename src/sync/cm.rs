@@ -3,8 +3,9 @@
 //! version (all at once, retrying the unreachable with backoff), answer
 //! fetches, and record acknowledgements in state.json.
 
+use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::task::JoinSet;
 
@@ -15,6 +16,13 @@ use crate::identity::Id52;
 use crate::p2p::{CONFIG_ALPN, frame};
 use crate::personalize;
 use crate::state::unix_now;
+
+/// How long one push (dial, send, acknowledgement) may take.
+const PUSH_TIMEOUT: Duration = Duration::from_secs(15);
+/// Retry delays for an unreachable machine: doubling from the first to the
+/// second.
+const MIN_BACKOFF: Duration = Duration::from_secs(1);
+const MAX_BACKOFF: Duration = Duration::from_secs(60);
 
 /// The signed config for the machine `peer` at the current version.
 async fn envelope_for(shared: &Shared, peer: &Id52) -> Option<(String, Envelope)> {
@@ -32,6 +40,11 @@ pub async fn serve_fetch(shared: &Arc<Shared>, peer: Id52) -> super::proto::Conf
     match envelope_for(shared, &peer).await {
         Some((alias, envelope)) => {
             tracing::info!(malai_cluster = %shared.alias, malai_peer = %peer, "machine {alias} fetched config version {}", envelope.version);
+            // The machine is back, perhaps restarted: a pooled connection to
+            // it may be dead. Dial afresh and retry pending pushes now
+            // rather than at the end of a backoff.
+            shared.pool.forget(&peer, CONFIG_ALPN).await;
+            shared.wake.notify_one();
             ConfigAnswer::Config { envelope }
         }
         None => {
@@ -43,36 +56,67 @@ pub async fn serve_fetch(shared: &Arc<Shared>, peer: Id52) -> super::proto::Conf
     }
 }
 
-/// Pushes until every machine holds the current version; sleeps until woken
-/// by a config change, or until the next retry of an unreachable machine.
+/// Pushes until every machine holds the current version, each machine on
+/// its own task so one unreachable machine delays nobody else; retries a
+/// failed machine with exponential backoff. A wake-up (config changed, or a
+/// machine reconnected) restarts every push at once: pushes are idempotent,
+/// and a push stuck on a dead connection must not hold back the new one.
 pub async fn pusher(shared: Arc<Shared>) {
-    let mut backoff = Duration::from_secs(1);
+    let mut set: JoinSet<(String, bool)> = JoinSet::new();
+    let mut inflight: HashMap<String, tokio::task::Id> = HashMap::new();
+    let mut retry: HashMap<String, (Instant, Duration)> = HashMap::new();
     loop {
         let woken = shared.wake.notified();
-        let pending = pending_machines(&shared).await;
-        if !pending.is_empty() {
-            let mut set = JoinSet::new();
-            for (alias, id, addrs) in pending {
-                let shared = shared.clone();
-                set.spawn(async move {
-                    let result = push_one(&shared, &id, &addrs).await;
-                    record(&shared, &alias, &id, result).await
-                });
-            }
-            let mut all_ok = true;
-            while let Some(ok) = set.join_next().await {
-                all_ok &= ok.unwrap_or(false);
-            }
-            if !all_ok {
-                tokio::select! {
-                    _ = woken => backoff = Duration::from_secs(1),
-                    _ = tokio::time::sleep(backoff) => backoff = (backoff * 2).min(Duration::from_secs(60)),
-                }
+        let now = Instant::now();
+        for (alias, id, addrs) in pending_machines(&shared).await {
+            if inflight.contains_key(&alias) || retry.get(&alias).is_some_and(|(at, _)| *at > now) {
                 continue;
             }
+            let task_shared = shared.clone();
+            let task_alias = alias.clone();
+            let handle =
+                set.spawn(async move {
+                    let shared = task_shared;
+                    let result =
+                        match tokio::time::timeout(PUSH_TIMEOUT, push_one(&shared, &id, &addrs))
+                            .await
+                        {
+                            Ok(r) => r,
+                            Err(_) => Err(anyhow::anyhow!(
+                                "no answer within {} s",
+                                PUSH_TIMEOUT.as_secs()
+                            )),
+                        };
+                    if result.is_err() {
+                        shared.pool.forget(&id, CONFIG_ALPN).await;
+                    }
+                    let ok = record(&shared, &task_alias, &id, result).await;
+                    (task_alias, ok)
+                });
+            inflight.insert(alias, handle.id());
         }
-        backoff = Duration::from_secs(1);
-        woken.await;
+        let next_retry = retry.values().map(|(at, _)| *at).min();
+        tokio::select! {
+            _ = woken => {
+                set.abort_all();
+                inflight.clear();
+                retry.clear();
+            }
+            Some(done) = set.join_next_with_id(), if !set.is_empty() => {
+                if let Ok((task, (alias, ok))) = done
+                    && inflight.get(&alias) == Some(&task)
+                {
+                    inflight.remove(&alias);
+                    if ok {
+                        retry.remove(&alias);
+                    } else {
+                        let delay = retry.get(&alias).map_or(MIN_BACKOFF, |(_, d)| (*d * 2).min(MAX_BACKOFF));
+                        retry.insert(alias, (Instant::now() + delay, delay));
+                    }
+                }
+            }
+            _ = tokio::time::sleep_until(next_retry.unwrap_or(now).into()), if next_retry.is_some() => {}
+        }
     }
 }
 
@@ -124,6 +168,7 @@ async fn push_one(
 /// Writes the outcome of a push into state.json; true when acknowledged.
 async fn record(shared: &Shared, alias: &str, id: &Id52, result: anyhow::Result<u64>) -> bool {
     let mut state = shared.cm_state.lock().await;
+    let current = state.version;
     let entry = state.machines.entry(alias.to_owned()).or_default();
     if entry.id52 != id.to_string() {
         *entry = crate::state::MachineSync {
@@ -141,6 +186,9 @@ async fn record(shared: &Shared, alias: &str, id: &Id52, result: anyhow::Result<
             tracing::info!(malai_cluster = %shared.alias, malai_peer = %id, malai_config_version = *version, "machine {alias} acknowledged config version {version}");
             true
         }
+        // A stale push failing after the machine already acknowledged (on a
+        // fresher connection) changes nothing.
+        Err(_) if entry.acked_version >= current => true,
         Err(e) => {
             entry.unreachable_since.get_or_insert(now);
             entry.last_error = Some(format!("{e:#}"));
