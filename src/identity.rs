@@ -224,7 +224,7 @@ mod tests {
         id.store(&path).unwrap();
         assert_eq!(Identity::load(&path).unwrap().id52(), id.id52());
         fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();
-        let err = Identity::load(&path).err().expect("0644 must be refused");
+        let err = Identity::load(&path).expect_err("0644 must be refused");
         let msg = err.to_string();
         assert!(msg.contains("chmod 600"), "{msg}");
         assert!(msg.contains("identity.key"), "{msg}");

@@ -422,9 +422,10 @@ fn aliases_expand_and_denials_show_through() {
 }
 
 /// A device runs commands on itself through its own ACL, like any peer
-/// (DESIGN.md: `malai cm.company uptime` works on the CM itself).
+/// (DESIGN.md: `malai cm.company uptime` works on the CM itself). The CLI
+/// decides and runs it locally (iroh cannot dial its own key), so the
+/// denial is on the CLI's stderr rather than in the daemon's audit log.
 #[test]
-#[ignore = "src bug: the CLI dials its own id52 and iroh refuses: \"Connecting to ourself is not supported\""]
 fn exec_on_itself_goes_through_the_acl() {
     require_root!();
     let c = Company::new("dnyslf");
@@ -443,7 +444,6 @@ fn exec_on_itself_goes_through_the_acl() {
     // Not in its own allow_from: denied like anyone else.
     let out = c.laptop.run(&["l"]);
     assert_denied(&out, &["laptop.company", "allow_from"]);
-    wait_log_line(&lap, &["denied", &c.laptop_id, "\"id -u\""]);
 
     // Once listed, it runs.
     c.write_cluster_toml("", "allow_from = \"web01,laptop\"", "");

@@ -135,7 +135,6 @@ fn shell_outside_allow_shell_is_denied_but_commands_run() {
 /// Like ssh, leaving a shell that started a background job ends the session
 /// at once; and the job does not keep the host's command slot.
 #[test]
-#[ignore = "bug: the host waits for every holder of the PTY to close it before sending the exit"]
 fn shell_exit_with_a_background_job_returns() {
     require_root!();
     let (c, [_cm, web, _lap]) = company_in_sync(

@@ -62,7 +62,7 @@ pub fn exec(home: &Home, words: &[String], verbose: u8) -> anyhow::Result<u8> {
             ),
         )
     })?;
-    if verbose > 0 {
+    if verbose > 0 && machine.id52 != cluster.identity.id52() {
         eprintln!(
             "malai: dialling {target} ({}) directly with this device's identity for {:?}",
             machine.id52, target.cluster
@@ -72,6 +72,14 @@ pub fn exec(home: &Home, words: &[String], verbose: u8) -> anyhow::Result<u8> {
     let network = local.network.clone();
     let what = target.to_string();
     let rt = super::runtime()?;
+    if id == cluster.identity.id52() {
+        if verbose > 0 {
+            eprintln!("malai: {target} is this device: deciding and running here");
+        }
+        let result = rt.block_on(crate::exec::local::run(config, &id, argv, &what));
+        rt.shutdown_background();
+        return result;
+    }
     let result = rt.block_on(async move {
         let endpoint = p2p::bind(&cluster.identity, &network, 0, Vec::new())
             .await

@@ -2,6 +2,7 @@
 //! user when root), the host side that serves peers, and the client side.
 
 pub mod client;
+pub mod local;
 pub mod proto;
 pub mod server;
 pub mod spawn;

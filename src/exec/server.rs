@@ -28,6 +28,8 @@ pub const MAX_COMMANDS_PER_PEER: usize = 16;
 const CHUNK: usize = 64 * 1024;
 /// Frames of output queued per command before reading pauses.
 const QUEUE: usize = 8;
+/// How long output of an exited shell is still collected from its PTY.
+const PTY_DRAIN: Duration = Duration::from_millis(300);
 
 /// One cluster's exec service: the config it decides with and the commands
 /// it is running.
@@ -91,7 +93,7 @@ impl Host {
         let running = self.running.lock().expect("running lock");
         for (peer, pgid) in running.commands.values() {
             tracing::warn!(malai_cluster = %self.cluster, malai_peer = %peer, "killing a command still running at shutdown");
-            spawn::kill_group(*pgid, Signal::SIGKILL);
+            spawn::kill_session(*pgid, Signal::SIGKILL);
         }
     }
 
@@ -190,6 +192,7 @@ async fn serve(
         username: grant.username.clone(),
         env: req.env.clone(),
         pty: req.pty,
+        inherit_stdio: false,
     });
     let spawned = match spawned {
         Ok(s) => s,
@@ -220,7 +223,7 @@ async fn serve(
             "{run_text:?} for {peer} exited with {code}"
         ),
         Err(e) => {
-            spawn::kill_group(pgid, Signal::SIGKILL);
+            spawn::kill_session(pgid, Signal::SIGKILL);
             tracing::warn!(
                 malai_cluster = %host.cluster, malai_peer = %peer, malai_argv = %run_text,
                 "client of {run_text:?} went away ({e:#}); killed its process group"
@@ -237,6 +240,7 @@ async fn pump(mut s: spawn::Spawned, mut send: SendStream, recv: RecvStream) -> 
     let mut readers = Vec::new();
     let mut stdin_sink: Option<StdinSink> = None;
     let master = s.pty_master.take();
+    let on_pty = master.is_some();
 
     if let Some(master) = &master {
         let mut reader = std::fs::File::from(master.try_clone()?);
@@ -265,11 +269,14 @@ async fn pump(mut s: spawn::Spawned, mut send: SendStream, recv: RecvStream) -> 
             readers.push(tokio::spawn(read_into(err, Kind::Stderr, tx.clone())));
         }
     }
-    drop(tx);
-
+    // The writer ends after the exit status, even if a background job still
+    // holds the PTY open (and its reader's sender alive).
     let writer = tokio::spawn(async move {
         while let Some((kind, bytes)) = rx.recv().await {
             frame::write(&mut send, kind, &bytes).await?;
+            if kind == Kind::Control {
+                break;
+            }
         }
         anyhow::Ok(send)
     });
@@ -316,18 +323,28 @@ async fn pump(mut s: spawn::Spawned, mut send: SendStream, recv: RecvStream) -> 
     let status = tokio::select! {
         status = s.child.wait() => status?,
         gone = input => {
-            spawn::kill_group(pgid, Signal::SIGKILL);
+            spawn::kill_session(pgid, Signal::SIGKILL);
             let _ = s.child.wait().await;
             writer.abort();
             return Err(gone);
         }
     };
     for r in readers {
-        let _ = r.await;
+        if on_pty {
+            // What the shell wrote before exiting is in the PTY already; a
+            // background job that keeps the PTY open must not hold the exit
+            // back (ssh returns at once too).
+            let _ = tokio::time::timeout(PTY_DRAIN, r).await;
+        } else {
+            let _ = r.await;
+        }
     }
-    let mut send = writer.await??;
     let code = spawn::exit_code(status);
-    frame::write_msg(&mut send, &HostMsg::Exit { code }).await?;
+    let exit = serde_json::to_vec(&HostMsg::Exit { code })?;
+    tx.send((Kind::Control, exit))
+        .await
+        .map_err(|_| anyhow::anyhow!("output writer ended early"))?;
+    let mut send = writer.await??;
     send.finish()?;
     let _ = send.stopped().await;
     Ok(code)

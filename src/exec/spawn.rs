@@ -22,11 +22,15 @@ pub struct Spec {
     pub username: Option<String>,
     pub env: Vec<(String, String)>,
     pub pty: Option<WindowSize>,
+    /// Use the caller's stdin, stdout, stderr and terminal (a command the
+    /// CLI runs on this device itself) instead of pipes.
+    pub inherit_stdio: bool,
 }
 
 pub struct Spawned {
     pub child: Child,
-    /// The process group (= session) of the command: `killpg` target.
+    /// The process group and session id of the command (it is the session
+    /// leader): `killpg` and `kill_session` target.
     pub pgid: i32,
     /// The PTY's master side, when the command runs on one.
     pub pty_master: Option<OwnedFd>,
@@ -98,6 +102,10 @@ pub fn spawn(spec: Spec) -> anyhow::Result<Spawned> {
             .stderr(Stdio::from(slave.try_clone()?));
         slave_for_child = Some(slave);
         pty_master = Some(master);
+    } else if spec.inherit_stdio {
+        cmd.stdin(Stdio::inherit())
+            .stdout(Stdio::inherit())
+            .stderr(Stdio::inherit());
     } else {
         cmd.stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -112,7 +120,7 @@ pub fn spawn(spec: Spec) -> anyhow::Result<Spawned> {
         None
     };
     let with_pty = spec.pty.is_some();
-    set_up_child(&mut cmd, with_pty, ids);
+    set_up_child(&mut cmd, !spec.inherit_stdio, with_pty, ids);
 
     let child = cmd
         .spawn()
@@ -127,16 +135,24 @@ pub fn spawn(spec: Spec) -> anyhow::Result<Spawned> {
 }
 
 /// In the child, between fork and exec: a new session (so the command and
-/// everything it starts share one process group), the PTY as controlling
-/// terminal, then the user's groups, gid and uid, in that order.
+/// everything it starts can be killed together; not for a command that
+/// keeps the caller's terminal), the PTY as controlling terminal, then the
+/// user's groups, gid and uid, in that order.
 #[allow(unsafe_code)]
-fn set_up_child(cmd: &mut Command, with_pty: bool, ids: Option<(Uid, Gid, Vec<Gid>)>) {
+fn set_up_child(
+    cmd: &mut Command,
+    new_session: bool,
+    with_pty: bool,
+    ids: Option<(Uid, Gid, Vec<Gid>)>,
+) {
     // SAFETY: the closure runs in the forked child before exec and only makes
     // system calls (setsid, ioctl, setgroups, setgid, setuid) on values
     // prepared before the fork; it allocates nothing and takes no locks.
     unsafe {
         cmd.pre_exec(move || {
-            rustix::process::setsid()?;
+            if new_session {
+                rustix::process::setsid()?;
+            }
             if with_pty {
                 rustix::process::ioctl_tiocsctty(rustix::stdio::stdin())?;
             }
@@ -181,6 +197,32 @@ pub fn resize(master: &OwnedFd, size: WindowSize) -> anyhow::Result<()> {
 /// Sends `signal` to the whole process group of a command.
 pub fn kill_group(pgid: i32, signal: nix::sys::signal::Signal) {
     let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pgid), signal);
+}
+
+/// Sends `signal` to every process of the session `sid` (the command and
+/// everything it started, background jobs of a shell included, which live in
+/// process groups of their own).
+pub fn kill_session(sid: i32, signal: nix::sys::signal::Signal) {
+    kill_group(sid, signal);
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        // Fields after the command name: state ppid pgrp session ...
+        let session = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().nth(3))
+            .and_then(|s| s.parse::<i32>().ok());
+        if session == Some(sid) {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), signal);
+        }
+    }
 }
 
 /// The exit code a client reports: the code, or 128+N for signal N.
