@@ -82,8 +82,13 @@ impl Daemon {
         let line = self.status_line().await;
         notify(&[NotifyState::Ready, NotifyState::Status(&line)]);
         tracing::info!("malai daemon ready: {line}");
+        // WATCHDOG=1 at half of WATCHDOG_USEC, from this loop, so that a
+        // stuck loop gets the daemon restarted.
+        let watchdog = sd_notify::watchdog_enabled().map(|t| t / 2);
+        let mut ping = tokio::time::interval(watchdog.unwrap_or(Duration::from_secs(3600)));
         loop {
             tokio::select! {
+                _ = ping.tick(), if watchdog.is_some() => notify(&[NotifyState::Watchdog]),
                 _ = self.changed.notified() => {
                     notify(&[NotifyState::Status(&self.status_line().await)]);
                 }
