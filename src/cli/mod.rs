@@ -5,6 +5,7 @@
 use clap::{Parser, Subcommand};
 
 pub mod cluster;
+pub mod config;
 pub mod daemon;
 pub mod machine;
 pub mod rescan;
@@ -37,6 +38,9 @@ pub enum Command {
     /// Join clusters as a machine.
     #[command(subcommand)]
     Machine(machine::MachineCommand),
+    /// Download, upload, edit and validate a cluster's config.
+    #[command(subcommand)]
+    Config(config::ConfigCommand),
     /// Run the daemon in the foreground (as systemd does).
     Daemon(daemon::Args),
     /// Validate config files; without --check also apply them.
@@ -53,6 +57,7 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
     match cli.command {
         Command::Cluster(cmd) => cluster::run(cmd),
         Command::Machine(cmd) => machine::run(cmd),
+        Command::Config(cmd) => config::run(cmd),
         Command::Daemon(args) => daemon::run(args),
         Command::Rescan(args) => rescan::run(args),
         Command::Status(args) => status::run(args),

@@ -102,3 +102,91 @@ pub fn exec(home: &Home, words: &[String], verbose: u8) -> anyhow::Result<u8> {
     rt.shutdown_background();
     result
 }
+
+/// Sends a config request to the cluster's manager: handled here when this
+/// device is the CM (its own files, then a rescan of the running daemon),
+/// over `malai/config/1` otherwise.
+pub fn config_request(
+    home: &Home,
+    cluster: &str,
+    req: crate::sync::proto::ConfigRequest,
+) -> anyhow::Result<crate::sync::proto::ConfigAnswer> {
+    use crate::sync::proto::{ConfigAnswer, ConfigRequest};
+    let c = home.load_cluster(cluster)?;
+    if c.role == crate::home::Role::ClusterManager {
+        let path = c.dir.join(crate::home::CLUSTER_FILE);
+        let state_path = c.state_path();
+        let mut state = crate::state::CmState::load(&state_path)?;
+        return Ok(match req {
+            ConfigRequest::Download => {
+                let text = std::fs::read_to_string(&path)?;
+                ConfigAnswer::File {
+                    hash: crate::home::hash_hex(text.as_bytes()),
+                    text,
+                    version: state.version,
+                }
+            }
+            ConfigRequest::Upload {
+                text,
+                base_hash,
+                force,
+            } => {
+                let me = c.identity.id52();
+                match crate::sync::edit::swap_file(
+                    &path,
+                    &me,
+                    &text,
+                    &base_hash,
+                    force,
+                    state.version,
+                ) {
+                    Err(refusal) => refusal,
+                    Ok(swapped) => match rescan(home)? {
+                        RescanRoute::Daemon(_) => ConfigAnswer::Accepted {
+                            version: state.version + u64::from(swapped.new_hash != state.hash),
+                            hash: swapped.new_hash,
+                        },
+                        RescanRoute::Files => {
+                            state.reconcile(&swapped.new_hash);
+                            state.save(&state_path)?;
+                            ConfigAnswer::Accepted {
+                                version: state.version,
+                                hash: swapped.new_hash,
+                            }
+                        }
+                    },
+                }
+            }
+            ConfigRequest::Push { .. } | ConfigRequest::Fetch => {
+                anyhow::bail!("internal: {req:?} is not a config editing request")
+            }
+        });
+    }
+    let local = home.local_config()?;
+    let rt = super::runtime()?;
+    let (cm, addrs) = (c.cm_id52, c.cm_addrs.clone());
+    let answer = rt.block_on(async {
+        let endpoint = p2p::bind(&c.identity, &local.network, 0, Vec::new()).await?;
+        let result = async {
+            let conn = p2p::dial(&endpoint, &cm, &addrs, crate::p2p::CONFIG_ALPN)
+                .await
+                .map_err(|e| {
+                    Failure::new(
+                        crate::exit::UNAVAILABLE,
+                        format!("cannot reach the cluster manager of {cluster:?}: {e:#}"),
+                    )
+                })?;
+            let (mut send, mut recv) = conn.open_bi().await?;
+            crate::p2p::frame::write_msg(&mut send, &req).await?;
+            send.finish()?;
+            let answer: ConfigAnswer = crate::p2p::frame::read_msg(&mut recv).await?;
+            conn.close(0u32.into(), b"done");
+            anyhow::Ok(answer)
+        }
+        .await;
+        endpoint.close().await;
+        result
+    });
+    rt.shutdown_background();
+    answer
+}

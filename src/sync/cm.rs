@@ -161,7 +161,7 @@ async fn push_one(
         ConfigAnswer::Rejected { reason } | ConfigAnswer::Denied { reason } => {
             anyhow::bail!("refused: {reason}")
         }
-        ConfigAnswer::Config { .. } => anyhow::bail!("unexpected answer to a push"),
+        other => anyhow::bail!("unexpected answer to a push: {other:?}"),
     }
 }
 

@@ -6,6 +6,7 @@
 //! Who may send what is decided in one exhaustive match in `ConfigHandler`.
 
 pub mod cm;
+pub mod edit;
 pub mod envelope;
 pub mod machine;
 pub mod proto;
@@ -72,6 +73,23 @@ async fn answer(shared: &Arc<Shared>, peer: Id52, req: ConfigRequest) -> ConfigA
                     reason: "this device is the cluster manager; it takes no pushed config".into(),
                 }
             }
+        },
+        // Only config_editors may download or upload, and only on the CM.
+        ConfigRequest::Download => match role {
+            Role::ClusterManager => edit::download(shared, peer).await,
+            Role::Machine | Role::Waiting => ConfigAnswer::Denied {
+                reason: "this device is not the cluster manager".into(),
+            },
+        },
+        ConfigRequest::Upload {
+            text,
+            base_hash,
+            force,
+        } => match role {
+            Role::ClusterManager => edit::upload(shared, peer, text, base_hash, force).await,
+            Role::Machine | Role::Waiting => ConfigAnswer::Denied {
+                reason: "this device is not the cluster manager".into(),
+            },
         },
         // Only a machine listed in cluster.toml may fetch, and only its own.
         ConfigRequest::Fetch => match role {

@@ -1,0 +1,306 @@
+//! `malai config download|upload|edit|show|validate`: change a cluster's
+//! config from any editor's device, with a hash check so two editors never
+//! overwrite each other silently.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use clap::Subcommand;
+use serde::{Deserialize, Serialize};
+
+use super::route;
+use crate::exit::{CONFIG, DENIED, FAILURE, Failure, OK};
+use crate::home::Home;
+use crate::sync::proto::{ConfigAnswer, ConfigRequest};
+
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Fetch cluster.toml from the cluster manager into FILE, with the hash
+    /// it is based on beside it (FILE.base).
+    Download {
+        cluster: String,
+        /// Where to write it (default: CLUSTER.toml).
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+    },
+    /// Send FILE to the cluster manager; refused if cluster.toml changed
+    /// since FILE was downloaded (unless --force) or if FILE is invalid.
+    Upload {
+        file: PathBuf,
+        /// Overwrite even a newer cluster.toml (never an invalid file).
+        #[arg(long)]
+        force: bool,
+    },
+    /// Download, open $EDITOR, validate, upload (merging with changes made
+    /// meanwhile by others when that merges cleanly).
+    Edit { cluster: String },
+    /// Print cluster.toml as the cluster manager has it.
+    Show { cluster: String },
+    /// Validate a cluster.toml locally.
+    Validate { file: PathBuf },
+}
+
+/// `FILE.base`: what a downloaded file was based on.
+#[derive(Debug, Serialize, Deserialize)]
+struct Base {
+    cluster: String,
+    hash: String,
+    version: u64,
+}
+
+fn base_path(file: &Path) -> PathBuf {
+    let mut name = file.as_os_str().to_owned();
+    name.push(".base");
+    PathBuf::from(name)
+}
+
+pub fn run(cmd: ConfigCommand) -> anyhow::Result<u8> {
+    let home = Home::resolve()?;
+    match cmd {
+        ConfigCommand::Download { cluster, output } => {
+            let (text, hash, version) = download(&home, &cluster)?;
+            let file = output.unwrap_or_else(|| PathBuf::from(format!("{cluster}.toml")));
+            write_with_base(
+                &file,
+                &text,
+                &Base {
+                    cluster: cluster.clone(),
+                    hash,
+                    version,
+                },
+            )?;
+            eprintln!(
+                "{}: cluster.toml of {cluster:?} at version {version}",
+                file.display()
+            );
+            Ok(OK)
+        }
+        ConfigCommand::Show { cluster } => {
+            let (text, _, _) = download(&home, &cluster)?;
+            print!("{text}");
+            Ok(OK)
+        }
+        ConfigCommand::Validate { file } => {
+            let text = std::fs::read_to_string(&file)
+                .with_context(|| format!("reading {}", file.display()))?;
+            crate::config::cluster::parse(&file, &text, crate::config::FileKind::Cluster)?;
+            eprintln!("{}: valid", file.display());
+            Ok(OK)
+        }
+        ConfigCommand::Upload { file, force } => {
+            let text = std::fs::read_to_string(&file)
+                .with_context(|| format!("reading {}", file.display()))?;
+            let base_file = base_path(&file);
+            let base: Base =
+                serde_json::from_str(&std::fs::read_to_string(&base_file).with_context(|| {
+                    format!(
+                        "reading {} (written by `malai config download`)",
+                        base_file.display()
+                    )
+                })?)
+                .with_context(|| format!("{} is not a malai base file", base_file.display()))?;
+            let (version, hash) = upload(&home, &base.cluster, text.clone(), &base.hash, force)?;
+            write_with_base(
+                &file,
+                &text,
+                &Base {
+                    cluster: base.cluster.clone(),
+                    hash,
+                    version,
+                },
+            )?;
+            eprintln!(
+                "uploaded: cluster {:?} is at version {version}",
+                base.cluster
+            );
+            Ok(OK)
+        }
+        ConfigCommand::Edit { cluster } => edit(&home, &cluster),
+    }
+}
+
+fn write_with_base(file: &Path, text: &str, base: &Base) -> anyhow::Result<()> {
+    crate::fsutil::write_atomic(file, text.as_bytes(), 0o644)
+        .with_context(|| format!("writing {}", file.display()))?;
+    let json = serde_json::to_vec_pretty(base)?;
+    crate::fsutil::write_atomic(&base_path(file), &json, 0o644)?;
+    Ok(())
+}
+
+/// The refusals every request can get, as errors with their exit codes.
+fn refused(answer: ConfigAnswer) -> anyhow::Error {
+    match answer {
+        ConfigAnswer::Denied { reason } => Failure::new(DENIED, format!("denied: {reason}")).into(),
+        ConfigAnswer::Invalid { errors } => {
+            Failure::new(CONFIG, format!("refused, the file does not validate:\n{errors}")).into()
+        }
+        ConfigAnswer::Stale { current_hash, version } => Failure::new(
+            FAILURE,
+            format!(
+                "refused: cluster.toml changed since your download; it is now version {version} (hash {current_hash}). \
+                 Download it again and redo your change, use `malai config edit` to merge, or --force to overwrite"
+            ),
+        )
+        .into(),
+        ConfigAnswer::Rejected { reason } => Failure::new(FAILURE, format!("refused: {reason}")).into(),
+        other => Failure::new(FAILURE, format!("unexpected answer from the cluster manager: {other:?}")).into(),
+    }
+}
+
+fn download(home: &Home, cluster: &str) -> anyhow::Result<(String, String, u64)> {
+    match route::config_request(home, cluster, ConfigRequest::Download)? {
+        ConfigAnswer::File {
+            text,
+            hash,
+            version,
+        } => Ok((text, hash, version)),
+        other => Err(refused(other)),
+    }
+}
+
+fn upload(
+    home: &Home,
+    cluster: &str,
+    text: String,
+    base_hash: &str,
+    force: bool,
+) -> anyhow::Result<(u64, String)> {
+    let req = ConfigRequest::Upload {
+        text,
+        base_hash: base_hash.to_owned(),
+        force,
+    };
+    match route::config_request(home, cluster, req)? {
+        ConfigAnswer::Accepted { version, hash } => Ok((version, hash)),
+        other => Err(refused(other)),
+    }
+}
+
+/// Lines malai puts at the top of a file it reopens, to show the errors.
+const ERROR_MARK: &str = "# malai: ";
+
+fn edit(home: &Home, cluster: &str) -> anyhow::Result<u8> {
+    let (base_text, base_hash, _) = download(home, cluster)?;
+    let dir = tempfile_dir()?;
+    let file = dir.join(format!("{cluster}.toml"));
+    std::fs::write(&file, &base_text)?;
+    let mine = loop {
+        run_editor(&file)?;
+        let edited = std::fs::read_to_string(&file)?;
+        let text: String = edited
+            .lines()
+            .filter(|l| !l.starts_with(ERROR_MARK))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        if text == base_text {
+            eprintln!("no changes");
+            let _ = std::fs::remove_dir_all(&dir);
+            return Ok(OK);
+        }
+        match crate::config::cluster::parse(
+            Path::new("cluster.toml"),
+            &text,
+            crate::config::FileKind::Cluster,
+        ) {
+            Ok(_) => break text,
+            Err(diags) => {
+                let shown: String = diags
+                    .to_string()
+                    .lines()
+                    .map(|l| format!("{ERROR_MARK}{l}\n"))
+                    .collect();
+                if edited.starts_with(ERROR_MARK) && edited == format!("{shown}{text}") {
+                    // Reopened with the errors and saved without a change.
+                    let _ = std::fs::remove_dir_all(&dir);
+                    return Err(diags.into());
+                }
+                std::fs::write(&file, format!("{shown}{text}"))?;
+                eprintln!(
+                    "the file does not validate; reopening the editor with the errors at the top"
+                );
+            }
+        }
+    };
+    let result = match upload(home, cluster, mine.clone(), &base_hash, false) {
+        Ok((version, _)) => {
+            eprintln!("uploaded: cluster {cluster:?} is at version {version}");
+            Ok(OK)
+        }
+        Err(e) if is_stale(&e) => merge_and_upload(home, cluster, &base_text, &mine),
+        Err(e) => {
+            eprintln!("your edit is kept in {}", file.display());
+            return Err(e);
+        }
+    };
+    let _ = std::fs::remove_dir_all(&dir);
+    result
+}
+
+fn is_stale(e: &anyhow::Error) -> bool {
+    e.downcast_ref::<Failure>()
+        .is_some_and(|f| f.message.contains("changed since your download"))
+}
+
+/// Someone uploaded meanwhile: a three-way merge of base, mine and theirs.
+fn merge_and_upload(home: &Home, cluster: &str, base: &str, mine: &str) -> anyhow::Result<u8> {
+    let (theirs, their_hash, version) = download(home, cluster)?;
+    match diffy::merge(base, mine, &theirs) {
+        Ok(merged) => {
+            eprintln!(
+                "cluster.toml changed meanwhile (now version {version}); your edit merges cleanly:"
+            );
+            eprint!("{}", diffy::create_patch(&theirs, &merged));
+            let (version, _) = upload(home, cluster, merged, &their_hash, false)?;
+            eprintln!("uploaded the merge: cluster {cluster:?} is at version {version}");
+            Ok(OK)
+        }
+        Err(conflicted) => {
+            let file = PathBuf::from(format!("{cluster}.toml"));
+            write_with_base(
+                &file,
+                &conflicted,
+                &Base {
+                    cluster: cluster.to_owned(),
+                    hash: their_hash,
+                    version,
+                },
+            )?;
+            Err(Failure::new(
+                FAILURE,
+                format!(
+                    "cluster.toml changed meanwhile and your edit conflicts with it; nothing was uploaded. \
+                     {} holds the merge with conflict markers: resolve them, then `malai config upload {}`",
+                    file.display(),
+                    file.display()
+                ),
+            )
+            .into())
+        }
+    }
+}
+
+fn run_editor(file: &Path) -> anyhow::Result<()> {
+    let editor = std::env::var("VISUAL")
+        .or_else(|_| std::env::var("EDITOR"))
+        .unwrap_or_else(|_| "vi".to_owned());
+    let mut words = shell_words::split(&editor).context("parsing $EDITOR")?;
+    if words.is_empty() {
+        words.push("vi".into());
+    }
+    let status = std::process::Command::new(&words[0])
+        .args(&words[1..])
+        .arg(file)
+        .status()
+        .with_context(|| format!("running the editor {editor:?}"))?;
+    anyhow::ensure!(
+        status.success(),
+        "the editor {editor:?} failed ({status}); nothing was uploaded"
+    );
+    Ok(())
+}
+
+fn tempfile_dir() -> anyhow::Result<PathBuf> {
+    let base = std::env::temp_dir().join(format!("malai-edit-{}", std::process::id()));
+    std::fs::create_dir_all(&base)?;
+    Ok(base)
+}

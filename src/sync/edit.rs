@@ -1,0 +1,160 @@
+//! Remote editing of cluster.toml on the CM: download for `config_editors`,
+//! and upload with compare-and-swap on the hash it was based on. An
+//! accepted upload is validated first, written atomically, gets the next
+//! version and is pushed to every machine; a refused one changes nothing.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use super::proto::ConfigAnswer;
+use crate::acl::{self, Decision};
+use crate::config::{ClusterConfig, FileKind, cluster};
+use crate::daemon::cluster::Shared;
+use crate::fsutil;
+use crate::home::{CLUSTER_FILE, hash_hex};
+use crate::identity::Id52;
+
+/// Whether `peer` is a config editor; logs a refusal.
+fn editor_check(shared: &Shared, peer: &Id52, what: &str) -> Result<(), ConfigAnswer> {
+    let reason = match shared.host.config() {
+        Some(config) => match acl::may_edit_config(&config, peer) {
+            Decision::Allow(_) => return Ok(()),
+            Decision::Deny(reason) => reason,
+        },
+        None => "the cluster manager has no config".to_owned(),
+    };
+    tracing::warn!(malai_cluster = %shared.alias, malai_peer = %peer, "refused config {what} by {peer}: {reason}");
+    Err(ConfigAnswer::Denied { reason })
+}
+
+fn cluster_path(shared: &Shared) -> PathBuf {
+    shared.dir.join(CLUSTER_FILE)
+}
+
+pub async fn download(shared: &Arc<Shared>, peer: Id52) -> ConfigAnswer {
+    if let Err(refused) = editor_check(shared, &peer, "download") {
+        return refused;
+    }
+    let _guard = shared.apply.lock().await;
+    match std::fs::read_to_string(cluster_path(shared)) {
+        Ok(text) => {
+            let version = shared.cm_state.lock().await.version;
+            tracing::info!(malai_cluster = %shared.alias, malai_peer = %peer, malai_config_version = version, "{peer} downloaded cluster.toml");
+            ConfigAnswer::File {
+                hash: hash_hex(text.as_bytes()),
+                text,
+                version,
+            }
+        }
+        Err(e) => ConfigAnswer::Rejected {
+            reason: format!("cannot read cluster.toml: {e}"),
+        },
+    }
+}
+
+/// Validates an uploaded cluster.toml as the CM's own.
+pub fn validate_upload(text: &str, cm: &Id52) -> Result<ClusterConfig, String> {
+    let path = PathBuf::from("cluster.toml");
+    let config = cluster::parse(&path, text, FileKind::Cluster).map_err(|d| d.to_string())?;
+    if config.cluster_manager != *cm {
+        return Err(format!(
+            "cluster.toml:[cluster-manager] id52 is {}, but this cluster's manager is {cm}",
+            config.cluster_manager
+        ));
+    }
+    Ok(config)
+}
+
+/// What a compare-and-swap write of cluster.toml did.
+pub struct Swapped {
+    pub config: ClusterConfig,
+    pub old_hash: String,
+    pub new_hash: String,
+}
+
+/// Validates `text` and writes it over `path` if the file's hash is still
+/// `base_hash` (or `force`); the refusal is the answer to send.
+/// `version` is reported with a stale refusal.
+pub fn swap_file(
+    path: &Path,
+    cm: &Id52,
+    text: &str,
+    base_hash: &str,
+    force: bool,
+    version: u64,
+) -> Result<Swapped, ConfigAnswer> {
+    let current = std::fs::read(path).map_err(|e| ConfigAnswer::Rejected {
+        reason: format!("cannot read cluster.toml: {e}"),
+    })?;
+    let old_hash = hash_hex(&current);
+    let config = validate_upload(text, cm).map_err(|errors| ConfigAnswer::Invalid { errors })?;
+    if !force && base_hash != old_hash {
+        return Err(ConfigAnswer::Stale {
+            current_hash: old_hash,
+            version,
+        });
+    }
+    // The file first, then the version (by the caller): after a crash in
+    // between, start-up sees a hash state.json does not know and bumps it.
+    fsutil::write_atomic(path, text.as_bytes(), 0o644).map_err(|e| ConfigAnswer::Rejected {
+        reason: format!("cannot write cluster.toml: {e}"),
+    })?;
+    Ok(Swapped {
+        config,
+        old_hash,
+        new_hash: hash_hex(text.as_bytes()),
+    })
+}
+
+pub async fn upload(
+    shared: &Arc<Shared>,
+    peer: Id52,
+    text: String,
+    base_hash: String,
+    force: bool,
+) -> ConfigAnswer {
+    if let Err(refused) = editor_check(shared, &peer, "upload") {
+        return refused;
+    }
+    let _guard = shared.apply.lock().await;
+    let version = shared.cm_state.lock().await.version;
+    let swapped = match swap_file(
+        &cluster_path(shared),
+        &shared.identity.id52(),
+        &text,
+        &base_hash,
+        force,
+        version,
+    ) {
+        Ok(s) => s,
+        Err(refusal) => {
+            tracing::warn!(malai_cluster = %shared.alias, malai_peer = %peer, "refused an upload of cluster.toml by {peer}: {refusal:?}");
+            return refusal;
+        }
+    };
+    let Swapped {
+        config,
+        old_hash: current_hash,
+        new_hash,
+    } = swapped;
+    let mut state = shared.cm_state.lock().await;
+    state.reconcile(&new_hash);
+    if let Err(e) = state.save(&shared.state_path()) {
+        tracing::error!(malai_cluster = %shared.alias, "cannot record the new version: {e:#}");
+    }
+    let version = state.version;
+    drop(state);
+    *shared.cluster_text.write().expect("text lock") = text;
+    shared.host.set_config(Some(config));
+    shared.wake.notify_one();
+    shared.changed.notify_one();
+    tracing::info!(
+        malai_cluster = %shared.alias, malai_peer = %peer, malai_config_version = version,
+        "{peer} uploaded cluster.toml{}: {current_hash} -> {new_hash}, version {version}",
+        if force { " (forced)" } else { "" }
+    );
+    ConfigAnswer::Accepted {
+        version,
+        hash: new_hash,
+    }
+}
