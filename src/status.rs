@@ -120,17 +120,26 @@ pub fn from_files(home: &Home) -> anyhow::Result<Status> {
                 };
                 clusters.push(cluster_status(&c, state.as_ref()));
             }
-            Err(diags) => clusters.push(ClusterStatus {
-                alias,
-                role: "invalid".into(),
-                id52: None,
-                cluster_manager: None,
-                config_version: None,
-                config_hash: None,
-                pending_rescan: false,
-                machines: None,
-                error: Some(diags.to_string()),
-            }),
+            Err(diags) => {
+                // A CM keeps serving the version in force (state.json)
+                // while its file is invalid: show that version.
+                let state_path = home.cluster_dir(&alias).join(crate::home::STATE_FILE);
+                let state = state_path
+                    .exists()
+                    .then(|| CmState::load(&state_path).ok())
+                    .flatten();
+                clusters.push(ClusterStatus {
+                    alias,
+                    role: "invalid".into(),
+                    id52: None,
+                    cluster_manager: None,
+                    config_version: state.as_ref().map(|s| s.version),
+                    config_hash: state.map(|s| s.hash),
+                    pending_rescan: false,
+                    machines: None,
+                    error: Some(diags.to_string()),
+                });
+            }
         }
     }
     Ok(Status {

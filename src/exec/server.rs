@@ -91,21 +91,42 @@ impl Host {
             }
         }
         let running = self.running.lock().expect("running lock");
-        for (peer, pgid) in running.commands.values() {
+        for (peer, pgid) in running.commands.values().filter(|(_, pgid)| *pgid > 0) {
             tracing::warn!(malai_cluster = %self.cluster, malai_peer = %peer, "killing a command still running at shutdown");
             spawn::kill_session(*pgid, Signal::SIGKILL);
         }
     }
 
-    fn register(&self, peer: Id52, pgid: i32) -> Option<u64> {
+    /// Takes one of the peer's command slots, atomically with the checks:
+    /// refused while stopping or when the peer is at its limit.
+    fn reserve(&self, peer: Id52) -> Result<u64, String> {
         let mut r = self.running.lock().expect("running lock");
+        if self.stopping.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err("the malai daemon here is shutting down".into());
+        }
         if r.commands.values().filter(|(p, _)| *p == peer).count() >= MAX_COMMANDS_PER_PEER {
-            return None;
+            return Err(format!(
+                "{MAX_COMMANDS_PER_PEER} commands of this peer are already running here"
+            ));
         }
         r.next += 1;
         let id = r.next;
-        r.commands.insert(id, (peer, pgid));
-        Some(id)
+        // pgid 0 until spawned: signalling group 0 would hit the daemon, so
+        // `drain` skips it.
+        r.commands.insert(id, (peer, 0));
+        Ok(id)
+    }
+
+    fn set_pgid(&self, id: u64, pgid: i32) {
+        if let Some(entry) = self
+            .running
+            .lock()
+            .expect("running lock")
+            .commands
+            .get_mut(&id)
+        {
+            entry.1 = pgid;
+        }
     }
 
     fn unregister(&self, id: u64) {
@@ -114,11 +135,6 @@ impl Host {
         if r.commands.is_empty() {
             self.idle.notify_waiters();
         }
-    }
-
-    fn peer_count(&self, peer: &Id52) -> usize {
-        let r = self.running.lock().expect("running lock");
-        r.commands.values().filter(|(p, _)| p == peer).count()
     }
 }
 
@@ -177,15 +193,16 @@ async fn serve(
         }
         Decision::Allow(grant) => grant,
     };
-    if host.peer_count(&peer) >= MAX_COMMANDS_PER_PEER {
-        let reason =
-            format!("{MAX_COMMANDS_PER_PEER} commands of this peer are already running here");
-        tracing::warn!(malai_cluster = %host.cluster, malai_peer = %peer, malai_argv = %argv_text, "refused: {reason}");
-        frame::write_msg(&mut send, &HostMsg::Failed { reason }).await?;
-        send.finish()?;
-        let _ = send.stopped().await;
-        return Ok(());
-    }
+    let id = match host.reserve(peer) {
+        Ok(id) => id,
+        Err(reason) => {
+            tracing::warn!(malai_cluster = %host.cluster, malai_peer = %peer, malai_argv = %argv_text, "refused: {reason}");
+            frame::write_msg(&mut send, &HostMsg::Failed { reason }).await?;
+            send.finish()?;
+            let _ = send.stopped().await;
+            return Ok(());
+        }
+    };
     let run_text = shell_words::join(&grant.argv);
     let spawned = spawn::spawn(Spec {
         argv: grant.argv.clone(),
@@ -197,6 +214,7 @@ async fn serve(
     let spawned = match spawned {
         Ok(s) => s,
         Err(e) => {
+            host.unregister(id);
             let reason = format!("{e:#}");
             tracing::warn!(malai_cluster = %host.cluster, malai_peer = %peer, malai_argv = %run_text, "allowed but failed to start: {reason}");
             frame::write_msg(&mut send, &HostMsg::Failed { reason }).await?;
@@ -205,17 +223,17 @@ async fn serve(
             return Ok(());
         }
     };
-    let Some(id) = host.register(peer, spawned.pgid) else {
-        spawn::kill_group(spawned.pgid, Signal::SIGKILL);
-        anyhow::bail!("per-peer command limit reached");
-    };
+    host.set_pgid(id, spawned.pgid);
     tracing::info!(
         malai_cluster = %host.cluster, malai_peer = %peer, malai_argv = %run_text, malai_decision = "allowed",
         "{peer} runs {run_text:?} ({})", grant.reason
     );
-    frame::write_msg(&mut send, &HostMsg::Started).await?;
     let pgid = spawned.pgid;
-    let result = pump(spawned, send, recv).await;
+    let result = async {
+        frame::write_msg(&mut send, &HostMsg::Started).await?;
+        pump(spawned, send, recv).await
+    }
+    .await;
     host.unregister(id);
     match &result {
         Ok(code) => tracing::info!(
