@@ -72,9 +72,13 @@ pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .build()?)
 }
 
-/// Logs to stderr; `MALAI_LOG` (a tracing filter) overrides the level, which
-/// is `info` for the daemon and `warn` (more with -v) for everything else.
+/// Logs to the journal when systemd started the daemon with its output
+/// there (`JOURNAL_STREAM`), with the `MALAI_*` fields of every audit event
+/// as journal fields; to stderr otherwise. `MALAI_LOG` (a tracing filter)
+/// overrides the level, which is `info` for the daemon and `warn` (more with
+/// -v) for everything else.
 pub fn init_logging(cli: &Cli) {
+    use tracing_subscriber::prelude::*;
     let default = match (&cli.command, cli.verbose) {
         (Command::Daemon(_), _) => "info",
         (_, 0) => "warn",
@@ -84,11 +88,29 @@ pub fn init_logging(cli: &Cli) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("MALAI_LOG").unwrap_or_else(|_| {
         tracing_subscriber::EnvFilter::new(format!("{default},iroh=warn,noq=warn,noq_proto=warn"))
     });
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(rustix::termios::isatty(std::io::stderr()))
-        .try_init();
+    let to_journal =
+        matches!(cli.command, Command::Daemon(_)) && std::env::var_os("JOURNAL_STREAM").is_some();
+    let journal = if to_journal {
+        tracing_journald::layer()
+            .map(|l| {
+                l.with_field_prefix(None)
+                    .with_syslog_identifier("malai".into())
+            })
+            .ok()
+    } else {
+        None
+    };
+    let registry = tracing_subscriber::registry().with(filter);
+    let _ = match journal {
+        Some(layer) => registry.with(layer).try_init(),
+        None => registry
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .with_writer(std::io::stderr)
+                    .with_ansi(rustix::termios::isatty(std::io::stderr())),
+            )
+            .try_init(),
+    };
 }
 
 /// Prints one JSON object on stdout.

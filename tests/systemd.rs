@@ -1,0 +1,122 @@
+//! What systemd sees of the daemon: the NOTIFY_SOCKET protocol in order
+//! (READY, RELOADING with MONOTONIC_USEC, READY, STOPPING), watchdog pings
+//! at half of WATCHDOG_USEC, and unit files that `systemd-analyze verify`
+//! accepts.
+
+mod common;
+
+use std::os::unix::net::UnixDatagram;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::TestHome;
+
+/// Reads datagrams until one contains `what`; returns everything read.
+fn read_until(sock: &UnixDatagram, what: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut seen = String::new();
+    let mut buf = vec![0u8; 4096];
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        assert!(!left.is_zero(), "no {what:?} within 30 s; got:\n{seen}");
+        sock.set_read_timeout(Some(left)).unwrap();
+        if let Ok(n) = sock.recv(&mut buf) {
+            let msg = String::from_utf8_lossy(&buf[..n]).into_owned();
+            seen.push_str(&msg);
+            seen.push('\n');
+            if msg.contains(what) {
+                return seen;
+            }
+        }
+    }
+}
+
+#[test]
+fn notify_protocol_in_order_with_watchdog() {
+    let home = TestHome::new();
+    std::fs::write(
+        home.path().join("malai.toml"),
+        "[network]\nrelay = \"disabled\"\ndiscovery = false\nbind = \"127.0.0.1\"\n",
+    )
+    .unwrap();
+    home.ok(&["cluster", "init", "company"]);
+    let sock_path = home.path().join("notify.sock");
+    let sock = UnixDatagram::bind(&sock_path).unwrap();
+    let mut child = home
+        .cmd()
+        .arg("daemon")
+        .env("NOTIFY_SOCKET", &sock_path)
+        .env("WATCHDOG_USEC", "200000")
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+
+    let first = read_until(&sock, "READY=1");
+    assert!(
+        first.contains("STATUS=company: cluster-manager v1"),
+        "{first}"
+    );
+    // Pings at half of 200 ms keep coming while the daemon is idle.
+    read_until(&sock, "WATCHDOG=1");
+    read_until(&sock, "WATCHDOG=1");
+
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGHUP).unwrap();
+    let reload = read_until(&sock, "RELOADING=1");
+    let reload_msg = reload
+        .lines()
+        .rev()
+        .find(|l| l.contains("RELOADING=1"))
+        .unwrap()
+        .to_owned();
+    let after = read_until(&sock, "READY=1");
+    let full = format!("{reload}{after}");
+    assert!(
+        full.contains("MONOTONIC_USEC="),
+        "RELOADING carries MONOTONIC_USEC:\n{full}"
+    );
+    assert!(
+        !reload_msg.contains("READY=1"),
+        "READY comes after RELOADING:\n{full}"
+    );
+
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    read_until(&sock, "STOPPING=1");
+    assert!(child.wait().unwrap().success());
+}
+
+#[test]
+fn unit_files_verify() {
+    if Command::new("systemd-analyze")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        eprintln!("skipped: systemd-analyze is not installed");
+        return;
+    }
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let dir = tempfile::tempdir().unwrap();
+    for (unit, name) in [
+        ("systemd/malai.service", "malai.service"),
+        ("systemd/user/malai.service", "malai-user.service"),
+    ] {
+        // verify needs ExecStart= to exist: point it at the binary under test.
+        let text = std::fs::read_to_string(root.join(unit))
+            .unwrap()
+            .replace("/usr/bin/malai", common::malai_bin());
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        let out = Command::new("systemd-analyze")
+            .args(["verify", "--man=no"])
+            .arg(&path)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success() && out.stderr.is_empty(),
+            "{unit}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
