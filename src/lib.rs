@@ -6,6 +6,7 @@ pub mod acl;
 pub mod cli;
 pub mod config;
 pub mod daemon;
+pub mod dbus;
 pub mod exec;
 pub mod exit;
 pub mod fsutil;

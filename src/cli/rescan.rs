@@ -1,6 +1,7 @@
 //! `malai rescan [<cluster>] [--check]`: validate every cluster directory and
 //! malai.toml, listing every error; without --check also apply what changed.
 
+use super::route::RescanRoute;
 use crate::config::Diagnostics;
 use crate::home::{self, Home, Role};
 use crate::state::CmState;
@@ -17,11 +18,19 @@ pub struct Args {
 pub fn run(args: Args) -> anyhow::Result<u8> {
     let home = Home::resolve()?;
     let (_, clusters, diags) = home::load_all(&home, args.cluster.as_deref());
-    if !args.check
-        && let super::route::RescanRoute::Daemon(pid) = super::route::rescan(&home)?
-    {
+    let route = if args.check {
+        None
+    } else {
+        Some(super::route::rescan(&home)?)
+    };
+    if let Some(RescanRoute::Bus(bus, problems)) = &route {
+        eprintln!("the running daemon rescanned (asked on {bus})");
+        for p in problems {
+            eprintln!("daemon: {p}");
+        }
+    } else if let Some(RescanRoute::Daemon(pid)) = route {
         eprintln!("asked the running daemon (pid {pid}) to rescan");
-    } else if !args.check {
+    } else if route.is_some() {
         for c in clusters.iter().filter(|c| c.role == Role::ClusterManager) {
             let path = c.state_path();
             let mut state = CmState::load(&path)?;

@@ -1,26 +1,76 @@
 //! The one place that decides how a verb reaches its target: through the
 //! local daemon when one serves this MALAI_HOME, or directly with the keys in
-//! MALAI_HOME otherwise. (Until the D-Bus interface exists the daemon is
-//! reached by signal, and exec always dials directly.)
+//! MALAI_HOME otherwise. The daemon is looked for on D-Bus (MALAI_DBUS_ADDRESS
+//! alone when set; else the session bus, then the system bus); rescan falls
+//! back to SIGHUP for a daemon that is not on a bus. (Exec always dials
+//! directly for now.)
 
 use anyhow::Context;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
+use crate::dbus::client;
 use crate::exit::{EXEC_FAILED, Failure, USAGE};
 use crate::home::Home;
 use crate::p2p::{self, EXEC_ALPN};
+use crate::status::Status;
 use crate::target::{self, Invocation};
 
 /// How `malai rescan` reached the daemon.
 pub enum RescanRoute {
+    /// The daemon rescanned over D-Bus (on the bus named) and reported
+    /// what it could not apply.
+    Bus(String, Vec<String>),
     /// The running daemon was asked to rescan (SIGHUP).
     Daemon(i32),
     /// No daemon: the caller applies to the files itself.
     Files,
 }
 
+/// Whether a daemon serving another MALAI_HOME will do for reading status:
+/// only when the user did not name a MALAI_HOME (a member of the group
+/// malai then sees the system service's clusters).
+fn any_home() -> bool {
+    std::env::var_os("MALAI_HOME").is_none_or(|v| v.is_empty())
+}
+
+/// The daemon's view when a daemon answers on a bus, the files' otherwise.
+pub fn status(home: &Home) -> anyhow::Result<Status> {
+    let rt = super::runtime()?;
+    let from_daemon = rt.block_on(async {
+        let found = client::find(&home.root, any_home(), &mut Vec::new()).await?;
+        let json = found.proxy.status().await.ok()?;
+        serde_json::from_str::<Status>(&json).ok()
+    });
+    rt.shutdown_background();
+    match from_daemon {
+        Some(status) => Ok(status),
+        None => crate::status::from_files(home),
+    }
+}
+
+/// Asks the daemon of `home` to rescan: over D-Bus when it is on a bus
+/// (and waits for the result), by SIGHUP otherwise.
 pub fn rescan(home: &Home) -> anyhow::Result<RescanRoute> {
+    let rt = super::runtime()?;
+    let over_bus = rt.block_on(async {
+        let Some(found) = client::find(&home.root, false, &mut Vec::new()).await else {
+            return Ok(None);
+        };
+        match found.proxy.rescan().await {
+            Ok(problems) => Ok(Some(RescanRoute::Bus(found.bus.to_string(), problems))),
+            Err(crate::dbus::Error::AccessDenied(why)) => Err(anyhow::Error::new(Failure::new(
+                crate::exit::DENIED,
+                format!("the daemon refused: {why}"),
+            ))),
+            Err(e) => Err(anyhow::Error::new(e)
+                .context(format!("asking the daemon on {} to rescan", found.bus))),
+        }
+    });
+    rt.shutdown_background();
+    if let Some(route) = over_bus? {
+        return Ok(route);
+    }
     match crate::daemon::lock::running_daemon(home) {
         Some(pid) => {
             kill(Pid::from_raw(pid), Signal::SIGHUP)
@@ -142,7 +192,7 @@ pub fn config_request(
                 ) {
                     Err(refusal) => refusal,
                     Ok(swapped) => match rescan(home)? {
-                        RescanRoute::Daemon(_) => ConfigAnswer::Accepted {
+                        RescanRoute::Bus(..) | RescanRoute::Daemon(_) => ConfigAnswer::Accepted {
                             version: state.version + u64::from(swapped.new_hash != state.hash),
                             hash: swapped.new_hash,
                         },

@@ -1,4 +1,5 @@
-//! `malai status [--json]`: clusters, roles, config versions and sync state.
+//! `malai status [--json]`: clusters, roles, config versions and sync state,
+//! as the running daemon sees them, or as the files say when none answers.
 
 use crate::home::Home;
 
@@ -11,7 +12,7 @@ pub struct Args {
 
 pub fn run(args: Args) -> anyhow::Result<u8> {
     let home = Home::resolve()?;
-    let status = crate::status::from_files(&home)?;
+    let status = super::route::status(&home)?;
     if args.json {
         super::print_json(&serde_json::to_value(&status)?);
     } else {

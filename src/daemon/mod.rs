@@ -1,7 +1,8 @@
 //! `malai daemon`: one process hosting every cluster identity of a
 //! MALAI_HOME. Start-up validates everything (exit 78 listing every error),
-//! takes the lock, starts one listener per identity and tells systemd it is
-//! ready; then it serves until SIGTERM/SIGINT, rescanning on SIGHUP.
+//! takes the lock, starts one listener per identity, serves its objects on
+//! D-Bus and then takes its bus name, and tells systemd it is ready; then it
+//! serves until SIGTERM/SIGINT, rescanning on SIGHUP or a D-Bus Rescan.
 
 pub mod cluster;
 pub mod lock;
@@ -13,10 +14,12 @@ use std::sync::Arc;
 
 use sd_notify::NotifyState;
 use tokio::signal::unix::{SignalKind, signal};
-use tokio::sync::Notify;
+use tokio::sync::{Notify, mpsc};
 
 use crate::config::{Diagnostics, LocalConfig};
+use crate::dbus::service::{Request, Service};
 use crate::home::{self, ClusterDir, Home, Role};
+use crate::status::{ClusterStatus, Status};
 use cluster::RunningCluster;
 
 /// How long running commands may take to finish at shutdown.
@@ -28,6 +31,10 @@ pub struct Daemon {
     home: Home,
     local: LocalConfig,
     clusters: BTreeMap<String, RunningCluster>,
+    /// The daemon on D-Bus, when a bus could be reached.
+    dbus: Option<Service>,
+    /// What D-Bus methods ask of the main loop.
+    requests: mpsc::Receiver<Request>,
     _lock: lock::HomeLock,
 }
 
@@ -55,14 +62,46 @@ impl Daemon {
             let running = RunningCluster::start(dir, &local.network, changed.clone()).await?;
             clusters.insert(alias, running);
         }
+        let (tx, requests) = mpsc::channel(8);
+        let dbus = match crate::dbus::Bus::for_daemon() {
+            None => None,
+            Some(bus) => {
+                let served = clusters.iter().map(|(a, c)| (a, &c.shared));
+                match Service::start(&bus, home.root.display().to_string(), tx, served).await {
+                    Ok(s) => {
+                        tracing::info!("serving {} on {bus}", crate::dbus::BUS_NAME);
+                        Some(s)
+                    }
+                    Err(e) => {
+                        tracing::warn!("running without D-Bus: {e:#}");
+                        None
+                    }
+                }
+            }
+        };
         Ok(Daemon {
             signals,
             changed,
             home,
             local,
             clusters,
+            dbus,
+            requests,
             _lock: lock,
         })
+    }
+
+    /// The daemon's view of its running clusters, as `malai status` shows it.
+    pub async fn status(&self) -> Status {
+        let mut clusters = Vec::new();
+        for c in self.clusters.values() {
+            clusters.push(cluster_status(&c.shared).await);
+        }
+        Status {
+            source: "daemon".into(),
+            home: self.home.root.display().to_string(),
+            clusters,
+        }
     }
 
     /// A one-line summary for systemd's STATUS=.
@@ -95,16 +134,17 @@ impl Daemon {
                 _ = self.signals.term.recv() => break,
                 _ = self.signals.int.recv() => break,
                 _ = self.signals.hup.recv() => {
-                    let usec = sd_notify::NotifyState::monotonic_usec_now().ok();
-                    let mut states = vec![NotifyState::Reloading];
-                    states.extend(usec);
-                    notify(&states);
-                    let problems = self.rescan().await;
-                    if !problems.is_empty() {
-                        tracing::error!("rescan kept the last good config of invalid clusters:\n{problems}");
-                    }
-                    notify(&[NotifyState::Ready, NotifyState::Status(&self.status_line().await)]);
+                    self.reload().await;
                 }
+                Some(req) = self.requests.recv() => match req {
+                    Request::Status(reply) => {
+                        let _ = reply.send(self.status().await);
+                    }
+                    Request::Rescan(reply) => {
+                        let problems = self.reload().await;
+                        let _ = reply.send(problems.0.iter().map(ToString::to_string).collect());
+                    }
+                },
             }
         }
         notify(&[NotifyState::Stopping, NotifyState::Status("stopping")]);
@@ -120,6 +160,30 @@ impl Daemon {
             let _ = s.await;
         }
         Ok(())
+    }
+
+    /// A rescan as systemd sees it (RELOADING=1, then READY=1), for SIGHUP
+    /// and D-Bus alike; the D-Bus objects follow the clusters.
+    async fn reload(&mut self) -> Diagnostics {
+        let usec = sd_notify::NotifyState::monotonic_usec_now().ok();
+        let mut states = vec![NotifyState::Reloading];
+        states.extend(usec);
+        notify(&states);
+        let problems = self.rescan().await;
+        if !problems.is_empty() {
+            tracing::error!("rescan kept the last good config of invalid clusters:\n{problems}");
+        }
+        if let Some(dbus) = &mut self.dbus {
+            let served = self.clusters.iter().map(|(a, c)| (a, &c.shared));
+            if let Err(e) = dbus.sync(served).await {
+                tracing::warn!("updating the cluster objects on D-Bus: {e:#}");
+            }
+        }
+        notify(&[
+            NotifyState::Ready,
+            NotifyState::Status(&self.status_line().await),
+        ]);
+        problems
     }
 
     /// Reconciles the running clusters with the files: starts new ones,
@@ -191,6 +255,41 @@ struct Signals {
     term: tokio::signal::unix::Signal,
     int: tokio::signal::unix::Signal,
     hup: tokio::signal::unix::Signal,
+}
+
+/// One running cluster as `malai status` shows it: the config in force, and
+/// for a CM whether cluster.toml changed on disk since.
+pub async fn cluster_status(s: &cluster::Shared) -> ClusterStatus {
+    let role = s.role();
+    let file = match role {
+        Role::ClusterManager => s.dir.join(home::CLUSTER_FILE),
+        Role::Machine | Role::Waiting => s.machine_path(),
+    };
+    let dir = ClusterDir {
+        alias: s.alias.clone(),
+        dir: s.dir.clone(),
+        identity: s.identity.clone(),
+        role,
+        config: s.host.config().map(|c| (*c).clone()),
+        config_bytes: std::fs::read(file).unwrap_or_default(),
+        cm_id52: s.cm_id52,
+        cm_addrs: s.cm_addrs.read().expect("addrs lock").clone(),
+    };
+    if role == Role::ClusterManager && dir.config.is_none() {
+        // Not expected: a CM starts with its cluster.toml.
+        return crate::status::cluster_status(
+            &ClusterDir {
+                role: Role::Waiting,
+                ..dir
+            },
+            None,
+        );
+    }
+    let state = match role {
+        Role::ClusterManager => Some(s.cm_state.lock().await.clone()),
+        Role::Machine | Role::Waiting => None,
+    };
+    crate::status::cluster_status(&dir, state.as_ref())
 }
 
 /// Puts a changed cluster.toml in force on a running CM: a new version when

@@ -1,0 +1,84 @@
+//! The CLI's side: find a daemon on the buses, in the order of
+//! `Bus::for_client`, that serves the MALAI_HOME the CLI works on.
+
+use std::path::Path;
+
+use zbus::proxy::CacheProperties;
+
+use super::Bus;
+
+#[zbus::proxy(
+    interface = "sh.malai.Malai1.Daemon",
+    default_service = "sh.malai.Malai1",
+    default_path = "/sh/malai/Malai1"
+)]
+pub trait Daemon {
+    /// The daemon's view, as the JSON of `malai status --json`.
+    async fn status(&self) -> Result<String, super::Error>;
+
+    /// Rescan in the daemon; returns what could not be applied.
+    async fn rescan(&self) -> Result<Vec<String>, super::Error>;
+
+    /// The MALAI_HOME the daemon serves.
+    #[zbus(property)]
+    fn home(&self) -> zbus::Result<String>;
+}
+
+/// A daemon that answered.
+pub struct Found {
+    pub proxy: DaemonProxy<'static>,
+    pub bus: Bus,
+    pub home: String,
+}
+
+/// The first daemon on the buses that answers and serves `home`; with
+/// `any_home`, the first that answers at all (the user's own MALAI_HOME was
+/// not asked for explicitly, so the system service's clusters will do).
+/// Each bus that was skipped, and why, goes to `skipped`.
+pub async fn find(home: &Path, any_home: bool, skipped: &mut Vec<String>) -> Option<Found> {
+    for bus in Bus::for_client() {
+        let conn = match bus.connect().await {
+            Ok(c) => c,
+            Err(e) => {
+                skipped.push(format!("{e:#}"));
+                continue;
+            }
+        };
+        let proxy = match DaemonProxy::builder(&conn)
+            .cache_properties(CacheProperties::No)
+            .build()
+            .await
+        {
+            Ok(p) => p,
+            Err(e) => {
+                skipped.push(format!("{bus}: {e}"));
+                continue;
+            }
+        };
+        let daemon_home = match proxy.home().await {
+            Ok(h) => h,
+            Err(e) => {
+                skipped.push(format!("{bus}: no daemon ({e})"));
+                continue;
+            }
+        };
+        if !any_home && !same_path(home, Path::new(&daemon_home)) {
+            skipped.push(format!(
+                "{bus}: the daemon there serves {daemon_home}, not {}",
+                home.display()
+            ));
+            continue;
+        }
+        return Some(Found {
+            proxy,
+            bus,
+            home: daemon_home,
+        });
+    }
+    None
+}
+
+fn same_path(a: &Path, b: &Path) -> bool {
+    let canon = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
+    canon(a) == canon(b)
+}

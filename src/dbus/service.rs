@@ -1,0 +1,231 @@
+//! What the daemon serves on the bus. Methods that need the daemon's state
+//! or change it (Status, Rescan) are requests into the daemon's main loop,
+//! so that a D-Bus Rescan and SIGHUP run the same code, with the same
+//! RELOADING=1/READY=1 around it. The cluster objects read their cluster's
+//! shared state directly.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use anyhow::Context;
+use tokio::sync::{mpsc, oneshot};
+use zbus::message::Header;
+use zbus::{Connection, interface};
+
+use super::{ADMIN_GROUP, BUS_NAME, Bus, Error, ROOT_PATH, cluster_path};
+use crate::daemon::cluster::Shared;
+use crate::status::{ClusterStatus, Status};
+
+/// A request from a D-Bus method to the daemon's main loop.
+pub enum Request {
+    /// The daemon's view of its clusters.
+    Status(oneshot::Sender<Status>),
+    /// Reconcile with the files; the answer lists what could not be applied.
+    Rescan(oneshot::Sender<Vec<String>>),
+}
+
+/// The daemon's connection and the cluster objects it serves.
+pub struct Service {
+    conn: Connection,
+    served: BTreeMap<String, Arc<Shared>>,
+}
+
+impl Service {
+    /// Connects to `bus`, serves the daemon object and one object per
+    /// cluster, and only then requests the bus name.
+    pub async fn start<'a>(
+        bus: &Bus,
+        home: String,
+        requests: mpsc::Sender<Request>,
+        clusters: impl Iterator<Item = (&'a String, &'a Arc<Shared>)>,
+    ) -> anyhow::Result<Service> {
+        let conn = bus.connect().await?;
+        conn.object_server()
+            .at(ROOT_PATH, DaemonObject { home, requests })
+            .await?;
+        let mut service = Service {
+            conn,
+            served: BTreeMap::new(),
+        };
+        service.sync(clusters).await?;
+        service
+            .conn
+            .request_name(BUS_NAME)
+            .await
+            .with_context(|| format!("requesting the name {BUS_NAME} on {bus}"))?;
+        Ok(service)
+    }
+
+    /// Serves exactly the objects of `clusters`: removes those of clusters
+    /// gone or restarted, adds those of new or restarted ones.
+    pub async fn sync<'a>(
+        &mut self,
+        clusters: impl Iterator<Item = (&'a String, &'a Arc<Shared>)>,
+    ) -> anyhow::Result<()> {
+        let want: BTreeMap<String, Arc<Shared>> =
+            clusters.map(|(a, s)| (a.clone(), s.clone())).collect();
+        let same = |a: &BTreeMap<String, Arc<Shared>>, alias: &String, s: &Arc<Shared>| {
+            a.get(alias).is_some_and(|o| Arc::ptr_eq(o, s))
+        };
+        let server = self.conn.object_server();
+        for (alias, shared) in &self.served {
+            if !same(&want, alias, shared) {
+                server
+                    .remove::<ClusterObject, _>(cluster_path(alias).as_str())
+                    .await?;
+            }
+        }
+        for (alias, shared) in &want {
+            if !same(&self.served, alias, shared) {
+                let object = ClusterObject {
+                    shared: shared.clone(),
+                };
+                server.at(cluster_path(alias).as_str(), object).await?;
+            }
+        }
+        self.served = want;
+        Ok(())
+    }
+}
+
+/// `/sh/malai/Malai1`: the daemon as a whole.
+struct DaemonObject {
+    home: String,
+    requests: mpsc::Sender<Request>,
+}
+
+impl DaemonObject {
+    async fn ask<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Request) -> Result<T, Error> {
+        let (tx, rx) = oneshot::channel();
+        let gone = || Error::Failed("the daemon is stopping".into());
+        self.requests.send(make(tx)).await.map_err(|_| gone())?;
+        rx.await.map_err(|_| gone())
+    }
+}
+
+#[interface(name = "sh.malai.Malai1.Daemon")]
+impl DaemonObject {
+    /// The daemon's view of its clusters: the JSON object of
+    /// `malai status --json`, with "source": "daemon". Open to everyone.
+    async fn status(&self) -> Result<String, Error> {
+        let status = self.ask(Request::Status).await?;
+        serde_json::to_string(&status).map_err(|e| Error::Failed(e.to_string()))
+    }
+
+    /// Re-reads malai.toml and every cluster directory and applies what
+    /// changed, as SIGHUP does. Returns what could not be applied (an
+    /// invalid cluster keeps its last good config); empty: all applied.
+    /// Only root and members of the group malai may call it.
+    async fn rescan(
+        &self,
+        #[zbus(header)] hdr: Header<'_>,
+        #[zbus(connection)] conn: &Connection,
+    ) -> Result<Vec<String>, Error> {
+        let uid = caller_uid(conn, &hdr).await?;
+        if !may_change(uid) {
+            tracing::warn!(
+                "D-Bus Rescan refused to uid {uid}: not root, not in group {ADMIN_GROUP}"
+            );
+            return Err(Error::AccessDenied(format!(
+                "uid {uid} may not rescan: only root and members of the group {ADMIN_GROUP:?} may"
+            )));
+        }
+        tracing::info!("D-Bus Rescan by uid {uid}");
+        self.ask(Request::Rescan).await
+    }
+
+    /// The MALAI_HOME this daemon serves.
+    #[zbus(property(emits_changed_signal = "const"))]
+    fn home(&self) -> String {
+        self.home.clone()
+    }
+}
+
+/// `/sh/malai/Malai1/cluster/<alias>`: one cluster identity of the daemon.
+struct ClusterObject {
+    shared: Arc<Shared>,
+}
+
+impl ClusterObject {
+    async fn view(&self) -> ClusterStatus {
+        crate::daemon::cluster_status(&self.shared).await
+    }
+}
+
+#[interface(name = "sh.malai.Malai1.Cluster")]
+impl ClusterObject {
+    /// The cluster's name on this device.
+    #[zbus(property(emits_changed_signal = "const"))]
+    fn alias(&self) -> String {
+        self.shared.alias.clone()
+    }
+
+    /// "cluster-manager", "machine" or "waiting".
+    #[zbus(property(emits_changed_signal = "false"))]
+    fn role(&self) -> String {
+        self.shared.role().as_str().to_owned()
+    }
+
+    /// This device's identity in the cluster.
+    #[zbus(property(emits_changed_signal = "const"))]
+    fn id52(&self) -> String {
+        self.shared.identity.id52().to_string()
+    }
+
+    /// The config version in force (0: none yet).
+    #[zbus(property(emits_changed_signal = "false"))]
+    async fn config_version(&self) -> u64 {
+        self.view().await.config_version.unwrap_or(0)
+    }
+
+    /// blake3 (hex) of the config in force ("" when none yet).
+    #[zbus(property(emits_changed_signal = "false"))]
+    async fn config_hash(&self) -> String {
+        self.view().await.config_hash.unwrap_or_default()
+    }
+}
+
+/// The uid of the process that sent the call, as the bus knows it.
+async fn caller_uid(conn: &Connection, hdr: &Header<'_>) -> Result<u32, Error> {
+    let sender = hdr
+        .sender()
+        .ok_or_else(|| Error::AccessDenied("the call has no sender".into()))?;
+    let dbus = zbus::fdo::DBusProxy::new(conn).await?;
+    dbus.get_connection_unix_user(sender.clone().into())
+        .await
+        .map_err(|e| Error::AccessDenied(format!("cannot tell who is calling: {e}")))
+}
+
+/// Root, or a member of the group malai (primary or supplementary).
+pub fn may_change(uid: u32) -> bool {
+    use nix::unistd::{Group, Uid, User, getgrouplist};
+    if uid == 0 {
+        return true;
+    }
+    let Ok(Some(group)) = Group::from_name(ADMIN_GROUP) else {
+        return false;
+    };
+    let Ok(Some(user)) = User::from_uid(Uid::from_raw(uid)) else {
+        return false;
+    };
+    if user.gid == group.gid || group.mem.contains(&user.name) {
+        return true;
+    }
+    let Ok(name) = std::ffi::CString::new(user.name) else {
+        return false;
+    };
+    getgrouplist(&name, user.gid).is_ok_and(|gids| gids.contains(&group.gid))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn root_may_change() {
+        assert!(super::may_change(0));
+    }
+
+    #[test]
+    fn an_unknown_uid_may_not() {
+        assert!(!super::may_change(4_000_000_000));
+    }
+}

@@ -1,0 +1,454 @@
+//! The daemon on D-Bus, against a private `dbus-daemon` started here: the
+//! objects `busctl` sees, `malai status` reading the daemon's view, `malai
+//! rescan` over the bus (with RELOADING=1/READY=1 on the notify socket), and
+//! the files' view once the daemon is gone.
+
+mod common;
+
+use std::os::unix::net::UnixDatagram;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use common::TestHome;
+
+/// A private session-type bus, killed (by its pid) when dropped.
+struct PrivateBus {
+    address: String,
+    pid: i32,
+}
+
+impl PrivateBus {
+    /// `None` (the test is skipped) when dbus-daemon or busctl is missing.
+    fn start() -> Option<PrivateBus> {
+        for tool in ["dbus-daemon", "busctl"] {
+            if Command::new(tool).arg("--version").output().is_err() {
+                eprintln!("skipped: {tool} is not installed (apt-get install dbus systemd)");
+                return None;
+            }
+        }
+        let out = Command::new("dbus-daemon")
+            .args([
+                "--session",
+                "--print-address=1",
+                "--print-pid=1",
+                "--fork",
+                "--nopidfile",
+            ])
+            .stdin(Stdio::null())
+            .output()
+            .expect("run dbus-daemon");
+        assert!(
+            out.status.success(),
+            "dbus-daemon: {}",
+            common::stderr(&out)
+        );
+        let text = String::from_utf8(out.stdout).expect("utf-8");
+        let mut lines = text.lines();
+        let address = lines.next().expect("an address line").trim().to_owned();
+        let pid = lines
+            .next()
+            .expect("a pid line")
+            .trim()
+            .parse()
+            .expect("a pid");
+        Some(PrivateBus { address, pid })
+    }
+
+    fn busctl(&self, args: &[&str]) -> String {
+        let out = Command::new("busctl")
+            .arg(format!("--address={}", self.address))
+            .args(args)
+            .output()
+            .expect("run busctl");
+        assert!(
+            out.status.success(),
+            "busctl {args:?}: {}",
+            common::stderr(&out)
+        );
+        String::from_utf8(out.stdout).expect("utf-8")
+    }
+}
+
+impl Drop for PrivateBus {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.pid),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+    }
+}
+
+/// Reads datagrams until one contains `what`; returns everything read.
+fn read_until(sock: &UnixDatagram, what: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut seen = String::new();
+    let mut buf = vec![0u8; 4096];
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        assert!(!left.is_zero(), "no {what:?} within 30 s; got:\n{seen}");
+        sock.set_read_timeout(Some(left)).unwrap();
+        if let Ok(n) = sock.recv(&mut buf) {
+            let msg = String::from_utf8_lossy(&buf[..n]).into_owned();
+            seen.push_str(&msg);
+            seen.push('\n');
+            if msg.contains(what) {
+                return seen;
+            }
+        }
+    }
+}
+
+fn on_bus(home: &TestHome, bus: &PrivateBus, args: &[&str]) -> Output {
+    home.cmd()
+        .env("MALAI_DBUS_ADDRESS", &bus.address)
+        .args(args)
+        .output()
+        .expect("run malai")
+}
+
+fn status_json(home: &TestHome, bus: &PrivateBus) -> serde_json::Value {
+    let out = on_bus(home, bus, &["status", "--json"]);
+    assert!(out.status.success(), "status: {}", common::stderr(&out));
+    serde_json::from_slice(&out.stdout).expect("one JSON object")
+}
+
+#[test]
+fn daemon_on_a_private_bus_serves_status_and_rescan() {
+    let Some(bus) = PrivateBus::start() else {
+        return;
+    };
+    let home = TestHome::new();
+    std::fs::write(
+        home.path().join("malai.toml"),
+        "[network]\nrelay = \"disabled\"\ndiscovery = false\nbind = \"127.0.0.1\"\n",
+    )
+    .unwrap();
+    let init = home.json(&["cluster", "init", "company", "--json"]);
+    let sock_path = home.path().join("notify.sock");
+    let sock = UnixDatagram::bind(&sock_path).unwrap();
+    let mut child = home
+        .cmd()
+        .arg("daemon")
+        .env("MALAI_DBUS_ADDRESS", &bus.address)
+        .env("NOTIFY_SOCKET", &sock_path)
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    read_until(&sock, "READY=1");
+
+    // READY=1 comes after the name is held: busctl finds everything at once.
+    let intro = bus.busctl(&["introspect", "sh.malai.Malai1", "/sh/malai/Malai1"]);
+    for want in [
+        "sh.malai.Malai1.Daemon",
+        ".Status",
+        ".Rescan",
+        ".Home",
+        "org.freedesktop.DBus.Properties",
+    ] {
+        assert!(intro.contains(want), "introspection lacks {want}:\n{intro}");
+    }
+    let cluster = "/sh/malai/Malai1/cluster/company";
+    let get = |prop: &str| {
+        bus.busctl(&[
+            "get-property",
+            "sh.malai.Malai1",
+            cluster,
+            "sh.malai.Malai1.Cluster",
+            prop,
+        ])
+    };
+    assert_eq!(get("Role").trim(), "s \"cluster-manager\"");
+    assert_eq!(get("Alias").trim(), "s \"company\"");
+    assert_eq!(get("Id52").trim(), format!("s {}", init["id52"]));
+    assert_eq!(get("ConfigVersion").trim(), "t 1");
+
+    let status = status_json(&home, &bus);
+    assert_eq!(status["source"], "daemon", "{status}");
+    assert_eq!(status["clusters"][0]["alias"], "company");
+    assert_eq!(status["clusters"][0]["role"], "cluster-manager");
+    assert_eq!(status["clusters"][0]["config_version"], 1);
+    let human = on_bus(&home, &bus, &["status"]);
+    assert!(
+        String::from_utf8_lossy(&human.stdout).contains("(read from daemon)"),
+        "{}",
+        String::from_utf8_lossy(&human.stdout)
+    );
+
+    // A changed cluster.toml, applied by `malai rescan` over the bus: the
+    // daemon reloads (RELOADING=1 then READY=1) and the version goes up.
+    let toml = home.cluster_dir("company").join("cluster.toml");
+    let mut text = std::fs::read_to_string(&toml).unwrap();
+    text.push_str("\n# changed by the test\n");
+    std::fs::write(&toml, text).unwrap();
+    let out = on_bus(&home, &bus, &["rescan"]);
+    assert!(out.status.success(), "rescan: {}", common::stderr(&out));
+    assert!(
+        common::stderr(&out).contains("asked on"),
+        "rescan went over D-Bus: {}",
+        common::stderr(&out)
+    );
+    let reload = read_until(&sock, "RELOADING=1");
+    let reload_msg = reload
+        .lines()
+        .rev()
+        .find(|l| l.contains("RELOADING=1"))
+        .unwrap()
+        .to_owned();
+    assert!(!reload_msg.contains("READY=1"), "{reload}");
+    read_until(&sock, "READY=1");
+    let status = status_json(&home, &bus);
+    assert_eq!(status["source"], "daemon", "{status}");
+    assert_eq!(status["clusters"][0]["config_version"], 2, "{status}");
+    assert_eq!(get("ConfigVersion").trim(), "t 2");
+
+    // Without the daemon the same bus has no owner for the name: the files.
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    read_until(&sock, "STOPPING=1");
+    assert!(child.wait().unwrap().success());
+    let status = status_json(&home, &bus);
+    assert_eq!(status["source"], "files", "{status}");
+    assert_eq!(status["clusters"][0]["config_version"], 2, "{status}");
+}
+
+#[test]
+fn a_daemon_of_another_home_is_not_asked() {
+    let Some(bus) = PrivateBus::start() else {
+        return;
+    };
+    let served = TestHome::new();
+    std::fs::write(
+        served.path().join("malai.toml"),
+        "[network]\nrelay = \"disabled\"\ndiscovery = false\nbind = \"127.0.0.1\"\n",
+    )
+    .unwrap();
+    served.ok(&["cluster", "init", "company"]);
+    let sock_path = served.path().join("notify.sock");
+    let sock = UnixDatagram::bind(&sock_path).unwrap();
+    let mut child = served
+        .cmd()
+        .arg("daemon")
+        .env("MALAI_DBUS_ADDRESS", &bus.address)
+        .env("NOTIFY_SOCKET", &sock_path)
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    read_until(&sock, "READY=1");
+
+    // Another MALAI_HOME, named explicitly: its own files, not that daemon.
+    let other = TestHome::new();
+    other.ok(&["cluster", "init", "elsewhere"]);
+    let status = status_json(&other, &bus);
+    assert_eq!(status["source"], "files", "{status}");
+    assert_eq!(status["clusters"][0]["alias"], "elsewhere", "{status}");
+
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    assert!(child.wait().unwrap().success());
+}
+
+/// A private system-type bus reading the project's policy file (plus
+/// `extra`, a policy snippet), listening in a directory every user can
+/// reach; `None` when not root (another user is needed) or tools are missing.
+fn system_bus(dir: &std::path::Path, extra: &str) -> Option<PrivateBus> {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipped: the policy test needs root (to call as another user)");
+        return None;
+    }
+    for tool in ["dbus-daemon", "busctl", "setpriv"] {
+        if Command::new(tool).arg("--version").output().is_err() {
+            eprintln!("skipped: {tool} is not installed");
+            return None;
+        }
+    }
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let policy = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("packaging/dbus-1/system.d/sh.malai.Malai1.conf");
+    let socket = dir.join("system_bus_socket");
+    // The default context of Debian's system.conf: deny owning and calling,
+    // allow replies, signals and the bus driver.
+    let config = format!(
+        r#"<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-BUS Bus Configuration 1.0//EN"
+ "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
+<busconfig>
+  <type>system</type>
+  <listen>unix:path={socket}</listen>
+  <auth>EXTERNAL</auth>
+  <policy context="default">
+    <allow user="*"/>
+    <deny own="*"/>
+    <deny send_type="method_call"/>
+    <allow send_type="signal"/>
+    <allow send_requested_reply="true" send_type="method_return"/>
+    <allow send_requested_reply="true" send_type="error"/>
+    <allow receive_type="method_call"/>
+    <allow receive_type="method_return"/>
+    <allow receive_type="error"/>
+    <allow receive_type="signal"/>
+    <allow send_destination="org.freedesktop.DBus" send_interface="org.freedesktop.DBus"/>
+    <allow send_destination="org.freedesktop.DBus" send_interface="org.freedesktop.DBus.Introspectable"/>
+    <allow send_destination="org.freedesktop.DBus" send_interface="org.freedesktop.DBus.Properties"/>
+  </policy>
+  <include>{policy}</include>
+  {extra}
+</busconfig>
+"#,
+        socket = socket.display(),
+        policy = policy.display(),
+    );
+    let config_path = dir.join("system.conf");
+    std::fs::write(&config_path, config).unwrap();
+    let out = Command::new("dbus-daemon")
+        .arg(format!("--config-file={}", config_path.display()))
+        .args([
+            "--print-address=1",
+            "--print-pid=1",
+            "--fork",
+            "--nopidfile",
+        ])
+        .stdin(Stdio::null())
+        .output()
+        .expect("run dbus-daemon");
+    assert!(
+        out.status.success(),
+        "dbus-daemon: {}",
+        common::stderr(&out)
+    );
+    let text = String::from_utf8(out.stdout).expect("utf-8");
+    let mut lines = text.lines();
+    let address = lines.next().expect("an address line").trim().to_owned();
+    let pid = lines
+        .next()
+        .expect("a pid line")
+        .trim()
+        .parse()
+        .expect("a pid");
+    Some(PrivateBus { address, pid })
+}
+
+/// busctl as the user nobody (no supplementary groups).
+fn busctl_as_nobody(bus: &PrivateBus, args: &[&str]) -> Output {
+    Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "busctl"])
+        .arg(format!("--address={}", bus.address))
+        .args(args)
+        .output()
+        .expect("run setpriv busctl")
+}
+
+/// Starts a root daemon on `bus`; returns it once READY=1.
+fn daemon_on(home: &TestHome, bus: &PrivateBus) -> std::process::Child {
+    std::fs::write(
+        home.path().join("malai.toml"),
+        "[network]\nrelay = \"disabled\"\ndiscovery = false\nbind = \"127.0.0.1\"\n",
+    )
+    .unwrap();
+    home.ok(&["cluster", "init", "company"]);
+    let sock_path = home.path().join("notify.sock");
+    let sock = UnixDatagram::bind(&sock_path).unwrap();
+    let child = home
+        .cmd()
+        .arg("daemon")
+        .env("MALAI_DBUS_ADDRESS", &bus.address)
+        .env("NOTIFY_SOCKET", &sock_path)
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let ready = read_until(&sock, "READY=1");
+    assert!(ready.contains("READY=1"));
+    child
+}
+
+fn stop(mut child: std::process::Child) {
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    assert!(child.wait().unwrap().success());
+}
+
+const DAEMON: [&str; 3] = [
+    "sh.malai.Malai1",
+    "/sh/malai/Malai1",
+    "sh.malai.Malai1.Daemon",
+];
+
+#[test]
+fn the_policy_lets_everyone_read_and_only_root_rescan() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(bus) = system_bus(dir.path(), "") else {
+        return;
+    };
+    let home = TestHome::new();
+    let child = daemon_on(&home, &bus);
+
+    // Root owns the name (the daemon got it) and may rescan.
+    let out = on_bus(&home, &bus, &["rescan"]);
+    assert!(out.status.success(), "{}", common::stderr(&out));
+    assert!(
+        common::stderr(&out).contains("asked on"),
+        "{}",
+        common::stderr(&out)
+    );
+
+    // nobody reads: introspection, properties, Status.
+    let intro = busctl_as_nobody(&bus, &["introspect", "sh.malai.Malai1", "/sh/malai/Malai1"]);
+    assert!(intro.status.success(), "{}", common::stderr(&intro));
+    let role = busctl_as_nobody(
+        &bus,
+        &[
+            "get-property",
+            "sh.malai.Malai1",
+            "/sh/malai/Malai1/cluster/company",
+            "sh.malai.Malai1.Cluster",
+            "Role",
+        ],
+    );
+    assert!(role.status.success(), "{}", common::stderr(&role));
+    let mut call = vec!["call"];
+    call.extend(DAEMON);
+    let status = busctl_as_nobody(&bus, &[call.clone(), vec!["Status"]].concat());
+    assert!(status.status.success(), "{}", common::stderr(&status));
+    assert!(String::from_utf8_lossy(&status.stdout).contains("\\\"source\\\":\\\"daemon\\\""));
+
+    // ...but the bus refuses nobody's Rescan.
+    let rescan = busctl_as_nobody(&bus, &[call, vec!["Rescan"]].concat());
+    assert!(!rescan.status.success());
+    let err = common::stderr(&rescan);
+    assert!(
+        err.contains("denied") && !err.contains("may not rescan"),
+        "the bus refuses before the daemon sees the call: {err}"
+    );
+    stop(child);
+}
+
+#[test]
+fn the_daemon_refuses_rescan_itself_when_the_bus_lets_it_through() {
+    let dir = tempfile::tempdir().unwrap();
+    // A bus policy too generous on purpose: nobody may call anything.
+    let extra = r#"<policy user="nobody"><allow send_destination="sh.malai.Malai1"/></policy>"#;
+    let Some(bus) = system_bus(dir.path(), extra) else {
+        return;
+    };
+    let home = TestHome::new();
+    let child = daemon_on(&home, &bus);
+    let mut call = vec!["call"];
+    call.extend(DAEMON);
+    call.push("Rescan");
+    let rescan = busctl_as_nobody(&bus, &call);
+    assert!(!rescan.status.success());
+    let err = common::stderr(&rescan);
+    assert!(
+        err.contains("may not rescan"),
+        "the daemon's own refusal: {err}"
+    );
+    stop(child);
+}
