@@ -371,7 +371,7 @@ fn kill_9_of_the_cm_during_uploads_leaves_the_old_or_the_new_file() {
     let file = work.path().join("company.toml");
     let mut version = version_of(&c.cm);
     let mut landed = 0;
-    for round in 0..6 {
+    for round in 0..5 {
         config_ok(&c.laptop, &["download", "company", "-o", &path_str(&file)]);
         let old = fs::read(&path).unwrap();
         append(
@@ -387,10 +387,10 @@ fn kill_9_of_the_cm_during_uploads_leaves_the_old_or_the_new_file() {
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
-        // Even rounds kill the CM as soon as cluster.toml changed (the file
-        // written, the version maybe not yet) or the CLI ended; odd rounds at
-        // once, before the upload reaches it.
-        if round % 2 == 0 {
+        // Round 0 kills the CM at once, before the upload reaches it; the
+        // others as soon as cluster.toml changed (the file written, the
+        // version maybe not yet) or the CLI ended.
+        if round > 0 {
             let deadline = Instant::now() + DEADLINE;
             while fs::read(&path).unwrap() == old && upload.try_wait().unwrap().is_none() {
                 assert!(Instant::now() < deadline, "round {round}: upload hangs");
@@ -560,6 +560,41 @@ fn edit_that_conflicts_leaves_markers_and_uploads_nothing() {
         serde_json::from_str(&read(&cwd.path().join("company.toml.base"))).unwrap();
     assert_eq!(base["hash"], hash_hex(theirs.as_bytes()));
     assert_eq!(base["version"], 3);
+}
+
+#[test]
+#[ignore = "bug: src/cli/config.rs merge_and_upload loses the edit when the clean merge is refused (invalid or stale again): edit() then deletes its temp dir and nothing is kept"]
+fn edit_whose_clean_merge_does_not_validate_keeps_the_edit() {
+    require_root!();
+    let (c, _cm) = company("edinv", "laptop,web01");
+    let work = tempfile::tempdir().unwrap();
+    let cwd = tempfile::tempdir().unwrap();
+    // Both add a [group.ops], far apart: the text merges cleanly, but the
+    // result defines the table twice.
+    let editor = racing_editor(
+        &c,
+        work.path(),
+        "printf '[group.ops]\\nmembers = \"laptop\"\\n' >> \"$1\"",
+        "1i [group.ops]\\nmembers = \"web01\"\\n",
+    );
+    let out = edit(&c, &editor, cwd.path());
+    let err = stderr(&out);
+    let web_log = fs::read_to_string(work.path().join("web01.log")).unwrap_or_default();
+    assert!(web_log.contains("version 3"), "{web_log}");
+    assert_eq!(code(&out), Some(78), "{err}");
+    let theirs = read(&work.path().join("web01.toml"));
+    assert_eq!(read(&cluster_toml(&c)), theirs, "nothing was uploaded");
+    assert_eq!(version_of(&c.cm), 3);
+
+    // The laptop's edit survives: as the merge in the current directory,
+    // with the base it is on, ready for `malai config upload` once fixed.
+    let kept = fs::read_to_string(cwd.path().join("company.toml")).unwrap_or_else(|e| {
+        panic!("the edit is lost: no company.toml in the current directory ({e}); stderr:\n{err}")
+    });
+    assert!(kept.contains("members = \"laptop\""), "{kept}");
+    let base: serde_json::Value =
+        serde_json::from_str(&read(&cwd.path().join("company.toml.base"))).unwrap();
+    assert_eq!(base["hash"], hash_hex(theirs.as_bytes()));
 }
 
 #[test]
