@@ -563,7 +563,6 @@ fn edit_that_conflicts_leaves_markers_and_uploads_nothing() {
 }
 
 #[test]
-#[ignore = "bug: src/cli/config.rs merge_and_upload loses the edit when the clean merge is refused (invalid or stale again): edit() then deletes its temp dir and nothing is kept"]
 fn edit_whose_clean_merge_does_not_validate_keeps_the_edit() {
     require_root!();
     let (c, _cm) = company("edinv", "laptop,web01");
@@ -606,12 +605,14 @@ fn edit_reopens_an_invalid_file_with_its_errors_until_it_validates() {
     let editor = work.path().join("editor.sh");
     let count = path_str(&work.path().join("count"));
     let second = path_str(&work.path().join("second.toml"));
+    let mode = path_str(&work.path().join("mode"));
     script(
         &editor,
         &format!(
             "n=$(cat {count} 2>/dev/null || echo 0)\n\
              echo $((n + 1)) > {count}\n\
              if [ \"$n\" = 0 ]; then\n\
+             stat -c %a \"$(dirname \"$1\")\" > {mode}\n\
              printf '[group.ops]\\nmembers = \"ghost\"\\n' >> \"$1\"\n\
              else\n\
              cp \"$1\" {second}\n\
@@ -625,6 +626,8 @@ fn edit_reopens_an_invalid_file_with_its_errors_until_it_validates() {
     assert_eq!(code(&out), Some(0), "{err}");
     assert!(err.contains("reopening the editor"), "{err}");
     assert_eq!(read(&work.path().join("count")).trim(), "2");
+    // The file the editor opens sits in a directory only its owner can read.
+    assert_eq!(read(Path::new(&mode)).trim(), "700");
 
     // The second opening showed the errors above the first edit.
     let shown = read(Path::new(&second));

@@ -180,9 +180,15 @@ fn upload(
 const ERROR_MARK: &str = "# malai: ";
 
 fn edit(home: &Home, cluster: &str) -> anyhow::Result<u8> {
-    let (base_text, base_hash, _) = download(home, cluster)?;
-    let dir = tempfile_dir()?;
-    let file = dir.join(format!("{cluster}.toml"));
+    let (base_text, base_hash, base_version) = download(home, cluster)?;
+    // A private directory (0700, a fresh name): the file may name every
+    // machine and rule of the cluster. Removed when `dir` drops.
+    let dir = tempfile::Builder::new()
+        .prefix("malai-edit-")
+        .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o700))
+        .tempdir()
+        .context("creating a directory for the file to edit")?;
+    let file = dir.path().join(format!("{cluster}.toml"));
     std::fs::write(&file, &base_text)?;
     let mine = loop {
         run_editor(&file)?;
@@ -194,7 +200,6 @@ fn edit(home: &Home, cluster: &str) -> anyhow::Result<u8> {
             .collect();
         if text == base_text {
             eprintln!("no changes");
-            let _ = std::fs::remove_dir_all(&dir);
             return Ok(OK);
         }
         match crate::config::cluster::parse(
@@ -210,8 +215,9 @@ fn edit(home: &Home, cluster: &str) -> anyhow::Result<u8> {
                     .map(|l| format!("{ERROR_MARK}{l}\n"))
                     .collect();
                 if edited.starts_with(ERROR_MARK) && edited == format!("{shown}{text}") {
-                    // Reopened with the errors and saved without a change.
-                    let _ = std::fs::remove_dir_all(&dir);
+                    // Reopened with the errors and saved without a change:
+                    // the user gives up on it, but the edit is kept.
+                    keep(cluster, &text, &base_hash, base_version)?;
                     return Err(diags.into());
                 }
                 std::fs::write(&file, format!("{shown}{text}"))?;
@@ -221,19 +227,17 @@ fn edit(home: &Home, cluster: &str) -> anyhow::Result<u8> {
             }
         }
     };
-    let result = match upload(home, cluster, mine.clone(), &base_hash, false) {
+    match upload(home, cluster, mine.clone(), &base_hash, false) {
         Ok((version, _)) => {
             eprintln!("uploaded: cluster {cluster:?} is at version {version}");
             Ok(OK)
         }
         Err(e) if is_stale(&e) => merge_and_upload(home, cluster, &base_text, &mine),
         Err(e) => {
-            eprintln!("your edit is kept in {}", file.display());
-            return Err(e);
+            keep(cluster, &mine, &base_hash, base_version)?;
+            Err(e)
         }
-    };
-    let _ = std::fs::remove_dir_all(&dir);
-    result
+    }
 }
 
 fn is_stale(e: &anyhow::Error) -> bool {
@@ -250,21 +254,19 @@ fn merge_and_upload(home: &Home, cluster: &str, base: &str, mine: &str) -> anyho
                 "cluster.toml changed meanwhile (now version {version}); your edit merges cleanly:"
             );
             eprint!("{}", diffy::create_patch(&theirs, &merged));
-            let (version, _) = upload(home, cluster, merged, &their_hash, false)?;
-            eprintln!("uploaded the merge: cluster {cluster:?} is at version {version}");
-            Ok(OK)
+            match upload(home, cluster, merged.clone(), &their_hash, false) {
+                Ok((version, _)) => {
+                    eprintln!("uploaded the merge: cluster {cluster:?} is at version {version}");
+                    Ok(OK)
+                }
+                Err(e) => {
+                    keep(cluster, &merged, &their_hash, version)?;
+                    Err(e)
+                }
+            }
         }
         Err(conflicted) => {
-            let file = PathBuf::from(format!("{cluster}.toml"));
-            write_with_base(
-                &file,
-                &conflicted,
-                &Base {
-                    cluster: cluster.to_owned(),
-                    hash: their_hash,
-                    version,
-                },
-            )?;
+            let file = keep(cluster, &conflicted, &their_hash, version)?;
             Err(Failure::new(
                 FAILURE,
                 format!(
@@ -277,6 +279,32 @@ fn merge_and_upload(home: &Home, cluster: &str, base: &str, mine: &str) -> anyho
             .into())
         }
     }
+}
+
+/// Saves an edit that was not uploaded in the current directory, with the
+/// base it is on, ready for `malai config upload` once fixed: as
+/// `CLUSTER.toml`, or `CLUSTER.edit-N.toml` when that exists already (a
+/// file of the user's is never overwritten). Says where on stderr.
+fn keep(cluster: &str, text: &str, hash: &str, version: u64) -> anyhow::Result<PathBuf> {
+    let mut file = PathBuf::from(format!("{cluster}.toml"));
+    let mut n = 1;
+    while file.exists() || base_path(&file).exists() {
+        file = PathBuf::from(format!("{cluster}.edit-{n}.toml"));
+        n += 1;
+    }
+    let base = Base {
+        cluster: cluster.to_owned(),
+        hash: hash.to_owned(),
+        version,
+    };
+    write_with_base(&file, text, &base)?;
+    eprintln!(
+        "nothing was uploaded; your edit is kept in {} (based on version {version}): \
+         fix it, then `malai config upload {}`",
+        file.display(),
+        file.display()
+    );
+    Ok(file)
 }
 
 fn run_editor(file: &Path) -> anyhow::Result<()> {
@@ -297,10 +325,4 @@ fn run_editor(file: &Path) -> anyhow::Result<()> {
         "the editor {editor:?} failed ({status}); nothing was uploaded"
     );
     Ok(())
-}
-
-fn tempfile_dir() -> anyhow::Result<PathBuf> {
-    let base = std::env::temp_dir().join(format!("malai-edit-{}", std::process::id()));
-    std::fs::create_dir_all(&base)?;
-    Ok(base)
 }

@@ -6,6 +6,8 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use nix::fcntl::{Flock, FlockArg};
+
 use super::proto::ConfigAnswer;
 use crate::acl::{self, Decision};
 use crate::config::{ClusterConfig, FileKind, cluster};
@@ -86,6 +88,12 @@ pub fn swap_file(
     force: bool,
     version: u64,
 ) -> Result<Swapped, ConfigAnswer> {
+    // The daemon (for a remote editor) and the CLI on the CM itself (for a
+    // local one) both swap this file: a lock on the cluster directory makes
+    // each read-compare-write whole, so neither overwrites the other unseen.
+    let _lock = lock_dir(path).map_err(|e| ConfigAnswer::Rejected {
+        reason: format!("cannot lock the cluster directory: {e}"),
+    })?;
     let current = std::fs::read(path).map_err(|e| ConfigAnswer::Rejected {
         reason: format!("cannot read cluster.toml: {e}"),
     })?;
@@ -107,6 +115,18 @@ pub fn swap_file(
         old_hash,
         new_hash: hash_hex(text.as_bytes()),
     })
+}
+
+/// An exclusive lock on the directory holding `file`, until dropped.
+fn lock_dir(file: &Path) -> std::io::Result<Flock<std::fs::File>> {
+    let dir = file.parent().unwrap_or(Path::new("."));
+    let dir = if dir.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        dir
+    };
+    Flock::lock(std::fs::File::open(dir)?, FlockArg::LockExclusive)
+        .map_err(|(_, errno)| std::io::Error::from(errno))
 }
 
 pub async fn upload(
@@ -159,5 +179,36 @@ pub async fn upload(
     ConfigAnswer::Accepted {
         version,
         hash: new_hash,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::mpsc;
+    use std::time::Duration;
+
+    #[test]
+    fn a_swap_waits_for_the_cluster_directory_lock() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(CLUSTER_FILE);
+        std::fs::write(&path, "old").unwrap();
+        let held = lock_dir(&path).unwrap();
+        let (tx, rx) = mpsc::channel();
+        let p = path.clone();
+        let cm = crate::identity::Identity::generate().id52();
+        std::thread::spawn(move || {
+            let answer = swap_file(&p, &cm, "not toml [", &hash_hex(b"old"), false, 1);
+            tx.send(answer.err()).unwrap();
+        });
+        // Held by another writer: the swap must not read, compare or write.
+        assert!(rx.recv_timeout(Duration::from_millis(300)).is_err());
+        drop(held);
+        let answer = rx.recv_timeout(Duration::from_secs(10)).unwrap();
+        assert!(
+            matches!(answer, Some(ConfigAnswer::Invalid { .. })),
+            "{answer:?}"
+        );
+        assert_eq!(std::fs::read(&path).unwrap(), b"old");
     }
 }
