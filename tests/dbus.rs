@@ -10,73 +10,7 @@ use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use common::TestHome;
-
-/// A private session-type bus, killed (by its pid) when dropped.
-struct PrivateBus {
-    address: String,
-    pid: i32,
-}
-
-impl PrivateBus {
-    /// `None` (the test is skipped) when dbus-daemon or busctl is missing.
-    fn start() -> Option<PrivateBus> {
-        for tool in ["dbus-daemon", "busctl"] {
-            if Command::new(tool).arg("--version").output().is_err() {
-                eprintln!("skipped: {tool} is not installed (apt-get install dbus systemd)");
-                return None;
-            }
-        }
-        let out = Command::new("dbus-daemon")
-            .args([
-                "--session",
-                "--print-address=1",
-                "--print-pid=1",
-                "--fork",
-                "--nopidfile",
-            ])
-            .stdin(Stdio::null())
-            .output()
-            .expect("run dbus-daemon");
-        assert!(
-            out.status.success(),
-            "dbus-daemon: {}",
-            common::stderr(&out)
-        );
-        let text = String::from_utf8(out.stdout).expect("utf-8");
-        let mut lines = text.lines();
-        let address = lines.next().expect("an address line").trim().to_owned();
-        let pid = lines
-            .next()
-            .expect("a pid line")
-            .trim()
-            .parse()
-            .expect("a pid");
-        Some(PrivateBus { address, pid })
-    }
-
-    fn busctl(&self, args: &[&str]) -> String {
-        let out = Command::new("busctl")
-            .arg(format!("--address={}", self.address))
-            .args(args)
-            .output()
-            .expect("run busctl");
-        assert!(
-            out.status.success(),
-            "busctl {args:?}: {}",
-            common::stderr(&out)
-        );
-        String::from_utf8(out.stdout).expect("utf-8")
-    }
-}
-
-impl Drop for PrivateBus {
-    fn drop(&mut self) {
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(self.pid),
-            nix::sys::signal::Signal::SIGTERM,
-        );
-    }
-}
+use common::bus::PrivateBus;
 
 /// Reads datagrams until one contains `what`; returns everything read.
 fn read_until(sock: &UnixDatagram, what: &str) -> String {
@@ -329,7 +263,11 @@ fn system_bus(dir: &std::path::Path, extra: &str) -> Option<PrivateBus> {
         .trim()
         .parse()
         .expect("a pid");
-    Some(PrivateBus { address, pid })
+    Some(PrivateBus {
+        address,
+        pid,
+        socket_dir: None,
+    })
 }
 
 /// busctl as the user nobody (no supplementary groups).
@@ -424,7 +362,7 @@ fn the_policy_lets_everyone_read_and_only_root_rescan() {
     assert!(!rescan.status.success());
     let err = common::stderr(&rescan);
     assert!(
-        err.contains("denied") && !err.contains("may not rescan"),
+        err.contains("denied") && !err.contains("may not call Rescan"),
         "the bus refuses before the daemon sees the call: {err}"
     );
     stop(child);
@@ -447,7 +385,7 @@ fn the_daemon_refuses_rescan_itself_when_the_bus_lets_it_through() {
     assert!(!rescan.status.success());
     let err = common::stderr(&rescan);
     assert!(
-        err.contains("may not rescan"),
+        err.contains("may not call Rescan"),
         "the daemon's own refusal: {err}"
     );
     stop(child);

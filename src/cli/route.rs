@@ -10,6 +10,7 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
 use crate::dbus::client;
+use crate::exec::spawn::StdioMode;
 use crate::exit::{EXEC_FAILED, Failure, USAGE};
 use crate::home::Home;
 use crate::p2p::{self, EXEC_ALPN};
@@ -87,6 +88,23 @@ pub fn exec(home: &Home, words: &[String], verbose: u8) -> anyhow::Result<u8> {
         .local_config()
         .map_err(|d| Failure::new(EXEC_FAILED, format!("malai.toml is invalid:\n{d}")))?;
     let inv = target::resolve(&local, words).map_err(Failure::usage)?;
+    let rt = super::runtime()?;
+    let mut skipped = Vec::new();
+    let over_bus = rt.block_on(async {
+        let found = client::find(&home.root, any_home(), &mut skipped).await?;
+        exec_over_bus(home, &found, &inv, verbose, &mut skipped).await
+    });
+    // stdin may still be blocked in a read: do not wait for it.
+    rt.shutdown_background();
+    if let Some(result) = over_bus {
+        return result;
+    }
+    if verbose > 0 {
+        eprintln!(
+            "malai: no daemon serving this MALAI_HOME answered on D-Bus ({}): going directly",
+            skipped.join("; ")
+        );
+    }
     let Invocation { target, argv } = inv;
     let cluster = home
         .load_cluster(&target.cluster)
@@ -126,7 +144,15 @@ pub fn exec(home: &Home, words: &[String], verbose: u8) -> anyhow::Result<u8> {
         if verbose > 0 {
             eprintln!("malai: {target} is this device: deciding and running here");
         }
-        let result = rt.block_on(crate::exec::local::run(config, &id, argv, &what));
+        let result = rt.block_on(crate::exec::local::run(
+            config,
+            &id,
+            argv,
+            &what,
+            StdioMode::Inherit,
+            crate::exec::client::process_env(),
+            tokio::sync::mpsc::channel(1).1,
+        ));
         rt.shutdown_background();
         return result;
     }
@@ -151,6 +177,126 @@ pub fn exec(home: &Home, words: &[String], verbose: u8) -> anyhow::Result<u8> {
     // stdin may still be blocked in a read: do not wait for it.
     rt.shutdown_background();
     result
+}
+
+/// Runs the invocation through `found`, the daemon on a bus: the daemon
+/// dials (or reuses its connection) with the cluster's identity, and the
+/// command's output goes straight to this process's stdout and stderr.
+/// `None`: that daemon does not serve the cluster, or refused this user
+/// while the user can go directly; the reason goes to `skipped`.
+async fn exec_over_bus(
+    home: &Home,
+    found: &client::Found,
+    inv: &Invocation,
+    verbose: u8,
+    skipped: &mut Vec<String>,
+) -> Option<anyhow::Result<u8>> {
+    use crate::dbus::Error;
+    use crate::exec::client::{RawMode, process_env, process_pty};
+    let Invocation { target, argv } = inv;
+    let proxy = client::ClusterProxy::builder(found.proxy.inner().connection())
+        .path(crate::dbus::cluster_path(&target.cluster))
+        .cache_properties(zbus::proxy::CacheProperties::No)
+        .build()
+        .await
+        .ok()?;
+    if proxy.alias().await.is_err() {
+        skipped.push(format!(
+            "{}: the daemon there has no cluster {:?}",
+            found.bus, target.cluster
+        ));
+        return None;
+    }
+    if verbose > 0 {
+        eprintln!(
+            "malai: running {target} through the daemon on {}",
+            found.bus
+        );
+    }
+    let result = async {
+        let pty = process_pty(argv);
+        let _raw = RawMode::for_pty(pty)?;
+        // stdin goes through a pipe this process feeds: the daemon then
+        // reads a descriptor of its own that it can stop reading at any time.
+        let (read_end, write_end) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+        let mut feed = tokio::net::unix::pipe::Sender::from_owned_fd(write_end)?;
+        tokio::spawn(async move {
+            let _ = tokio::io::copy(&mut tokio::io::stdin(), &mut feed).await;
+        });
+        let token = format!(
+            "{}-{}",
+            std::process::id(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_nanos()
+        );
+        let controls = {
+            let (proxy, token) = (proxy.clone(), token.clone());
+            tokio::spawn(forward_controls(proxy, token, pty.is_some()))
+        };
+        let (rows, cols) = pty.map_or((0, 0), |p| (p.rows, p.cols));
+        let answer = proxy
+            .exec(
+                &target.machine,
+                argv,
+                process_env().into_iter().collect(),
+                rows,
+                cols,
+                zbus::Fd::from(&read_end),
+                zbus::Fd::from(&std::io::stdout()),
+                zbus::Fd::from(&std::io::stderr()),
+                &token,
+            )
+            .await;
+        controls.abort();
+        anyhow::Ok(answer)
+    }
+    .await;
+    let answer = match result {
+        Ok(answer) => answer,
+        Err(e) => return Some(Err(e)),
+    };
+    Some(match answer {
+        Ok(code) => Ok(code),
+        Err(Error::AccessDenied(why)) if home.load_cluster(&target.cluster).is_ok() => {
+            skipped.push(format!("{}: {why}", found.bus));
+            return None;
+        }
+        Err(Error::NoSuchMachine(m)) => Err(Failure::usage(m).into()),
+        Err(Error::ZBus(e)) => Err(Failure::new(
+            EXEC_FAILED,
+            format!("{target}: the daemon on {} failed: {e}", found.bus),
+        )
+        .into()),
+        Err(
+            Error::AccessDenied(m) | Error::Denied(m) | Error::Unreachable(m) | Error::Failed(m),
+        ) => Err(Failure::new(EXEC_FAILED, m).into()),
+    })
+}
+
+/// Passes this process's Ctrl-C, SIGTERM and (on a PTY) window size
+/// changes to the daemon's exec `token`.
+async fn forward_controls(proxy: client::ClusterProxy<'static>, token: String, on_pty: bool) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut int), Ok(mut term), Ok(mut winch)) = (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+        signal(SignalKind::window_change()),
+    ) else {
+        return;
+    };
+    loop {
+        tokio::select! {
+            _ = int.recv() => { let _ = proxy.signal(&token, 2).await; }
+            _ = term.recv() => { let _ = proxy.signal(&token, 15).await; }
+            _ = winch.recv() => {
+                if let (true, Some(size)) = (on_pty, crate::exec::client::window_size()) {
+                    let _ = proxy.resize(&token, size.rows, size.cols).await;
+                }
+            }
+        }
+    }
 }
 
 /// Sends a config request to the cluster's manager: handled here when this

@@ -24,6 +24,37 @@ pub trait Daemon {
     fn home(&self) -> zbus::Result<String>;
 }
 
+#[zbus::proxy(
+    interface = "sh.malai.Malai1.Cluster",
+    default_service = "sh.malai.Malai1"
+)]
+pub trait Cluster {
+    /// Runs argv on a machine of the cluster with the caller's descriptors.
+    #[allow(clippy::too_many_arguments)]
+    fn exec(
+        &self,
+        machine: &str,
+        argv: &[String],
+        env: std::collections::HashMap<String, String>,
+        rows: u16,
+        cols: u16,
+        stdin: zbus::Fd<'_>,
+        stdout: zbus::Fd<'_>,
+        stderr: zbus::Fd<'_>,
+        token: &str,
+    ) -> Result<u8, super::Error>;
+
+    /// Delivers a signal to the command of exec `token`.
+    fn signal(&self, token: &str, signal: i32) -> Result<(), super::Error>;
+
+    /// Resizes the PTY of exec `token`.
+    fn resize(&self, token: &str, rows: u16, cols: u16) -> Result<(), super::Error>;
+
+    /// The cluster's name on the daemon's device.
+    #[zbus(property)]
+    fn alias(&self) -> zbus::Result<String>;
+}
+
 /// A daemon that answered.
 pub struct Found {
     pub proxy: DaemonProxy<'static>,

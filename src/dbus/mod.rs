@@ -8,6 +8,7 @@
 //! members is compatible; a break adds `Malai2` beside these.
 
 pub mod client;
+pub mod exec;
 pub mod service;
 
 use std::time::Duration;
@@ -37,6 +38,12 @@ pub enum Error {
     AccessDenied(String),
     /// The daemon could not do what was asked.
     Failed(String),
+    /// The cluster's rules refused the command.
+    Denied(String),
+    /// The cluster has no machine of that name.
+    NoSuchMachine(String),
+    /// The machine did not answer.
+    Unreachable(String),
 }
 
 /// A message bus the daemon or the CLI may use.

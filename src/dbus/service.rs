@@ -4,7 +4,7 @@
 //! RELOADING=1/READY=1 around it. The cluster objects read their cluster's
 //! shared state directly.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use anyhow::Context;
@@ -12,8 +12,10 @@ use tokio::sync::{mpsc, oneshot};
 use zbus::message::Header;
 use zbus::{Connection, interface};
 
+use super::exec::{self, Call, Sessions};
 use super::{ADMIN_GROUP, BUS_NAME, Bus, Error, ROOT_PATH, cluster_path};
 use crate::daemon::cluster::Shared;
+use crate::exec::proto::{ClientMsg, WindowSize};
 use crate::status::{ClusterStatus, Status};
 
 /// A request from a D-Bus method to the daemon's main loop.
@@ -79,6 +81,7 @@ impl Service {
             if !same(&self.served, alias, shared) {
                 let object = ClusterObject {
                     shared: shared.clone(),
+                    sessions: Sessions::default(),
                 };
                 server.at(cluster_path(alias).as_str(), object).await?;
             }
@@ -121,15 +124,7 @@ impl DaemonObject {
         #[zbus(header)] hdr: Header<'_>,
         #[zbus(connection)] conn: &Connection,
     ) -> Result<Vec<String>, Error> {
-        let uid = caller_uid(conn, &hdr).await?;
-        if !may_change(uid) {
-            tracing::warn!(
-                "D-Bus Rescan refused to uid {uid}: not root, not in group {ADMIN_GROUP}"
-            );
-            return Err(Error::AccessDenied(format!(
-                "uid {uid} may not rescan: only root and members of the group {ADMIN_GROUP:?} may"
-            )));
-        }
+        let uid = authorize(conn, &hdr, "Rescan").await?;
         tracing::info!("D-Bus Rescan by uid {uid}");
         self.ask(Request::Rescan).await
     }
@@ -144,6 +139,7 @@ impl DaemonObject {
 /// `/sh/malai/Malai1/cluster/<alias>`: one cluster identity of the daemon.
 struct ClusterObject {
     shared: Arc<Shared>,
+    sessions: Sessions,
 }
 
 impl ClusterObject {
@@ -183,6 +179,98 @@ impl ClusterObject {
     async fn config_hash(&self) -> String {
         self.view().await.config_hash.unwrap_or_default()
     }
+
+    /// Runs `argv` on `machine` of this cluster as this device, with the
+    /// caller's `stdin` (a pipe or a file), `stdout` and `stderr`; returns
+    /// the command's exit code (128+N for signal N). `env` passes TERM,
+    /// LANG, COLORTERM and LC_* only; `rows`/`cols` other than 0 ask for a
+    /// PTY (an interactive shell: empty `argv`). `token` names this exec in
+    /// Signal and Resize calls from the same caller. Only root and members
+    /// of the group malai may call it. Errors: AccessDenied, Denied (the
+    /// cluster's rules), NoSuchMachine, Unreachable, Failed.
+    #[allow(clippy::too_many_arguments)]
+    async fn exec(
+        &self,
+        #[zbus(header)] hdr: Header<'_>,
+        #[zbus(connection)] conn: &Connection,
+        machine: String,
+        argv: Vec<String>,
+        env: HashMap<String, String>,
+        rows: u16,
+        cols: u16,
+        stdin: zbus::OwnedFd,
+        stdout: zbus::OwnedFd,
+        stderr: zbus::OwnedFd,
+        token: String,
+    ) -> Result<u8, Error> {
+        let uid = authorize(conn, &hdr, "Exec").await?;
+        let caller = hdr
+            .sender()
+            .ok_or_else(|| Error::AccessDenied("the call has no sender".into()))?
+            .to_owned();
+        let call = Call {
+            caller,
+            uid,
+            machine,
+            argv,
+            env,
+            pty: (rows > 0 && cols > 0).then_some(WindowSize { rows, cols }),
+            fds: [stdin.into(), stdout.into(), stderr.into()],
+            token,
+        };
+        exec::run(&self.shared, &self.sessions, conn, call).await
+    }
+
+    /// Delivers signal `signal` (HUP, INT, QUIT or TERM) to the command of
+    /// the caller's exec `token`.
+    async fn signal(
+        &self,
+        #[zbus(header)] hdr: Header<'_>,
+        token: String,
+        signal: i32,
+    ) -> Result<(), Error> {
+        self.control(&hdr, &token, ClientMsg::Signal { signal })
+    }
+
+    /// The caller's terminal changed size: resizes the PTY of exec `token`.
+    async fn resize(
+        &self,
+        #[zbus(header)] hdr: Header<'_>,
+        token: String,
+        rows: u16,
+        cols: u16,
+    ) -> Result<(), Error> {
+        self.control(&hdr, &token, ClientMsg::Resize(WindowSize { rows, cols }))
+    }
+}
+
+impl ClusterObject {
+    /// Sends `msg` to an exec of the caller's own (a token is only
+    /// honoured from the connection that started the exec).
+    fn control(&self, hdr: &Header<'_>, token: &str, msg: ClientMsg) -> Result<(), Error> {
+        let caller = hdr
+            .sender()
+            .ok_or_else(|| Error::AccessDenied("the call has no sender".into()))?;
+        if self.sessions.send(caller.as_str(), token, msg) {
+            Ok(())
+        } else {
+            Err(Error::Failed(format!("no running exec {token:?} of yours")))
+        }
+    }
+}
+
+/// The caller's uid, if it may call `method` (a method that acts or
+/// changes something): root and members of the group malai only. The bus
+/// policy says the same; this is the daemon's own check.
+async fn authorize(conn: &Connection, hdr: &Header<'_>, method: &str) -> Result<u32, Error> {
+    let uid = caller_uid(conn, hdr).await?;
+    if may_change(uid) {
+        return Ok(uid);
+    }
+    tracing::warn!("D-Bus {method} refused to uid {uid}: not root, not in group {ADMIN_GROUP}");
+    Err(Error::AccessDenied(format!(
+        "uid {uid} may not call {method}: only root and members of the group {ADMIN_GROUP:?} may"
+    )))
 }
 
 /// The uid of the process that sent the call, as the bus knows it.

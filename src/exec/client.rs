@@ -5,7 +5,7 @@
 use std::os::fd::AsFd;
 
 use iroh::endpoint::Connection;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::mpsc;
 
@@ -13,17 +13,92 @@ use super::proto::{ClientMsg, ExecRequest, HostMsg, WindowSize, env_allowed};
 use crate::exit::{EXEC_FAILED, Failure};
 use crate::p2p::frame::{self, Kind};
 
-/// Runs `argv` (empty: a shell) on the peer of `conn`; returns the exit code
-/// to end with. `what` names the target in messages.
+/// Where a command's streams come from and go to, and the controls (signals,
+/// window sizes) the user sends while it runs: the CLI's own stdio and
+/// signals, or the descriptors a CLI passed to the daemon over D-Bus.
+pub struct Io {
+    pub stdin: Box<dyn AsyncRead + Unpin + Send>,
+    pub stdout: Box<dyn AsyncWrite + Unpin + Send>,
+    pub stderr: Box<dyn AsyncWrite + Unpin + Send>,
+    /// TERM, LANG, LC_*: the host filters them again.
+    pub env: Vec<(String, String)>,
+    /// Run on a PTY of this size (an interactive shell).
+    pub pty: Option<WindowSize>,
+    pub controls: mpsc::Receiver<ClientMsg>,
+}
+
+impl Io {
+    /// This process's stdio, environment and signals (SIGINT, SIGTERM, and
+    /// SIGWINCH on a PTY). Needs a running tokio runtime.
+    pub fn of_process(argv: &[String]) -> Io {
+        let pty = process_pty(argv);
+        let (tx, controls) = mpsc::channel(8);
+        tokio::spawn(async move {
+            let on_pty = pty.is_some();
+            let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
+            let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+            let mut winch = signal(SignalKind::window_change()).expect("SIGWINCH handler");
+            loop {
+                let msg = tokio::select! {
+                    _ = int.recv() => ClientMsg::Signal { signal: 2 },
+                    _ = term.recv() => ClientMsg::Signal { signal: 15 },
+                    _ = winch.recv() => match (on_pty, window_size()) {
+                        (true, Some(size)) => ClientMsg::Resize(size),
+                        _ => continue,
+                    },
+                };
+                if tx.send(msg).await.is_err() {
+                    break;
+                }
+            }
+        });
+        Io {
+            stdin: Box::new(tokio::io::stdin()),
+            stdout: Box::new(tokio::io::stdout()),
+            stderr: Box::new(tokio::io::stderr()),
+            env: process_env(),
+            pty,
+            controls,
+        }
+    }
+}
+
+/// The PTY an invocation of this process asks for: a shell (no argv) from
+/// a terminal gets one of the terminal's size.
+pub fn process_pty(argv: &[String]) -> Option<WindowSize> {
+    (argv.is_empty() && rustix::termios::isatty(std::io::stdin()))
+        .then(|| window_size().unwrap_or(WindowSize { rows: 24, cols: 80 }))
+}
+
+/// The variables of this process that may pass to a remote command.
+pub fn process_env() -> Vec<(String, String)> {
+    std::env::vars().filter(|(k, _)| env_allowed(k)).collect()
+}
+
+/// Runs `argv` (empty: a shell) on the peer of `conn` with the user's
+/// terminal and signals; returns the exit code to end with. `what` names
+/// the target in messages.
 pub async fn run(conn: &Connection, argv: Vec<String>, what: &str) -> anyhow::Result<u8> {
-    let stdin_tty = rustix::termios::isatty(std::io::stdin());
-    let stdout_tty = rustix::termios::isatty(std::io::stdout());
-    let pty = if argv.is_empty() && stdin_tty {
-        Some(window_size().unwrap_or(WindowSize { rows: 24, cols: 80 }))
-    } else {
-        None
-    };
-    let env = std::env::vars().filter(|(k, _)| env_allowed(k)).collect();
+    let io = Io::of_process(&argv);
+    let _raw = RawMode::for_pty(io.pty)?;
+    run_with(conn, argv, what, io).await
+}
+
+/// Runs `argv` on the peer of `conn` with the streams and controls of `io`.
+pub async fn run_with(
+    conn: &Connection,
+    argv: Vec<String>,
+    what: &str,
+    io: Io,
+) -> anyhow::Result<u8> {
+    let Io {
+        stdin: mut input,
+        mut stdout,
+        mut stderr,
+        env,
+        pty,
+        mut controls,
+    } = io;
     let (mut send, mut recv) = conn
         .open_bi()
         .await
@@ -49,11 +124,6 @@ pub async fn run(conn: &Connection, argv: Vec<String>, what: &str) -> anyhow::Re
         HostMsg::Exit { .. } => anyhow::bail!("{what}: protocol error: exit before start"),
     }
 
-    let raw = match pty {
-        Some(_) if stdout_tty => Some(RawMode::enter()?),
-        _ => None,
-    };
-
     // Everything the client sends goes through one writer task.
     let (tx, mut rx) = mpsc::channel::<(Kind, Vec<u8>)>(8);
     let writer = tokio::spawn(async move {
@@ -67,10 +137,9 @@ pub async fn run(conn: &Connection, argv: Vec<String>, what: &str) -> anyhow::Re
 
     let stdin_tx = tx.clone();
     let stdin_task = tokio::spawn(async move {
-        let mut stdin = tokio::io::stdin();
         let mut buf = vec![0u8; 64 * 1024];
         loop {
-            match stdin.read(&mut buf).await {
+            match input.read(&mut buf).await {
                 Ok(0) | Err(_) => {
                     let eof = serde_json::to_vec(&ClientMsg::Eof).expect("json");
                     let _ = stdin_tx.send((Kind::Control, eof)).await;
@@ -89,31 +158,17 @@ pub async fn run(conn: &Connection, argv: Vec<String>, what: &str) -> anyhow::Re
         }
     });
 
-    let signal_tx = tx.clone();
-    let on_pty = pty.is_some();
-    let signal_task = tokio::spawn(async move {
-        let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
-        let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
-        let mut winch = signal(SignalKind::window_change()).expect("SIGWINCH handler");
-        loop {
-            let msg = tokio::select! {
-                _ = int.recv() => ClientMsg::Signal { signal: 2 },
-                _ = term.recv() => ClientMsg::Signal { signal: 15 },
-                _ = winch.recv() => match (on_pty, window_size()) {
-                    (true, Some(size)) => ClientMsg::Resize(size),
-                    _ => continue,
-                },
-            };
+    let control_tx = tx.clone();
+    let control_task = tokio::spawn(async move {
+        while let Some(msg) = controls.recv().await {
             let bytes = serde_json::to_vec(&msg).expect("json");
-            if signal_tx.send((Kind::Control, bytes)).await.is_err() {
+            if control_tx.send((Kind::Control, bytes)).await.is_err() {
                 break;
             }
         }
     });
     drop(tx);
 
-    let mut stdout = tokio::io::stdout();
-    let mut stderr = tokio::io::stderr();
     let mut buf = Vec::new();
     let outcome = loop {
         match frame::read(&mut recv, &mut buf).await {
@@ -134,14 +189,13 @@ pub async fn run(conn: &Connection, argv: Vec<String>, what: &str) -> anyhow::Re
             Err(e) => break Err(format!("{what}: connection lost: {e}")),
         }
     };
-    drop(raw);
     stdin_task.abort();
-    signal_task.abort();
+    control_task.abort();
     let _ = writer.await;
     outcome.map_err(|m| Failure::new(EXEC_FAILED, m).into())
 }
 
-fn window_size() -> Option<WindowSize> {
+pub fn window_size() -> Option<WindowSize> {
     let ws = rustix::termios::tcgetwinsize(std::io::stdout().as_fd()).ok()?;
     (ws.ws_row > 0 && ws.ws_col > 0).then_some(WindowSize {
         rows: ws.ws_row,
@@ -151,11 +205,19 @@ fn window_size() -> Option<WindowSize> {
 
 /// The local terminal in raw mode for the life of a remote shell; restored
 /// on drop, whatever happens.
-struct RawMode {
+pub struct RawMode {
     saved: rustix::termios::Termios,
 }
 
 impl RawMode {
+    /// Raw mode when the command runs on a PTY and stdout is a terminal.
+    pub fn for_pty(pty: Option<WindowSize>) -> anyhow::Result<Option<RawMode>> {
+        match pty {
+            Some(_) if rustix::termios::isatty(std::io::stdout()) => Ok(Some(RawMode::enter()?)),
+            _ => Ok(None),
+        }
+    }
+
     fn enter() -> anyhow::Result<RawMode> {
         let stdin = std::io::stdin();
         let saved = rustix::termios::tcgetattr(&stdin)?;

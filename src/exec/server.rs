@@ -209,7 +209,7 @@ async fn serve(
         username: grant.username.clone(),
         env: req.env.clone(),
         pty: req.pty,
-        inherit_stdio: false,
+        stdio: spawn::StdioMode::Piped,
     });
     let spawned = match spawned {
         Ok(s) => s,

@@ -22,9 +22,19 @@ pub struct Spec {
     pub username: Option<String>,
     pub env: Vec<(String, String)>,
     pub pty: Option<WindowSize>,
-    /// Use the caller's stdin, stdout, stderr and terminal (a command the
-    /// CLI runs on this device itself) instead of pipes.
-    pub inherit_stdio: bool,
+    pub stdio: StdioMode,
+}
+
+/// Where a command's stdin, stdout and stderr go (ignored on a PTY).
+pub enum StdioMode {
+    /// Pipes the exec host streams to its peer.
+    Piped,
+    /// The caller's own, terminal and session included (a command the CLI
+    /// runs on this device itself).
+    Inherit,
+    /// Descriptors a CLI passed to the daemon over D-Bus; the command gets
+    /// a session of its own, so that it can be killed as a whole.
+    Fds([OwnedFd; 3]),
 }
 
 pub struct Spawned {
@@ -93,6 +103,7 @@ pub fn spawn(spec: Spec) -> anyhow::Result<Spawned> {
         "/".into()
     });
 
+    let inherit = matches!(spec.stdio, StdioMode::Inherit) && spec.pty.is_none();
     let mut pty_master = None;
     let mut slave_for_child = None;
     if let Some(size) = spec.pty {
@@ -102,14 +113,24 @@ pub fn spawn(spec: Spec) -> anyhow::Result<Spawned> {
             .stderr(Stdio::from(slave.try_clone()?));
         slave_for_child = Some(slave);
         pty_master = Some(master);
-    } else if spec.inherit_stdio {
-        cmd.stdin(Stdio::inherit())
-            .stdout(Stdio::inherit())
-            .stderr(Stdio::inherit());
     } else {
-        cmd.stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
+        match spec.stdio {
+            StdioMode::Inherit => {
+                cmd.stdin(Stdio::inherit())
+                    .stdout(Stdio::inherit())
+                    .stderr(Stdio::inherit());
+            }
+            StdioMode::Piped => {
+                cmd.stdin(Stdio::piped())
+                    .stdout(Stdio::piped())
+                    .stderr(Stdio::piped());
+            }
+            StdioMode::Fds([stdin, stdout, stderr]) => {
+                cmd.stdin(Stdio::from(stdin))
+                    .stdout(Stdio::from(stdout))
+                    .stderr(Stdio::from(stderr));
+            }
+        }
     }
 
     let ids = if switch {
@@ -120,7 +141,7 @@ pub fn spawn(spec: Spec) -> anyhow::Result<Spawned> {
         None
     };
     let with_pty = spec.pty.is_some();
-    set_up_child(&mut cmd, !spec.inherit_stdio, with_pty, ids);
+    set_up_child(&mut cmd, !inherit, with_pty, ids);
 
     let child = cmd
         .spawn()

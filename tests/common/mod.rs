@@ -3,6 +3,7 @@
 
 #![allow(dead_code)]
 
+pub mod bus;
 pub mod net;
 
 use std::path::{Path, PathBuf};

@@ -135,6 +135,8 @@ impl Host {
         c.args(["netns", "exec", &self.ns, super::malai_bin()])
             .args(args)
             .env("MALAI_HOME", self.home.path())
+            // No D-Bus unless a test brings its own bus: never the host's.
+            .env("MALAI_DBUS_ADDRESS", "disabled")
             .env_remove("MALAI_LOG");
         c
     }
@@ -168,6 +170,11 @@ impl Host {
 
     /// Starts `malai daemon` here and waits for READY=1.
     pub fn start_daemon(&self) -> Daemon {
+        self.start_daemon_with(&[])
+    }
+
+    /// Starts `malai daemon` with extra environment (e.g. a private bus).
+    pub fn start_daemon_with(&self, env: &[(&str, &str)]) -> Daemon {
         let dir = self.home.path();
         let sock_path = dir.join(format!("notify-{}.sock", std::process::id()));
         let _ = std::fs::remove_file(&sock_path);
@@ -181,6 +188,7 @@ impl Host {
         let child = self
             .malai(&["daemon"])
             .env("NOTIFY_SOCKET", &sock_path)
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)

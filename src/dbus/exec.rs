@@ -1,0 +1,202 @@
+//! Exec for a CLI on the bus: the CLI passes its stdin (a pipe it feeds),
+//! stdout and stderr as descriptors, and the daemon runs the command on the
+//! machine over its pooled connection (or here, for the device itself), so
+//! output goes straight to the caller's descriptors, never through the bus.
+//! The caller's Ctrl-C and window sizes arrive as calls naming the exec's
+//! token; a caller that leaves the bus takes its command with it.
+
+use std::collections::HashMap;
+use std::os::fd::OwnedFd;
+use std::sync::{Arc, Mutex};
+
+use futures_util::StreamExt;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::mpsc;
+use zbus::Connection;
+use zbus::names::UniqueName;
+
+use super::Error;
+use crate::daemon::cluster::Shared;
+use crate::exec::client::{Io, run_with};
+use crate::exec::proto::{ClientMsg, WindowSize};
+use crate::exec::spawn::StdioMode;
+use crate::exit::Failure;
+use crate::p2p::EXEC_ALPN;
+
+/// The running execs of one cluster object, by (caller, token): where that
+/// caller's signals and window sizes go.
+#[derive(Default)]
+pub struct Sessions(Mutex<HashMap<(String, String), mpsc::Sender<ClientMsg>>>);
+
+impl Sessions {
+    /// Delivers `msg` to the exec `token` of `caller`; false: none such.
+    pub fn send(&self, caller: &str, token: &str, msg: ClientMsg) -> bool {
+        let key = (caller.to_owned(), token.to_owned());
+        let Some(tx) = self.0.lock().expect("sessions").get(&key).cloned() else {
+            return false;
+        };
+        tx.try_send(msg).is_ok()
+    }
+}
+
+/// What a caller asked to run.
+pub struct Call {
+    pub caller: UniqueName<'static>,
+    pub uid: u32,
+    pub machine: String,
+    pub argv: Vec<String>,
+    pub env: HashMap<String, String>,
+    pub pty: Option<WindowSize>,
+    pub fds: [OwnedFd; 3],
+    pub token: String,
+}
+
+/// Runs `call` on `shared`'s cluster; the command's exit code.
+pub async fn run(
+    shared: &Arc<Shared>,
+    sessions: &Sessions,
+    bus: &Connection,
+    call: Call,
+) -> Result<u8, Error> {
+    let what = format!("{}.{}", call.machine, shared.alias);
+    let config = shared
+        .host
+        .config()
+        .ok_or_else(|| Error::Failed(format!("cluster {:?} has no config yet", shared.alias)))?;
+    let machine = config.machines.get(&call.machine).ok_or_else(|| {
+        let known: Vec<&str> = config.machines.keys().map(String::as_str).collect();
+        Error::NoSuchMachine(format!(
+            "no machine {:?} in cluster {:?} (machines: {})",
+            call.machine,
+            shared.alias,
+            known.join(", ")
+        ))
+    })?;
+    let (id, addrs) = (machine.id52, machine.addrs.clone());
+    let me = shared.identity.id52();
+    tracing::info!(
+        malai_cluster = %shared.alias, malai_argv = ?call.argv,
+        "uid {} runs {:?} on {what} through the daemon", call.uid, call.argv
+    );
+
+    let key = (call.caller.to_string(), call.token.clone());
+    let (tx, controls) = mpsc::channel(8);
+    {
+        let mut map = sessions.0.lock().expect("sessions");
+        if map.contains_key(&key) {
+            return Err(Error::Failed(format!(
+                "token {:?} is in use by another exec",
+                call.token
+            )));
+        }
+        map.insert(key.clone(), tx.clone());
+    }
+    let gone = caller_gone(bus, call.caller.clone());
+    let env: Vec<(String, String)> = call.env.into_iter().collect();
+    let result = if id == me {
+        // The device itself: decide here, run with the caller's descriptors.
+        let run = crate::exec::local::run(
+            &config,
+            &me,
+            call.argv,
+            &what,
+            StdioMode::Fds(call.fds),
+            env,
+            controls,
+        );
+        tokio::pin!(run);
+        tokio::select! {
+            r = &mut run => r,
+            () = gone => {
+                let _ = tx.send(ClientMsg::Signal { signal: 1 }).await;
+                run.await
+            }
+        }
+    } else {
+        let [stdin, stdout, stderr] = call.fds;
+        let io = Io {
+            stdin: reader(stdin)?,
+            stdout: writer(stdout),
+            stderr: writer(stderr),
+            env,
+            pty: call.pty,
+            controls,
+        };
+        let conn = shared
+            .pool
+            .get(&shared.endpoint, &id, &addrs, EXEC_ALPN)
+            .await
+            .map_err(|e| Error::Unreachable(format!("cannot reach {what}: {e:#}")));
+        match conn {
+            Err(e) => Err(anyhow::Error::new(e)),
+            // Dropping the run when the caller leaves resets the stream:
+            // the machine then kills the command's whole session.
+            Ok(conn) => tokio::select! {
+                r = run_with(&conn, call.argv, &what, io) => r,
+                () = gone => Err(anyhow::anyhow!("the caller left the bus")),
+            },
+        }
+    };
+    sessions.0.lock().expect("sessions").remove(&key);
+    result.map_err(|e| match e.downcast::<Error>() {
+        Ok(e) => e,
+        Err(e) => match e.downcast_ref::<Failure>() {
+            Some(f) if f.message.contains("denied the command") => Error::Denied(f.message.clone()),
+            Some(f) => Error::Failed(f.message.clone()),
+            None => Error::Failed(format!("{e:#}")),
+        },
+    })
+}
+
+/// Resolves when `caller` has left the bus.
+async fn caller_gone(bus: &Connection, caller: UniqueName<'static>) {
+    let watch = async {
+        let dbus = zbus::fdo::DBusProxy::new(bus).await.ok()?;
+        let mut changes = dbus
+            .receive_name_owner_changed_with_args(&[(0, caller.as_str())])
+            .await
+            .ok()?;
+        // It may have left before the watch was set up.
+        if !dbus
+            .name_has_owner(caller.clone().into())
+            .await
+            .unwrap_or(false)
+        {
+            return Some(());
+        }
+        while let Some(change) = changes.next().await {
+            if change.args().ok()?.new_owner().is_none() {
+                return Some(());
+            }
+        }
+        Some(())
+    };
+    if watch.await.is_none() {
+        // Cannot watch: never report the caller gone.
+        std::future::pending::<()>().await;
+    }
+}
+
+/// The caller's stdin: a pipe it feeds (read without blocking a thread,
+/// so that an exec ending mid-read leaves nothing behind) or a regular file.
+fn reader(fd: OwnedFd) -> Result<Box<dyn AsyncRead + Unpin + Send>, Error> {
+    let file = std::fs::File::from(fd);
+    let kind = file
+        .metadata()
+        .map_err(|e| Error::Failed(format!("stdin: {e}")))?
+        .file_type();
+    if kind.is_file() {
+        return Ok(Box::new(tokio::fs::File::from_std(file)));
+    }
+    let pipe = tokio::net::unix::pipe::Receiver::from_file(file).map_err(|e| {
+        Error::Failed(format!(
+            "stdin must be a pipe or a regular file (the malai CLI passes a pipe): {e}"
+        ))
+    })?;
+    Ok(Box::new(pipe))
+}
+
+/// The caller's stdout or stderr, whatever it is (terminal, pipe, file).
+fn writer(fd: OwnedFd) -> Box<dyn AsyncWrite + Unpin + Send> {
+    Box::new(tokio::fs::File::from_std(std::fs::File::from(fd)))
+}
