@@ -181,3 +181,207 @@ fn exec_through_the_daemon_uses_the_callers_descriptors_and_no_key() {
     assert!(err.contains("dialling"), "{err}");
     assert!(out.status.success(), "{err}");
 }
+
+/// `busctl monitor` of the signals of malai's cluster objects on `bus`;
+/// its JSON lines arrive on the returned channel.
+struct Monitor {
+    child: Child,
+    lines: std::sync::mpsc::Receiver<serde_json::Value>,
+    seen: Vec<serde_json::Value>,
+}
+
+impl Monitor {
+    fn start(bus: &PrivateBus) -> Monitor {
+        let mut child = std::process::Command::new("busctl")
+            .arg(format!("--address={}", bus.address))
+            .args(["monitor", "--json=short"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("busctl monitor");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(stdout)
+                .lines()
+                .map_while(Result::ok)
+            {
+                if let Ok(v) = serde_json::from_str(&line)
+                    && tx.send(v).is_err()
+                {
+                    break;
+                }
+            }
+        });
+        let mut m = Monitor {
+            child,
+            lines,
+            seen: Vec::new(),
+        };
+        // Ready once it shows a signal of ours.
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            assert!(Instant::now() < deadline, "busctl monitor never started");
+            std::process::Command::new("busctl")
+                .arg(format!("--address={}", bus.address))
+                .args(["emit", "/test", "test.Monitor", "Ready"])
+                .output()
+                .unwrap();
+            if m.next_within(
+                |v| v["member"] == "Ready",
+                std::time::Duration::from_millis(200),
+            ) {
+                return m;
+            }
+        }
+    }
+
+    fn next_within(
+        &mut self,
+        want: impl Fn(&serde_json::Value) -> bool,
+        wait: std::time::Duration,
+    ) -> bool {
+        let deadline = Instant::now() + wait;
+        if self.seen.iter().any(&want) {
+            return true;
+        }
+        while let Ok(v) = self
+            .lines
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+        {
+            let hit = want(&v);
+            self.seen.push(v);
+            if hit {
+                return true;
+            }
+        }
+        false
+    }
+
+    /// Waits for a signal `member` whose payload data is `data`.
+    fn wait_signal(&mut self, member: &str, data: serde_json::Value) {
+        let want = |v: &serde_json::Value| v["member"] == member && v["payload"]["data"] == data;
+        assert!(
+            self.next_within(want, DEADLINE),
+            "no {member} {data} signal; seen: {:#?}",
+            self.seen
+        );
+    }
+}
+
+impl Drop for Monitor {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn config_editing_over_the_bus_with_signals_and_machine_properties() {
+    require_root!();
+    let (Some(cm_bus), Some(lap_bus)) = (PrivateBus::start(), PrivateBus::start()) else {
+        return;
+    };
+    let c = Company::new("dbc");
+    let mut cm =
+        c.cm.start_daemon_with(&[("MALAI_DBUS_ADDRESS", &cm_bus.address)]);
+    let _web = c.web01.start_daemon();
+    let _lap = c
+        .laptop
+        .start_daemon_with(&[("MALAI_DBUS_ADDRESS", &lap_bus.address)]);
+    c.write_cluster_toml("allow_from = \"laptop\"", "", "");
+    c.cm.ok(&["rescan"]);
+    cm.wait_status("2/2 machines in sync");
+    let mut signals = Monitor::start(&cm_bus);
+
+    // The laptop's daemon downloads and uploads as the laptop (a config
+    // editor); the CLI has no key.
+    let key = c.laptop.cluster_dir("company").join("identity.key");
+    std::fs::remove_file(&key).unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let file = work.path().join("company.toml");
+    let file_arg = common::net::path_str(&file);
+    let ok = |host: &Host, bus: &PrivateBus, args: &[&str]| {
+        let out = on_bus(host, bus, args)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{args:?}: {}", common::stderr(&out));
+    };
+    ok(
+        &c.laptop,
+        &lap_bus,
+        &["config", "download", "company", "-o", &file_arg],
+    );
+    let mut text = std::fs::read_to_string(&file).unwrap();
+    text.push_str("\n[group.ops]\nmembers = \"laptop\"\n");
+    std::fs::write(&file, &text).unwrap();
+    ok(&c.laptop, &lap_bus, &["config", "upload", &file_arg]);
+    let hash = blake3::hash(text.as_bytes()).to_hex().to_string();
+    assert_eq!(
+        std::fs::read_to_string(c.cm.cluster_dir("company").join("cluster.toml")).unwrap(),
+        text
+    );
+
+    // The CM's object announced it, then each machine's acknowledgement.
+    signals.wait_signal("ConfigApplied", serde_json::json!([3, hash]));
+    for (name, id) in [("web01", &c.web_id), ("laptop", &c.laptop_id)] {
+        signals.wait_signal("MachineAcknowledged", serde_json::json!([name, id, 3]));
+    }
+    let machines = cm_bus.busctl(&[
+        "get-property",
+        "--json=short",
+        "sh.malai.Malai1",
+        "/sh/malai/Malai1/cluster/company",
+        "sh.malai.Malai1.Cluster",
+        "Machines",
+    ]);
+    let machines: serde_json::Value = serde_json::from_str(&machines).unwrap();
+    let rows = machines["data"].as_array().unwrap();
+    assert_eq!(rows.len(), 2, "{machines}");
+    for row in rows {
+        assert_eq!(row[2], 3, "{row}");
+        assert_eq!(row[3], "in-sync", "{row}");
+        assert!(row[4].as_u64().unwrap() > 0, "a last contact: {row}");
+    }
+
+    // An invalid upload through the bus: refused with its errors, 78.
+    std::fs::write(&file, format!("{text}[group.bad]\nmembers = \"ghost\"\n")).unwrap();
+    let out = on_bus(&c.laptop, &lap_bus, &["config", "upload", &file_arg])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(78), "{}", common::stderr(&out));
+    assert!(common::stderr(&out).contains("ghost"));
+
+    // On the CM itself the daemon applies an upload: a stale base is
+    // refused with the version and hash in force.
+    let cm_file = work.path().join("cm.toml");
+    let cm_arg = common::net::path_str(&cm_file);
+    ok(
+        &c.cm,
+        &cm_bus,
+        &["config", "download", "company", "-o", &cm_arg],
+    );
+    let base = std::fs::read_to_string(format!("{cm_arg}.base")).unwrap();
+    assert!(base.contains(&hash), "{base}");
+    std::fs::write(
+        format!("{cm_arg}.base"),
+        base.replace(&hash, &"0".repeat(64)),
+    )
+    .unwrap();
+    let out = on_bus(&c.cm, &cm_bus, &["config", "upload", &cm_arg])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let err = common::stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("version 3") && err.contains(&hash), "{err}");
+    assert!(
+        cm.log_text()
+            .contains("uid 0 on this device downloaded cluster.toml"),
+        "the CM's daemon served the CLI: {}",
+        cm.log_text()
+    );
+}

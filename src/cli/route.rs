@@ -194,19 +194,7 @@ async fn exec_over_bus(
     use crate::dbus::Error;
     use crate::exec::client::{RawMode, process_env, process_pty};
     let Invocation { target, argv } = inv;
-    let proxy = client::ClusterProxy::builder(found.proxy.inner().connection())
-        .path(crate::dbus::cluster_path(&target.cluster))
-        .cache_properties(zbus::proxy::CacheProperties::No)
-        .build()
-        .await
-        .ok()?;
-    if proxy.alias().await.is_err() {
-        skipped.push(format!(
-            "{}: the daemon there has no cluster {:?}",
-            found.bus, target.cluster
-        ));
-        return None;
-    }
+    let proxy = cluster_object(found, &target.cluster, skipped).await?;
     if verbose > 0 {
         eprintln!(
             "malai: running {target} through the daemon on {}",
@@ -270,9 +258,101 @@ async fn exec_over_bus(
         )
         .into()),
         Err(
-            Error::AccessDenied(m) | Error::Denied(m) | Error::Unreachable(m) | Error::Failed(m),
+            Error::AccessDenied(m)
+            | Error::Denied(m)
+            | Error::Unreachable(m)
+            | Error::Failed(m)
+            | Error::Invalid(m)
+            | Error::Stale(m),
         ) => Err(Failure::new(EXEC_FAILED, m).into()),
     })
+}
+
+/// The daemon's object for `cluster`; `None` (with the reason in
+/// `skipped`) when that daemon does not serve it.
+async fn cluster_object(
+    found: &client::Found,
+    cluster: &str,
+    skipped: &mut Vec<String>,
+) -> Option<client::ClusterProxy<'static>> {
+    let proxy = client::ClusterProxy::builder(found.proxy.inner().connection())
+        .path(crate::dbus::cluster_path(cluster))
+        .cache_properties(zbus::proxy::CacheProperties::No)
+        .build()
+        .await
+        .ok()?;
+    if proxy.alias().await.is_err() {
+        skipped.push(format!(
+            "{}: the daemon there has no cluster {cluster:?}",
+            found.bus
+        ));
+        return None;
+    }
+    Some(proxy)
+}
+
+/// A config request through the daemon serving `cluster`, as a
+/// `ConfigAnswer`; `None`: no such daemon, or it refused this user while
+/// the user can go directly.
+async fn config_over_bus(
+    home: &Home,
+    cluster: &str,
+    req: &crate::sync::proto::ConfigRequest,
+    skipped: &mut Vec<String>,
+) -> Option<anyhow::Result<crate::sync::proto::ConfigAnswer>> {
+    use crate::dbus::Error;
+    use crate::sync::proto::{ConfigAnswer, ConfigRequest};
+    let found = client::find(&home.root, any_home(), skipped).await?;
+    let proxy = cluster_object(&found, cluster, skipped).await?;
+    let result = match req {
+        ConfigRequest::Download => {
+            proxy
+                .config_download()
+                .await
+                .map(|(text, hash, version)| ConfigAnswer::File {
+                    text,
+                    hash,
+                    version,
+                })
+        }
+        ConfigRequest::Upload {
+            text,
+            base_hash,
+            force,
+        } => proxy
+            .config_upload(text, base_hash, *force)
+            .await
+            .map(|(version, hash)| ConfigAnswer::Accepted { version, hash }),
+        other => return Some(Err(anyhow::anyhow!("internal: {other:?} is not an edit"))),
+    };
+    Some(Ok(match result {
+        Ok(answer) => answer,
+        Err(Error::AccessDenied(why)) if home.load_cluster(cluster).is_ok() => {
+            skipped.push(format!("{}: {why}", found.bus));
+            return None;
+        }
+        Err(Error::Denied(reason)) => ConfigAnswer::Denied { reason },
+        Err(Error::Invalid(errors)) => ConfigAnswer::Invalid { errors },
+        // The answer names the version and hash in force now.
+        Err(Error::Stale(_)) => match proxy.config_download().await {
+            Ok((_, current_hash, version)) => ConfigAnswer::Stale {
+                current_hash,
+                version,
+            },
+            Err(e) => ConfigAnswer::Rejected {
+                reason: format!("stale, and then: {e}"),
+            },
+        },
+        Err(Error::ZBus(e)) => ConfigAnswer::Rejected {
+            reason: format!("the daemon on {} failed: {e}", found.bus),
+        },
+        Err(
+            Error::AccessDenied(reason)
+            | Error::Failed(reason)
+            | Error::NoSuchMachine(reason)
+            | Error::Unreachable(reason),
+        ) => ConfigAnswer::Rejected { reason },
+    }))
 }
 
 /// Passes this process's Ctrl-C, SIGTERM and (on a PTY) window size
@@ -308,6 +388,14 @@ pub fn config_request(
     req: crate::sync::proto::ConfigRequest,
 ) -> anyhow::Result<crate::sync::proto::ConfigAnswer> {
     use crate::sync::proto::{ConfigAnswer, ConfigRequest};
+    let rt = super::runtime()?;
+    let mut skipped = Vec::new();
+    let over_bus = rt.block_on(config_over_bus(home, cluster, &req, &mut skipped));
+    rt.shutdown_background();
+    if let Some(answer) = over_bus {
+        return answer;
+    }
+    tracing::debug!("config request directly: {}", skipped.join("; "));
     let c = home.load_cluster(cluster)?;
     if c.role == crate::home::Role::ClusterManager {
         let path = c.dir.join(crate::home::CLUSTER_FILE);
@@ -372,10 +460,7 @@ pub fn config_request(
                         format!("cannot reach the cluster manager of {cluster:?}: {e:#}"),
                     )
                 })?;
-            let (mut send, mut recv) = conn.open_bi().await?;
-            crate::p2p::frame::write_msg(&mut send, &req).await?;
-            send.finish()?;
-            let answer: ConfigAnswer = crate::p2p::frame::read_msg(&mut recv).await?;
+            let answer = crate::sync::edit::ask_cm(&conn, &req).await?;
             conn.close(0u32.into(), b"done");
             anyhow::Ok(answer)
         }

@@ -8,7 +8,7 @@ use std::sync::{Arc, RwLock};
 
 use iroh::Endpoint;
 use iroh::protocol::Router;
-use tokio::sync::{Mutex, Notify};
+use tokio::sync::{Mutex, Notify, broadcast};
 use tokio::task::JoinHandle;
 
 use crate::config::NetworkSettings;
@@ -42,6 +42,21 @@ pub struct Shared {
     pub changed: Arc<Notify>,
     pub endpoint: Endpoint,
     pub pool: Pool,
+    /// What happened to this cluster, for whoever listens (D-Bus signals).
+    pub events: broadcast::Sender<Event>,
+}
+
+/// Something that happened to a cluster, announced as it happens.
+#[derive(Debug, Clone)]
+pub enum Event {
+    /// A config version was put in force here.
+    ConfigApplied { version: u64, hash: String },
+    /// A machine acknowledged a config version (CM only).
+    MachineAcknowledged {
+        machine: String,
+        id52: String,
+        version: u64,
+    },
 }
 
 impl Shared {
@@ -88,6 +103,11 @@ impl Shared {
             }
             Role::Waiting => format!("{}: waiting for config", self.alias),
         }
+    }
+
+    /// Announces `event` (nobody listening is fine).
+    pub fn announce(&self, event: Event) {
+        let _ = self.events.send(event);
     }
 
     pub fn role(&self) -> Role {
@@ -144,6 +164,7 @@ impl RunningCluster {
             changed,
             endpoint: endpoint.clone(),
             pool: Pool::default(),
+            events: broadcast::channel(64).0,
             identity: c.identity,
         });
         let router = Router::builder(endpoint)

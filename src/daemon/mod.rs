@@ -303,7 +303,12 @@ async fn reload_cm(s: &cluster::Shared, dir: &ClusterDir) -> anyhow::Result<()> 
     }
     *s.cluster_text.write().expect("text lock") = text;
     s.host.set_config(dir.config.clone());
+    let event = cluster::Event::ConfigApplied {
+        version: state.version,
+        hash: state.hash.clone(),
+    };
     drop(state);
+    s.announce(event);
     s.wake.notify_one();
     Ok(())
 }

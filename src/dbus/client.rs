@@ -50,6 +50,17 @@ pub trait Cluster {
     /// Resizes the PTY of exec `token`.
     fn resize(&self, token: &str, rows: u16, cols: u16) -> Result<(), super::Error>;
 
+    /// cluster.toml from the cluster manager: (text, hash, version).
+    fn config_download(&self) -> Result<(String, String, u64), super::Error>;
+
+    /// Uploads cluster.toml on `base_hash`: the new (version, hash).
+    fn config_upload(
+        &self,
+        text: &str,
+        base_hash: &str,
+        force: bool,
+    ) -> Result<(u64, String), super::Error>;
+
     /// The cluster's name on the daemon's device.
     #[zbus(property)]
     fn alias(&self) -> zbus::Result<String>;

@@ -8,6 +8,7 @@
 //! members is compatible; a break adds `Malai2` beside these.
 
 pub mod client;
+pub mod config;
 pub mod exec;
 pub mod service;
 
@@ -44,6 +45,10 @@ pub enum Error {
     NoSuchMachine(String),
     /// The machine did not answer.
     Unreachable(String),
+    /// The uploaded cluster.toml does not validate: every error, with its line.
+    Invalid(String),
+    /// cluster.toml changed since the upload's base: the current version and hash.
+    Stale(String),
 }
 
 /// A message bus the daemon or the CLI may use.

@@ -8,15 +8,18 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use anyhow::Context;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{broadcast, mpsc, oneshot};
 use zbus::message::Header;
+use zbus::object_server::SignalEmitter;
 use zbus::{Connection, interface};
 
+use super::config;
 use super::exec::{self, Call, Sessions};
 use super::{ADMIN_GROUP, BUS_NAME, Bus, Error, ROOT_PATH, cluster_path};
-use crate::daemon::cluster::Shared;
+use crate::daemon::cluster::{Event, Shared};
 use crate::exec::proto::{ClientMsg, WindowSize};
 use crate::status::{ClusterStatus, Status};
+use crate::sync::proto::{ConfigAnswer, ConfigRequest};
 
 /// A request from a D-Bus method to the daemon's main loop.
 pub enum Request {
@@ -30,6 +33,8 @@ pub enum Request {
 pub struct Service {
     conn: Connection,
     served: BTreeMap<String, Arc<Shared>>,
+    /// Per served cluster: the task turning its events into signals.
+    relays: BTreeMap<String, tokio::task::JoinHandle<()>>,
 }
 
 impl Service {
@@ -48,6 +53,7 @@ impl Service {
         let mut service = Service {
             conn,
             served: BTreeMap::new(),
+            relays: BTreeMap::new(),
         };
         service.sync(clusters).await?;
         service
@@ -72,6 +78,9 @@ impl Service {
         let server = self.conn.object_server();
         for (alias, shared) in &self.served {
             if !same(&want, alias, shared) {
+                if let Some(relay) = self.relays.remove(alias) {
+                    relay.abort();
+                }
                 server
                     .remove::<ClusterObject, _>(cluster_path(alias).as_str())
                     .await?;
@@ -83,7 +92,13 @@ impl Service {
                     shared: shared.clone(),
                     sessions: Sessions::default(),
                 };
-                server.at(cluster_path(alias).as_str(), object).await?;
+                let path = cluster_path(alias);
+                // Subscribed before the object is visible: no event is missed.
+                let events = shared.events.subscribe();
+                server.at(path.as_str(), object).await?;
+                let iface = server.interface::<_, ClusterObject>(path.as_str()).await?;
+                self.relays
+                    .insert(alias.clone(), tokio::spawn(relay(iface, events)));
             }
         }
         self.served = want;
@@ -169,16 +184,57 @@ impl ClusterObject {
     }
 
     /// The config version in force (0: none yet).
-    #[zbus(property(emits_changed_signal = "false"))]
+    #[zbus(property)]
     async fn config_version(&self) -> u64 {
         self.view().await.config_version.unwrap_or(0)
     }
 
     /// blake3 (hex) of the config in force ("" when none yet).
-    #[zbus(property(emits_changed_signal = "false"))]
+    #[zbus(property)]
     async fn config_hash(&self) -> String {
         self.view().await.config_hash.unwrap_or_default()
     }
+
+    /// On the cluster manager, each machine: (name, id52, acknowledged
+    /// version, "in-sync" | "pending" | "unreachable", last contact and
+    /// unreachable since, in seconds since the epoch, 0 for never).
+    /// Empty on a machine.
+    #[zbus(property)]
+    async fn machines(&self) -> Vec<(String, String, u64, String, u64, u64)> {
+        self.view()
+            .await
+            .machines
+            .unwrap_or_default()
+            .into_iter()
+            .map(|m| {
+                (
+                    m.alias,
+                    m.id52,
+                    m.acked_version,
+                    m.sync,
+                    m.last_contact.unwrap_or(0),
+                    m.unreachable_since.unwrap_or(0),
+                )
+            })
+            .collect()
+    }
+
+    /// A config version was put in force on this device.
+    #[zbus(signal)]
+    async fn config_applied(
+        emitter: &SignalEmitter<'_>,
+        version: u64,
+        hash: &str,
+    ) -> zbus::Result<()>;
+
+    /// A machine acknowledged a config version (on the cluster manager).
+    #[zbus(signal)]
+    async fn machine_acknowledged(
+        emitter: &SignalEmitter<'_>,
+        machine: &str,
+        id52: &str,
+        version: u64,
+    ) -> zbus::Result<()>;
 
     /// Runs `argv` on `machine` of this cluster as this device, with the
     /// caller's `stdin` (a pipe or a file), `stdout` and `stderr`; returns
@@ -221,6 +277,49 @@ impl ClusterObject {
         exec::run(&self.shared, &self.sessions, conn, call).await
     }
 
+    /// cluster.toml as the cluster manager has it: (text, blake3 hash in
+    /// hex, version). On the CM itself, read here; on a machine, asked of
+    /// the CM as this device (which must be a config editor). Root and
+    /// group malai only.
+    async fn config_download(
+        &self,
+        #[zbus(header)] hdr: Header<'_>,
+        #[zbus(connection)] conn: &Connection,
+    ) -> Result<(String, String, u64), Error> {
+        let uid = authorize(conn, &hdr, "ConfigDownload").await?;
+        match config::request(&self.shared, uid, ConfigRequest::Download).await {
+            ConfigAnswer::File {
+                text,
+                hash,
+                version,
+            } => Ok((text, hash, version)),
+            other => Err(config::refusal(other)),
+        }
+    }
+
+    /// Replaces cluster.toml with `text` if its hash is still `base_hash`
+    /// (or `force`) and it validates; returns the new (version, hash).
+    /// Errors: Stale, Invalid, Denied, Failed. Root and group malai only.
+    async fn config_upload(
+        &self,
+        #[zbus(header)] hdr: Header<'_>,
+        #[zbus(connection)] conn: &Connection,
+        text: String,
+        base_hash: String,
+        force: bool,
+    ) -> Result<(u64, String), Error> {
+        let uid = authorize(conn, &hdr, "ConfigUpload").await?;
+        let req = ConfigRequest::Upload {
+            text,
+            base_hash,
+            force,
+        };
+        match config::request(&self.shared, uid, req).await {
+            ConfigAnswer::Accepted { version, hash } => Ok((version, hash)),
+            other => Err(config::refusal(other)),
+        }
+    }
+
     /// Delivers signal `signal` (HUP, INT, QUIT or TERM) to the command of
     /// the caller's exec `token`.
     async fn signal(
@@ -255,6 +354,41 @@ impl ClusterObject {
             Ok(())
         } else {
             Err(Error::Failed(format!("no running exec {token:?} of yours")))
+        }
+    }
+}
+
+/// Turns a cluster's events into its object's signals and property
+/// changes, until the object goes.
+async fn relay(
+    iface: zbus::object_server::InterfaceRef<ClusterObject>,
+    mut events: broadcast::Receiver<Event>,
+) {
+    loop {
+        let event = match events.recv().await {
+            Ok(event) => event,
+            Err(broadcast::error::RecvError::Lagged(_)) => continue,
+            Err(broadcast::error::RecvError::Closed) => return,
+        };
+        let emitter = iface.signal_emitter();
+        let object = iface.get().await;
+        let sent = match event {
+            Event::ConfigApplied { version, hash } => {
+                let _ = object.config_version_changed(emitter).await;
+                let _ = object.config_hash_changed(emitter).await;
+                ClusterObject::config_applied(emitter, version, &hash).await
+            }
+            Event::MachineAcknowledged {
+                machine,
+                id52,
+                version,
+            } => {
+                let _ = object.machines_changed(emitter).await;
+                ClusterObject::machine_acknowledged(emitter, &machine, &id52, version).await
+            }
+        };
+        if let Err(e) = sent {
+            tracing::debug!("cannot emit a D-Bus signal: {e}");
         }
     }
 }

@@ -184,6 +184,11 @@ async fn record(shared: &Shared, alias: &str, id: &Id52, result: anyhow::Result<
             entry.unreachable_since = None;
             entry.last_error = None;
             tracing::info!(malai_cluster = %shared.alias, malai_peer = %id, malai_config_version = *version, "machine {alias} acknowledged config version {version}");
+            shared.announce(crate::daemon::cluster::Event::MachineAcknowledged {
+                machine: alias.to_owned(),
+                id52: id.to_string(),
+                version: *version,
+            });
             true
         }
         // A stale push failing after the machine already acknowledged (on a

@@ -11,7 +11,7 @@ use nix::fcntl::{Flock, FlockArg};
 use super::proto::ConfigAnswer;
 use crate::acl::{self, Decision};
 use crate::config::{ClusterConfig, FileKind, cluster};
-use crate::daemon::cluster::Shared;
+use crate::daemon::cluster::{Event, Shared};
 use crate::fsutil;
 use crate::home::{CLUSTER_FILE, hash_hex};
 use crate::identity::Id52;
@@ -35,15 +35,52 @@ fn cluster_path(shared: &Shared) -> PathBuf {
     shared.dir.join(CLUSTER_FILE)
 }
 
-pub async fn download(shared: &Arc<Shared>, peer: Id52) -> ConfigAnswer {
-    if let Err(refused) = editor_check(shared, &peer, "download") {
+/// Who asks for cluster.toml or sends one.
+#[derive(Debug, Clone, Copy)]
+pub enum Caller {
+    /// A peer over `malai/config/1`: must be in `config_editors`.
+    Peer(Id52),
+    /// A local user on the CM's own D-Bus (root or group malai), who could
+    /// edit the file in place anyway.
+    Local { uid: u32 },
+}
+
+impl std::fmt::Display for Caller {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Caller::Peer(id) => write!(f, "{id}"),
+            Caller::Local { uid } => write!(f, "uid {uid} on this device"),
+        }
+    }
+}
+
+impl Caller {
+    /// Whether this caller may edit; logs a refusal.
+    #[allow(clippy::result_large_err)]
+    fn check(&self, shared: &Shared, what: &str) -> Result<(), ConfigAnswer> {
+        match self {
+            Caller::Peer(id) => editor_check(shared, id, what),
+            Caller::Local { .. } => Ok(()),
+        }
+    }
+
+    fn peer_field(&self) -> String {
+        match self {
+            Caller::Peer(id) => id.to_string(),
+            Caller::Local { .. } => String::new(),
+        }
+    }
+}
+
+pub async fn download(shared: &Arc<Shared>, caller: Caller) -> ConfigAnswer {
+    if let Err(refused) = caller.check(shared, "download") {
         return refused;
     }
     let _guard = shared.apply.lock().await;
     match std::fs::read_to_string(cluster_path(shared)) {
         Ok(text) => {
             let version = shared.cm_state.lock().await.version;
-            tracing::info!(malai_cluster = %shared.alias, malai_peer = %peer, malai_config_version = version, "{peer} downloaded cluster.toml");
+            tracing::info!(malai_cluster = %shared.alias, malai_peer = %caller.peer_field(), malai_config_version = version, "{caller} downloaded cluster.toml");
             ConfigAnswer::File {
                 hash: hash_hex(text.as_bytes()),
                 text,
@@ -131,12 +168,13 @@ fn lock_dir(file: &Path) -> std::io::Result<Flock<std::fs::File>> {
 
 pub async fn upload(
     shared: &Arc<Shared>,
-    peer: Id52,
+    caller: Caller,
     text: String,
     base_hash: String,
     force: bool,
 ) -> ConfigAnswer {
-    if let Err(refused) = editor_check(shared, &peer, "upload") {
+    let peer = caller.peer_field();
+    if let Err(refused) = caller.check(shared, "upload") {
         return refused;
     }
     let _guard = shared.apply.lock().await;
@@ -151,7 +189,7 @@ pub async fn upload(
     ) {
         Ok(s) => s,
         Err(refusal) => {
-            tracing::warn!(malai_cluster = %shared.alias, malai_peer = %peer, "refused an upload of cluster.toml by {peer}: {refusal:?}");
+            tracing::warn!(malai_cluster = %shared.alias, malai_peer = %peer, "refused an upload of cluster.toml by {caller}: {refusal:?}");
             return refusal;
         }
     };
@@ -169,17 +207,32 @@ pub async fn upload(
     drop(state);
     *shared.cluster_text.write().expect("text lock") = text;
     shared.host.set_config(Some(config));
+    shared.announce(Event::ConfigApplied {
+        version,
+        hash: new_hash.clone(),
+    });
     shared.wake.notify_one();
     shared.changed.notify_one();
     tracing::info!(
         malai_cluster = %shared.alias, malai_peer = %peer, malai_config_version = version,
-        "{peer} uploaded cluster.toml{}: {current_hash} -> {new_hash}, version {version}",
+        "{caller} uploaded cluster.toml{}: {current_hash} -> {new_hash}, version {version}",
         if force { " (forced)" } else { "" }
     );
     ConfigAnswer::Accepted {
         version,
         hash: new_hash,
     }
+}
+
+/// Sends one editing request to the CM over `conn` and reads its answer.
+pub async fn ask_cm(
+    conn: &iroh::endpoint::Connection,
+    req: &super::proto::ConfigRequest,
+) -> anyhow::Result<ConfigAnswer> {
+    let (mut send, mut recv) = conn.open_bi().await?;
+    crate::p2p::frame::write_msg(&mut send, req).await?;
+    send.finish()?;
+    Ok(crate::p2p::frame::read_msg(&mut recv).await?)
 }
 
 #[cfg(test)]

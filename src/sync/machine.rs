@@ -74,6 +74,10 @@ pub async fn apply(shared: &Arc<Shared>, envelope: Envelope) -> ConfigAnswer {
     }
     shared.host.set_config(Some(config));
     *shared.role.write().expect("role lock") = Role::Machine;
+    shared.announce(crate::daemon::cluster::Event::ConfigApplied {
+        version: envelope.version,
+        hash: envelope.hash.clone(),
+    });
     shared.changed.notify_one();
     tracing::info!(
         malai_cluster = %shared.alias, malai_peer = %shared.cm_id52, malai_config_version = envelope.version,

@@ -76,7 +76,7 @@ async fn answer(shared: &Arc<Shared>, peer: Id52, req: ConfigRequest) -> ConfigA
         },
         // Only config_editors may download or upload, and only on the CM.
         ConfigRequest::Download => match role {
-            Role::ClusterManager => edit::download(shared, peer).await,
+            Role::ClusterManager => edit::download(shared, edit::Caller::Peer(peer)).await,
             Role::Machine | Role::Waiting => ConfigAnswer::Denied {
                 reason: "this device is not the cluster manager".into(),
             },
@@ -86,7 +86,9 @@ async fn answer(shared: &Arc<Shared>, peer: Id52, req: ConfigRequest) -> ConfigA
             base_hash,
             force,
         } => match role {
-            Role::ClusterManager => edit::upload(shared, peer, text, base_hash, force).await,
+            Role::ClusterManager => {
+                edit::upload(shared, edit::Caller::Peer(peer), text, base_hash, force).await
+            }
             Role::Machine | Role::Waiting => ConfigAnswer::Denied {
                 reason: "this device is not the cluster manager".into(),
             },
