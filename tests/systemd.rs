@@ -1,7 +1,7 @@
 //! What systemd sees of the daemon: the NOTIFY_SOCKET protocol in order
 //! (READY, RELOADING with MONOTONIC_USEC, READY, STOPPING), watchdog pings
 //! at half of WATCHDOG_USEC, and unit files that `systemd-analyze verify`
-//! accepts.
+//! accepts, and sockets passed by socket activation taken by name.
 
 mod common;
 
@@ -119,4 +119,68 @@ fn unit_files_verify() {
             String::from_utf8_lossy(&out.stderr)
         );
     }
+}
+
+#[test]
+fn an_inherited_socket_no_listener_claims_is_reported_by_name_and_closed() {
+    if Command::new("systemd-socket-activate")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        eprintln!("skipped: systemd-socket-activate is not installed");
+        return;
+    }
+    let home = TestHome::new();
+    std::fs::write(
+        home.path().join("malai.toml"),
+        "[network]\nrelay = \"disabled\"\ndiscovery = false\nbind = \"127.0.0.1\"\n",
+    )
+    .unwrap();
+    home.ok(&["cluster", "init", "company"]);
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    let sock_path = home.path().join("notify.sock");
+    let sock = UnixDatagram::bind(&sock_path).unwrap();
+    let log_path = home.path().join("daemon.log");
+    let mut child = Command::new("systemd-socket-activate")
+        .args(["-l", &addr, "--fdname=nosuchforward"])
+        .arg(format!("--setenv=MALAI_HOME={}", home.path().display()))
+        .arg(format!("--setenv=NOTIFY_SOCKET={}", sock_path.display()))
+        .arg("--setenv=MALAI_DBUS_ADDRESS=disabled")
+        .args([common::malai_bin(), "daemon"])
+        .stdin(Stdio::null())
+        .stderr(std::fs::File::create(&log_path).unwrap())
+        .spawn()
+        .unwrap();
+    // The first connection starts the daemon, as systemd would.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let _first = loop {
+        match std::net::TcpStream::connect(&addr) {
+            Ok(s) => break s,
+            Err(e) => {
+                assert!(Instant::now() < deadline, "nothing listens on {addr}: {e}");
+                std::thread::sleep(Duration::from_millis(20)); // poll for the listener
+            }
+        }
+    };
+    read_until(&sock, "READY=1");
+    let log = std::fs::read_to_string(&log_path).unwrap();
+    assert!(
+        log.contains("\"nosuchforward\"") && log.contains("closing it"),
+        "{log}"
+    );
+    // Closed, not left to hang its clients.
+    let refused = std::net::TcpStream::connect(&addr).unwrap_err();
+    assert_eq!(refused.kind(), std::io::ErrorKind::ConnectionRefused);
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    assert!(child.wait().unwrap().success());
 }

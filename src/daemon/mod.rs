@@ -6,6 +6,7 @@
 
 pub mod cluster;
 pub mod lock;
+pub mod sockets;
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -21,6 +22,7 @@ use crate::dbus::service::{Request, Service};
 use crate::home::{self, ClusterDir, Home, Role};
 use crate::status::{ClusterStatus, Status};
 use cluster::RunningCluster;
+use sockets::Inherited;
 
 /// How long running commands may take to finish at shutdown.
 pub const SHUTDOWN_BOUND: Duration = Duration::from_secs(10);
@@ -39,8 +41,9 @@ pub struct Daemon {
 }
 
 impl Daemon {
-    /// Validates, locks and starts every cluster.
-    pub async fn start(home: Home) -> anyhow::Result<Daemon> {
+    /// Validates, locks and starts every cluster; `sockets` are those
+    /// systemd passed, claimed by name by the listeners that want them.
+    pub async fn start(home: Home, mut sockets: Inherited) -> anyhow::Result<Daemon> {
         // First, so that a SIGHUP from `malai rescan` can never kill a
         // daemon that is still starting.
         let signals = Signals {
@@ -62,6 +65,12 @@ impl Daemon {
             let running = RunningCluster::start(dir, &local.network, changed.clone()).await?;
             clusters.insert(alias, running);
         }
+        if !sockets.names().is_empty() {
+            tracing::info!("systemd passed sockets named {:?}", sockets.names());
+        }
+        // Listeners that take inherited sockets by name claim them here
+        // (e.g. `sockets.take_tcp(name)`); what is left is a mistake.
+        sockets.close_unclaimed();
         let (tx, requests) = mpsc::channel(8);
         let dbus = match crate::dbus::Bus::for_daemon() {
             None => None,
