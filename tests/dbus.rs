@@ -390,3 +390,57 @@ fn the_daemon_refuses_rescan_itself_when_the_bus_lets_it_through() {
     );
     stop(child);
 }
+
+/// `malai ARGS` as the user nobody (no groups), with a home of its own and
+/// no MALAI_HOME: it finds the system service on `bus`.
+fn malai_as_nobody(bus: &PrivateBus, home: &std::path::Path, args: &[&str]) -> Output {
+    Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(common::malai_bin())
+        .args(args)
+        .env_remove("MALAI_HOME")
+        .env_remove("XDG_DATA_HOME")
+        .env("HOME", home)
+        .env("MALAI_DBUS_ADDRESS", &bus.address)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run setpriv malai")
+}
+
+#[test]
+fn a_caller_outside_the_group_reads_status_but_may_not_exec() {
+    // The project's policy refuses first; with a policy too generous, the
+    // daemon's own check still does.
+    let generous = r#"<policy user="nobody"><allow send_destination="sh.malai.Malai1"/></policy>"#;
+    for (extra, refusal) in [
+        ("", "org.freedesktop.DBus.Error.AccessDenied"),
+        (generous, "may not call Exec"),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let Some(bus) = system_bus(dir.path(), extra) else {
+            return;
+        };
+        let home = TestHome::new();
+        let child = daemon_on(&home, &bus);
+        let nobody_home = tempfile::tempdir().unwrap();
+        nix::unistd::chown(
+            nobody_home.path(),
+            Some(nix::unistd::Uid::from_raw(65534)),
+            Some(nix::unistd::Gid::from_raw(65534)),
+        )
+        .unwrap();
+
+        let out = malai_as_nobody(&bus, nobody_home.path(), &["status", "--json"]);
+        assert!(out.status.success(), "{}", common::stderr(&out));
+        let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(status["source"], "daemon");
+        assert_eq!(status["clusters"][0]["alias"], "company");
+
+        let out = malai_as_nobody(&bus, nobody_home.path(), &["cm.company", "id"]);
+        let err = common::stderr(&out);
+        assert_eq!(out.status.code(), Some(255), "{err}");
+        assert!(err.contains(refusal), "{extra:?}: {err}");
+        assert!(out.stdout.is_empty());
+        stop(child);
+    }
+}

@@ -28,6 +28,26 @@ fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
     }
 }
 
+/// What the output comparison runs: stdout, stderr, stdin and an exit code.
+const PROBE: [&str; 4] = [
+    "web01.company",
+    "sh",
+    "-c",
+    "echo out; echo err >&2; cat; exit 7",
+];
+
+/// Runs `cmd` with `up` on its stdin; its output.
+fn with_stdin(mut cmd: std::process::Command) -> std::process::Output {
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(b"up\n").unwrap();
+    child.wait_with_output().unwrap()
+}
+
 /// Starts a long command on web01 through the daemon; returns the CLI once
 /// the command runs there.
 fn start_sleep(c: &Company, bus: &PrivateBus, seconds: &str) -> Child {
@@ -71,29 +91,13 @@ fn exec_through_the_daemon_uses_the_callers_descriptors_and_no_key() {
     std::fs::rename(&key, &hidden).unwrap();
 
     // stdout, stderr, stdin with EOF and the exit code.
-    let mut child = on_bus(
-        &c.laptop,
-        &bus,
-        &[
-            "-v",
-            "web01.company",
-            "sh",
-            "-c",
-            "echo out; echo err >&2; cat; exit 7",
-        ],
-    )
-    .stdin(Stdio::piped())
-    .stdout(Stdio::piped())
-    .stderr(Stdio::piped())
-    .spawn()
-    .unwrap();
-    child.stdin.take().unwrap().write_all(b"up\n").unwrap();
-    let out = child.wait_with_output().unwrap();
+    let out = with_stdin(on_bus(&c.laptop, &bus, &[&["-v"], &PROBE[..]].concat()));
     let err = common::stderr(&out);
     assert_eq!(String::from_utf8_lossy(&out.stdout), "out\nup\n", "{err}");
     assert!(err.contains("err\n"), "{err}");
     assert!(err.contains("through the daemon"), "{err}");
     assert_eq!(out.status.code(), Some(7), "{err}");
+    let through_daemon = with_stdin(on_bus(&c.laptop, &bus, &PROBE));
     assert!(
         lap.log_text().contains("through the daemon"),
         "the daemon logs who ran what: {}",
@@ -180,6 +184,13 @@ fn exec_through_the_daemon_uses_the_callers_descriptors_and_no_key() {
     assert!(err.contains("going directly"), "{err}");
     assert!(err.contains("dialling"), "{err}");
     assert!(out.status.success(), "{err}");
+
+    // The same command gives the same stdout, stderr and exit code both ways.
+    let direct = with_stdin(on_bus(&c.laptop, &bus, &PROBE));
+    assert_eq!(direct.stdout, through_daemon.stdout);
+    assert_eq!(direct.stderr, through_daemon.stderr);
+    assert_eq!(direct.status.code(), through_daemon.status.code());
+    assert_eq!(direct.status.code(), Some(7));
 }
 
 /// `busctl monitor` of the signals of malai's cluster objects on `bus`;
