@@ -7,30 +7,9 @@ mod common;
 
 use std::os::unix::net::UnixDatagram;
 use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
 
 use common::TestHome;
 use common::bus::PrivateBus;
-
-/// Reads datagrams until one contains `what`; returns everything read.
-fn read_until(sock: &UnixDatagram, what: &str) -> String {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let mut seen = String::new();
-    let mut buf = vec![0u8; 4096];
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        assert!(!left.is_zero(), "no {what:?} within 30 s; got:\n{seen}");
-        sock.set_read_timeout(Some(left)).unwrap();
-        if let Ok(n) = sock.recv(&mut buf) {
-            let msg = String::from_utf8_lossy(&buf[..n]).into_owned();
-            seen.push_str(&msg);
-            seen.push('\n');
-            if msg.contains(what) {
-                return seen;
-            }
-        }
-    }
-}
 
 fn on_bus(home: &TestHome, bus: &PrivateBus, args: &[&str]) -> Output {
     home.cmd()
@@ -52,25 +31,9 @@ fn daemon_on_a_private_bus_serves_status_and_rescan() {
         return;
     };
     let home = TestHome::new();
-    std::fs::write(
-        home.path().join("malai.toml"),
-        "[network]\nrelay = \"disabled\"\ndiscovery = false\nbind = \"127.0.0.1\"\n",
-    )
-    .unwrap();
-    let init = home.json(&["cluster", "init", "company", "--json"]);
-    let sock_path = home.path().join("notify.sock");
-    let sock = UnixDatagram::bind(&sock_path).unwrap();
-    let mut child = home
-        .cmd()
-        .arg("daemon")
-        .env("MALAI_DBUS_ADDRESS", &bus.address)
-        .env("NOTIFY_SOCKET", &sock_path)
-        .stdin(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let init = home.init_loopback_cluster("company");
+    let (mut child, sock) = start_on(&home, &bus);
     let pid = nix::unistd::Pid::from_raw(child.id() as i32);
-    read_until(&sock, "READY=1");
 
     // READY=1 comes after the name is held: busctl finds everything at once.
     let intro = bus.busctl(&["introspect", "sh.malai.Malai1", "/sh/malai/Malai1"]);
@@ -123,7 +86,7 @@ fn daemon_on_a_private_bus_serves_status_and_rescan() {
         "rescan went over D-Bus: {}",
         common::stderr(&out)
     );
-    let reload = read_until(&sock, "RELOADING=1");
+    let reload = common::read_notify_until(&sock, "RELOADING=1");
     let reload_msg = reload
         .lines()
         .rev()
@@ -131,7 +94,7 @@ fn daemon_on_a_private_bus_serves_status_and_rescan() {
         .unwrap()
         .to_owned();
     assert!(!reload_msg.contains("READY=1"), "{reload}");
-    read_until(&sock, "READY=1");
+    common::read_notify_until(&sock, "READY=1");
     let status = status_json(&home, &bus);
     assert_eq!(status["source"], "daemon", "{status}");
     assert_eq!(status["clusters"][0]["config_version"], 2, "{status}");
@@ -139,7 +102,7 @@ fn daemon_on_a_private_bus_serves_status_and_rescan() {
 
     // Without the daemon the same bus has no owner for the name: the files.
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
-    read_until(&sock, "STOPPING=1");
+    common::read_notify_until(&sock, "STOPPING=1");
     assert!(child.wait().unwrap().success());
     let status = status_json(&home, &bus);
     assert_eq!(status["source"], "files", "{status}");
@@ -152,24 +115,8 @@ fn a_daemon_of_another_home_is_not_asked() {
         return;
     };
     let served = TestHome::new();
-    std::fs::write(
-        served.path().join("malai.toml"),
-        "[network]\nrelay = \"disabled\"\ndiscovery = false\nbind = \"127.0.0.1\"\n",
-    )
-    .unwrap();
-    served.ok(&["cluster", "init", "company"]);
-    let sock_path = served.path().join("notify.sock");
-    let sock = UnixDatagram::bind(&sock_path).unwrap();
-    let mut child = served
-        .cmd()
-        .arg("daemon")
-        .env("MALAI_DBUS_ADDRESS", &bus.address)
-        .env("NOTIFY_SOCKET", &sock_path)
-        .stdin(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    read_until(&sock, "READY=1");
+    served.init_loopback_cluster("company");
+    let (mut child, _sock) = start_on(&served, &bus);
 
     // Another MALAI_HOME, named explicitly: its own files, not that daemon.
     let other = TestHome::new();
@@ -238,36 +185,8 @@ fn system_bus(dir: &std::path::Path, extra: &str) -> Option<PrivateBus> {
     );
     let config_path = dir.join("system.conf");
     std::fs::write(&config_path, config).unwrap();
-    let out = Command::new("dbus-daemon")
-        .arg(format!("--config-file={}", config_path.display()))
-        .args([
-            "--print-address=1",
-            "--print-pid=1",
-            "--fork",
-            "--nopidfile",
-        ])
-        .stdin(Stdio::null())
-        .output()
-        .expect("run dbus-daemon");
-    assert!(
-        out.status.success(),
-        "dbus-daemon: {}",
-        common::stderr(&out)
-    );
-    let text = String::from_utf8(out.stdout).expect("utf-8");
-    let mut lines = text.lines();
-    let address = lines.next().expect("an address line").trim().to_owned();
-    let pid = lines
-        .next()
-        .expect("a pid line")
-        .trim()
-        .parse()
-        .expect("a pid");
-    Some(PrivateBus {
-        address,
-        pid,
-        socket_dir: None,
-    })
+    let config_arg = format!("--config-file={}", config_path.display());
+    Some(PrivateBus::spawn(&[&config_arg], None))
 }
 
 /// busctl as the user nobody (no supplementary groups).
@@ -281,13 +200,9 @@ fn busctl_as_nobody(bus: &PrivateBus, args: &[&str]) -> Output {
 }
 
 /// Starts a root daemon on `bus`; returns it once READY=1.
-fn daemon_on(home: &TestHome, bus: &PrivateBus) -> std::process::Child {
-    std::fs::write(
-        home.path().join("malai.toml"),
-        "[network]\nrelay = \"disabled\"\ndiscovery = false\nbind = \"127.0.0.1\"\n",
-    )
-    .unwrap();
-    home.ok(&["cluster", "init", "company"]);
+/// Starts a daemon of `home` on `bus`; returns it once READY=1, with the
+/// NOTIFY_SOCKET it talks to.
+fn start_on(home: &TestHome, bus: &PrivateBus) -> (std::process::Child, UnixDatagram) {
     let sock_path = home.path().join("notify.sock");
     let sock = UnixDatagram::bind(&sock_path).unwrap();
     let child = home
@@ -299,9 +214,14 @@ fn daemon_on(home: &TestHome, bus: &PrivateBus) -> std::process::Child {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let ready = read_until(&sock, "READY=1");
-    assert!(ready.contains("READY=1"));
-    child
+    common::read_notify_until(&sock, "READY=1");
+    (child, sock)
+}
+
+/// A CM of `company` on loopback, its daemon on `bus`.
+fn daemon_on(home: &TestHome, bus: &PrivateBus) -> std::process::Child {
+    home.init_loopback_cluster("company");
+    start_on(home, bus).0
 }
 
 fn stop(mut child: std::process::Child) {

@@ -11,35 +11,10 @@ use std::time::{Duration, Instant};
 
 use common::TestHome;
 
-/// Reads datagrams until one contains `what`; returns everything read.
-fn read_until(sock: &UnixDatagram, what: &str) -> String {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let mut seen = String::new();
-    let mut buf = vec![0u8; 4096];
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        assert!(!left.is_zero(), "no {what:?} within 30 s; got:\n{seen}");
-        sock.set_read_timeout(Some(left)).unwrap();
-        if let Ok(n) = sock.recv(&mut buf) {
-            let msg = String::from_utf8_lossy(&buf[..n]).into_owned();
-            seen.push_str(&msg);
-            seen.push('\n');
-            if msg.contains(what) {
-                return seen;
-            }
-        }
-    }
-}
-
 #[test]
 fn notify_protocol_in_order_with_watchdog() {
     let home = TestHome::new();
-    std::fs::write(
-        home.path().join("malai.toml"),
-        "[network]\nrelay = \"disabled\"\ndiscovery = false\nbind = \"127.0.0.1\"\n",
-    )
-    .unwrap();
-    home.ok(&["cluster", "init", "company"]);
+    home.init_loopback_cluster("company");
     let sock_path = home.path().join("notify.sock");
     let sock = UnixDatagram::bind(&sock_path).unwrap();
     let mut child = home
@@ -53,24 +28,24 @@ fn notify_protocol_in_order_with_watchdog() {
         .unwrap();
     let pid = nix::unistd::Pid::from_raw(child.id() as i32);
 
-    let first = read_until(&sock, "READY=1");
+    let first = common::read_notify_until(&sock, "READY=1");
     assert!(
         first.contains("STATUS=company: cluster-manager v1"),
         "{first}"
     );
     // Pings at half of 200 ms keep coming while the daemon is idle.
-    read_until(&sock, "WATCHDOG=1");
-    read_until(&sock, "WATCHDOG=1");
+    common::read_notify_until(&sock, "WATCHDOG=1");
+    common::read_notify_until(&sock, "WATCHDOG=1");
 
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGHUP).unwrap();
-    let reload = read_until(&sock, "RELOADING=1");
+    let reload = common::read_notify_until(&sock, "RELOADING=1");
     let reload_msg = reload
         .lines()
         .rev()
         .find(|l| l.contains("RELOADING=1"))
         .unwrap()
         .to_owned();
-    let after = read_until(&sock, "READY=1");
+    let after = common::read_notify_until(&sock, "READY=1");
     let full = format!("{reload}{after}");
     assert!(
         full.contains("MONOTONIC_USEC="),
@@ -82,7 +57,7 @@ fn notify_protocol_in_order_with_watchdog() {
     );
 
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
-    read_until(&sock, "STOPPING=1");
+    common::read_notify_until(&sock, "STOPPING=1");
     assert!(child.wait().unwrap().success());
 }
 
@@ -132,12 +107,7 @@ fn an_inherited_socket_no_listener_claims_is_reported_by_name_and_closed() {
         return;
     }
     let home = TestHome::new();
-    std::fs::write(
-        home.path().join("malai.toml"),
-        "[network]\nrelay = \"disabled\"\ndiscovery = false\nbind = \"127.0.0.1\"\n",
-    )
-    .unwrap();
-    home.ok(&["cluster", "init", "company"]);
+    home.init_loopback_cluster("company");
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -168,7 +138,7 @@ fn an_inherited_socket_no_listener_claims_is_reported_by_name_and_closed() {
             }
         }
     };
-    read_until(&sock, "READY=1");
+    common::read_notify_until(&sock, "READY=1");
     let log = std::fs::read_to_string(&log_path).unwrap();
     assert!(
         log.contains("\"nosuchforward\"") && log.contains("closing it"),

@@ -22,13 +22,15 @@ impl PrivateBus {
             }
         }
         let dir = tempfile::tempdir().expect("temp dir");
+        let address = format!("--address=unix:path={}", dir.path().join("bus").display());
+        Some(PrivateBus::spawn(&[&address, "--session"], Some(dir)))
+    }
+
+    /// Runs `dbus-daemon ARGS`, forking, and reads its address and pid.
+    pub fn spawn(args: &[&str], socket_dir: Option<tempfile::TempDir>) -> PrivateBus {
         let out = Command::new("dbus-daemon")
-            .arg(format!(
-                "--address=unix:path={}",
-                dir.path().join("bus").display()
-            ))
+            .args(args)
             .args([
-                "--session",
                 "--print-address=1",
                 "--print-pid=1",
                 "--fork",
@@ -47,11 +49,11 @@ impl PrivateBus {
             .trim()
             .parse()
             .expect("a pid");
-        Some(PrivateBus {
+        PrivateBus {
             address,
             pid,
-            socket_dir: Some(dir),
-        })
+            socket_dir,
+        }
     }
 
     pub fn busctl(&self, args: &[&str]) -> String {

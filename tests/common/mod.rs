@@ -6,8 +6,10 @@
 pub mod bus;
 pub mod net;
 
+use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+use std::time::{Duration, Instant};
 
 pub fn malai_bin() -> &'static str {
     env!("CARGO_BIN_EXE_malai")
@@ -57,6 +59,38 @@ impl TestHome {
 
     pub fn json(&self, args: &[&str]) -> serde_json::Value {
         serde_json::from_str(&self.ok(args)).expect("stdout is one JSON object")
+    }
+
+    /// Offline network settings on loopback, then `malai cluster init
+    /// ALIAS`; returns what init printed (`--json`).
+    pub fn init_loopback_cluster(&self, alias: &str) -> serde_json::Value {
+        std::fs::write(
+            self.path().join("malai.toml"),
+            "[network]\nrelay = \"disabled\"\ndiscovery = false\nbind = \"127.0.0.1\"\n",
+        )
+        .unwrap();
+        self.json(&["cluster", "init", alias, "--json"])
+    }
+}
+
+/// Reads NOTIFY_SOCKET datagrams until one contains `what` (30 s at most);
+/// returns everything read.
+pub fn read_notify_until(sock: &UnixDatagram, what: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut seen = String::new();
+    let mut buf = vec![0u8; 4096];
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        assert!(!left.is_zero(), "no {what:?} within 30 s; got:\n{seen}");
+        sock.set_read_timeout(Some(left)).unwrap();
+        if let Ok(n) = sock.recv(&mut buf) {
+            let msg = String::from_utf8_lossy(&buf[..n]).into_owned();
+            seen.push_str(&msg);
+            seen.push('\n');
+            if msg.contains(what) {
+                return seen;
+            }
+        }
     }
 }
 
