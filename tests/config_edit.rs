@@ -10,9 +10,9 @@ use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Output, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use common::net::{Company, DEADLINE, Host, path_str};
+use common::net::{Company, DEADLINE, Host, path_str, wait_until};
 use common::{TestHome, malai_bin, stderr};
 use malai::home::hash_hex;
 
@@ -82,16 +82,6 @@ fn config_ok(host: &Host, args: &[&str]) -> Output {
         stderr(&out)
     );
     out
-}
-
-/// Polls a condition of the system under test until it holds or the
-/// deadline passes.
-fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + DEADLINE;
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting until {what}");
-        std::thread::sleep(Duration::from_millis(20)); // poll interval
-    }
 }
 
 /// The 1-based number of the line of `text` that contains `needle`.

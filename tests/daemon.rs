@@ -11,7 +11,7 @@ use std::os::unix::net::UnixDatagram;
 use std::process::{Child, ExitStatus, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::net::{Company, DEADLINE, Host, Net, path_str, pids_matching};
+use common::net::{Company, DEADLINE, Host, Net, path_str, pids_matching, wait_until};
 use malai::identity::Identity;
 use nix::sys::signal::Signal;
 
@@ -382,16 +382,6 @@ fn commands_run_as_the_configured_user() {
 fn state_version(path: &std::path::Path) -> u64 {
     let v: serde_json::Value = serde_json::from_slice(&fs::read(path).unwrap()).unwrap();
     v["version"].as_u64().expect("version in state.json")
-}
-
-/// Polls a condition of the system under test until it holds or the
-/// deadline passes.
-fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + DEADLINE;
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting until {what}");
-        std::thread::sleep(Duration::from_millis(20)); // poll interval
-    }
 }
 
 /// Waits (polling) for a child to exit; kills it and fails after `limit`.

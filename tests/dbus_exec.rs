@@ -11,21 +11,13 @@ use std::process::{Child, Stdio};
 use std::time::Instant;
 
 use common::bus::PrivateBus;
-use common::net::{Company, DEADLINE, Host, pids_matching};
+use common::net::{Company, DEADLINE, Host, pids_matching, wait_until};
 
 /// `malai ARGS` on `host`, looking for its daemon on `bus`.
 fn on_bus(host: &Host, bus: &PrivateBus, args: &[&str]) -> std::process::Command {
     let mut c = host.malai(args);
     c.env("MALAI_DBUS_ADDRESS", &bus.address);
     c
-}
-
-fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + DEADLINE;
-    while !done() {
-        assert!(Instant::now() < deadline, "never happened: {what}");
-        std::thread::sleep(std::time::Duration::from_millis(20)); // poll
-    }
 }
 
 /// What the output comparison runs: stdout, stderr, stdin and an exit code.

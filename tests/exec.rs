@@ -6,9 +6,8 @@ mod common;
 
 use std::io::Read;
 use std::process::Stdio;
-use std::time::{Duration, Instant};
 
-use common::net::{Company, DEADLINE, pids_matching};
+use common::net::{Company, pids_matching, wait_until};
 
 #[test]
 fn config_push_then_exec_streams_and_exits_like_ssh() {
@@ -134,16 +133,6 @@ fn config_push_then_exec_streams_and_exits_like_ssh() {
     // The daemons stop cleanly on SIGTERM.
     assert!(web.stop().success());
     assert!(cm.stop().success());
-}
-
-/// Polls a condition of the system under test until it holds or the
-/// deadline passes.
-fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + DEADLINE;
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting until {what}");
-        std::thread::sleep(Duration::from_millis(20)); // poll interval
-    }
 }
 
 fn proc_status_kib(pid: i32, key: &str) -> u64 {

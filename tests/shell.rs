@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use common::net::{Company, DEADLINE, Daemon, pids_matching};
+use common::net::{Company, DEADLINE, Daemon, pids_matching, wait_until};
 
 #[test]
 fn shell_runs_on_a_pty_with_the_window_size_and_exit_code() {
@@ -373,14 +373,4 @@ fn quote(word: &str) -> String {
 
 fn quote_path(path: &Path) -> String {
     quote(&path.display().to_string())
-}
-
-/// Polls a condition of the system under test until it holds or the
-/// deadline passes.
-fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + DEADLINE;
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting until {what}");
-        std::thread::sleep(Duration::from_millis(20)); // poll interval
-    }
 }

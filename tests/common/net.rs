@@ -14,6 +14,15 @@ use super::TestHome;
 /// How long a test waits for any one thing to happen.
 pub const DEADLINE: Duration = Duration::from_secs(30);
 
+/// Polls `cond` until it holds; fails the test after DEADLINE.
+pub fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + DEADLINE;
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        std::thread::sleep(Duration::from_millis(20)); // poll interval
+    }
+}
+
 pub fn is_root() -> bool {
     nix::unistd::Uid::effective().is_root()
 }
