@@ -199,12 +199,7 @@ fn rescan_reconciles_clusters_and_keeps_the_last_good_config() {
 fn sigterm_lets_a_running_command_finish_then_exits_0() {
     require_root!();
     let c = Company::new("drain");
-    c.write_cluster_toml("allow_from = \"laptop\"", "", "");
-    let mut cm = c.cm.start_daemon();
-    let mut web = c.web01.start_daemon();
-    let _lap = c.laptop.start_daemon();
-    cm.wait_status("2/2 machines in sync");
-    web.wait_status("company: machine v2");
+    let (_cm, mut web, _lap) = c.start_synced("allow_from = \"laptop\"", "", "");
 
     let marker = "sleep 2.0417";
     let cli = c
@@ -247,12 +242,7 @@ fn sigterm_lets_a_running_command_finish_then_exits_0() {
 fn a_command_started_while_stopping_is_refused() {
     require_root!();
     let c = Company::new("stopng");
-    c.write_cluster_toml("allow_from = \"laptop\"", "", "");
-    let mut cm = c.cm.start_daemon();
-    let mut web = c.web01.start_daemon();
-    let _lap = c.laptop.start_daemon();
-    cm.wait_status("2/2 machines in sync");
-    web.wait_status("company: machine v2");
+    let (_cm, mut web, _lap) = c.start_synced("allow_from = \"laptop\"", "", "");
 
     // A long command keeps the daemon draining while the late one arrives.
     let marker = "sleep 6.0417";
@@ -288,12 +278,7 @@ fn a_command_started_while_stopping_is_refused() {
 fn a_peer_may_run_16_commands_at_once_and_no_more() {
     require_root!();
     let c = Company::new("cap16");
-    c.write_cluster_toml("allow_from = \"laptop\"", "", "");
-    let mut cm = c.cm.start_daemon();
-    let mut web = c.web01.start_daemon();
-    let _lap = c.laptop.start_daemon();
-    cm.wait_status("2/2 machines in sync");
-    web.wait_status("company: machine v2");
+    let (_cm, web, _lap) = c.start_synced("allow_from = \"laptop\"", "", "");
 
     let secs = "30.5417";
     let marker = format!("sleep {secs}");
@@ -347,18 +332,11 @@ fn a_peer_may_run_16_commands_at_once_and_no_more() {
 fn commands_run_as_the_configured_user() {
     require_root!();
     let c = Company::new("runas");
-    c.write_cluster_toml(
-        "allow_from = \"laptop\"\nusername = \"nobody\"\n\
+    let (_cm, _web, _lap) = c.start_synced("allow_from = \"laptop\"\nusername = \"nobody\"\n\
          [machine.web01.command.as-root]\ncommand = \"id -un\"\nallow_from = \"laptop\"\nusername = \"root\"\n\
          [machine.web01.command.as-ghost]\ncommand = \"id -un\"\nallow_from = \"laptop\"\nusername = \"nosuchuser\"",
         "",
-        "",
-    );
-    let mut cm = c.cm.start_daemon();
-    let mut web = c.web01.start_daemon();
-    let _lap = c.laptop.start_daemon();
-    cm.wait_status("2/2 machines in sync");
-    web.wait_status("company: machine v2");
+        "",);
 
     let out = c.laptop.run(&["web01.company", "id", "-un"]);
     let err = String::from_utf8_lossy(&out.stderr);

@@ -160,13 +160,7 @@ fn key_outside_the_cluster_is_denied() {
 fn config_push_from_a_non_manager_is_denied() {
     require_root!();
     let c = Company::new("dnypsh");
-    let mut cm = c.cm.start_daemon();
-    let mut web = c.web01.start_daemon();
-    let _lap = c.laptop.start_daemon();
-    c.write_cluster_toml("allow_from = \"laptop\"", "", "");
-    c.cm.ok(&["rescan"]);
-    cm.wait_status("2/2 machines in sync");
-    web.wait_status("company: machine v2");
+    let (_cm, mut web, _lap) = c.start_synced("allow_from = \"laptop\"", "", "");
     let machine_toml = c.web01.cluster_dir("company").join("machine.toml");
     let before = std::fs::read(&machine_toml).unwrap();
     let web_id: Id52 = c.web_id.parse().unwrap();
@@ -225,13 +219,7 @@ fn config_push_from_a_non_manager_is_denied() {
 fn older_config_version_is_rejected() {
     require_root!();
     let c = Company::new("dnyold");
-    let mut cm = c.cm.start_daemon();
-    let mut web = c.web01.start_daemon();
-    let _lap = c.laptop.start_daemon();
-    c.write_cluster_toml("allow_from = \"laptop\"", "", "");
-    c.cm.ok(&["rescan"]);
-    cm.wait_status("2/2 machines in sync");
-    web.wait_status("company: machine v2");
+    let (_cm, web, _lap) = c.start_synced("allow_from = \"laptop\"", "", "");
     let machine_toml = c.web01.cluster_dir("company").join("machine.toml");
     let before = std::fs::read(&machine_toml).unwrap();
     let web_id: Id52 = c.web_id.parse().unwrap();
@@ -268,13 +256,8 @@ fn older_config_version_is_rejected() {
 fn another_machines_config_is_rejected() {
     require_root!();
     let c = Company::new("dnyoth");
-    let mut cm = c.cm.start_daemon();
-    let mut web = c.web01.start_daemon();
-    let mut lap = c.laptop.start_daemon();
-    c.write_cluster_toml("allow_from = \"laptop\"", "allow_from = \"web01\"", "");
-    c.cm.ok(&["rescan"]);
-    cm.wait_status("2/2 machines in sync");
-    web.wait_status("company: machine v2");
+    let (_cm, web, mut lap) =
+        c.start_synced("allow_from = \"laptop\"", "allow_from = \"web01\"", "");
     let machine_toml = c.web01.cluster_dir("company").join("machine.toml");
     let before = std::fs::read(&machine_toml).unwrap();
     let laptop_id: Id52 = c.laptop_id.parse().unwrap();

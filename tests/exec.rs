@@ -13,18 +13,11 @@ use common::net::{Company, pids_matching, wait_until};
 fn config_push_then_exec_streams_and_exits_like_ssh() {
     require_root!();
     let c = Company::new("exec");
-    let mut cm = c.cm.start_daemon();
-    let mut web = c.web01.start_daemon();
-    let _lap = c.laptop.start_daemon();
-
-    c.write_cluster_toml(
+    let (cm, web, _lap) = c.start_synced(
         "allow_from = \"admins\"",
         "",
         "[group.admins]\nmembers = \"laptop\"",
     );
-    c.cm.ok(&["rescan"]);
-    cm.wait_status("2/2 machines in sync");
-    web.wait_status("company: machine v2");
 
     // Nobody touched web01: it holds the pushed machine.toml.
     let status = c.web01.json(&["status", "--json"]);

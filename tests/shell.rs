@@ -163,13 +163,7 @@ fn shell_exit_with_a_background_job_returns() {
 /// (cm, web01, laptop), which stop when dropped.
 fn company_in_sync(tag: &str, web_rules: &str, extra: &str) -> (Company, [Daemon; 3]) {
     let c = Company::new(tag);
-    let mut cm = c.cm.start_daemon();
-    let mut web = c.web01.start_daemon();
-    let lap = c.laptop.start_daemon();
-    c.write_cluster_toml(web_rules, "", extra);
-    c.cm.ok(&["rescan"]);
-    cm.wait_status("2/2 machines in sync");
-    web.wait_status("company: machine v2");
+    let (cm, web, lap) = c.start_synced(web_rules, "", extra);
     (c, [cm, web, lap])
 }
 

@@ -382,6 +382,27 @@ impl Company {
     }
 }
 
+impl Company {
+    /// Starts the three daemons, writes cluster.toml (see
+    /// `write_cluster_toml`), rescans the CM and waits until both machines
+    /// acknowledged version 2. Returns the daemons: cm, web01, laptop.
+    pub fn start_synced(
+        &self,
+        web_rules: &str,
+        laptop_rules: &str,
+        extra: &str,
+    ) -> (Daemon, Daemon, Daemon) {
+        let mut cm = self.cm.start_daemon();
+        let mut web = self.web01.start_daemon();
+        let lap = self.laptop.start_daemon();
+        self.write_cluster_toml(web_rules, laptop_rules, extra);
+        self.cm.ok(&["rescan"]);
+        cm.wait_status("2/2 machines in sync");
+        web.wait_status("company: machine v2");
+        (cm, web, lap)
+    }
+}
+
 pub fn id52_of(v: &serde_json::Value) -> String {
     v["id52"].as_str().expect("id52 in JSON").to_owned()
 }
