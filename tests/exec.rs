@@ -39,6 +39,20 @@ fn config_push_then_exec_streams_and_exits_like_ssh() {
     assert_eq!(String::from_utf8_lossy(&out.stdout), "out\n");
     assert_eq!(String::from_utf8_lossy(&out.stderr), "err\n");
     assert_eq!(out.status.code(), Some(7));
+    // The audit line carries the fields journald gets (MALAI_*).
+    let log = web.log_text();
+    let exit_line = log
+        .lines()
+        .find(|l| l.contains("malai_exit=7"))
+        .unwrap_or_else(|| panic!("no audit line with the exit code:\n{log}"));
+    for field in [
+        "malai_cluster=company",
+        &format!("malai_peer={}", c.laptop_id),
+        "malai_config_version=2",
+        "malai_argv=",
+    ] {
+        assert!(exit_line.contains(field), "{field} missing: {exit_line}");
+    }
 
     // A signal death is 128+N.
     let out = c

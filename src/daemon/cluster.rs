@@ -149,7 +149,15 @@ impl RunningCluster {
         } else {
             CmState::default()
         };
-        let host = Host::new(&c.alias, c.identity.id52(), c.config.clone());
+        let version = match c.role {
+            Role::ClusterManager => cm_state.version,
+            Role::Machine | Role::Waiting => c
+                .config
+                .as_ref()
+                .and_then(|c| c.received_version)
+                .unwrap_or(0),
+        };
+        let host = Host::new(&c.alias, c.identity.id52(), c.config.clone(), version);
         let shared = Arc::new(Shared {
             alias: c.alias.clone(),
             dir: c.dir.clone(),

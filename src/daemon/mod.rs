@@ -311,7 +311,7 @@ async fn reload_cm(s: &cluster::Shared, dir: &ClusterDir) -> anyhow::Result<()> 
         tracing::info!(malai_cluster = %s.alias, malai_config_version = state.version, "cluster.toml changed: config version {}", state.version);
     }
     *s.cluster_text.write().expect("text lock") = text;
-    s.host.set_config(dir.config.clone());
+    s.host.set_config(dir.config.clone(), state.version);
     let event = cluster::Event::ConfigApplied {
         version: state.version,
         hash: state.hash.clone(),

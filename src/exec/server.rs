@@ -38,6 +38,8 @@ pub struct Host {
     pub cluster: String,
     pub me: Id52,
     config: RwLock<Option<Arc<ClusterConfig>>>,
+    /// The version of `config` (0: none), for the audit log.
+    version: std::sync::atomic::AtomicU64,
     running: Mutex<Running>,
     idle: Notify,
     /// Set at shutdown: new commands are refused while running ones finish.
@@ -52,19 +54,29 @@ struct Running {
 }
 
 impl Host {
-    pub fn new(cluster: &str, me: Id52, config: Option<ClusterConfig>) -> Arc<Host> {
+    pub fn new(cluster: &str, me: Id52, config: Option<ClusterConfig>, version: u64) -> Arc<Host> {
         Arc::new(Host {
             cluster: cluster.to_owned(),
             me,
             config: RwLock::new(config.map(Arc::new)),
+            version: std::sync::atomic::AtomicU64::new(version),
             running: Mutex::new(Running::default()),
             idle: Notify::new(),
             stopping: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
-    pub fn set_config(&self, config: Option<ClusterConfig>) {
-        *self.config.write().expect("config lock") = config.map(Arc::new);
+    /// Puts `config`, at `version`, in force for the next decisions.
+    pub fn set_config(&self, config: Option<ClusterConfig>, version: u64) {
+        let mut slot = self.config.write().expect("config lock");
+        *slot = config.map(Arc::new);
+        self.version
+            .store(version, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// The version of the config in force (0: none).
+    pub fn version(&self) -> u64 {
+        self.version.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     pub fn config(&self) -> Option<Arc<ClusterConfig>> {
@@ -183,7 +195,7 @@ async fn serve(
     let grant = match decision {
         Decision::Deny(reason) => {
             tracing::warn!(
-                malai_cluster = %host.cluster, malai_peer = %peer, malai_argv = %argv_text, malai_decision = "denied",
+                malai_cluster = %host.cluster, malai_peer = %peer, malai_config_version = host.version(), malai_argv = %argv_text, malai_decision = "denied",
                 "denied {peer} running {argv_text:?}: {reason}"
             );
             frame::write_msg(&mut send, &HostMsg::Denied { reason }).await?;
@@ -225,7 +237,7 @@ async fn serve(
     };
     host.set_pgid(id, spawned.pgid);
     tracing::info!(
-        malai_cluster = %host.cluster, malai_peer = %peer, malai_argv = %run_text, malai_decision = "allowed",
+        malai_cluster = %host.cluster, malai_peer = %peer, malai_config_version = host.version(), malai_argv = %run_text, malai_decision = "allowed",
         "{peer} runs {run_text:?} ({})", grant.reason
     );
     let pgid = spawned.pgid;
@@ -237,7 +249,7 @@ async fn serve(
     host.unregister(id);
     match &result {
         Ok(code) => tracing::info!(
-            malai_cluster = %host.cluster, malai_peer = %peer, malai_argv = %run_text, malai_exit = *code,
+            malai_cluster = %host.cluster, malai_peer = %peer, malai_config_version = host.version(), malai_argv = %run_text, malai_exit = *code,
             "{run_text:?} for {peer} exited with {code}"
         ),
         Err(e) => {

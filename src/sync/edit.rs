@@ -206,7 +206,7 @@ pub async fn upload(
     let version = state.version;
     drop(state);
     *shared.cluster_text.write().expect("text lock") = text;
-    shared.host.set_config(Some(config));
+    shared.host.set_config(Some(config), version);
     shared.announce(Event::ConfigApplied {
         version,
         hash: new_hash.clone(),

@@ -72,7 +72,7 @@ pub async fn apply(shared: &Arc<Shared>, envelope: Envelope) -> ConfigAnswer {
             }
         }
     }
-    shared.host.set_config(Some(config));
+    shared.host.set_config(Some(config), envelope.version);
     *shared.role.write().expect("role lock") = Role::Machine;
     shared.announce(crate::daemon::cluster::Event::ConfigApplied {
         version: envelope.version,
