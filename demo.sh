@@ -17,6 +17,10 @@ cleanup() {
 }
 trap cleanup EXIT
 
+# Three daemons on one host: keep them off the real session and system
+# buses (where an installed malai service owns the name); the CLI dials.
+export MALAI_DBUS_ADDRESS=disabled
+
 say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 run() { printf '$ %s\n' "$*"; "$@"; }
 base=$(( 20000 + RANDOM % 30000 ))
