@@ -10,17 +10,36 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
+use common::bus::PrivateBus;
 use common::net::{Company, DEADLINE, Daemon, pids_matching, wait_until};
 
 #[test]
 fn shell_runs_on_a_pty_with_the_window_size_and_exit_code() {
     require_root!();
-    let (c, [_cm, web, _lap]) = company_in_sync(
-        "shpty",
+    shell_on_a_pty("shpty", None);
+}
+
+/// The same through the laptop's daemon on D-Bus: the CLI passes its
+/// terminal, window changes go as Resize calls.
+#[test]
+fn shell_through_the_daemon_runs_on_a_pty_with_the_window_size_and_exit_code() {
+    require_root!();
+    let Some(bus) = PrivateBus::start() else {
+        return;
+    };
+    shell_on_a_pty("shbus", Some(&bus));
+}
+
+fn shell_on_a_pty(tag: &str, bus: Option<&PrivateBus>) {
+    let bus_address = bus.map_or("disabled", |b| b.address.as_str());
+    let c = Company::new(tag);
+    let (_cm, web, lap) = c.start_synced_with(
         "allow_from = \"admins\"",
+        "",
         "[group.admins]\nmembers = \"laptop\"",
+        &[("MALAI_DBUS_ADDRESS", bus_address)],
     );
-    let shell = Shell::open(&c, 100, 30);
+    let shell = Shell::open_via(&c, 100, 30, bus_address);
     let term = &shell.term;
     let pane_tty = term.pane_tty();
 
@@ -71,6 +90,12 @@ fn shell_runs_on_a_pty_with_the_window_size_and_exit_code() {
     wait_until("web01 logs the shell's exit", || {
         web.log_text().contains("exited with 3")
     });
+    assert_eq!(
+        lap.log_text().contains("through the daemon"),
+        bus.is_some(),
+        "the route taken: {}",
+        lap.log_text()
+    );
 
     // The local terminal is out of raw mode again.
     let modes = stty(&["-F", &pane_tty, "-a"]);
@@ -177,11 +202,17 @@ struct Shell {
 
 impl Shell {
     fn start(c: &Company, cols: u16, rows: u16) -> Shell {
+        Shell::start_via(c, cols, rows, "disabled")
+    }
+
+    /// With `MALAI_DBUS_ADDRESS` set to `bus` (`disabled`: direct).
+    fn start_via(c: &Company, cols: u16, rows: u16, bus: &str) -> Shell {
         let scratch = tempfile::tempdir().expect("temp dir");
         let exit_file = scratch.path().join("exit");
         let command = format!(
-            "ip netns exec {} env -u MALAI_LOG MALAI_HOME={} {} web01.company; echo EXIT=$? > {}; sleep 600",
+            "ip netns exec {} env -u MALAI_LOG MALAI_DBUS_ADDRESS={} MALAI_HOME={} {} web01.company; echo EXIT=$? > {}; sleep 600",
             quote(&c.laptop.ns),
+            quote(bus),
             quote_path(c.laptop.home.path()),
             quote(common::malai_bin()),
             quote_path(&exit_file),
@@ -195,7 +226,11 @@ impl Shell {
 
     /// Starts the shell and waits until it reads what is typed.
     fn open(c: &Company, cols: u16, rows: u16) -> Shell {
-        let shell = Shell::start(c, cols, rows);
+        Shell::open_via(c, cols, rows, "disabled")
+    }
+
+    fn open_via(c: &Company, cols: u16, rows: u16, bus: &str) -> Shell {
+        let shell = Shell::start_via(c, cols, rows, bus);
         // The login shell has started once anything reaches the screen (the
         // prompt); typing is then read by the shell, not lost.
         shell

@@ -392,9 +392,21 @@ impl Company {
         laptop_rules: &str,
         extra: &str,
     ) -> (Daemon, Daemon, Daemon) {
+        self.start_synced_with(web_rules, laptop_rules, extra, &[])
+    }
+
+    /// `start_synced` with extra environment for the laptop's daemon (e.g.
+    /// a private bus).
+    pub fn start_synced_with(
+        &self,
+        web_rules: &str,
+        laptop_rules: &str,
+        extra: &str,
+        laptop_env: &[(&str, &str)],
+    ) -> (Daemon, Daemon, Daemon) {
         let mut cm = self.cm.start_daemon();
         let mut web = self.web01.start_daemon();
-        let lap = self.laptop.start_daemon();
+        let lap = self.laptop.start_daemon_with(laptop_env);
         self.write_cluster_toml(web_rules, laptop_rules, extra);
         self.cm.ok(&["rescan"]);
         cm.wait_status("2/2 machines in sync");
