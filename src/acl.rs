@@ -5,7 +5,8 @@
 //! Semantics (DESIGN.md): default deny. A command rule decides, alone, for its
 //! command name; otherwise the machine's `allow_from` decides for any argv.
 //! A shell (`Request::Shell`) is decided by `allow_shell`, which defaults to
-//! `allow_from`; an empty argv is denied.
+//! `allow_from`; an empty argv is denied. A service (`[service.NAME]`) is
+//! reached by the peers of its `allow_from`, on the machine that hosts it.
 
 use std::collections::BTreeSet;
 
@@ -119,6 +120,32 @@ pub fn may_edit_config(config: &ClusterConfig, peer: &Id52) -> Decision {
             reason: format!("cluster-manager.config_editors allows {p}"),
         }),
         None => Decision::Deny("peer is not in cluster-manager.config_editors".into()),
+    }
+}
+
+/// Whether `peer` may reach the service `name` on this device `host`: the
+/// service must exist, be hosted here, and admit the peer.
+pub fn may_use_service(config: &ClusterConfig, host: &Id52, peer: &Id52, name: &str) -> Decision {
+    let Some(service) = config.services.get(name) else {
+        return Decision::Deny(format!("no service {name:?} in this machine's config"));
+    };
+    let hosted_here = config
+        .machines
+        .get(&service.machine)
+        .is_some_and(|m| m.id52 == *host);
+    if !hosted_here {
+        return Decision::Deny(format!(
+            "service {name:?} is hosted by machine {:?}, not by this one",
+            service.machine
+        ));
+    }
+    match matching(config, &service.allow_from, peer) {
+        Some(p) => Decision::Allow(Grant {
+            argv: Vec::new(),
+            username: None,
+            reason: format!("service.{name}.allow_from allows {p}"),
+        }),
+        None => Decision::Deny(format!("peer is not in service.{name}.allow_from")),
     }
 }
 

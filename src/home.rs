@@ -127,11 +127,21 @@ impl Home {
         self.clusters_dir().join(alias)
     }
 
-    /// malai.toml, or the defaults when it does not exist.
+    /// malai.toml, or the defaults when it does not exist. Forwards must
+    /// name clusters that have a directory here.
     pub fn local_config(&self) -> Result<LocalConfig, Diagnostics> {
         let path = self.local_config_path();
         match fs::read_to_string(&path) {
-            Ok(text) => config::local::parse(&path, &text),
+            Ok(text) => {
+                let local = config::local::parse(&path, &text)?;
+                let unknown =
+                    local.unknown_clusters(&path, &self.cluster_aliases().unwrap_or_default());
+                if unknown.is_empty() {
+                    Ok(local)
+                } else {
+                    Err(unknown)
+                }
+            }
             Err(e) if e.kind() == ErrorKind::NotFound => Ok(LocalConfig::default()),
             Err(e) => Err(Diagnostics(vec![Diagnostic::whole(
                 &path,

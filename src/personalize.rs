@@ -3,6 +3,12 @@
 //! directory of machines (alias, id52, address hints), that machine's own
 //! rules with its command rules, and the groups those rules name, resolved to
 //! id52s. Rules of other machines are not sent.
+//!
+//! Services: a machine receives those it hosts, with their `allow_from` (and
+//! the groups it names, resolved), so it can decide; and those whose
+//! `allow_from` admits it, so its forwards know which machine to dial. For
+//! the latter, `allow_from` is written as the machine's own alias: it learns
+//! that it may reach the service, not who else may.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -19,6 +25,18 @@ struct Out {
     machine: BTreeMap<String, OutMachine>,
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     group: BTreeMap<String, OutGroup>,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    service: BTreeMap<String, OutService>,
+}
+
+#[derive(Serialize)]
+struct OutService {
+    machine: String,
+    protocol: &'static str,
+    port: u16,
+    allow_from: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    inject_headers: Option<bool>,
 }
 
 #[derive(Serialize)]
@@ -88,11 +106,28 @@ pub fn machine_toml(config: &ClusterConfig, alias: &str, version: u64) -> Option
         })
         .collect();
 
+    let hosted: Vec<(&String, &crate::config::Service)> = config
+        .services
+        .iter()
+        .filter(|(_, s)| s.machine == alias)
+        .collect();
+    let reachable = config.services.iter().filter(|(_, s)| {
+        s.machine != alias && acl::matching(config, &s.allow_from, &me.id52).is_some()
+    });
+    let mut service: BTreeMap<String, OutService> = BTreeMap::new();
+    for (name, s) in &hosted {
+        service.insert((*name).clone(), out_service(s, list(&s.allow_from)));
+    }
+    for (name, s) in reachable {
+        service.insert(name.clone(), out_service(s, alias.to_owned()));
+    }
+
     let referenced: BTreeSet<&str> = me
         .allow_from
         .iter()
         .chain(me.allow_shell.iter().flatten())
         .chain(me.commands.values().flat_map(|r| &r.allow_from))
+        .chain(hosted.iter().flat_map(|(_, s)| &s.allow_from))
         .filter_map(|p| match p {
             Principal::Group(g) => Some(g.as_str()),
             _ => None,
@@ -138,9 +173,96 @@ pub fn machine_toml(config: &ClusterConfig, alias: &str, version: u64) -> Option
         },
         machine: machines,
         group,
+        service,
     };
     let body = toml::to_string(&out).expect("personalized config serializes");
     Some(format!(
         "# Sent by the cluster manager; malai replaces this file on every change.\n# Edit cluster.toml on the cluster manager instead.\n\n{body}"
     ))
+}
+
+fn out_service(s: &crate::config::Service, allow_from: String) -> OutService {
+    OutService {
+        machine: s.machine.clone(),
+        protocol: s.protocol.as_str(),
+        port: s.port,
+        allow_from,
+        inject_headers: (s.protocol == crate::config::Protocol::Http).then_some(s.inject_headers),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{FileKind, cluster};
+    use crate::identity::Identity;
+    use std::path::Path;
+
+    /// web01 hosts db (admins) and admin (laptop); laptop may reach admin;
+    /// cm may reach nothing.
+    fn company() -> (ClusterConfig, [crate::identity::Id52; 4]) {
+        let ids = [(); 4].map(|_| Identity::generate().id52());
+        let text = format!(
+            "[cluster-manager]\nid52 = \"{cm}\"\n\
+             [machine.cm]\nid52 = \"{cm}\"\n\
+             [machine.web01]\nid52 = \"{web}\"\n\
+             [machine.laptop]\nid52 = \"{lap}\"\n\
+             [group.admins]\nmembers = \"{alice}\"\n\
+             [service.db]\nmachine = \"web01\"\nprotocol = \"tcp\"\nport = 5432\nallow_from = \"admins\"\n\
+             [service.admin]\nmachine = \"web01\"\nprotocol = \"http\"\nport = 8080\nallow_from = \"laptop,admins\"\ninject_headers = false\n",
+            cm = ids[0],
+            web = ids[1],
+            lap = ids[2],
+            alice = ids[3],
+        );
+        let config = cluster::parse(Path::new("cluster.toml"), &text, FileKind::Cluster).unwrap();
+        (config, ids)
+    }
+
+    fn received(config: &ClusterConfig, alias: &str) -> ClusterConfig {
+        let text = machine_toml(config, alias, 7).unwrap();
+        cluster::parse(Path::new("machine.toml"), &text, FileKind::Machine).unwrap()
+    }
+
+    #[test]
+    fn a_host_gets_its_services_with_their_acl_and_a_client_only_what_it_may_reach() {
+        let (config, ids) = company();
+        let [cm, web, lap, alice] = ids;
+
+        let web01 = received(&config, "web01");
+        assert_eq!(
+            web01.services.keys().collect::<Vec<_>>(),
+            ["admin", "db"],
+            "the host gets both of its services"
+        );
+        for name in ["db", "admin"] {
+            for peer in [cm, web, lap, alice] {
+                assert_eq!(
+                    acl::may_use_service(&web01, &web, &peer, name).is_allowed(),
+                    acl::may_use_service(&config, &web, &peer, name).is_allowed(),
+                    "web01 decides {name} for {peer} as the CM's file does"
+                );
+            }
+        }
+        assert!(!web01.services["admin"].inject_headers);
+
+        let laptop = received(&config, "laptop");
+        assert_eq!(laptop.services.keys().collect::<Vec<_>>(), ["admin"]);
+        let admin = &laptop.services["admin"];
+        assert_eq!(admin.machine, "web01");
+        assert_eq!(admin.port, 8080);
+        assert_eq!(
+            admin.allow_from,
+            vec![Principal::Machine("laptop".into())],
+            "who else may reach it is not sent"
+        );
+        assert!(
+            laptop.groups.is_empty(),
+            "no group of web01's rules is sent"
+        );
+        // The laptop hosts nothing, so it admits nobody to anything.
+        assert!(!acl::may_use_service(&laptop, &lap, &lap, "admin").is_allowed());
+
+        assert!(received(&config, "cm").services.is_empty());
+    }
 }

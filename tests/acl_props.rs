@@ -209,6 +209,7 @@ fn config_with(min_machines: usize, acyclic: bool) -> impl Strategy<Value = Clus
                     .enumerate()
                     .map(|(i, g)| (group_name(i), g))
                     .collect(),
+                services: BTreeMap::new(),
                 received_version: None,
             },
         )
@@ -527,6 +528,7 @@ proptest! {
             config_editors: Vec::new(),
             machines: BTreeMap::new(),
             groups: BTreeMap::new(),
+            services: BTreeMap::new(),
             received_version: None,
         };
         for (q, out) in answers(&config) {

@@ -1,7 +1,8 @@
 //! `cluster.toml` (the CM's master config) and `machine.toml` (what a machine
 //! receives from its CM) share one schema: parsed by serde with unknown keys
 //! refused, then validated into a `ClusterConfig` whose every error points at
-//! `file:line:column`.
+//! `file:line:column`. `[service.NAME]` tables name a port on one machine
+//! that peers in the service's `allow_from` may reach (see `forward`).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::SocketAddr;
@@ -31,6 +32,8 @@ pub struct ClusterConfig {
     pub config_editors: Vec<Principal>,
     pub machines: BTreeMap<String, Machine>,
     pub groups: BTreeMap<String, Vec<Principal>>,
+    /// `[service.NAME]`: ports of machines that may be forwarded to peers.
+    pub services: BTreeMap<String, Service>,
     /// machine.toml only: the version the CM signed this file as.
     pub received_version: Option<u64>,
 }
@@ -57,6 +60,40 @@ pub struct CommandRule {
     pub allow_args: bool,
 }
 
+/// A service: a port on 127.0.0.1 of one machine, reached by peers over
+/// `malai/forward/1`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Service {
+    /// The alias of the machine that hosts it.
+    pub machine: String,
+    pub protocol: Protocol,
+    /// The port it listens on at 127.0.0.1 of that machine.
+    pub port: u16,
+    /// Who may reach it; empty (the default) admits nobody.
+    pub allow_from: Vec<Principal>,
+    /// http only: add the `malai-client-*` headers to each request (the
+    /// client's own headers of those names are stripped either way).
+    pub inject_headers: bool,
+}
+
+/// How the host treats a forwarded stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    /// Bytes, piped both ways.
+    Tcp,
+    /// HTTP/1.1, proxied request by request so that headers can be added.
+    Http,
+}
+
+impl Protocol {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Tcp => "tcp",
+            Protocol::Http => "http",
+        }
+    }
+}
+
 impl ClusterConfig {
     pub fn machine_by_id52(&self, id: &Id52) -> Option<(&str, &Machine)> {
         self.machines
@@ -75,6 +112,8 @@ struct RawFile {
     machine: BTreeMap<Spanned<String>, RawMachine>,
     #[serde(default)]
     group: BTreeMap<Spanned<String>, RawGroup>,
+    #[serde(default)]
+    service: BTreeMap<Spanned<String>, RawService>,
     received: Option<Spanned<RawReceived>>,
 }
 
@@ -108,6 +147,16 @@ struct RawCommand {
     username: Option<Spanned<String>>,
     #[serde(default)]
     allow_args: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawService {
+    machine: Spanned<String>,
+    protocol: Spanned<String>,
+    port: Spanned<i64>,
+    allow_from: Option<Spanned<String>>,
+    inject_headers: Option<Spanned<bool>>,
 }
 
 #[derive(Deserialize)]
@@ -252,6 +301,13 @@ impl Validator<'_> {
             }
         }
 
+        let mut services = BTreeMap::new();
+        for (name, s) in &raw.service {
+            if let Some(service) = self.service(name, s) {
+                services.insert(name.get_ref().clone(), service);
+            }
+        }
+
         if !self.diags.is_empty() {
             return Err(Diagnostics(self.diags));
         }
@@ -261,6 +317,7 @@ impl Validator<'_> {
             config_editors,
             machines,
             groups,
+            services,
             received_version,
         })
     }
@@ -328,6 +385,80 @@ impl Validator<'_> {
             allow_shell,
             username,
             commands,
+        })
+    }
+
+    /// Validates one `[service.NAME]`; `None` when a part of it is wrong.
+    fn service(&mut self, name: &Spanned<String>, s: &RawService) -> Option<Service> {
+        let n = name.get_ref();
+        let mut ok = true;
+        if let Some(why) = name_error(n) {
+            self.err(
+                name.span(),
+                format!("invalid service name {n:?}: {why}"),
+                "rename the service; it is addressed as SERVICE.CLUSTER and SERVICE.CLUSTER.localhost",
+            );
+            ok = false;
+        }
+        if !self.machines.contains(s.machine.get_ref()) {
+            self.err(
+                s.machine.span(),
+                format!(
+                    "service {n:?} is on machine {:?}, which is not a machine of this file",
+                    s.machine.get_ref()
+                ),
+                "write the alias of a [machine.NAME] of this file, or fix the spelling",
+            );
+            ok = false;
+        }
+        let protocol = match s.protocol.get_ref().as_str() {
+            "tcp" => Some(Protocol::Tcp),
+            "http" => Some(Protocol::Http),
+            other => {
+                self.err(
+                    s.protocol.span(),
+                    format!("service {n:?}: protocol {other:?} is neither \"tcp\" nor \"http\""),
+                    "write protocol = \"tcp\" (bytes piped as they are) or \"http\" (HTTP/1.1 with malai-client-* headers)",
+                );
+                None
+            }
+        };
+        let port = match u16::try_from(*s.port.get_ref()) {
+            Ok(p) if p > 0 => p,
+            _ => {
+                self.err(
+                    s.port.span(),
+                    format!(
+                        "port {} of service {n:?} is not between 1 and 65535",
+                        s.port.get_ref()
+                    ),
+                    "write the TCP port the service listens on at 127.0.0.1 of its machine",
+                );
+                ok = false;
+                0
+            }
+        };
+        if let Some(inject) = &s.inject_headers
+            && protocol == Some(Protocol::Tcp)
+        {
+            self.err(
+                inject.span(),
+                format!("service {n:?}: inject_headers applies only to protocol = \"http\""),
+                "remove inject_headers, or set protocol = \"http\" if the service speaks HTTP",
+            );
+            ok = false;
+        }
+        let allow_from = s
+            .allow_from
+            .as_ref()
+            .map(|l| self.principals(l))
+            .unwrap_or_default();
+        Some(Service {
+            machine: s.machine.get_ref().clone(),
+            protocol: protocol.filter(|_| ok)?,
+            port,
+            allow_from,
+            inject_headers: s.inject_headers.as_ref().is_none_or(|i| *i.get_ref()),
         })
     }
 

@@ -1,14 +1,16 @@
 //! `malai.toml`: this device's own settings. `[aliases]` for short command
-//! names, `[network]` for relays, discovery, bind address and fixed ports.
+//! names, `[network]` for relays, discovery, bind address and fixed ports,
+//! `[forward.NAME]` for local TCP listeners that reach a cluster's service,
+//! `[http]` for the listener that routes `SERVICE.CLUSTER.localhost`.
 
 use std::collections::BTreeMap;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 
 use serde::Deserialize;
 use toml::Spanned;
 
-use super::diag::{Diagnostics, Source};
+use super::diag::{Diagnostic, Diagnostics, Source};
 use super::names::name_error;
 
 /// Words an alias may not take, because they are (or will be) subcommands.
@@ -22,6 +24,33 @@ pub struct LocalConfig {
     /// alias name -> words it expands to (first word is `machine.cluster`).
     pub aliases: BTreeMap<String, Vec<String>>,
     pub network: NetworkSettings,
+    /// `[forward.NAME]`: local listeners carried to a service, by name (the
+    /// name is also the `FileDescriptorName=` of a socket unit for it).
+    pub forwards: BTreeMap<String, Forward>,
+    /// `[http]`: the HTTP-by-name listener, off unless configured (or
+    /// passed by systemd as the socket named `http`).
+    pub http: Option<HttpListener>,
+}
+
+/// The `FileDescriptorName=` of the HTTP-by-name listener's socket.
+pub const HTTP_SOCKET_NAME: &str = "http";
+
+/// One `[forward.NAME]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Forward {
+    pub listen: SocketAddr,
+    /// The service's name in its cluster.
+    pub service: String,
+    /// The alias of the cluster it belongs to.
+    pub cluster: String,
+    /// Line and column of `service = ...`, for the check that the cluster
+    /// exists (which needs the home, so it runs after parsing).
+    pub service_at: (usize, usize),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpListener {
+    pub listen: SocketAddr,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -58,6 +87,22 @@ struct RawLocal {
     #[serde(default)]
     aliases: BTreeMap<Spanned<String>, Spanned<String>>,
     network: Option<RawNetwork>,
+    #[serde(default)]
+    forward: BTreeMap<Spanned<String>, RawForward>,
+    http: Option<RawHttp>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawForward {
+    listen: Spanned<String>,
+    service: Spanned<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHttp {
+    listen: Spanned<String>,
 }
 
 #[derive(Deserialize)]
@@ -180,9 +225,160 @@ pub fn parse(path: &Path, text: &str) -> Result<LocalConfig, Diagnostics> {
         }
     }
 
+    // Each listen address once, whether a forward's or the HTTP listener's.
+    let mut listening: BTreeMap<SocketAddr, String> = BTreeMap::new();
+    if let Some(http) = &raw.http
+        && let Some(addr) = listen_addr(&src, &http.listen, &mut diags)
+    {
+        listening.insert(addr, "[http]".into());
+        config.http = Some(HttpListener { listen: addr });
+    }
+    for (name, f) in &raw.forward {
+        let n = name.get_ref();
+        if let Some(why) = name_error(n) {
+            diags.push(src.diag(
+                name.span(),
+                format!("invalid forward name {n:?}: {why}"),
+                "rename the forward; its name is also the FileDescriptorName= of its socket unit",
+            ));
+            continue;
+        }
+        if n == HTTP_SOCKET_NAME {
+            diags.push(src.diag(
+                name.span(),
+                format!("a forward may not be named {n:?}: that is the name of the HTTP listener's socket"),
+                "rename the forward, or use [http] listen = \"127.0.0.1:80\" for HTTP by name",
+            ));
+            continue;
+        }
+        let listen = listen_addr(&src, &f.listen, &mut diags);
+        if let Some(addr) = listen
+            && let Some(first) = listening.insert(addr, format!("[forward.{n}]"))
+        {
+            diags.push(src.diag(
+                f.listen.span(),
+                format!("{addr} is already the listen address of {first}"),
+                "give each forward its own address or port",
+            ));
+        }
+        let target = match f.service.get_ref().split_once('.') {
+            Some((service, cluster))
+                if name_error(service).is_none() && name_error(cluster).is_none() =>
+            {
+                Some((service.to_owned(), cluster.to_owned()))
+            }
+            _ => {
+                diags.push(src.diag(
+                    f.service.span(),
+                    format!(
+                        "forward {n:?}: service {:?} is not SERVICE.CLUSTER",
+                        f.service.get_ref()
+                    ),
+                    "write the service's name and its cluster's alias, e.g. service = \"postgres.company\"",
+                ));
+                None
+            }
+        };
+        if let (Some(listen), Some((service, cluster))) = (listen, target) {
+            config.forwards.insert(
+                n.clone(),
+                Forward {
+                    listen,
+                    service,
+                    cluster,
+                    service_at: src.line_col(f.service.span().start),
+                },
+            );
+        }
+    }
+
     if diags.is_empty() {
         Ok(config)
     } else {
         Err(Diagnostics(diags))
+    }
+}
+
+/// A listen address: IP:PORT with a port given (0 would be a new port at
+/// every start, which nobody could connect to).
+fn listen_addr(
+    src: &Source,
+    text: &Spanned<String>,
+    diags: &mut Vec<Diagnostic>,
+) -> Option<SocketAddr> {
+    match text.get_ref().parse::<SocketAddr>() {
+        Ok(addr) if addr.port() != 0 => Some(addr),
+        _ => {
+            diags.push(src.diag(
+                text.span(),
+                format!(
+                    "listen {:?} is not an IP:PORT address with a port",
+                    text.get_ref()
+                ),
+                "write listen = \"127.0.0.1:5432\" (loopback keeps the forward to this device)",
+            ));
+            None
+        }
+    }
+}
+
+impl LocalConfig {
+    /// Every forward whose cluster is not one of `clusters` (the cluster
+    /// directories of this home), as diagnostics on `path`.
+    pub fn unknown_clusters(&self, path: &Path, clusters: &[String]) -> Diagnostics {
+        Diagnostics(
+            self.forwards
+                .iter()
+                .filter(|(_, f)| !clusters.contains(&f.cluster))
+                .map(|(name, f)| {
+                    Diagnostic {
+                    file: path.to_owned(),
+                    position: Some(f.service_at),
+                    message: format!(
+                        "forward {name:?}: no cluster {:?} on this device",
+                        f.cluster
+                    ),
+                    help: Some(
+                        "write the alias of a cluster this device is in (`malai status` lists them)"
+                            .into(),
+                    ),
+                }
+                })
+                .collect(),
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn forwards_and_the_http_listener() {
+        let text = "[http]\nlisten = \"127.0.0.1:80\"\n[forward.pg]\nlisten = \"127.0.0.1:5432\"\nservice = \"postgres.company\"\n";
+        let config = parse(Path::new("malai.toml"), text).unwrap();
+        assert_eq!(
+            config.http.as_ref().unwrap().listen.to_string(),
+            "127.0.0.1:80"
+        );
+        let pg = &config.forwards["pg"];
+        assert_eq!(pg.listen.to_string(), "127.0.0.1:5432");
+        assert_eq!(
+            (pg.service.as_str(), pg.cluster.as_str()),
+            ("postgres", "company")
+        );
+        assert_eq!(pg.service_at, (5, 11));
+        let unknown = config.unknown_clusters(Path::new("malai.toml"), &["other".into()]);
+        assert_eq!(unknown.0.len(), 1);
+        assert!(
+            config
+                .unknown_clusters(Path::new("malai.toml"), &["company".into()])
+                .is_empty()
+        );
+        assert_eq!(
+            parse(Path::new("malai.toml"), "").unwrap().http,
+            None,
+            "[http] is opt-in"
+        );
     }
 }

@@ -6,7 +6,7 @@ pub mod diag;
 pub mod local;
 pub mod names;
 
-pub use cluster::{ClusterConfig, CommandRule, FileKind, Machine};
+pub use cluster::{ClusterConfig, CommandRule, FileKind, Machine, Protocol, Service};
 pub use diag::{Diagnostic, Diagnostics};
 pub use local::{LocalConfig, NetworkSettings, Relay};
 pub use names::Principal;
