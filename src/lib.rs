@@ -9,6 +9,7 @@ pub mod daemon;
 pub mod dbus;
 pub mod exec;
 pub mod exit;
+pub mod forward;
 pub mod fsutil;
 pub mod home;
 pub mod identity;

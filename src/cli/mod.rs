@@ -7,6 +7,7 @@ use clap::{Parser, Subcommand};
 pub mod cluster;
 pub mod config;
 pub mod daemon;
+pub mod forward;
 pub mod machine;
 pub mod rescan;
 pub mod route;
@@ -43,6 +44,9 @@ pub enum Command {
     Config(config::ConfigCommand),
     /// Run the daemon in the foreground (as systemd does).
     Daemon(daemon::Args),
+    /// Show what is forwarded where (local listeners to cluster services).
+    #[command(subcommand)]
+    Forward(forward::ForwardCommand),
     /// Validate config files; without --check also apply them.
     Rescan(rescan::Args),
     /// Show clusters, roles, config versions and sync state.
@@ -59,6 +63,7 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Machine(cmd) => machine::run(cmd),
         Command::Config(cmd) => config::run(cmd),
         Command::Daemon(args) => daemon::run(args),
+        Command::Forward(cmd) => forward::run(cmd),
         Command::Rescan(args) => rescan::run(args),
         Command::Status(args) => status::run(args),
         Command::Remote(words) => route::exec(&crate::home::Home::resolve()?, &words, cli.verbose),

@@ -1,5 +1,6 @@
 //! One cluster identity running in the daemon: its endpoint and router (one
-//! handler per ALPN), the exec host, and its role's config-sync task (the
+//! handler per ALPN: exec, config, forward), the exec host (whose config
+//! the forward host decides with too), and its role's config-sync task (the
 //! CM's pusher, or a machine's first fetch).
 
 use std::net::SocketAddr;
@@ -13,9 +14,10 @@ use tokio::task::JoinHandle;
 
 use crate::config::NetworkSettings;
 use crate::exec::server::{ExecHandler, Host};
+use crate::forward::host::ForwardHandler;
 use crate::home::{ClusterDir, Role};
 use crate::identity::{Id52, Identity};
-use crate::p2p::{self, CONFIG_ALPN, EXEC_ALPN, Pool};
+use crate::p2p::{self, CONFIG_ALPN, EXEC_ALPN, FORWARD_ALPN, Pool};
 use crate::state::CmState;
 use crate::sync;
 
@@ -137,7 +139,11 @@ impl RunningCluster {
         changed: Arc<Notify>,
     ) -> anyhow::Result<RunningCluster> {
         let port = net.ports.get(&c.alias).copied().unwrap_or(0);
-        let alpns = vec![EXEC_ALPN.to_vec(), CONFIG_ALPN.to_vec()];
+        let alpns = vec![
+            EXEC_ALPN.to_vec(),
+            CONFIG_ALPN.to_vec(),
+            FORWARD_ALPN.to_vec(),
+        ];
         let endpoint = p2p::bind(&c.identity, net, port, alpns).await?;
         let cm_state = if c.role == Role::ClusterManager {
             let path = c.state_path();
@@ -176,7 +182,8 @@ impl RunningCluster {
             identity: c.identity,
         });
         let router = Router::builder(endpoint)
-            .accept(EXEC_ALPN, ExecHandler { host })
+            .accept(EXEC_ALPN, ExecHandler { host: host.clone() })
+            .accept(FORWARD_ALPN, ForwardHandler { host })
             .accept(
                 CONFIG_ALPN,
                 sync::ConfigHandler {

@@ -3,6 +3,8 @@
 //! takes the lock, starts one listener per identity, serves its objects on
 //! D-Bus and then takes its bus name, and tells systemd it is ready; then it
 //! serves until SIGTERM/SIGINT, rescanning on SIGHUP or a D-Bus Rescan.
+//! The forward listeners of malai.toml (and the sockets systemd passed for
+//! them) follow the same reconcile.
 
 pub mod cluster;
 pub mod lock;
@@ -19,6 +21,8 @@ use tokio::sync::{Notify, mpsc};
 
 use crate::config::{Diagnostics, LocalConfig};
 use crate::dbus::service::{Request, Service};
+use crate::forward::client::Clusters;
+use crate::forward::listeners::Listeners;
 use crate::home::{self, ClusterDir, Home, Role};
 use crate::status::{ClusterStatus, Status};
 use cluster::RunningCluster;
@@ -33,6 +37,10 @@ pub struct Daemon {
     home: Home,
     local: LocalConfig,
     clusters: BTreeMap<String, RunningCluster>,
+    /// The running clusters as the forward listeners look them up.
+    view: Clusters,
+    /// `[forward.NAME]` and `[http]` listeners.
+    listeners: Listeners,
     /// The daemon on D-Bus, when a bus could be reached.
     dbus: Option<Service>,
     /// What D-Bus methods ask of the main loop.
@@ -69,7 +77,11 @@ impl Daemon {
             tracing::info!("systemd passed sockets named {:?}", sockets.names());
         }
         // Listeners that take inherited sockets by name claim them here
-        // (e.g. `sockets.take_tcp(name)`); what is left is a mistake.
+        // (`sockets.take_tcp(name)`); what is left is a mistake.
+        let view = Clusters::default();
+        publish(&view, &clusters);
+        let mut listeners = Listeners::new(view.clone());
+        listeners.reconcile(&local, Some(&mut sockets)).await;
         sockets.close_unclaimed();
         let (tx, requests) = mpsc::channel(8);
         let dbus = match crate::dbus::Bus::for_daemon() {
@@ -94,6 +106,8 @@ impl Daemon {
             home,
             local,
             clusters,
+            view,
+            listeners,
             dbus,
             requests,
             _lock: lock,
@@ -157,6 +171,8 @@ impl Daemon {
             }
         }
         notify(&[NotifyState::Stopping, NotifyState::Status("stopping")]);
+        self.listeners.stop();
+        self.view.write().expect("clusters lock").clear();
         tracing::info!(
             "stopping: letting running commands finish (up to {} s)",
             SHUTDOWN_BOUND.as_secs()
@@ -233,6 +249,14 @@ impl Daemon {
                 ));
             }
         }
+        publish(&self.view, &self.clusters);
+        for p in self.listeners.reconcile(&self.local, None).await {
+            problems.0.push(crate::config::Diagnostic::whole(
+                self.home.local_config_path(),
+                p,
+                "free the address, or change listen in malai.toml",
+            ));
+        }
         problems
     }
 
@@ -258,6 +282,14 @@ impl Daemon {
         self.clusters.insert(alias, running);
         Ok(())
     }
+}
+
+/// Shows the forward listeners the running clusters.
+fn publish(view: &Clusters, clusters: &BTreeMap<String, RunningCluster>) {
+    *view.write().expect("clusters lock") = clusters
+        .iter()
+        .map(|(alias, c)| (alias.clone(), c.shared.clone()))
+        .collect();
 }
 
 struct Signals {

@@ -21,6 +21,8 @@ use crate::identity::{Id52, Identity};
 pub const EXEC_ALPN: &[u8] = b"malai/exec/1";
 /// Config distribution and editing: one request/answer per stream.
 pub const CONFIG_ALPN: &[u8] = b"malai/config/1";
+/// Service forwarding: one bidirectional stream per forwarded connection.
+pub const FORWARD_ALPN: &[u8] = b"malai/forward/1";
 
 /// How long a dial may take before we call the peer unreachable (iroh's own
 /// limit for a dead address is about 30 s).

@@ -1,0 +1,188 @@
+//! The host side of `malai/forward/1`: for each stream a peer opens, look
+//! the service up in this machine's own config, decide with its
+//! `allow_from` (the peer is the id52 iroh authenticated; default deny),
+//! log the decision, connect to 127.0.0.1:port and carry the bytes: piped
+//! as they are for tcp, proxied request by request for http (`proxy`).
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+
+use iroh::endpoint::{Connection, RecvStream, SendStream};
+use iroh::protocol::{AcceptError, ProtocolHandler};
+use tokio::net::TcpStream;
+
+use super::proto::{Answer, HANDSHAKE_TIMEOUT, Open};
+use super::{pipe, proxy};
+use crate::acl::{self, Decision};
+use crate::config::{Protocol, Service};
+use crate::exec::server::Host;
+use crate::identity::Id52;
+use crate::p2p::frame;
+
+/// Why a stream to a service was not opened.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    /// The ACL said no (or this machine does not host the service).
+    Denied(String),
+    /// Allowed, but the service's port could not be reached.
+    Failed(String),
+}
+
+/// An allowed stream, connected to the service.
+#[derive(Debug)]
+pub struct Opened {
+    pub name: String,
+    pub service: Service,
+    /// The first connection to 127.0.0.1:port (http opens more as needed).
+    pub upstream: TcpStream,
+    /// What the http proxy tells the application about the peer.
+    pub client: ClientInfo,
+}
+
+/// Who is on the other end, for the `malai-client-*` headers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientInfo {
+    pub id52: Id52,
+    /// The peer's machine alias in this cluster, if it is a machine.
+    pub machine: Option<String>,
+    /// This cluster's alias here.
+    pub cluster: String,
+}
+
+impl Opened {
+    pub fn upstream_addr(&self) -> SocketAddr {
+        (Ipv4Addr::LOCALHOST, self.service.port).into()
+    }
+}
+
+/// Decides whether `peer` may reach `name` here, logs the decision, and
+/// connects to the service.
+pub async fn open(host: &Host, peer: Id52, name: &str) -> Result<Opened, Refusal> {
+    let audit = |decision: &str, reason: &str| {
+        tracing::warn!(
+            malai_cluster = %host.cluster, malai_peer = %peer, malai_service = name,
+            malai_config_version = host.version(), malai_decision = decision,
+            "{decision} {peer} forwarding to service {name:?}: {reason}"
+        );
+    };
+    let Some(config) = host.config() else {
+        let reason = "this machine has not received its config from the cluster manager yet";
+        audit("denied", reason);
+        return Err(Refusal::Denied(reason.into()));
+    };
+    let grant = match acl::may_use_service(&config, &host.me, &peer, name) {
+        Decision::Deny(reason) => {
+            audit("denied", &reason);
+            return Err(Refusal::Denied(reason));
+        }
+        Decision::Allow(grant) => grant,
+    };
+    let service = config.services[name].clone();
+    let addr: SocketAddr = (Ipv4Addr::LOCALHOST, service.port).into();
+    let upstream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, TcpStream::connect(addr)).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            let reason = format!("cannot connect to {addr}: {e}");
+            audit("failed", &reason);
+            return Err(Refusal::Failed(reason));
+        }
+        Err(_) => {
+            let reason = format!("{addr} did not accept within {HANDSHAKE_TIMEOUT:?}");
+            audit("failed", &reason);
+            return Err(Refusal::Failed(reason));
+        }
+    };
+    let _ = upstream.set_nodelay(true);
+    tracing::info!(
+        malai_cluster = %host.cluster, malai_peer = %peer, malai_service = name,
+        malai_config_version = host.version(), malai_decision = "allowed",
+        "{peer} forwards to service {name:?} on {addr} ({})", grant.reason
+    );
+    Ok(Opened {
+        name: name.to_owned(),
+        client: ClientInfo {
+            id52: peer,
+            machine: config
+                .machine_by_id52(&peer)
+                .map(|(alias, _)| alias.to_owned()),
+            cluster: host.cluster.clone(),
+        },
+        service,
+        upstream,
+    })
+}
+
+#[derive(Debug, Clone)]
+pub struct ForwardHandler {
+    pub host: Arc<Host>,
+}
+
+impl ProtocolHandler for ForwardHandler {
+    async fn accept(&self, conn: Connection) -> Result<(), AcceptError> {
+        let peer = Id52::from_public_key(conn.remote_id());
+        while let Ok((send, recv)) = conn.accept_bi().await {
+            let host = self.host.clone();
+            tokio::spawn(async move {
+                if let Err(e) = serve(&host, peer, send, recv).await {
+                    tracing::info!(malai_cluster = %host.cluster, malai_peer = %peer, "forward stream ended: {e:#}");
+                }
+            });
+        }
+        Ok(())
+    }
+}
+
+async fn serve(
+    host: &Host,
+    peer: Id52,
+    mut send: SendStream,
+    mut recv: RecvStream,
+) -> anyhow::Result<()> {
+    let req: Open = tokio::time::timeout(HANDSHAKE_TIMEOUT, frame::read_msg(&mut recv)).await??;
+    let opened = match open(host, peer, &req.service).await {
+        Ok(o) => o,
+        Err(refusal) => {
+            let answer = match refusal {
+                Refusal::Denied(reason) => Answer::Denied { reason },
+                Refusal::Failed(reason) => Answer::Failed { reason },
+            };
+            frame::write_msg(&mut send, &answer).await?;
+            send.finish()?;
+            let _ = send.stopped().await;
+            return Ok(());
+        }
+    };
+    frame::write_msg(&mut send, &Answer::Ok).await?;
+    let name = opened.name.clone();
+    match opened.service.protocol {
+        Protocol::Tcp => {
+            let upstream = opened.upstream;
+            let moved = pipe::tcp_quic(upstream, send, recv).await?;
+            tracing::debug!(
+                malai_cluster = %host.cluster, malai_peer = %peer, malai_service = name,
+                "forward to {name:?} closed: {} bytes up, {} down", moved.up, moved.down
+            );
+        }
+        Protocol::Http => {
+            proxy::serve(opened, tokio::io::join(recv, send)).await?;
+        }
+    }
+    Ok(())
+}
+
+/// Carries a connection of this device to a service it hosts itself (a
+/// forward on the host): the same decision and the same pipe or proxy as for
+/// a peer, with the TCP connection in place of the QUIC stream.
+pub async fn serve_local<IO>(opened: Opened, mut io: IO) -> anyhow::Result<()>
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    match opened.service.protocol {
+        Protocol::Tcp => {
+            let mut upstream = opened.upstream;
+            tokio::io::copy_bidirectional(&mut io, &mut upstream).await?;
+        }
+        Protocol::Http => proxy::serve(opened, io).await?,
+    }
+    Ok(())
+}
