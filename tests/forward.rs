@@ -9,8 +9,6 @@
 //! Each test skips with a message when a tool it drives is missing; .ci/run
 //! installs all of them.
 
-#![allow(dead_code, unused_imports, unused_macros)] // helpers of the tests still to come
-
 mod common;
 
 use std::io::{Read, Write};
@@ -340,4 +338,695 @@ fn a_gibibyte_through_a_tcp_forward_arrives_intact_with_flat_memory() {
             "{who}'s daemon grew with the transfer: {b} KiB before, {p} KiB at peak"
         );
     }
+}
+
+/// PostgreSQL on 127.0.0.1:`port` of `host`, run as the postgres user from
+/// a fresh data directory; stopped by PID when dropped.
+struct Postgres {
+    _proc: Proc,
+    _dir: tempfile::TempDir,
+}
+
+fn postgres_bin() -> Option<PathBuf> {
+    let mut versions: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .ok()?
+        .flatten()
+        .map(|e| e.path().join("bin"))
+        .filter(|bin| bin.join("postgres").exists() && bin.join("initdb").exists())
+        .collect();
+    versions.sort();
+    versions.pop()
+}
+
+fn start_postgres(host: &Host, bin: &Path, port: u16) -> Postgres {
+    let user = nix::unistd::User::from_name("postgres")
+        .unwrap()
+        .expect("the postgres package creates the postgres user");
+    let dir = tempfile::tempdir().unwrap();
+    nix::unistd::chown(dir.path(), Some(user.uid), Some(user.gid)).unwrap();
+    let data = dir.path().join("data");
+    let as_postgres = |program: &Path| {
+        let mut c = ns_cmd(
+            host,
+            &[
+                "setpriv",
+                "--reuid=postgres",
+                "--regid=postgres",
+                "--init-groups",
+                "--",
+            ],
+        );
+        c.arg(program).current_dir(dir.path()).env("LC_ALL", "C");
+        c
+    };
+    let out = as_postgres(&bin.join("initdb"))
+        .args([
+            "--no-sync",
+            "--auth=trust",
+            "-U",
+            "postgres",
+            "-E",
+            "UTF8",
+            "-D",
+        ])
+        .arg(&data)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "initdb: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut server = as_postgres(&bin.join("postgres"));
+    server.arg("-D").arg(&data).arg("-k").arg(dir.path()).args([
+        "-c",
+        "listen_addresses=127.0.0.1",
+        "-c",
+        "fsync=off",
+        "-p",
+        &port.to_string(),
+    ]);
+    let proc = Proc::spawn(server, &dir.path().join("postgres.log"));
+    wait_until("postgres accepts connections", || {
+        ns_run(
+            host,
+            &[
+                "pg_isready",
+                "-q",
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &port.to_string(),
+            ],
+        )
+        .status
+        .success()
+    });
+    Postgres {
+        _proc: proc,
+        _dir: dir,
+    }
+}
+
+#[test]
+fn psql_and_redis_cli_on_the_laptop_reach_their_servers_on_web01() {
+    require_root!();
+    require_tools!("psql", "pg_isready", "setpriv", "redis-server", "redis-cli");
+    let Some(pg_bin) = postgres_bin() else {
+        eprintln!("skipped: no /usr/lib/postgresql/*/bin/postgres (.ci/run installs postgresql)");
+        return;
+    };
+    let c = Company::new("fwdb");
+    add_local(
+        &c.laptop,
+        "[forward.pg]\nlisten = \"127.0.0.1:15432\"\nservice = \"postgres.company\"\n\
+         [forward.redis]\nlisten = \"127.0.0.1:16379\"\nservice = \"redis.company\"\n",
+    );
+    let (_cm, web, _lap) = c.start_synced(
+        "",
+        "",
+        "[service.postgres]\nmachine = \"web01\"\nprotocol = \"tcp\"\nport = 5432\nallow_from = \"devs\"\n\
+         [service.redis]\nmachine = \"web01\"\nprotocol = \"tcp\"\nport = 6379\nallow_from = \"devs\"\n\
+         [group.devs]\nmembers = \"laptop\"\n",
+    );
+    let _pg = start_postgres(&c.web01, &pg_bin, 5432);
+    let redis_dir = tempfile::tempdir().unwrap();
+    let mut redis = ns_cmd(
+        &c.web01,
+        &["redis-server", "--bind", "127.0.0.1", "--port", "6379"],
+    );
+    redis
+        .args(["--save", "", "--appendonly", "no", "--dir"])
+        .arg(redis_dir.path());
+    let _redis = Proc::spawn(redis, &redis_dir.path().join("redis.log"));
+    wait_port(&c.web01, 6379);
+
+    // Neither server is reachable from the laptop except through malai.
+    let direct = ns_run(
+        &c.laptop,
+        &[
+            "psql",
+            "-X",
+            "-h",
+            &c.web01.addr.to_string(),
+            "-U",
+            "postgres",
+            "-c",
+            "select 1",
+        ],
+    );
+    assert!(
+        !direct.status.success(),
+        "postgres listens on web01's loopback only"
+    );
+
+    let psql = |sql: &str| {
+        let out = ns_cmd(&c.laptop, &["psql", "-X", "-v", "ON_ERROR_STOP=1", "-tA"])
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                "15432",
+                "-U",
+                "postgres",
+                "-c",
+                sql,
+            ])
+            .env("PGCONNECT_TIMEOUT", "20")
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "psql {sql:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        text(&out).trim().to_owned()
+    };
+    psql("create table t (id int primary key, name text)");
+    psql("insert into t select g, 'row ' || g from generate_series(1, 5000) g");
+    assert_eq!(psql("select count(*), max(name) from t"), "5000|row 999");
+    // The server saw the connection come from its own loopback.
+    assert_eq!(psql("select inet_client_addr()"), "127.0.0.1");
+
+    let cli = |args: &[&str]| {
+        let out = ns_cmd(&c.laptop, &["redis-cli", "-h", "127.0.0.1", "-p", "16379"])
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "redis-cli {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        text(&out).trim().to_owned()
+    };
+    assert_eq!(cli(&["SET", "greeting", "hello through malai"]), "OK");
+    assert_eq!(cli(&["GET", "greeting"]), "hello through malai");
+    // A value of 4 MiB each way (-x: the value from stdin).
+    let big = "x".repeat(4 << 20);
+    let mut set = ns_cmd(
+        &c.laptop,
+        &[
+            "redis-cli",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            "16379",
+            "-x",
+            "SET",
+            "big",
+        ],
+    )
+    .stdin(Stdio::piped())
+    .stdout(Stdio::piped())
+    .spawn()
+    .unwrap();
+    set.stdin.take().unwrap().write_all(big.as_bytes()).unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&set.wait_with_output().unwrap().stdout).trim(),
+        "OK"
+    );
+    assert_eq!(cli(&["STRLEN", "big"]), (4 << 20).to_string());
+    assert_eq!(cli(&["GET", "big"]).len(), 4 << 20);
+
+    wait_log(
+        &web,
+        &[
+            "allowed",
+            "malai_service=\"postgres\"",
+            &format!("malai_peer={}", c.laptop_id),
+        ],
+    );
+    wait_log(
+        &web,
+        &[
+            "allowed",
+            "malai_service=\"redis\"",
+            &format!("malai_peer={}", c.laptop_id),
+        ],
+    );
+}
+
+// ---------------------------------------------------------------------------
+// HTTP.
+
+/// A Company whose web01 runs the echoing web server on 127.0.0.1:8080 as
+/// the http services `admin` (laptop, headers injected) and `plain`
+/// (laptop, inject_headers = false); `laptop_local` and `cm_local` go into
+/// their malai.toml before the daemons start.
+struct Web {
+    c: Company,
+    cm: Daemon,
+    web: Daemon,
+    /// `None` once a test stopped it.
+    lap: Option<Daemon>,
+    _server: Proc,
+    /// One JSON line per request the web server received.
+    requests: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+fn web_company(tag: &str, laptop_local: &str, cm_local: &str) -> Web {
+    let c = Company::new(tag);
+    add_local(&c.laptop, laptop_local);
+    add_local(&c.cm, cm_local);
+    let (cm, web, lap) = c.start_synced(
+        "",
+        "",
+        "[service.admin]\nmachine = \"web01\"\nprotocol = \"http\"\nport = 8080\nallow_from = \"laptop\"\n\
+         [service.plain]\nmachine = \"web01\"\nprotocol = \"http\"\nport = 8080\nallow_from = \"laptop\"\ninject_headers = false\n\
+         [service.db]\nmachine = \"web01\"\nprotocol = \"tcp\"\nport = 5432\nallow_from = \"laptop\"\n",
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let requests = dir.path().join("requests.jsonl");
+    let mut cmd = ns_cmd(&c.web01, &["python3"]);
+    cmd.arg(fixture("echo_headers.py"))
+        .arg("8080")
+        .arg(&requests);
+    let server = Proc::spawn(cmd, &dir.path().join("server.log"));
+    wait_port(&c.web01, 8080);
+    Web {
+        c,
+        cm,
+        web,
+        lap: Some(lap),
+        _server: server,
+        requests,
+        _dir: dir,
+    }
+}
+
+impl Web {
+    /// The requests the web server received, oldest first.
+    fn requests(&self) -> Vec<serde_json::Value> {
+        std::fs::read_to_string(&self.requests)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+}
+
+/// The values of header `name` (any case) in a recorded request.
+fn header<'a>(req: &'a serde_json::Value, name: &str) -> Vec<&'a str> {
+    req["headers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|h| h[0].as_str().unwrap().eq_ignore_ascii_case(name))
+        .map(|h| h[1].as_str().unwrap())
+        .collect()
+}
+
+fn curl(host: &Host, args: &[&str]) -> Output {
+    ns_cmd(host, &["curl", "-sS", "--max-time", "30"])
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+}
+
+const LAPTOP_HTTP: &str = "[http]\nlisten = \"127.0.0.1:8088\"\n";
+
+#[test]
+fn http_by_name_gives_the_application_the_peers_identity_and_only_that() {
+    require_root!();
+    require_tools!("curl", "python3");
+    let w = web_company("fwhttp", LAPTOP_HTTP, LAPTOP_HTTP);
+    let c = &w.c;
+
+    // A forged identity header (in two spellings) does not reach the
+    // application; the real one does.
+    let out = curl(
+        &c.laptop,
+        &[
+            "-H",
+            "malai-client-id52: forged",
+            "-H",
+            "Malai_Client_Machine: forged",
+            "http://admin.company.localhost:8088/hello",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let page = text(&out);
+    assert!(page.contains("<title>malai admin</title>"), "{page}");
+    let reqs = w.requests();
+    let req = reqs.last().expect("the server saw the request");
+    assert_eq!(req["path"], "/hello");
+    assert_eq!(header(req, "malai-client-id52"), [c.laptop_id.as_str()]);
+    assert_eq!(header(req, "malai-client-machine"), ["laptop"]);
+    assert_eq!(header(req, "malai-client-cluster"), ["company"]);
+    assert_eq!(header(req, "host"), ["admin.company.localhost:8088"]);
+    assert!(!req.to_string().contains("forged"), "{req}");
+
+    // inject_headers = false: nothing of ours, and still no forgery.
+    let out = curl(
+        &c.laptop,
+        &[
+            "-H",
+            "malai-client-id52: forged",
+            "http://plain.company.localhost:8088/",
+        ],
+    );
+    assert!(out.status.success());
+    let reqs = w.requests();
+    let req = reqs.last().unwrap();
+    assert!(header(req, "malai-client-id52").is_empty(), "{req}");
+    assert!(!req.to_string().contains("forged"), "{req}");
+
+    // Keep-alive: two requests on one connection of curl reach the
+    // application on one connection too, each with the headers.
+    let before = w.requests().len();
+    let out = curl(
+        &c.laptop,
+        &[
+            "-v",
+            "http://admin.company.localhost:8088/one",
+            "http://admin.company.localhost:8088/two",
+        ],
+    );
+    assert!(out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("Re-using existing connection"), "{err}");
+    let reqs = w.requests();
+    let (one, two) = (&reqs[before], &reqs[before + 1]);
+    assert_eq!(
+        (one["path"].as_str(), two["path"].as_str()),
+        (Some("/one"), Some("/two"))
+    );
+    assert_eq!(
+        one["client_port"], two["client_port"],
+        "one upstream connection"
+    );
+    assert_eq!(header(two, "malai-client-id52"), [c.laptop_id.as_str()]);
+
+    // A chunked upload of 1 MiB comes back whole.
+    let dir = tempfile::tempdir().unwrap();
+    let body: Vec<u8> = (0..1u32 << 20).map(|i| (i % 251) as u8).collect();
+    std::fs::write(dir.path().join("body"), &body).unwrap();
+    let out = curl(
+        &c.laptop,
+        &[
+            "-H",
+            "Transfer-Encoding: chunked",
+            "--data-binary",
+            &format!("@{}", dir.path().join("body").display()),
+            "http://admin.company.localhost:8088/upload",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.stdout == body,
+        "the echoed body differs ({} bytes)",
+        out.stdout.len()
+    );
+
+    // Upgrade: after 101 the connection carries bytes both ways.
+    let mut s = connect(&c.laptop, 8088);
+    s.write_all(
+        b"GET /ws HTTP/1.1\r\nHost: admin.company.localhost:8088\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n",
+    )
+    .unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        s.read_exact(&mut byte).unwrap();
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&head);
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    for msg in [&b"hello over the upgrade"[..], b"and again"] {
+        s.write_all(msg).unwrap();
+        let mut back = vec![0u8; msg.len()];
+        s.read_exact(&mut back).unwrap();
+        assert_eq!(back, msg);
+    }
+    drop(s);
+
+    // Names that route nowhere get the list of what this device may reach.
+    let out = curl(
+        &c.laptop,
+        &[
+            "-w",
+            "\n%{http_code}",
+            "http://nope.company.localhost:8088/",
+        ],
+    );
+    let page = text(&out);
+    assert!(page.ends_with("\n404"), "{page}");
+    assert!(page.contains("nope.company"), "{page}");
+    assert!(
+        page.contains("href=\"http://admin.company.localhost:8088/\""),
+        "{page}"
+    );
+    assert!(
+        !page.contains("db.company"),
+        "a tcp service is not listed: {page}"
+    );
+    let out = curl(
+        &c.laptop,
+        &["-w", "\n%{http_code}", "http://localhost:8088/"],
+    );
+    let page = text(&out);
+    assert!(page.ends_with("\n200"), "{page}");
+    assert!(page.contains("plain.company"), "{page}");
+
+    // The CM is outside allow_from: 403 for it, and web01 logs its id52.
+    let out = curl(
+        &c.cm,
+        &[
+            "-w",
+            "\n%{http_code}",
+            "http://admin.company.localhost:8088/",
+        ],
+    );
+    let page = text(&out);
+    assert!(page.ends_with("\n403"), "{page}");
+    assert!(!page.contains("malai admin"), "{page}");
+    let denied = wait_log(&w.web, &["denied", &format!("malai_peer={}", c.cm_id)]);
+    assert!(denied.contains("malai_service=\"admin\""), "{denied}");
+    wait_log(&w.cm, &["http: admin.company refused", "denied"]);
+    let _ = &w.lap;
+}
+
+/// Headless Chromium as Debian ships it, with what it would fetch on its
+/// own turned off, and a profile of its own.
+fn chromium(host: &Host, profile: &Path, args: &[&str]) -> Output {
+    ns_cmd(host, &["chromium"])
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--disable-dev-shm-usage",
+        ])
+        .arg(format!("--user-data-dir={}", profile.display()))
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn headless_chromium_loads_a_page_through_the_http_listener() {
+    require_root!();
+    require_tools!("chromium", "python3");
+    let w = web_company("fwchrome", LAPTOP_HTTP, "");
+    let c = &w.c;
+    let url = "http://admin.company.localhost:8088/from-chromium";
+    let profile = tempfile::tempdir().unwrap();
+    let out = chromium(&c.laptop, profile.path(), &["--dump-dom", url]);
+    let dom = text(&out);
+    assert!(
+        dom.contains("<title>malai admin</title>"),
+        "chromium's DOM:\n{dom}\nstderr:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The page shows the headers the application received: ours among them.
+    assert!(dom.contains(&c.laptop_id), "{dom}");
+
+    let shot = artifacts().join("forward-chromium-admin.png");
+    let _ = std::fs::remove_file(&shot);
+    let out = chromium(
+        &c.laptop,
+        profile.path(),
+        &[
+            &format!("--screenshot={}", shot.display()),
+            "--window-size=1024,640",
+            url,
+        ],
+    );
+    let png = std::fs::read(&shot).unwrap_or_else(|e| {
+        panic!(
+            "no screenshot ({e}); stderr:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    assert!(png.starts_with(b"\x89PNG"), "a PNG");
+    let reqs = w.requests();
+    let browser = reqs
+        .iter()
+        .find(|r| r["path"] == "/from-chromium")
+        .expect("the application saw chromium's request");
+    assert_eq!(header(browser, "malai-client-id52"), [c.laptop_id.as_str()]);
+    assert!(
+        header(browser, "user-agent")[0].contains("Chrome"),
+        "{browser}"
+    );
+    let _ = (&w.cm, &w.web, &w.lap);
+}
+
+#[test]
+fn the_http_listener_works_on_the_socket_systemd_passes() {
+    require_root!();
+    require_tools!("curl", "python3", "systemd-socket-activate");
+    // No [http] in the laptop's malai.toml: the socket alone enables it.
+    let mut w = web_company("fwsock", "", "");
+    assert!(w.lap.take().unwrap().stop().success());
+    let c = &w.c;
+
+    let dir = c.laptop.home.path();
+    let notify_path = dir.join("notify-activate.sock");
+    let notify = std::os::unix::net::UnixDatagram::bind(&notify_path).unwrap();
+    let log = dir.join("activated.log");
+    let mut cmd = ns_cmd(
+        &c.laptop,
+        &[
+            "systemd-socket-activate",
+            "-l",
+            "127.0.0.1:8090",
+            "--fdname=http",
+        ],
+    );
+    cmd.arg(format!("--setenv=MALAI_HOME={}", dir.display()))
+        .arg(format!("--setenv=NOTIFY_SOCKET={}", notify_path.display()))
+        .arg("--setenv=MALAI_DBUS_ADDRESS=disabled")
+        .args([common::malai_bin(), "daemon"]);
+    let _daemon = Proc::spawn(cmd, &log);
+    wait_port(&c.laptop, 8090);
+
+    // The first connection starts the daemon, which takes the socket and
+    // answers it.
+    let out = curl(
+        &c.laptop,
+        &["http://admin.company.localhost:8090/activated"],
+    );
+    assert!(
+        text(&out).contains("<title>malai admin</title>"),
+        "{}\n{}\nlog:\n{}",
+        text(&out),
+        String::from_utf8_lossy(&out.stderr),
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+    common::read_notify_until(&notify, "READY=1");
+    let log_text = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        log_text.contains("http listener on 127.0.0.1:8090 (from systemd)"),
+        "{log_text}"
+    );
+    assert!(
+        !log_text.contains("closing it"),
+        "the socket was claimed: {log_text}"
+    );
+    let reqs = w.requests();
+    let req = reqs.iter().find(|r| r["path"] == "/activated").unwrap();
+    assert_eq!(header(req, "malai-client-id52"), [c.laptop_id.as_str()]);
+    let _ = (&w.cm, &w.web);
+}
+
+// ---------------------------------------------------------------------------
+// forward list.
+
+#[test]
+fn forward_list_says_what_goes_where_from_the_files() {
+    let home = TestHome::new();
+    let cm = home.init_loopback_cluster("company")["id52"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let path = home.cluster_dir("company").join("cluster.toml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(
+        &path,
+        format!(
+            "{text}\n[machine.cm]\nid52 = \"{cm}\"\n\
+             [service.postgres]\nmachine = \"cm\"\nprotocol = \"tcp\"\nport = 5432\nallow_from = \"cm\"\n\
+             [service.admin]\nmachine = \"cm\"\nprotocol = \"http\"\nport = 8080\nallow_from = \"cm\"\n\
+             [service.hidden]\nmachine = \"cm\"\nprotocol = \"http\"\nport = 8081\n"
+        ),
+    )
+    .unwrap();
+    let local = home.path().join("malai.toml");
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&local)
+        .unwrap();
+    writeln!(
+        f,
+        "[http]\nlisten = \"127.0.0.1:8088\"\n\
+         [forward.pg]\nlisten = \"127.0.0.1:15432\"\nservice = \"postgres.company\"\n\
+         [forward.gone]\nlisten = \"127.0.0.1:15433\"\nservice = \"nosuch.company\""
+    )
+    .unwrap();
+
+    let v = home.json(&["forward", "list", "--json"]);
+    let forwards = v["forwards"].as_array().unwrap();
+    let pg = forwards.iter().find(|f| f["name"] == "pg").unwrap();
+    assert_eq!(pg["listen"], "127.0.0.1:15432");
+    assert_eq!(pg["service"], "postgres.company");
+    assert_eq!(pg["machine"], "cm");
+    assert_eq!(pg["protocol"], "tcp");
+    assert!(pg.get("problem").is_none(), "{pg}");
+    let gone = forwards.iter().find(|f| f["name"] == "gone").unwrap();
+    assert!(
+        gone["problem"]
+            .as_str()
+            .unwrap()
+            .contains("no service \"nosuch\""),
+        "{gone}"
+    );
+    assert_eq!(v["http"]["listen"], "127.0.0.1:8088");
+    let http = v["http"]["services"].as_array().unwrap();
+    assert_eq!(
+        http.len(),
+        1,
+        "only the http services this device may reach: {http:?}"
+    );
+    assert_eq!(http[0]["service"], "admin.company");
+    assert_eq!(http[0]["url"], "http://admin.company.localhost:8088/");
+
+    let human = home.ok(&["forward", "list"]);
+    assert!(
+        human.contains("pg: 127.0.0.1:15432 -> postgres.company on cm (tcp)"),
+        "{human}"
+    );
+    assert!(human.contains("http: 127.0.0.1:8088"), "{human}");
+
+    // A forward to a cluster this device is not in is a config error.
+    writeln!(
+        f,
+        "[forward.x]\nlisten = \"127.0.0.1:1\"\nservice = \"a.elsewhere\""
+    )
+    .unwrap();
+    let out = home.run(&["forward", "list"]);
+    assert_eq!(out.status.code(), Some(78));
+    assert!(
+        common::stderr(&out).contains("no cluster \"elsewhere\""),
+        "{}",
+        common::stderr(&out)
+    );
 }
