@@ -73,9 +73,21 @@ fn unit_files_verify() {
     }
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
     let dir = tempfile::tempdir().unwrap();
+    // The forward template, instantiated as an operator would: the address
+    // from a drop-in, the name from the instance.
+    let drop_in = dir.path().join("malai-forward@pg.socket.d");
+    std::fs::create_dir(&drop_in).unwrap();
+    std::fs::write(
+        drop_in.join("listen.conf"),
+        "[Socket]\nListenStream=127.0.0.1:5432\n",
+    )
+    .unwrap();
     for (unit, name) in [
         ("systemd/malai.service", "malai.service"),
         ("systemd/user/malai.service", "malai-user.service"),
+        // After malai.service, which their Service= names.
+        ("systemd/malai-http.socket", "malai-http.socket"),
+        ("systemd/malai-forward@.socket", "malai-forward@pg.socket"),
     ] {
         // verify needs ExecStart= to exist: point it at the binary under test.
         let text = std::fs::read_to_string(root.join(unit))
