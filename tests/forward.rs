@@ -257,6 +257,31 @@ fn a_refused_peer_gets_its_connection_closed_and_the_host_logs_its_id52() {
         &lap,
         &["forward secret", "refused", "no service \"secret\""],
     );
+
+    // A rescan reconciles the listeners with malai.toml: a new forward
+    // listens, one that is gone stops listening.
+    let path = c.laptop.home.path().join("malai.toml");
+    let text = std::fs::read_to_string(&path).unwrap().replace(
+        "[forward.secret]\nlisten = \"127.0.0.1:17001\"\nservice = \"secret.company\"\n",
+        "[forward.late]\nlisten = \"127.0.0.1:17002\"\nservice = \"echo.company\"\n",
+    );
+    assert!(text.contains("[forward.late]") && !text.contains("forward.secret"));
+    std::fs::write(&path, text).unwrap();
+    c.laptop.ok(&["rescan"]);
+    wait_log(&lap, &["forward late: 127.0.0.1:17002 -> echo.company"]);
+    let mut s = connect(&c.laptop, 17002);
+    let mut got = [0u8; 6];
+    s.read_exact(&mut got).unwrap();
+    assert_eq!(&got, b"hello\n");
+    let ns = c.laptop.ns.clone();
+    let refused = in_ns(&ns, || {
+        TcpStream::connect("127.0.0.1:17001").unwrap_err().kind()
+    });
+    assert_eq!(
+        refused,
+        std::io::ErrorKind::ConnectionRefused,
+        "the removed forward's port is closed"
+    );
 }
 
 #[test]
