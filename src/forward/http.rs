@@ -5,8 +5,10 @@
 //! that follow go to the host as they are, and the host's proxy handles
 //! keep-alive and `Upgrade`. So a connection stays with the service its
 //! first request named (browsers keep one connection per host name anyway).
-//! An unknown name gets a page listing the services this device may reach;
-//! a refusal by the host, 403 and a log line.
+//! An unknown `SERVICE.CLUSTER.localhost` (or `localhost` itself) gets a
+//! page listing the services this device may reach; any other name, a bare
+//! 404 (a page of another site that DNS rebinding points here learns
+//! nothing); a refusal by the host, 403 and a log line.
 
 use std::fmt::Write as _;
 
@@ -105,9 +107,18 @@ async fn route(mut tcp: TcpStream, listen_port: u16, clusters: &Clusters) -> any
     let port = port.unwrap_or(listen_port);
     let (service, cluster) = match name {
         Name::Service { service, cluster } => (service, cluster),
-        Name::Other => {
+        Name::Other if is_local_name(&host) => {
             let page = index_page(clusters, port, None);
             return respond(&mut tcp, 200, "OK", &page).await;
+        }
+        Name::Other => {
+            // Another name resolved to this listener (DNS rebinding, a
+            // typo): no list of services for a page of some other site.
+            let page = message_page(
+                "Not Found",
+                "This listener routes SERVICE.CLUSTER.localhost names only.",
+            );
+            return respond(&mut tcp, 404, "Not Found", &page).await;
         }
     };
     // Names in a Host: header arrive lowercase; match config names so too.
@@ -151,6 +162,22 @@ async fn route(mut tcp: TcpStream, listen_port: u16, clusters: &Clusters) -> any
         }
     }
     Ok(())
+}
+
+/// Whether a `Host:` value names this device: `localhost`, a name under
+/// it, or an IP address.
+fn is_local_name(host: &str) -> bool {
+    let host = host.trim().to_ascii_lowercase();
+    let name = match host.rsplit_once(':') {
+        Some((n, p)) if p.parse::<u16>().is_ok() => n,
+        _ => host.as_str(),
+    };
+    let name = name.trim_start_matches('[').trim_end_matches(']');
+    let name = name.strip_suffix('.').unwrap_or(name);
+    name == "localhost"
+        || name.ends_with(SUFFIX)
+        || name.parse::<std::net::IpAddr>().is_ok()
+        || host.parse::<std::net::IpAddr>().is_ok()
 }
 
 /// The running cluster and the service's configured name for a lowercase
@@ -320,6 +347,28 @@ mod tests {
         assert_eq!(parse_host("admin.company.example"), (Name::Other, None));
         assert_eq!(parse_host("[::1]:80"), (Name::Other, Some(80)));
         assert_eq!(parse_host(""), (Name::Other, None));
+    }
+
+    #[test]
+    fn only_local_names_get_the_list() {
+        for local in [
+            "localhost",
+            "localhost:8088",
+            "127.0.0.1:80",
+            "[::1]:80",
+            "x.localhost",
+            "::1",
+        ] {
+            assert!(is_local_name(local), "{local}");
+        }
+        for other in [
+            "evil.example",
+            "evil.example:80",
+            "localhost.evil.example",
+            "",
+        ] {
+            assert!(!is_local_name(other), "{other}");
+        }
     }
 
     #[test]
