@@ -3,7 +3,8 @@
 //! small web server that echoes what it received) and real clients on the
 //! laptop (psql, redis-cli, curl, headless Chromium), through the laptop's
 //! `[forward.NAME]` listeners and its HTTP-by-name listener. Also: refusals
-//! of a peer outside `allow_from`, socket activation of the HTTP listener,
+//! of a peer outside `allow_from`, socket activation of the HTTP listener
+//! and of a forward, a rescan that adds and removes a forward,
 //! 1 GiB through a forward with flat daemon memory, and `forward list`.
 //!
 //! Each test skips with a message when a tool it drives is missing; .ci/run
@@ -916,11 +917,17 @@ fn headless_chromium_loads_a_page_through_the_http_listener() {
 }
 
 #[test]
-fn the_http_listener_works_on_the_socket_systemd_passes() {
+fn the_http_listener_and_a_forward_work_on_the_sockets_systemd_passes() {
     require_root!();
     require_tools!("curl", "python3", "systemd-socket-activate");
     // No [http] in the laptop's malai.toml: the socket alone enables it.
-    let mut w = web_company("fwsock", "", "");
+    // The forward's own address is not where systemd listens, so only an
+    // adopted socket can answer on 127.0.0.1:15432.
+    let mut w = web_company(
+        "fwsock",
+        "[forward.db]\nlisten = \"127.0.0.1:25432\"\nservice = \"db.company\"\n",
+        "",
+    );
     assert!(w.lap.take().unwrap().stop().success());
     let c = &w.c;
 
@@ -934,7 +941,9 @@ fn the_http_listener_works_on_the_socket_systemd_passes() {
             "systemd-socket-activate",
             "-l",
             "127.0.0.1:8090",
-            "--fdname=http",
+            "-l",
+            "127.0.0.1:15432",
+            "--fdname=http:db",
         ],
     );
     cmd.arg(format!("--setenv=MALAI_HOME={}", dir.display()))
@@ -970,6 +979,17 @@ fn the_http_listener_works_on_the_socket_systemd_passes() {
     let reqs = w.requests();
     let req = reqs.iter().find(|r| r["path"] == "/activated").unwrap();
     assert_eq!(header(req, "malai-client-id52"), [c.laptop_id.as_str()]);
+
+    // The forward took the socket named after it.
+    assert!(
+        log_text.contains("forward db: 127.0.0.1:15432 (from systemd) -> db.company"),
+        "{log_text}"
+    );
+    banner_server(&c.web01, 5432, b"db here\n");
+    let mut s = connect(&c.laptop, 15432);
+    let mut got = [0u8; 8];
+    s.read_exact(&mut got).unwrap();
+    assert_eq!(&got, b"db here\n");
     let _ = (&w.cm, &w.web);
 }
 
