@@ -8,6 +8,7 @@ pub mod cluster;
 pub mod config;
 pub mod daemon;
 pub mod forward;
+pub mod generate;
 pub mod machine;
 pub mod rescan;
 pub mod route;
@@ -51,6 +52,9 @@ pub enum Command {
     Rescan(rescan::Args),
     /// Show clusters, roles, config versions and sync state.
     Status(status::Args),
+    /// Write man pages and shell completions into a directory (packaging).
+    #[command(hide = true)]
+    Generate(generate::Args),
     /// `malai <machine>.<cluster> cmd...` or `malai <alias> args...`.
     #[command(external_subcommand)]
     Remote(Vec<String>),
@@ -66,6 +70,7 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Forward(cmd) => forward::run(cmd),
         Command::Rescan(args) => rescan::run(args),
         Command::Status(args) => status::run(args),
+        Command::Generate(args) => generate::run(args),
         Command::Remote(words) => route::exec(&crate::home::Home::resolve()?, &words, cli.verbose),
     }
 }

@@ -15,8 +15,8 @@ use super::names::name_error;
 
 /// Words an alias may not take, because they are (or will be) subcommands.
 pub const RESERVED_WORDS: &[&str] = &[
-    "cluster", "config", "daemon", "forward", "help", "identity", "machine", "rescan", "service",
-    "status", "version",
+    "cluster", "config", "daemon", "forward", "generate", "help", "identity", "machine", "rescan",
+    "service", "status", "version",
 ];
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
