@@ -25,11 +25,25 @@ pub fn run(args: Args) -> anyhow::Result<u8> {
     std::fs::create_dir_all(&completions)
         .with_context(|| format!("creating {}", completions.display()))?;
     for shell in [Shell::Bash, Shell::Zsh, Shell::Fish] {
-        let mut cmd = cmd.clone();
+        let mut cmd = visible(&cmd);
         clap_complete::generate_to(shell, &mut cmd, "malai", &completions)
             .with_context(|| format!("writing {shell} completions"))?;
     }
     Ok(crate::exit::OK)
+}
+
+/// `cmd` without its hidden subcommands: clap_mangen leaves them out by
+/// itself, clap_complete would offer them (this one, `generate`, included).
+fn visible(cmd: &clap::Command) -> clap::Command {
+    let mut out = clap::Command::new("malai")
+        .version(env!("CARGO_PKG_VERSION"))
+        .allow_external_subcommands(cmd.is_allow_external_subcommands_set())
+        .args(cmd.get_arguments().cloned())
+        .subcommands(cmd.get_subcommands().filter(|s| !s.is_hide_set()).cloned());
+    if let Some(about) = cmd.get_about() {
+        out = out.about(about.clone());
+    }
+    out
 }
 
 #[cfg(test)]
@@ -52,6 +66,8 @@ mod tests {
         for file in ["malai.bash", "_malai", "malai.fish"] {
             let text = std::fs::read_to_string(dir.path().join("completions").join(file)).unwrap();
             assert!(text.contains("rescan"), "{file} completes the verbs");
+            assert!(text.contains("--check"), "{file} completes their flags");
+            assert!(!text.contains("generate"), "{file} offers no hidden verb");
         }
     }
 }
