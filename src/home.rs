@@ -19,6 +19,8 @@ use crate::config::{self, ClusterConfig, Diagnostic, Diagnostics, FileKind, Loca
 use crate::fsutil;
 use crate::identity::{Id52, Identity};
 
+/// The system service's home (`StateDirectory=malai`), root's default.
+pub const SYSTEM_HOME: &str = "/var/lib/malai";
 pub const IDENTITY_FILE: &str = "identity.key";
 pub const CLUSTER_FILE: &str = "cluster.toml";
 pub const MACHINE_FILE: &str = "machine.toml";
@@ -84,8 +86,9 @@ pub struct ClusterDir {
 
 impl Home {
     /// `MALAI_HOME`; else systemd's `STATE_DIRECTORY` (the system service's
-    /// `/var/lib/malai`); else `$XDG_DATA_HOME/malai` or
-    /// `~/.local/share/malai`.
+    /// `/var/lib/malai`); else, for root, the system service's home
+    /// `/var/lib/malai` (so `malai cluster init` then `systemctl reload
+    /// malai` works); else `$XDG_DATA_HOME/malai` or `~/.local/share/malai`.
     pub fn resolve() -> anyhow::Result<Home> {
         let env = |k: &str| {
             std::env::var_os(k)
@@ -97,6 +100,8 @@ impl Home {
         } else if let Some(s) = env("STATE_DIRECTORY") {
             // systemd may pass several, separated by ':'; ours is the first.
             PathBuf::from(s.to_string_lossy().split(':').next().unwrap_or_default())
+        } else if nix::unistd::geteuid().is_root() {
+            PathBuf::from(SYSTEM_HOME)
         } else if let Some(x) = env("XDG_DATA_HOME") {
             x.join("malai")
         } else if let Some(h) = env("HOME") {
