@@ -364,3 +364,132 @@ fn a_caller_outside_the_group_reads_status_but_may_not_exec() {
         stop(child);
     }
 }
+
+#[test]
+fn a_users_own_daemon_serves_that_user_and_no_other() {
+    // A user's daemon (as on the session bus): the bus lets nobody own the
+    // name and lets nobody and the user daemon (uid 1) call it; the daemon
+    // itself decides, and serves only its own user.
+    let extra = r#"<policy user="nobody"><allow own="sh.malai.Malai1"/><allow send_destination="sh.malai.Malai1"/></policy>
+<policy user="daemon"><allow send_destination="sh.malai.Malai1"/></policy>"#;
+    let dir = tempfile::tempdir().unwrap();
+    let Some(bus) = system_bus(dir.path(), extra) else {
+        return;
+    };
+    let home = TestHome::new();
+    let init = home.init_loopback_cluster("company");
+    let toml = home.cluster_dir("company").join("cluster.toml");
+    let mut text = std::fs::read_to_string(&toml).unwrap();
+    text.push_str(&format!(
+        "\n[machine.cm]\nid52 = \"{}\"\nallow_from = \"cm\"\n",
+        init["id52"].as_str().unwrap()
+    ));
+    std::fs::write(&toml, text).unwrap();
+    let sock_path = home.path().join("notify.sock");
+    let sock = UnixDatagram::bind(&sock_path).unwrap();
+    let chown = Command::new("chown")
+        .args(["-R", "65534:65534"])
+        .arg(home.path())
+        .status()
+        .unwrap();
+    assert!(chown.success());
+    let as_nobody = || {
+        let mut c = Command::new("setpriv");
+        c.args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+            .arg(common::malai_bin())
+            .env("MALAI_HOME", home.path())
+            .env("HOME", home.path())
+            .env("MALAI_DBUS_ADDRESS", &bus.address)
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null());
+        c
+    };
+    let log_dir = tempfile::tempdir().unwrap();
+    let log_path = log_dir.path().join("daemon.log");
+    let mut command = as_nobody();
+    let mut daemon = Stopped(Some(
+        command
+            .arg("daemon")
+            .env("NOTIFY_SOCKET", &sock_path)
+            .stderr(std::fs::File::create(&log_path).unwrap())
+            .spawn()
+            .unwrap(),
+    ));
+    common::read_notify_until(&sock, "READY=1");
+    let version = bus.busctl(&[
+        "get-property",
+        "sh.malai.Malai1",
+        "/sh/malai/Malai1/cluster/company",
+        "sh.malai.Malai1.Cluster",
+        "ConfigVersion",
+    ]);
+    let version = version.trim().trim_start_matches("t ").to_owned();
+
+    // Its user runs a command through it (not directly with the key) and
+    // rescans through it.
+    let out = as_nobody()
+        .args(["-v", "cm.company", "id", "-un"])
+        .output()
+        .unwrap();
+    let err = common::stderr(&out);
+    assert!(out.status.success(), "{err}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "nobody");
+    assert!(
+        err.contains("through the daemon") && !err.contains("going directly"),
+        "{err}"
+    );
+    // The daemon's audit line for a command on the device itself carries
+    // the same fields as a peer's (the peer is the device's own id52).
+    let log = std::fs::read_to_string(&log_path).unwrap();
+    let exit_line = log
+        .lines()
+        .find(|l| l.contains("malai_exit=0"))
+        .unwrap_or_else(|| panic!("no audit line with the exit code:\n{log}"));
+    for field in [
+        "malai_cluster=company".to_owned(),
+        format!("malai_peer={}", init["id52"].as_str().unwrap()),
+        format!("malai_config_version={version}"),
+        "malai_argv=id -un".to_owned(),
+        "uid 65534 on D-Bus".to_owned(),
+    ] {
+        assert!(exit_line.contains(&field), "{field} missing: {exit_line}");
+    }
+    let out = as_nobody().arg("rescan").output().unwrap();
+    assert!(out.status.success(), "{}", common::stderr(&out));
+    assert!(
+        common::stderr(&out).contains("asked on"),
+        "{}",
+        common::stderr(&out)
+    );
+
+    // Another user, let through by the bus, is refused by the daemon.
+    let mut call = vec!["call"];
+    call.extend(DAEMON);
+    call.push("Rescan");
+    let other = Command::new("setpriv")
+        .args(["--reuid=1", "--regid=1", "--clear-groups", "busctl"])
+        .arg(format!("--address={}", bus.address))
+        .args(&call)
+        .output()
+        .unwrap();
+    assert!(!other.status.success());
+    assert!(
+        common::stderr(&other).contains("may not call Rescan"),
+        "{}",
+        common::stderr(&other)
+    );
+    stop(daemon.0.take().unwrap());
+}
+
+/// A daemon stopped by `stop` at the end of a test, or killed (by its pid)
+/// when the test fails before that.
+struct Stopped(Option<std::process::Child>);
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.0.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}

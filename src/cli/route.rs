@@ -144,9 +144,15 @@ pub fn exec(home: &Home, words: &[String], verbose: u8) -> anyhow::Result<u8> {
         if verbose > 0 {
             eprintln!("malai: {target} is this device: deciding and running here");
         }
+        let audit = crate::exec::local::Audit {
+            cluster: &target.cluster,
+            version: config.received_version,
+            caller: format!("uid {}", nix::unistd::getuid()),
+        };
         let result = rt.block_on(crate::exec::local::run(
             config,
             &id,
+            &audit,
             argv,
             &what,
             StdioMode::Inherit,

@@ -95,9 +95,15 @@ pub async fn run(
     let env: Vec<(String, String)> = call.env.into_iter().collect();
     let result = if id == me {
         // The device itself: decide here, run with the caller's descriptors.
+        let audit = crate::exec::local::Audit {
+            cluster: &shared.alias,
+            version: Some(shared.host.version()),
+            caller: format!("uid {} on D-Bus", call.uid),
+        };
         let run = crate::exec::local::run(
             &config,
             &me,
+            &audit,
             call.argv,
             &what,
             StdioMode::Fds(call.fds),

@@ -394,16 +394,20 @@ async fn relay(
 }
 
 /// The caller's uid, if it may call `method` (a method that acts or
-/// changes something): root and members of the group malai only. The bus
-/// policy says the same; this is the daemon's own check.
+/// changes something): root, the daemon's own user (a user's daemon on the
+/// session bus serves that user, who can read its keys anyway) and members
+/// of the group malai. The bus policy says the same for the system bus;
+/// this is the daemon's own check.
 async fn authorize(conn: &Connection, hdr: &Header<'_>, method: &str) -> Result<u32, Error> {
     let uid = caller_uid(conn, hdr).await?;
-    if may_change(uid) {
+    if uid == nix::unistd::geteuid().as_raw() || may_change(uid) {
         return Ok(uid);
     }
-    tracing::warn!("D-Bus {method} refused to uid {uid}: not root, not in group {ADMIN_GROUP}");
+    tracing::warn!(
+        "D-Bus {method} refused to uid {uid}: not root, not this daemon's user, not in group {ADMIN_GROUP}"
+    );
     Err(Error::AccessDenied(format!(
-        "uid {uid} may not call {method}: only root and members of the group {ADMIN_GROUP:?} may"
+        "uid {uid} may not call {method}: only root, the daemon's own user and members of the group {ADMIN_GROUP:?} may"
     )))
 }
 

@@ -13,12 +13,24 @@ use tokio::sync::mpsc;
 use super::proto::{ClientMsg, FORWARDED_SIGNALS};
 use super::spawn::{self, Spec, StdioMode};
 
+/// Who asked, for the audit lines: the same fields as a peer's command on
+/// the exec host, with the device's own id52 as the peer.
+pub struct Audit<'a> {
+    pub cluster: &'a str,
+    /// The version of the config deciding (None: not known to the CLI).
+    pub version: Option<u64>,
+    /// Who on this device asked, e.g. "uid 1000 on D-Bus".
+    pub caller: String,
+}
+
 /// Decides and runs `argv` here with `stdio`; `controls` delivers the
 /// user's signals to the command's process group (a command with the
 /// caller's own terminal gets them from the terminal instead).
+#[allow(clippy::too_many_arguments)]
 pub async fn run(
     config: &ClusterConfig,
     me: &Id52,
+    audit: &Audit<'_>,
     argv: Vec<String>,
     what: &str,
     stdio: StdioMode,
@@ -30,15 +42,25 @@ pub async fn run(
     } else {
         Request::Exec(&argv)
     };
+    let (cluster, version, caller) = (audit.cluster, audit.version, &audit.caller);
+    let argv_text = shell_words::join(&argv);
     let grant = match acl::decide(config, me, me, request) {
         Decision::Deny(reason) => {
+            tracing::warn!(
+                malai_cluster = %cluster, malai_peer = %me, malai_config_version = version, malai_argv = %argv_text, malai_decision = "denied",
+                "denied {caller} on this device ({me}) running {argv_text:?}: {reason}"
+            );
             return Err(
                 Failure::new(EXEC_FAILED, format!("{what} denied the command: {reason}")).into(),
             );
         }
         Decision::Allow(grant) => grant,
     };
-    tracing::info!("running {:?} on this device: {}", grant.argv, grant.reason);
+    let run_text = shell_words::join(&grant.argv);
+    tracing::info!(
+        malai_cluster = %cluster, malai_peer = %me, malai_config_version = version, malai_argv = %run_text, malai_decision = "allowed",
+        "{caller} on this device ({me}) runs {run_text:?} ({})", grant.reason
+    );
     let mut spawned = spawn::spawn(Spec {
         argv: grant.argv,
         username: grant.username,
@@ -67,5 +89,10 @@ pub async fn run(
             },
         }
     };
-    Ok(spawn::exit_code(status))
+    let code = spawn::exit_code(status);
+    tracing::info!(
+        malai_cluster = %cluster, malai_peer = %me, malai_config_version = version, malai_argv = %run_text, malai_exit = code,
+        "{run_text:?} for {caller} on this device exited with {code}"
+    );
+    Ok(code)
 }
