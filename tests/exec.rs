@@ -88,7 +88,7 @@ fn config_push_then_exec_streams_and_exits_like_ssh() {
     assert!(!env.contains("MALAI_HOME"), "{env}");
 
     // 200 MB of output streams through while web01's daemon stays small.
-    let rss_before = rss_kib(web.pid());
+    let rss_before = common::rss_kib(web.pid());
     let mut child = c
         .laptop
         .malai(&["web01.company", "head", "-c", "200000000", "/dev/zero"])
@@ -107,12 +107,12 @@ fn config_push_then_exec_streams_and_exits_like_ssh() {
         assert!(buf[..n].iter().all(|b| *b == 0));
         total += n;
         if total % (16 << 20) < n {
-            peak = peak.max(rss_kib(web.pid()));
+            peak = peak.max(common::rss_kib(web.pid()));
         }
     }
     assert!(child.wait().unwrap().success());
     assert_eq!(total, 200_000_000);
-    let hwm = hwm_kib(web.pid());
+    let hwm = common::hwm_kib(web.pid());
     assert!(
         peak < rss_before + 64 * 1024 && hwm < rss_before + 64 * 1024,
         "daemon memory grew with output: before {rss_before} KiB, peak {peak} KiB, high-water {hwm} KiB"
@@ -140,18 +140,4 @@ fn config_push_then_exec_streams_and_exits_like_ssh() {
     // The daemons stop cleanly on SIGTERM.
     assert!(web.stop().success());
     assert!(cm.stop().success());
-}
-
-fn proc_status_kib(pid: i32, key: &str) -> u64 {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let line = text.lines().find(|l| l.starts_with(key)).unwrap();
-    line.split_whitespace().nth(1).unwrap().parse().unwrap()
-}
-
-fn rss_kib(pid: i32) -> u64 {
-    proc_status_kib(pid, "VmRSS:")
-}
-
-fn hwm_kib(pid: i32) -> u64 {
-    proc_status_kib(pid, "VmHWM:")
 }

@@ -141,16 +141,6 @@ fn wait_log(d: &Daemon, needles: &[&str]) -> String {
         .to_owned()
 }
 
-fn proc_status_kib(pid: i32, key: &str) -> u64 {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let line = text.lines().find(|l| l.starts_with(key)).unwrap();
-    line.split_whitespace().nth(1).unwrap().parse().unwrap()
-}
-
-fn rss_kib(pid: i32) -> u64 {
-    proc_status_kib(pid, "VmRSS:")
-}
-
 fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/fixtures")
@@ -327,7 +317,7 @@ fn a_gibibyte_through_a_tcp_forward_arrives_intact_with_flat_memory() {
         hash.finalize()
     });
 
-    let before = (rss_kib(lap.pid()), rss_kib(web.pid()));
+    let before = (common::rss_kib(lap.pid()), common::rss_kib(web.pid()));
     let started = Instant::now();
     let mut s = connect(&c.laptop, 19000);
     s.write_all(b"send").unwrap();
@@ -346,8 +336,8 @@ fn a_gibibyte_through_a_tcp_forward_arrives_intact_with_flat_memory() {
         total += n as u64;
         if was >> 26 != total >> 26 {
             // every 64 MiB
-            peak.0 = peak.0.max(rss_kib(lap.pid()));
-            peak.1 = peak.1.max(rss_kib(web.pid()));
+            peak.0 = peak.0.max(common::rss_kib(lap.pid()));
+            peak.1 = peak.1.max(common::rss_kib(web.pid()));
         }
     }
     let elapsed = started.elapsed();

@@ -97,3 +97,20 @@ pub fn read_notify_until(sock: &UnixDatagram, what: &str) -> String {
 pub fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
+
+/// A line of /proc/PID/status in KiB (e.g. `VmRSS:`).
+fn proc_status_kib(pid: i32, key: &str) -> u64 {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = text.lines().find(|l| l.starts_with(key)).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+/// The resident memory of `pid` now, in KiB.
+pub fn rss_kib(pid: i32) -> u64 {
+    proc_status_kib(pid, "VmRSS:")
+}
+
+/// The peak resident memory of `pid`, in KiB.
+pub fn hwm_kib(pid: i32) -> u64 {
+    proc_status_kib(pid, "VmHWM:")
+}
