@@ -177,7 +177,7 @@ pub fn exec(home: &Home, words: &[String], verbose: u8) -> anyhow::Result<u8> {
         };
         let code = crate::exec::client::run(&conn, argv, &what).await;
         conn.close(0u32.into(), b"done");
-        endpoint.close().await;
+        p2p::close_without_waiting(endpoint).await;
         code
     });
     // stdin may still be blocked in a read: do not wait for it.
