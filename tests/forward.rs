@@ -837,6 +837,95 @@ fn http_by_name_gives_the_application_the_peers_identity_and_only_that() {
 
 /// Headless Chromium as Debian ships it, with what it would fetch on its
 /// own turned off, and a profile of its own.
+/// A web server on 127.0.0.1:`port` of `host` that answers the first
+/// request of each connection with `conn N` (N counts connections) and
+/// closes the connection when the next request arrives, unanswered, as a
+/// server dropping an idle keep-alive connection just then does. Returns
+/// the count of connections it accepted.
+fn dropping_server(host: &Host, port: u16) -> std::sync::Arc<std::sync::atomic::AtomicUsize> {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let listener = in_ns(&host.ns, move || {
+        TcpListener::bind(("127.0.0.1", port)).unwrap()
+    });
+    let accepted = std::sync::Arc::new(AtomicUsize::new(0));
+    let count = accepted.clone();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { continue };
+            let n = count.fetch_add(1, Ordering::SeqCst) + 1;
+            std::thread::spawn(move || {
+                let read_head = |conn: &mut TcpStream| {
+                    let mut head = Vec::new();
+                    let mut byte = [0u8; 1];
+                    while !head.ends_with(b"\r\n\r\n") {
+                        match conn.read(&mut byte) {
+                            Ok(1) => head.push(byte[0]),
+                            _ => return false,
+                        }
+                    }
+                    true
+                };
+                if !read_head(&mut conn) {
+                    return;
+                }
+                let body = format!("conn {n}");
+                let _ = write!(
+                    conn,
+                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}",
+                    body.len()
+                );
+                read_head(&mut conn);
+                // Dropped here: closed under the second request.
+            });
+        }
+    });
+    accepted
+}
+
+#[test]
+fn a_request_the_service_closed_its_connection_under_is_sent_again_only_when_safe() {
+    require_root!();
+    require_tools!("curl");
+    let c = Company::new("fwdrop");
+    add_local(&c.laptop, LAPTOP_HTTP);
+    let (_cm, _web, _lap) = c.start_synced(
+        "",
+        "",
+        "[service.flaky]\nmachine = \"web01\"\nprotocol = \"http\"\nport = 8090\nallow_from = \"laptop\"\n",
+    );
+    let accepted = dropping_server(&c.web01, 8090);
+    // One curl, one connection to the listener, so one upstream connection
+    // at a time on web01: GET /a on the first; GET /b, closed under, sent
+    // again on a second; a POST with a body, closed under, is not sent twice.
+    let url = |path: &str| format!("http://flaky.company.localhost:8088{path}");
+    let out = curl(
+        &c.laptop,
+        &[
+            "-w",
+            "|%{http_code}\n",
+            &url("/a"),
+            &url("/b"),
+            "--next",
+            "-w",
+            "|%{http_code}\n",
+            "-d",
+            "x=1",
+            &url("/c"),
+        ],
+    );
+    let text = text(&out);
+    assert!(
+        text.starts_with("conn 1|200\nconn 2|200\n"),
+        "GET /b sent again on a new connection: {text}"
+    );
+    assert!(text.ends_with("|502\n"), "the POST is not replayed: {text}");
+    assert_eq!(
+        accepted.load(std::sync::atomic::Ordering::SeqCst),
+        2,
+        "no third connection: the POST was sent once"
+    );
+}
+
 fn chromium(host: &Host, profile: &Path, args: &[&str]) -> Output {
     ns_cmd(host, &["chromium"])
         .args([

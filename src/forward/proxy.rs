@@ -6,7 +6,10 @@
 //! (`Malai_Client_Id52` becomes `HTTP_MALAI_CLIENT_ID52` in CGI and WSGI, as
 //! the real one does), and ours are added unless `inject_headers = false`;
 //! so an application can trust them. Keep-alive works on both sides;
-//! `Upgrade` (WebSocket) is passed through and then piped as bytes.
+//! `Upgrade` (WebSocket) is passed through and then piped as bytes. A
+//! request the service's connection closed under (an idle keep-alive
+//! connection it dropped just then) is sent once more on a new connection
+//! when it never left or has no body and a safe method.
 
 use std::io;
 use std::net::SocketAddr;
@@ -87,11 +90,11 @@ struct Upstream {
     /// The connection the host opened when it decided (so that a service
     /// that is down is reported before any byte flows).
     first: Option<TcpStream>,
-    sender: Option<SendRequest<Incoming>>,
+    sender: Option<SendRequest<Body>>,
 }
 
 impl Upstream {
-    async fn sender(&mut self) -> io::Result<&mut SendRequest<Incoming>> {
+    async fn sender(&mut self) -> io::Result<&mut SendRequest<Body>> {
         let usable = match &mut self.sender {
             Some(s) => s.ready().await.is_ok(),
             None => false,
@@ -126,14 +129,9 @@ impl Proxy {
         let upgrade = wants_upgrade(req.headers());
         strip_hop_by_hop(req.headers_mut(), upgrade.as_ref());
         let client_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
+        let replay = replayable(&req);
 
-        let sent = {
-            let mut upstream = self.upstream.lock().await;
-            match upstream.sender().await {
-                Ok(sender) => sender.send_request(req).await.map_err(io::Error::other),
-                Err(e) => Err(e),
-            }
-        };
+        let sent = self.send(req.map(BodyExt::boxed), replay).await;
         let mut resp = match sent {
             Ok(r) => r,
             Err(e) => return error_page(StatusCode::BAD_GATEWAY, &format!("the service: {e}")),
@@ -155,6 +153,60 @@ impl Proxy {
         strip_hop_by_hop(resp.headers_mut(), None);
         resp.map(BodyExt::boxed)
     }
+}
+
+impl Proxy {
+    /// Sends `req` to the service; when the service's connection closed
+    /// under it, once more on a new connection if the request never left
+    /// or `replay` (its bodiless copy) may be sent twice.
+    async fn send(
+        &self,
+        req: Request<Body>,
+        replay: Option<Request<()>>,
+    ) -> io::Result<Response<Incoming>> {
+        let mut upstream = self.upstream.lock().await;
+        let mut failed = match upstream.sender().await?.try_send_request(req).await {
+            Ok(resp) => return Ok(resp),
+            Err(e) => e,
+        };
+        let closed = failed.error().is_incomplete_message() || failed.error().is_canceled();
+        let again = match (failed.take_message(), replay) {
+            (Some(unsent), _) => unsent,
+            (None, Some(copy)) if closed => copy.map(|()| empty_body()),
+            (None, _) => return Err(io::Error::other(failed.into_error())),
+        };
+        tracing::debug!("the service closed its connection under a request: sending it again");
+        upstream.sender = None;
+        upstream
+            .sender()
+            .await?
+            .send_request(again)
+            .await
+            .map_err(io::Error::other)
+    }
+}
+
+/// A bodiless copy of `req` when sending it twice is safe: a GET, HEAD or
+/// OPTIONS whose body is empty (RFC 9110 9.2.2: safe, idempotent).
+fn replayable(req: &Request<Incoming>) -> Option<Request<()>> {
+    use hyper::Method;
+    use hyper::body::Body as _;
+    let safe = [Method::GET, Method::HEAD, Method::OPTIONS].contains(req.method());
+    if !safe || !req.body().is_end_stream() {
+        return None;
+    }
+    let mut copy = Request::new(());
+    *copy.method_mut() = req.method().clone();
+    *copy.uri_mut() = req.uri().clone();
+    *copy.version_mut() = req.version();
+    *copy.headers_mut() = req.headers().clone();
+    Some(copy)
+}
+
+fn empty_body() -> Body {
+    Full::new(Bytes::new())
+        .map_err(|never| match never {})
+        .boxed()
 }
 
 /// The headers that tell the application who the peer is.
