@@ -191,8 +191,15 @@ fn system_bus(dir: &std::path::Path, extra: &str) -> Option<PrivateBus> {
 
 /// busctl as the user nobody (no supplementary groups).
 fn busctl_as_nobody(bus: &PrivateBus, args: &[&str]) -> Output {
+    busctl_as(65534, bus, args)
+}
+
+/// busctl as `uid` (its group the same number, no supplementary groups).
+fn busctl_as(uid: u32, bus: &PrivateBus, args: &[&str]) -> Output {
     Command::new("setpriv")
-        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "busctl"])
+        .arg(format!("--reuid={uid}"))
+        .arg(format!("--regid={uid}"))
+        .args(["--clear-groups", "busctl"])
         .arg(format!("--address={}", bus.address))
         .args(args)
         .output()
@@ -466,12 +473,7 @@ fn a_users_own_daemon_serves_that_user_and_no_other() {
     let mut call = vec!["call"];
     call.extend(DAEMON);
     call.push("Rescan");
-    let other = Command::new("setpriv")
-        .args(["--reuid=1", "--regid=1", "--clear-groups", "busctl"])
-        .arg(format!("--address={}", bus.address))
-        .args(&call)
-        .output()
-        .unwrap();
+    let other = busctl_as(1, &bus, &call);
     assert!(!other.status.success());
     assert!(
         common::stderr(&other).contains("may not call Rescan"),

@@ -835,8 +835,6 @@ fn http_by_name_gives_the_application_the_peers_identity_and_only_that() {
     let _ = &w.lap;
 }
 
-/// Headless Chromium as Debian ships it, with what it would fetch on its
-/// own turned off, and a profile of its own.
 /// A web server on 127.0.0.1:`port` of `host` that answers the first
 /// request of each connection with `conn N` (N counts connections) and
 /// closes the connection when the next request arrives, unanswered, as a
@@ -926,6 +924,8 @@ fn a_request_the_service_closed_its_connection_under_is_sent_again_only_when_saf
     );
 }
 
+/// Headless Chromium as Debian ships it, with what it would fetch on its
+/// own turned off, and a profile of its own.
 fn chromium(host: &Host, profile: &Path, args: &[&str]) -> Output {
     ns_cmd(host, &["chromium"])
         .args([

@@ -153,9 +153,7 @@ impl Proxy {
         strip_hop_by_hop(resp.headers_mut(), None);
         resp.map(BodyExt::boxed)
     }
-}
 
-impl Proxy {
     /// Sends `req` to the service; when the service's connection closed
     /// under it, once more on a new connection if the request never left
     /// or `replay` (its bodiless copy) may be sent twice.
@@ -172,7 +170,7 @@ impl Proxy {
         let closed = failed.error().is_incomplete_message() || failed.error().is_canceled();
         let again = match (failed.take_message(), replay) {
             (Some(unsent), _) => unsent,
-            (None, Some(copy)) if closed => copy.map(|()| empty_body()),
+            (None, Some(copy)) if closed => copy.map(|()| full_body(Bytes::new())),
             (None, _) => return Err(io::Error::other(failed.into_error())),
         };
         tracing::debug!("the service closed its connection under a request: sending it again");
@@ -203,10 +201,9 @@ fn replayable(req: &Request<Incoming>) -> Option<Request<()>> {
     Some(copy)
 }
 
-fn empty_body() -> Body {
-    Full::new(Bytes::new())
-        .map_err(|never| match never {})
-        .boxed()
+/// A body of our own, whole in memory.
+fn full_body(bytes: Bytes) -> Body {
+    Full::new(bytes).map_err(|never| match never {}).boxed()
 }
 
 /// The headers that tell the application who the peer is.
@@ -278,11 +275,7 @@ fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: Option<&HeaderValue>) {
 
 fn error_page(status: StatusCode, message: &str) -> Response<Body> {
     let body = format!("{status}: {message}\n");
-    let mut resp = Response::new(
-        Full::new(Bytes::from(body))
-            .map_err(|never| match never {})
-            .boxed(),
-    );
+    let mut resp = Response::new(full_body(Bytes::from(body)));
     *resp.status_mut() = status;
     resp.headers_mut().insert(
         CONTENT_TYPE,
