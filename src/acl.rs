@@ -5,12 +5,15 @@
 //! Semantics (DESIGN.md): default deny. A command rule decides, alone, for its
 //! command name; otherwise the machine's `allow_from` decides for any argv.
 //! A shell (`Request::Shell`) is decided by `allow_shell`, which defaults to
-//! `allow_from`; an empty argv is denied. A service (`[service.NAME]`) is
+//! `allow_from`; an empty argv is denied. A PTY is a shell's: an argv on a
+//! PTY (`Request::PtyExec`) needs a command rule with `allow_pty`, or, for
+//! any other argv, both `allow_from` and `allow_shell`, because a program on
+//! a terminal (a pager, an editor) can start a shell. A service (`[service.NAME]`) is
 //! reached by the peers of its `allow_from`, on the machine that hosts it.
 
 use std::collections::BTreeSet;
 
-use crate::config::{ClusterConfig, Principal};
+use crate::config::{ClusterConfig, Machine, Principal};
 use crate::identity::Id52;
 
 /// What a peer asks a machine to do.
@@ -18,6 +21,8 @@ use crate::identity::Id52;
 pub enum Request<'a> {
     /// Run this argv; its first word may name a command rule.
     Exec(&'a [String]),
+    /// Run this argv on a PTY (a terminal program).
+    PtyExec(&'a [String]),
     /// An interactive shell on a PTY.
     Shell,
 }
@@ -36,6 +41,9 @@ pub struct Grant {
     pub argv: Vec<String>,
     /// Run as this user; `None` means as the daemon's own user.
     pub username: Option<String>,
+    /// The command rule that allowed it, if one did: a rule runs with
+    /// pagers and editors neutralised (see `exec::spawn`).
+    pub rule: Option<String>,
     pub reason: String,
 }
 
@@ -61,14 +69,12 @@ pub fn decide(config: &ClusterConfig, host: &Id52, peer: &Id52, request: Request
     };
     match request {
         Request::Shell => {
-            let (list, key) = match &machine.allow_shell {
-                Some(list) => (list, "allow_shell"),
-                None => (&machine.allow_from, "allow_from"),
-            };
+            let (list, key) = shell_list(machine);
             match matching(config, list, peer) {
                 Some(p) => Decision::Allow(Grant {
                     argv: Vec::new(),
                     username: machine.username.clone(),
+                    rule: None,
                     reason: format!("shell allowed by machine.{alias}.{key} ({p})"),
                 }),
                 None => Decision::Deny(format!(
@@ -76,39 +82,77 @@ pub fn decide(config: &ClusterConfig, host: &Id52, peer: &Id52, request: Request
                 )),
             }
         }
-        Request::Exec(argv) => {
-            let Some(first) = argv.first() else {
-                return Decision::Deny("empty command".into());
-            };
-            if let Some(rule) = machine.commands.get(first) {
-                let Some(p) = matching(config, &rule.allow_from, peer) else {
-                    return Decision::Deny(format!(
-                        "peer is not in machine.{alias}.command.{first}.allow_from"
-                    ));
-                };
-                if argv.len() > 1 && !rule.allow_args {
-                    return Decision::Deny(format!(
-                        "command rule {first:?} runs exactly its command; extra arguments need allow_args = true"
-                    ));
-                }
-                return Decision::Allow(Grant {
-                    argv: rule.argv.iter().chain(&argv[1..]).cloned().collect(),
-                    username: rule.username.clone().or_else(|| machine.username.clone()),
-                    reason: format!("command rule machine.{alias}.command.{first} allows {p}"),
-                });
-            }
-            match matching(config, &machine.allow_from, peer) {
-                Some(p) => Decision::Allow(Grant {
-                    argv: argv.to_vec(),
-                    username: machine.username.clone(),
-                    reason: format!("machine.{alias}.allow_from allows {p}"),
-                }),
-                None => Decision::Deny(format!(
-                    "peer is not in machine.{alias}.allow_from and no command rule named {first:?} allows it"
-                )),
-            }
-        }
+        Request::Exec(argv) => exec(config, alias, machine, peer, argv, false),
+        Request::PtyExec(argv) => exec(config, alias, machine, peer, argv, true),
     }
+}
+
+/// Who may have a PTY on `machine` (`allow_shell`, by default
+/// `allow_from`), and the key that says so.
+fn shell_list(machine: &Machine) -> (&[Principal], &'static str) {
+    match &machine.allow_shell {
+        Some(list) => (list, "allow_shell"),
+        None => (&machine.allow_from, "allow_from"),
+    }
+}
+
+/// Decides an argv, on a PTY or not, on the machine `alias`.
+fn exec(
+    config: &ClusterConfig,
+    alias: &str,
+    machine: &Machine,
+    peer: &Id52,
+    argv: &[String],
+    pty: bool,
+) -> Decision {
+    let Some(first) = argv.first() else {
+        return Decision::Deny("empty command".into());
+    };
+    if let Some(rule) = machine.commands.get(first) {
+        let Some(p) = matching(config, &rule.allow_from, peer) else {
+            return Decision::Deny(format!(
+                "peer is not in machine.{alias}.command.{first}.allow_from"
+            ));
+        };
+        if argv.len() > 1 && !rule.allow_args {
+            return Decision::Deny(format!(
+                "command rule {first:?} runs exactly its command; extra arguments need allow_args = true"
+            ));
+        }
+        if pty && !rule.allow_pty {
+            return Decision::Deny(format!(
+                "command rule {first:?} may not run on a PTY (a terminal program can start a shell); \
+                 run it without -t, or set allow_pty = true on machine.{alias}.command.{first}"
+            ));
+        }
+        return Decision::Allow(Grant {
+            argv: rule.argv.iter().chain(&argv[1..]).cloned().collect(),
+            username: rule.username.clone().or_else(|| machine.username.clone()),
+            rule: Some(first.clone()),
+            reason: format!("command rule machine.{alias}.command.{first} allows {p}"),
+        });
+    }
+    let Some(p) = matching(config, &machine.allow_from, peer) else {
+        return Decision::Deny(format!(
+            "peer is not in machine.{alias}.allow_from and no command rule named {first:?} allows it"
+        ));
+    };
+    let mut reason = format!("machine.{alias}.allow_from allows {p}");
+    if pty {
+        let (list, key) = shell_list(machine);
+        let Some(s) = matching(config, list, peer) else {
+            return Decision::Deny(format!(
+                "peer is not in machine.{alias}.allow_shell, so it may not run a command on a PTY"
+            ));
+        };
+        reason = format!("{reason}; PTY allowed by machine.{alias}.{key} ({s})");
+    }
+    Decision::Allow(Grant {
+        argv: argv.to_vec(),
+        username: machine.username.clone(),
+        rule: None,
+        reason,
+    })
 }
 
 /// Whether `peer` may download and upload the cluster config.
@@ -117,6 +161,7 @@ pub fn may_edit_config(config: &ClusterConfig, peer: &Id52) -> Decision {
         Some(p) => Decision::Allow(Grant {
             argv: Vec::new(),
             username: None,
+            rule: None,
             reason: format!("cluster-manager.config_editors allows {p}"),
         }),
         None => Decision::Deny("peer is not in cluster-manager.config_editors".into()),
@@ -143,6 +188,7 @@ pub fn may_use_service(config: &ClusterConfig, host: &Id52, peer: &Id52, name: &
         Some(p) => Decision::Allow(Grant {
             argv: Vec::new(),
             username: None,
+            rule: None,
             reason: format!("service.{name}.allow_from allows {p}"),
         }),
         None => Decision::Deny(format!("peer is not in service.{name}.allow_from")),

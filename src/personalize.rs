@@ -74,6 +74,8 @@ struct OutCommand {
     username: Option<String>,
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     allow_args: bool,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    allow_pty: bool,
 }
 
 #[derive(Serialize)]
@@ -147,6 +149,7 @@ pub fn machine_toml(config: &ClusterConfig, alias: &str, version: u64) -> Option
                 allow_from: list(&rule.allow_from),
                 username: rule.username.clone(),
                 allow_args: rule.allow_args,
+                allow_pty: rule.allow_pty,
             };
             (name.clone(), out)
         })

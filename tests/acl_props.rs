@@ -78,6 +78,7 @@ static ARGVS: LazyLock<Vec<Vec<String>>> = LazyLock::new(|| {
 fn requests() -> Vec<Request<'static>> {
     std::iter::once(Request::Shell)
         .chain(ARGVS.iter().map(|a| Request::Exec(a)))
+        .chain(ARGVS.iter().map(|a| Request::PtyExec(a)))
         .collect()
 }
 
@@ -139,14 +140,18 @@ fn rule(nm: usize, ng: usize) -> impl Strategy<Value = CommandRule> {
         principals(nm, ng),
         username(),
         any::<bool>(),
+        any::<bool>(),
     )
-        .prop_map(|(c, allow_from, username, allow_args)| CommandRule {
-            command: COMMANDS[c].0.to_owned(),
-            argv: COMMANDS[c].1.iter().map(|s| s.to_string()).collect(),
-            allow_from,
-            username,
-            allow_args,
-        })
+        .prop_map(
+            |(c, allow_from, username, allow_args, allow_pty)| CommandRule {
+                command: COMMANDS[c].0.to_owned(),
+                argv: COMMANDS[c].1.iter().map(|s| s.to_string()).collect(),
+                allow_from,
+                username,
+                allow_args,
+                allow_pty,
+            },
+        )
 }
 
 /// A machine's rules; its id52 is filled in by `config_with`.
@@ -360,18 +365,23 @@ fn ref_answer(
             let list = machine.allow_shell.as_ref().unwrap_or(&machine.allow_from);
             has(list, peer).then(|| (Vec::new(), machine.username.clone()))
         }
-        Request::Exec(argv) => {
+        Request::Exec(argv) | Request::PtyExec(argv) => {
+            let pty = matches!(requests()[req], Request::PtyExec(_));
             let (first, extra) = argv.split_first()?;
+            let shell = machine.allow_shell.as_ref().unwrap_or(&machine.allow_from);
             match machine.commands.get(first) {
-                // The rule decides alone for its name; extra args need allow_args.
+                // The rule decides alone for its name; extra args need
+                // allow_args, a PTY allow_pty.
                 Some(rule) => (has(&rule.allow_from, peer)
-                    && (extra.is_empty() || rule.allow_args))
+                    && (extra.is_empty() || rule.allow_args)
+                    && (!pty || rule.allow_pty))
                     .then(|| {
                         let argv = rule.argv.iter().chain(extra).cloned().collect();
                         let user = rule.username.clone().or_else(|| machine.username.clone());
                         (argv, user)
                     }),
-                None => has(&machine.allow_from, peer)
+                // Any other argv on a PTY needs allow_shell too.
+                None => (has(&machine.allow_from, peer) && (!pty || has(shell, peer)))
                     .then(|| (argv.to_vec(), machine.username.clone())),
             }
         }

@@ -534,7 +534,9 @@ fn request_to(
             .build()
             .unwrap();
         rt.block_on(async move {
-            let endpoint = p2p::bind(&from, &network, 0, Vec::new()).await.unwrap();
+            let endpoint = p2p::bind(&from, &network, 0, Vec::new(), None)
+                .await
+                .unwrap();
             let conn = p2p::dial(&endpoint, &to, &[addr], CONFIG_ALPN)
                 .await
                 .unwrap();

@@ -163,7 +163,7 @@ pub fn exec(home: &Home, words: &[String], verbose: u8) -> anyhow::Result<u8> {
         return result;
     }
     let result = rt.block_on(async move {
-        let endpoint = p2p::bind(&cluster.identity, &network, 0, Vec::new())
+        let endpoint = p2p::bind(&cluster.identity, &network, 0, Vec::new(), None)
             .await
             .map_err(|e| Failure::new(EXEC_FAILED, format!("{e:#}")))?;
         let conn = match p2p::dial(&endpoint, &id, &addrs, EXEC_ALPN).await {
@@ -456,7 +456,7 @@ pub fn config_request(
     let rt = super::runtime()?;
     let (cm, addrs) = (c.cm_id52, c.cm_addrs.clone());
     let answer = rt.block_on(async {
-        let endpoint = p2p::bind(&c.identity, &local.network, 0, Vec::new()).await?;
+        let endpoint = p2p::bind(&c.identity, &local.network, 0, Vec::new(), None).await?;
         let result = async {
             let conn = p2p::dial(&endpoint, &cm, &addrs, crate::p2p::CONFIG_ALPN)
                 .await

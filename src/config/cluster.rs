@@ -58,6 +58,10 @@ pub struct CommandRule {
     pub allow_from: Vec<Principal>,
     pub username: Option<String>,
     pub allow_args: bool,
+    /// The rule may run on a PTY when the peer asks for one. Off by
+    /// default: a program on a terminal (a pager, an editor) can open a
+    /// shell, which would widen the rule to anything its user may do.
+    pub allow_pty: bool,
 }
 
 /// A service: a port on 127.0.0.1 of one machine, reached by peers over
@@ -95,6 +99,30 @@ impl Protocol {
 }
 
 impl ClusterConfig {
+    /// Every key this config names: the cluster manager, the machines, and
+    /// each id52 written in a principal list. Anyone else is a stranger.
+    pub fn known_peers(&self) -> BTreeSet<Id52> {
+        let lists = self
+            .machines
+            .values()
+            .flat_map(|m| {
+                std::iter::once(&m.allow_from)
+                    .chain(&m.allow_shell)
+                    .chain(m.commands.values().map(|r| &r.allow_from))
+            })
+            .chain(self.groups.values())
+            .chain(self.services.values().map(|s| &s.allow_from))
+            .chain(std::iter::once(&self.config_editors));
+        let named = lists.flatten().filter_map(|p| match p {
+            Principal::Id52(id) => Some(*id),
+            Principal::Everyone | Principal::Machine(_) | Principal::Group(_) => None,
+        });
+        std::iter::once(self.cluster_manager)
+            .chain(self.machines.values().map(|m| m.id52))
+            .chain(named)
+            .collect()
+    }
+
     pub fn machine_by_id52(&self, id: &Id52) -> Option<(&str, &Machine)> {
         self.machines
             .iter()
@@ -147,6 +175,8 @@ struct RawCommand {
     username: Option<Spanned<String>>,
     #[serde(default)]
     allow_args: bool,
+    #[serde(default)]
+    allow_pty: bool,
 }
 
 #[derive(Deserialize)]
@@ -375,6 +405,7 @@ impl Validator<'_> {
                     allow_from,
                     username,
                     allow_args: c.allow_args,
+                    allow_pty: c.allow_pty,
                 },
             );
         }

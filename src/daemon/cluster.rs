@@ -17,6 +17,7 @@ use crate::exec::server::{ExecHandler, Host};
 use crate::forward::host::ForwardHandler;
 use crate::home::{ClusterDir, Role};
 use crate::identity::{Id52, Identity};
+use crate::p2p::gate::Gate;
 use crate::p2p::{self, CONFIG_ALPN, EXEC_ALPN, FORWARD_ALPN, Pool};
 use crate::state::CmState;
 use crate::sync;
@@ -144,7 +145,8 @@ impl RunningCluster {
             CONFIG_ALPN.to_vec(),
             FORWARD_ALPN.to_vec(),
         ];
-        let endpoint = p2p::bind(&c.identity, net, port, alpns).await?;
+        let gate = Gate::new(&c.alias, c.cm_id52, c.config.as_ref());
+        let endpoint = p2p::bind(&c.identity, net, port, alpns, Some(&gate)).await?;
         let cm_state = if c.role == Role::ClusterManager {
             let path = c.state_path();
             let mut state = CmState::load(&path)?;
@@ -163,7 +165,7 @@ impl RunningCluster {
                 .and_then(|c| c.received_version)
                 .unwrap_or(0),
         };
-        let host = Host::new(&c.alias, c.identity.id52(), c.config.clone(), version);
+        let host = Host::new(&c.alias, c.identity.id52(), gate, c.config.clone(), version);
         let shared = Arc::new(Shared {
             alias: c.alias.clone(),
             dir: c.dir.clone(),

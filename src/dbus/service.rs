@@ -259,6 +259,10 @@ impl ClusterObject {
         stderr: zbus::OwnedFd,
         token: String,
     ) -> Result<u8, Error> {
+        // Close-on-exec before anything else: the bus hands descriptors over
+        // without it, and a command this daemon starts meanwhile for another
+        // peer or user must not inherit this caller's stdio.
+        let fds = [cloexec(stdin)?, cloexec(stdout)?, cloexec(stderr)?];
         let uid = authorize(conn, &hdr, "Exec").await?;
         let caller = hdr
             .sender()
@@ -271,7 +275,7 @@ impl ClusterObject {
             argv,
             env,
             pty: (rows > 0 && cols > 0).then_some(WindowSize { rows, cols }),
-            fds: [stdin.into(), stdout.into(), stderr.into()],
+            fds,
             token,
         };
         exec::run(&self.shared, &self.sessions, conn, call).await
@@ -409,6 +413,17 @@ async fn authorize(conn: &Connection, hdr: &Header<'_>, method: &str) -> Result<
     Err(Error::AccessDenied(format!(
         "uid {uid} may not call {method}: only root, the daemon's own user and members of the group {ADMIN_GROUP:?} may"
     )))
+}
+
+/// A descriptor received on the bus, marked close-on-exec.
+fn cloexec(fd: zbus::OwnedFd) -> Result<std::os::fd::OwnedFd, Error> {
+    let fd: std::os::fd::OwnedFd = fd.into();
+    rustix::io::fcntl_setfd(&fd, rustix::io::FdFlags::CLOEXEC).map_err(|e| {
+        Error::Failed(format!(
+            "cannot mark a received descriptor close-on-exec: {e}"
+        ))
+    })?;
+    Ok(fd)
 }
 
 /// The uid of the process that sent the call, as the bus knows it.

@@ -67,6 +67,7 @@ pub async fn run(
         env,
         pty: None,
         stdio,
+        rule: grant.rule.is_some(),
     })
     .map_err(|e| {
         Failure::new(

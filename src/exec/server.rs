@@ -21,7 +21,11 @@ use crate::acl::{self, Decision, Request};
 use crate::config::ClusterConfig;
 use crate::identity::Id52;
 use crate::p2p::frame::{self, Kind};
+use crate::p2p::gate::Gate;
 
+/// The largest request: Linux takes at most 128 KiB per argument and 2 MiB
+/// in all; a remote command line is far shorter.
+const MAX_REQUEST: usize = 256 * 1024;
 /// Commands one peer may run at once on this machine.
 pub const MAX_COMMANDS_PER_PEER: usize = 16;
 /// Bytes read from a command's output per frame.
@@ -44,6 +48,8 @@ pub struct Host {
     idle: Notify,
     /// Set at shutdown: new commands are refused while running ones finish.
     stopping: std::sync::atomic::AtomicBool,
+    /// Who may connect at all; follows the config in force.
+    pub gate: Gate,
 }
 
 #[derive(Debug, Default)]
@@ -54,8 +60,16 @@ struct Running {
 }
 
 impl Host {
-    pub fn new(cluster: &str, me: Id52, config: Option<ClusterConfig>, version: u64) -> Arc<Host> {
+    pub fn new(
+        cluster: &str,
+        me: Id52,
+        gate: Gate,
+        config: Option<ClusterConfig>,
+        version: u64,
+    ) -> Arc<Host> {
+        gate.set_config(config.as_ref());
         Arc::new(Host {
+            gate,
             cluster: cluster.to_owned(),
             me,
             config: RwLock::new(config.map(Arc::new)),
@@ -68,6 +82,7 @@ impl Host {
 
     /// Puts `config`, at `version`, in force for the next decisions.
     pub fn set_config(&self, config: Option<ClusterConfig>, version: u64) {
+        self.gate.set_config(config.as_ref());
         let mut slot = self.config.write().expect("config lock");
         *slot = config.map(Arc::new);
         self.version
@@ -158,9 +173,13 @@ pub struct ExecHandler {
 impl ProtocolHandler for ExecHandler {
     async fn accept(&self, conn: Connection) -> Result<(), AcceptError> {
         let peer = Id52::from_public_key(conn.remote_id());
-        while let Ok((send, recv)) = conn.accept_bi().await {
+        while let Ok((mut send, recv)) = conn.accept_bi().await {
+            let Some(permit) = self.host.gate.admit_stream(peer, &mut send) else {
+                continue;
+            };
             let host = self.host.clone();
             tokio::spawn(async move {
+                let _permit = permit;
                 if let Err(e) = serve(host.clone(), peer, send, recv).await {
                     tracing::info!(malai_cluster = %host.cluster, malai_peer = %peer, "exec stream ended: {e:#}");
                 }
@@ -176,18 +195,18 @@ async fn serve(
     mut send: SendStream,
     mut recv: RecvStream,
 ) -> anyhow::Result<()> {
-    let req: ExecRequest =
-        tokio::time::timeout(Duration::from_secs(30), frame::read_msg(&mut recv)).await??;
+    let req: ExecRequest = frame::read_request(&mut recv, MAX_REQUEST).await?;
     let argv_text = shell_words::join(&req.argv);
+    let pty = req.pty.is_some();
     let decision = match host.config() {
         None => Decision::Deny(
             "this machine has not received its config from the cluster manager yet".into(),
         ),
         Some(config) => {
-            let request = if req.argv.is_empty() {
-                Request::Shell
-            } else {
-                Request::Exec(&req.argv)
+            let request = match (req.argv.is_empty(), req.pty.is_some()) {
+                (true, _) => Request::Shell,
+                (false, true) => Request::PtyExec(&req.argv),
+                (false, false) => Request::Exec(&req.argv),
             };
             acl::decide(&config, &host.me, &peer, request)
         }
@@ -195,7 +214,7 @@ async fn serve(
     let grant = match decision {
         Decision::Deny(reason) => {
             tracing::warn!(
-                malai_cluster = %host.cluster, malai_peer = %peer, malai_config_version = host.version(), malai_argv = %argv_text, malai_decision = "denied",
+                malai_cluster = %host.cluster, malai_peer = %peer, malai_config_version = host.version(), malai_argv = %argv_text, malai_pty = pty, malai_decision = "denied",
                 "denied {peer} running {argv_text:?}: {reason}"
             );
             frame::write_msg(&mut send, &HostMsg::Denied { reason }).await?;
@@ -222,6 +241,7 @@ async fn serve(
         env: req.env.clone(),
         pty: req.pty,
         stdio: spawn::StdioMode::Piped,
+        rule: grant.rule.is_some(),
     });
     let spawned = match spawned {
         Ok(s) => s,
@@ -237,7 +257,7 @@ async fn serve(
     };
     host.set_pgid(id, spawned.pgid);
     tracing::info!(
-        malai_cluster = %host.cluster, malai_peer = %peer, malai_config_version = host.version(), malai_argv = %run_text, malai_decision = "allowed",
+        malai_cluster = %host.cluster, malai_peer = %peer, malai_config_version = host.version(), malai_argv = %run_text, malai_pty = pty, malai_decision = "allowed",
         "{peer} runs {run_text:?} ({})", grant.reason
     );
     let pgid = spawned.pgid;

@@ -23,6 +23,9 @@ pub struct Spec {
     pub env: Vec<(String, String)>,
     pub pty: Option<WindowSize>,
     pub stdio: StdioMode,
+    /// A command rule's argv: pagers and editors are neutralised, so that
+    /// the rule cannot be widened into a shell (`RULE_ENV`).
+    pub rule: bool,
 }
 
 /// Where a command's stdin, stdout and stderr go (ignored on a PTY).
@@ -45,6 +48,22 @@ pub struct Spawned {
     /// The PTY's master side, when the command runs on one.
     pub pty_master: Option<OwnedFd>,
 }
+
+/// The environment of a command rule, set after the client's: programs
+/// that page or edit (systemctl, git, man, less, crontab -e...) get `cat`
+/// or a program that fails instead of something that can start a shell,
+/// and less refuses its shell escapes and its editor.
+const RULE_ENV: &[(&str, &str)] = &[
+    ("PAGER", "cat"),
+    ("MANPAGER", "cat"),
+    ("GIT_PAGER", "cat"),
+    ("SYSTEMD_PAGER", "cat"),
+    ("SYSTEMD_PAGERSECURE", "1"),
+    ("LESSSECURE", "1"),
+    ("EDITOR", "/bin/false"),
+    ("VISUAL", "/bin/false"),
+    ("SYSTEMD_EDITOR", "/bin/false"),
+];
 
 const PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
@@ -96,6 +115,9 @@ pub fn spawn(spec: Spec) -> anyhow::Result<Spawned> {
     }
     if spec.pty.is_some() && !spec.env.iter().any(|(k, _)| k == "TERM") {
         cmd.env("TERM", "xterm-256color");
+    }
+    if spec.rule {
+        cmd.envs(RULE_ENV.iter().copied());
     }
     cmd.current_dir(if user.dir.is_dir() {
         user.dir.clone()
@@ -155,7 +177,8 @@ pub fn spawn(spec: Spec) -> anyhow::Result<Spawned> {
     })
 }
 
-/// In the child, between fork and exec: a new session (so the command and
+/// In the child, between fork and exec: every inherited descriptor above
+/// stderr marked close-on-exec, a new session (so the command and
 /// everything it starts can be killed together; not for a command that
 /// keeps the caller's terminal), the PTY as controlling terminal, then the
 /// user's groups, gid and uid, in that order.
@@ -167,10 +190,26 @@ fn set_up_child(
     ids: Option<(Uid, Gid, Vec<Gid>)>,
 ) {
     // SAFETY: the closure runs in the forked child before exec and only makes
-    // system calls (setsid, ioctl, setgroups, setgid, setuid) on values
-    // prepared before the fork; it allocates nothing and takes no locks.
+    // system calls (close_range, setsid, ioctl, setgroups, setgid, setuid)
+    // on values prepared before the fork; it allocates nothing and takes no
+    // locks.
     unsafe {
         cmd.pre_exec(move || {
+            // Every descriptor above stderr closes at exec, whatever flag it
+            // was received or opened with: a second guard behind
+            // close-on-exec on each descriptor the daemon takes in (D-Bus
+            // callers' stdio, terminals). Not closed here: the standard
+            // library still needs its own close-on-exec pipe to report a
+            // failed exec.
+            if libc::syscall(
+                libc::SYS_close_range,
+                3 as libc::c_uint,
+                libc::c_uint::MAX,
+                libc::CLOSE_RANGE_CLOEXEC,
+            ) != 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
             if new_session {
                 rustix::process::setsid()?;
             }

@@ -19,6 +19,9 @@ use crate::exec::server::Host;
 use crate::identity::Id52;
 use crate::p2p::frame;
 
+/// The largest `Open`: a service name and its JSON framing.
+const MAX_OPEN: usize = 4096;
+
 /// Why a stream to a service was not opened.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Refusal {
@@ -120,9 +123,13 @@ pub struct ForwardHandler {
 impl ProtocolHandler for ForwardHandler {
     async fn accept(&self, conn: Connection) -> Result<(), AcceptError> {
         let peer = Id52::from_public_key(conn.remote_id());
-        while let Ok((send, recv)) = conn.accept_bi().await {
+        while let Ok((mut send, recv)) = conn.accept_bi().await {
+            let Some(permit) = self.host.gate.admit_stream(peer, &mut send) else {
+                continue;
+            };
             let host = self.host.clone();
             tokio::spawn(async move {
+                let _permit = permit;
                 if let Err(e) = serve(&host, peer, send, recv).await {
                     tracing::info!(malai_cluster = %host.cluster, malai_peer = %peer, "forward stream ended: {e:#}");
                 }
@@ -138,7 +145,7 @@ async fn serve(
     mut send: SendStream,
     mut recv: RecvStream,
 ) -> anyhow::Result<()> {
-    let req: Open = tokio::time::timeout(HANDSHAKE_TIMEOUT, frame::read_msg(&mut recv)).await??;
+    let req: Open = frame::read_request(&mut recv, MAX_OPEN).await?;
     let opened = match open(host, peer, &req.service).await {
         Ok(o) => o,
         Err(refusal) => {

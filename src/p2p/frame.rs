@@ -1,12 +1,21 @@
 //! Frames on a QUIC stream: a 4-byte big-endian length, a 1-byte kind, then
-//! the payload. A length above `MAX_FRAME` is refused before anything is
-//! allocated, so a peer cannot make us buffer more than that.
+//! the payload. A length above the cap is refused before anything is
+//! allocated, and a payload is read as it arrives (the buffer grows with
+//! the bytes received, never to the announced length at once), so a peer
+//! that announces a large frame and sends nothing holds nothing. A host
+//! reads a stream's first message with `read_request`: a smaller cap and a
+//! timeout, because it comes before the request is authorized.
 
 use serde::{Serialize, de::DeserializeOwned};
+use std::time::Duration;
+
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 /// The largest payload a frame may carry.
 pub const MAX_FRAME: usize = 1 << 20;
+
+/// How long a host waits for the first message of a stream.
+pub const FIRST_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What a frame carries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -43,6 +52,8 @@ pub enum FrameError {
     NotControl(Kind),
     #[error("stream ended before the expected message")]
     Eof,
+    #[error("no request within {} s", FIRST_READ_TIMEOUT.as_secs())]
+    Timeout,
     #[error(transparent)]
     Io(#[from] std::io::Error),
 }
@@ -79,6 +90,15 @@ pub async fn read<R: AsyncRead + Unpin>(
     r: &mut R,
     buf: &mut Vec<u8>,
 ) -> Result<Option<Kind>, FrameError> {
+    read_capped(r, buf, MAX_FRAME).await
+}
+
+/// `read` with a cap of `cap` bytes (at most `MAX_FRAME`).
+async fn read_capped<R: AsyncRead + Unpin>(
+    r: &mut R,
+    buf: &mut Vec<u8>,
+    cap: usize,
+) -> Result<Option<Kind>, FrameError> {
     let mut head = [0u8; 5];
     match r.read_exact(&mut head[..1]).await {
         Ok(_) => {}
@@ -87,13 +107,16 @@ pub async fn read<R: AsyncRead + Unpin>(
     }
     r.read_exact(&mut head[1..]).await?;
     let len = u32::from_be_bytes(head[..4].try_into().expect("4 bytes")) as usize;
-    if len > MAX_FRAME {
+    if len > cap.min(MAX_FRAME) {
         return Err(FrameError::TooLarge(len));
     }
     let kind = Kind::from_byte(head[4]).ok_or(FrameError::UnknownKind(head[4]))?;
     buf.clear();
-    buf.resize(len, 0);
-    r.read_exact(buf).await?;
+    // Grows with what arrives, not with what the header announced.
+    let got = (&mut *r).take(len as u64).read_to_end(buf).await?;
+    if got < len {
+        return Err(FrameError::Eof);
+    }
     Ok(Some(kind))
 }
 
@@ -101,8 +124,26 @@ pub async fn read<R: AsyncRead + Unpin>(
 pub async fn read_msg<R: AsyncRead + Unpin, T: DeserializeOwned>(
     r: &mut R,
 ) -> Result<T, FrameError> {
+    read_msg_capped(r, MAX_FRAME).await
+}
+
+/// A host's read of the first message of a stream, which comes before any
+/// authorization: at most `cap` bytes, within `FIRST_READ_TIMEOUT`.
+pub async fn read_request<R: AsyncRead + Unpin, T: DeserializeOwned>(
+    r: &mut R,
+    cap: usize,
+) -> Result<T, FrameError> {
+    tokio::time::timeout(FIRST_READ_TIMEOUT, read_msg_capped(r, cap))
+        .await
+        .map_err(|_| FrameError::Timeout)?
+}
+
+async fn read_msg_capped<R: AsyncRead + Unpin, T: DeserializeOwned>(
+    r: &mut R,
+    cap: usize,
+) -> Result<T, FrameError> {
     let mut buf = Vec::new();
-    match read(r, &mut buf).await? {
+    match read_capped(r, &mut buf, cap).await? {
         Some(Kind::Control) => Ok(serde_json::from_slice(&buf)?),
         Some(other) => Err(FrameError::NotControl(other)),
         None => Err(FrameError::Eof),
@@ -134,5 +175,46 @@ mod tests {
         let err = read(&mut &huge[..], &mut buf).await.unwrap_err();
         assert!(matches!(err, FrameError::TooLarge(_)));
         assert!(buf.capacity() < MAX_FRAME);
+    }
+
+    #[tokio::test]
+    async fn an_announced_frame_is_not_allocated_before_it_arrives() {
+        // A header announcing a whole MAX_FRAME, then 3 bytes and silence.
+        let (mut client, mut server) = tokio::io::duplex(64);
+        let mut head = (MAX_FRAME as u32).to_be_bytes().to_vec();
+        head.push(Kind::Stdin as u8);
+        client.write_all(&head).await.unwrap();
+        client.write_all(b"abc").await.unwrap();
+        let mut buf = Vec::new();
+        let pending = read(&mut server, &mut buf);
+        let waited = tokio::time::timeout(Duration::from_millis(50), pending).await;
+        assert!(waited.is_err(), "the frame is incomplete");
+        assert!(buf.capacity() < 4096, "buffer grew to {}", buf.capacity());
+
+        // A stream that ends inside a frame is an error, not a short frame.
+        let mut short = 10u32.to_be_bytes().to_vec();
+        short.push(Kind::Stdin as u8);
+        short.extend_from_slice(b"abc");
+        let err = read(&mut &short[..], &mut buf).await.unwrap_err();
+        assert!(matches!(err, FrameError::Eof), "{err:?}");
+    }
+
+    #[tokio::test]
+    async fn a_request_is_capped_and_timed() {
+        let mut wire = Vec::new();
+        write(&mut wire, Kind::Control, &[b' '; 2000])
+            .await
+            .unwrap();
+        let err = read_request::<_, serde_json::Value>(&mut &wire[..], 1000)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, FrameError::TooLarge(2000)));
+
+        tokio::time::pause();
+        let (_client, mut server) = tokio::io::duplex(64);
+        let err = read_request::<_, serde_json::Value>(&mut server, 1000)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, FrameError::Timeout));
     }
 }

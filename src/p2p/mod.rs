@@ -3,6 +3,7 @@
 //! and a pool that reuses one connection per peer and protocol.
 
 pub mod frame;
+pub mod gate;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -45,18 +46,22 @@ const MAX_STREAMS_PER_CONNECTION: u32 = 32;
 const INITIAL_WINDOW: u64 = 32 * 1200;
 
 /// Binds an endpoint for `identity` with the network settings of malai.toml.
-/// `port` fixes the UDP port (0: any).
+/// `port` fixes the UDP port (0: any). A daemon's endpoint passes the gate
+/// of its cluster, which refuses strangers right after the handshake.
 pub async fn bind(
     identity: &Identity,
     net: &NetworkSettings,
     port: u16,
     alpns: Vec<Vec<u8>>,
+    gate: Option<&gate::Gate>,
 ) -> anyhow::Result<Endpoint> {
     let mut congestion = noq_proto::congestion::CubicConfig::default();
     congestion.initial_window(INITIAL_WINDOW);
     let transport = QuicTransportConfig::builder()
         .congestion_controller_factory(Arc::new(congestion))
         .max_concurrent_bidi_streams(VarInt::from_u32(MAX_STREAMS_PER_CONNECTION))
+        // No protocol of ours uses unidirectional streams.
+        .max_concurrent_uni_streams(VarInt::from_u32(0))
         .keep_alive_interval(KEEP_ALIVE)
         .max_idle_timeout(Some(IDLE_TIMEOUT.try_into().expect("idle timeout fits")))
         .build();
@@ -69,6 +74,9 @@ pub async fn bind(
         .secret_key(identity.secret_key().clone())
         .alpns(alpns)
         .transport_config(transport);
+    if let Some(gate) = gate {
+        builder = builder.hooks(gate.hooks());
+    }
     builder = match &net.relay {
         Relay::Default => builder.relay_mode(RelayMode::Default),
         Relay::Disabled => builder.relay_mode(RelayMode::Disabled),

@@ -31,9 +31,15 @@ impl ProtocolHandler for ConfigHandler {
     async fn accept(&self, conn: Connection) -> Result<(), AcceptError> {
         let peer = Id52::from_public_key(conn.remote_id());
         while let Ok((mut send, mut recv)) = conn.accept_bi().await {
+            let Some(permit) = self.shared.host.gate.admit_stream(peer, &mut send) else {
+                continue;
+            };
             let shared = self.shared.clone();
             tokio::spawn(async move {
-                let answer = match frame::read_msg::<_, ConfigRequest>(&mut recv).await {
+                let _permit = permit;
+                // An upload carries a whole cluster.toml: the full frame cap.
+                let request = frame::read_request::<_, ConfigRequest>(&mut recv, frame::MAX_FRAME);
+                let answer = match request.await {
                     Ok(req) => answer(&shared, peer, req).await,
                     Err(e) => ConfigAnswer::Rejected {
                         reason: format!("bad request: {e}"),

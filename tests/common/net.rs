@@ -105,22 +105,37 @@ impl Drop for Net {
 /// The UDP port every test daemon binds in its own namespace.
 pub const PORT: u16 = 7700;
 
-/// One test host: a namespace, a home, and the offline network settings.
+/// One test host: a namespace (or none: loopback), a home, and the offline
+/// network settings.
 pub struct Host {
     pub name: String,
+    /// Empty: no namespace, the test's own network on 127.0.0.1.
     pub ns: String,
     pub addr: Ipv4Addr,
+    pub port: u16,
     pub home: TestHome,
 }
 
 impl Host {
     pub fn new(name: &str, ns: &str, addr: Ipv4Addr, clusters: &[&str]) -> Host {
+        Host::with_port(name, ns, addr, PORT, clusters)
+    }
+
+    /// A host on 127.0.0.1 in the test's own network namespace (no root
+    /// needed), on a UDP port that was free a moment ago.
+    pub fn loopback(name: &str, clusters: &[&str]) -> Host {
+        let probe = std::net::UdpSocket::bind("127.0.0.1:0").expect("a free UDP port");
+        let port = probe.local_addr().unwrap().port();
+        drop(probe);
+        Host::with_port(name, "", Ipv4Addr::LOCALHOST, port, clusters)
+    }
+
+    fn with_port(name: &str, ns: &str, addr: Ipv4Addr, port: u16, clusters: &[&str]) -> Host {
         let home = TestHome::new();
         let mut ports = String::new();
         for c in clusters {
-            ports.push_str(&format!("{c} = {PORT}\n"));
+            ports.push_str(&format!("{c} = {port}\n"));
         }
-        let _ = clusters;
         std::fs::write(
             home.path().join("malai.toml"),
             format!("[network]\nrelay = \"disabled\"\ndiscovery = false\nbind = \"{addr}\"\n[network.ports]\n{ports}"),
@@ -130,19 +145,25 @@ impl Host {
             name: name.to_owned(),
             ns: ns.to_owned(),
             addr,
+            port,
             home,
         }
     }
 
     pub fn socket_addr(&self) -> String {
-        format!("{}:{PORT}", self.addr)
+        format!("{}:{}", self.addr, self.port)
     }
 
     /// `malai ARGS` inside this host's namespace and home.
     pub fn malai(&self, args: &[&str]) -> Command {
-        let mut c = Command::new("ip");
-        c.args(["netns", "exec", &self.ns, super::malai_bin()])
-            .args(args)
+        let mut c = if self.ns.is_empty() {
+            Command::new(super::malai_bin())
+        } else {
+            let mut c = Command::new("ip");
+            c.args(["netns", "exec", &self.ns, super::malai_bin()]);
+            c
+        };
+        c.args(args)
             .env("MALAI_HOME", self.home.path())
             // No D-Bus unless a test brings its own bus: never the host's.
             .env("MALAI_DBUS_ADDRESS", "disabled")
@@ -320,7 +341,8 @@ impl Drop for Daemon {
 /// A cluster `company` on three hosts: cm (host 0), web01 (1), laptop (2),
 /// with every machine added to the CM's cluster.toml by `rules`.
 pub struct Company {
-    pub net: Net,
+    /// The namespaces, deleted on drop; `None` on loopback.
+    pub net: Option<Net>,
     pub cm: Host,
     pub web01: Host,
     pub laptop: Host,
@@ -337,6 +359,18 @@ impl Company {
         let cm = Host::new("cm", net.ns(0), Net::addr(0), &["company"]);
         let web01 = Host::new("web01", net.ns(1), Net::addr(1), &["company"]);
         let laptop = Host::new("laptop", net.ns(2), Net::addr(2), &["company"]);
+        Company::on(Some(net), cm, web01, laptop)
+    }
+
+    /// The same three hosts on 127.0.0.1, with no namespace: no root needed.
+    pub fn loopback() -> Company {
+        let cm = Host::loopback("cm", &["company"]);
+        let web01 = Host::loopback("web01", &["company"]);
+        let laptop = Host::loopback("laptop", &["company"]);
+        Company::on(None, cm, web01, laptop)
+    }
+
+    fn on(net: Option<Net>, cm: Host, web01: Host, laptop: Host) -> Company {
         let cm_id = id52_of(&cm.json(&["cluster", "init", "company", "--json"]));
         let cm_addr = cm.socket_addr();
         let join = |h: &Host| {

@@ -1,0 +1,308 @@
+//! Who may talk to a cluster identity at all, and how much. Decided right
+//! after the TLS handshake, before any stream is read: a key that the
+//! config in force does not name (as a machine, in any principal list, or
+//! as the cluster manager) is a stranger and its connection is closed at
+//! once; a machine still waiting for its first config admits only its CM.
+//! Members get a bounded number of connections and of streams in flight,
+//! per peer and in total. Refusals are logged, at most a few lines per
+//! window, so a flood of strangers cannot flood the journal.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use iroh::endpoint::{AfterHandshakeOutcome, Connection, EndpointHooks, SendStream, Side, VarInt};
+
+use crate::config::ClusterConfig;
+use crate::identity::Id52;
+
+/// Connections one peer may hold open to one cluster identity. The daemon
+/// keeps one per protocol; the rest is for CLIs that dial directly.
+pub const MAX_CONNECTIONS_PER_PEER: usize = 32;
+/// Connections all peers together may hold open to one cluster identity.
+pub const MAX_CONNECTIONS: usize = 1024;
+/// Streams one peer may have in flight (commands, forwarded connections,
+/// config requests) on one cluster identity, over all its connections:
+/// room for a client's connection pool to a forwarded database; commands
+/// have a lower cap of their own (`exec::server::MAX_COMMANDS_PER_PEER`).
+pub const MAX_STREAMS_PER_PEER: usize = 256;
+/// Streams all peers together may have in flight on one cluster identity.
+pub const MAX_STREAMS: usize = 4096;
+
+/// The QUIC close code for a refused connection; its reason says why.
+pub const REFUSED: u32 = 403;
+/// The QUIC close code for a connection over the caps.
+pub const OVER_CAP: u32 = 429;
+
+/// Refusal lines logged per window; the rest are counted and summed up.
+const LOG_BURST: u32 = 5;
+const LOG_WINDOW: Duration = Duration::from_secs(60);
+
+/// The gate of one cluster identity; cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Gate {
+    shared: Arc<Shared>,
+}
+
+#[derive(Debug)]
+struct Shared {
+    cluster: String,
+    cm: Id52,
+    /// The keys the config in force names. A std `RwLock`: read by every
+    /// handshake, replaced when a config is put in force, never held across
+    /// an `.await`.
+    known: RwLock<Arc<BTreeSet<Id52>>>,
+    connections: Counter,
+    streams: Counter,
+    log: Mutex<RateLimit>,
+}
+
+impl Gate {
+    /// A gate that admits only the cluster manager `cm` until a config is
+    /// put in force with `set_config`.
+    pub fn new(cluster: &str, cm: Id52, config: Option<&ClusterConfig>) -> Gate {
+        let gate = Gate {
+            shared: Arc::new(Shared {
+                cluster: cluster.to_owned(),
+                cm,
+                known: RwLock::new(Arc::new(BTreeSet::new())),
+                connections: Counter::new(MAX_CONNECTIONS_PER_PEER, MAX_CONNECTIONS),
+                streams: Counter::new(MAX_STREAMS_PER_PEER, MAX_STREAMS),
+                log: Mutex::new(RateLimit::default()),
+            }),
+        };
+        gate.set_config(config);
+        gate
+    }
+
+    /// Admits, from now on, the keys `config` names and the CM.
+    pub fn set_config(&self, config: Option<&ClusterConfig>) {
+        let mut known = config.map(ClusterConfig::known_peers).unwrap_or_default();
+        known.insert(self.shared.cm);
+        *self.shared.known.write().expect("known lock") = Arc::new(known);
+    }
+
+    /// Whether `peer` is a member of the cluster as the config in force says.
+    pub fn admits(&self, peer: &Id52) -> bool {
+        self.shared.known.read().expect("known lock").contains(peer)
+    }
+
+    /// A slot for one stream of `peer`, held while the stream is served;
+    /// `None` (and a rate-limited log line) when the peer or everyone
+    /// together is at the cap.
+    pub fn stream(&self, peer: Id52) -> Option<Permit> {
+        let permit = self.shared.streams.take(peer);
+        if permit.is_none() {
+            self.refused(peer, "too many streams in flight");
+        }
+        permit
+    }
+
+    /// `stream`, for a stream just accepted: without a slot, the stream is
+    /// reset with `OVER_CAP` and `None` returned.
+    pub fn admit_stream(&self, peer: Id52, send: &mut SendStream) -> Option<Permit> {
+        let permit = self.stream(peer);
+        if permit.is_none() {
+            let _ = send.reset(VarInt::from_u32(OVER_CAP));
+        }
+        permit
+    }
+
+    /// The endpoint hooks that apply this gate to incoming connections.
+    pub fn hooks(&self) -> GateHooks {
+        GateHooks { gate: self.clone() }
+    }
+
+    fn refused(&self, peer: Id52, why: &str) {
+        let suppressed = match self
+            .shared
+            .log
+            .lock()
+            .expect("log lock")
+            .allow(Instant::now())
+        {
+            Some(suppressed) => suppressed,
+            None => return,
+        };
+        tracing::warn!(
+            malai_cluster = %self.shared.cluster, malai_peer = %peer, malai_decision = "refused",
+            "refused {peer}: {why} ({suppressed} more refusals not logged in the last {} s)",
+            LOG_WINDOW.as_secs()
+        );
+    }
+}
+
+/// Applies a `Gate` right after each incoming handshake.
+#[derive(Debug)]
+pub struct GateHooks {
+    gate: Gate,
+}
+
+impl EndpointHooks for GateHooks {
+    async fn after_handshake<'a>(&'a self, conn: &'a Connection) -> AfterHandshakeOutcome {
+        if conn.side() == Side::Client {
+            // A connection this device dialled, to a peer it chose.
+            return AfterHandshakeOutcome::Accept;
+        }
+        let peer = Id52::from_public_key(conn.remote_id());
+        if !self.gate.admits(&peer) {
+            self.gate.refused(peer, "not a member of this cluster");
+            return reject(REFUSED, "not a member of this cluster");
+        }
+        let Some(permit) = self.gate.shared.connections.take(peer) else {
+            self.gate.refused(peer, "too many connections");
+            return reject(OVER_CAP, "too many connections");
+        };
+        let closed = conn.weak_handle().closed();
+        tokio::spawn(async move {
+            closed.await;
+            drop(permit);
+        });
+        AfterHandshakeOutcome::Accept
+    }
+}
+
+fn reject(code: u32, reason: &str) -> AfterHandshakeOutcome {
+    AfterHandshakeOutcome::Reject {
+        error_code: VarInt::from_u32(code),
+        reason: reason.as_bytes().to_vec(),
+    }
+}
+
+/// Counts what each peer holds, with a cap per peer and one in total.
+#[derive(Debug)]
+struct Counter {
+    /// A std `Mutex`: held for one map update, never across an `.await`.
+    held: Arc<Mutex<Held>>,
+    per_peer: usize,
+    total: usize,
+}
+
+#[derive(Debug, Default)]
+struct Held {
+    by_peer: HashMap<Id52, usize>,
+    total: usize,
+}
+
+impl Counter {
+    fn new(per_peer: usize, total: usize) -> Counter {
+        Counter {
+            held: Arc::default(),
+            per_peer,
+            total,
+        }
+    }
+
+    fn take(&self, peer: Id52) -> Option<Permit> {
+        let mut held = self.held.lock().expect("counter lock");
+        let mine = held.by_peer.get(&peer).copied().unwrap_or(0);
+        if mine >= self.per_peer || held.total >= self.total {
+            return None;
+        }
+        held.by_peer.insert(peer, mine + 1);
+        held.total += 1;
+        Some(Permit {
+            held: self.held.clone(),
+            peer,
+        })
+    }
+}
+
+/// One connection or stream counted against its peer; given back on drop.
+#[derive(Debug)]
+pub struct Permit {
+    held: Arc<Mutex<Held>>,
+    peer: Id52,
+}
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        let mut held = self.held.lock().expect("counter lock");
+        held.total -= 1;
+        if let Some(n) = held.by_peer.get_mut(&self.peer) {
+            *n -= 1;
+            if *n == 0 {
+                held.by_peer.remove(&self.peer);
+            }
+        }
+    }
+}
+
+/// At most `LOG_BURST` lines per `LOG_WINDOW`.
+#[derive(Debug, Default)]
+struct RateLimit {
+    window: Option<Instant>,
+    logged: u32,
+    suppressed: u64,
+}
+
+impl RateLimit {
+    /// `Some(n)` when a line may be logged now (`n` lines were suppressed
+    /// since the last one); `None` when this one is to be suppressed.
+    fn allow(&mut self, now: Instant) -> Option<u64> {
+        if self
+            .window
+            .is_none_or(|start| now.duration_since(start) >= LOG_WINDOW)
+        {
+            self.window = Some(now);
+            self.logged = 0;
+        }
+        if self.logged >= LOG_BURST {
+            self.suppressed += 1;
+            return None;
+        }
+        self.logged += 1;
+        Some(std::mem::take(&mut self.suppressed))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::identity::Identity;
+
+    #[test]
+    fn a_waiting_machine_admits_only_its_manager() {
+        let cm = Identity::generate().id52();
+        let gate = Gate::new("company", cm, None);
+        assert!(gate.admits(&cm));
+        assert!(!gate.admits(&Identity::generate().id52()));
+    }
+
+    #[test]
+    fn streams_are_capped_per_peer_and_given_back() {
+        let cm = Identity::generate().id52();
+        let gate = Gate::new("company", cm, None);
+        let (a, b) = (Identity::generate().id52(), Identity::generate().id52());
+        let held: Vec<_> = (0..MAX_STREAMS_PER_PEER)
+            .map(|_| gate.stream(a).expect("under the cap"))
+            .collect();
+        assert!(gate.stream(a).is_none(), "the cap holds for a");
+        assert!(gate.stream(b).is_some(), "b has its own slots");
+        drop(held);
+        assert!(gate.stream(a).is_some(), "slots come back on drop");
+    }
+
+    #[test]
+    fn the_total_cap_holds_across_peers() {
+        let counter = Counter::new(2, 3);
+        let ids: Vec<_> = (0..3).map(|_| Identity::generate().id52()).collect();
+        let _a = counter.take(ids[0]).unwrap();
+        let _b = counter.take(ids[1]).unwrap();
+        let _c = counter.take(ids[2]).unwrap();
+        assert!(counter.take(ids[0]).is_none());
+    }
+
+    #[test]
+    fn refusal_lines_are_rate_limited() {
+        let mut limit = RateLimit::default();
+        let t0 = Instant::now();
+        for _ in 0..LOG_BURST {
+            assert_eq!(limit.allow(t0), Some(0));
+        }
+        for _ in 0..100 {
+            assert_eq!(limit.allow(t0), None);
+        }
+        assert_eq!(limit.allow(t0 + LOG_WINDOW), Some(100));
+    }
+}

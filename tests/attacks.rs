@@ -1,0 +1,381 @@
+//! The attacker's view of a daemon (issue "Close the open holes first"):
+//! raw iroh clients that ask for what the CLI never would (a PTY for a
+//! narrow rule), floods of fresh keys on every protocol, a member that
+//! opens connection after connection, and a command that looks for the
+//! descriptors of another caller. Every host is on 127.0.0.1: no root.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::Stdio;
+
+use common::bus::PrivateBus;
+use common::net::{Company, Daemon, Host, id52_of, pids_matching, wait_until};
+use iroh::Endpoint;
+use malai::config::NetworkSettings;
+use malai::exec::proto::{ClientMsg, ExecRequest, HostMsg, WindowSize};
+use malai::identity::{Id52, Identity};
+use malai::p2p::{self, CONFIG_ALPN, EXEC_ALPN, FORWARD_ALPN, frame};
+
+/// One CM on loopback that is also the machine `cm`; `rules` go into its
+/// `[machine.cm]` table, with `{mallory}` replaced by the attacker's id52.
+struct Lab {
+    /// Holds the CM's home, deleted on drop.
+    _cm: Host,
+    daemon: Daemon,
+    cm_id: Id52,
+    addr: SocketAddr,
+    mallory: Identity,
+}
+
+impl Lab {
+    fn start(rules: &str) -> Lab {
+        let cm = Host::loopback("cm", &["company"]);
+        let cm_id = id52_of(&cm.json(&["cluster", "init", "company", "--json"]));
+        let mallory = Identity::generate();
+        let rules = rules.replace("{mallory}", &mallory.id52().to_string());
+        let text = format!(
+            "[cluster-manager]\nid52 = \"{cm_id}\"\nconfig_editors = \"cm\"\n\n[machine.cm]\nid52 = \"{cm_id}\"\naddrs = [\"{}\"]\n{rules}\n",
+            cm.socket_addr()
+        );
+        std::fs::write(cm.cluster_dir("company").join("cluster.toml"), text).unwrap();
+        cm.ok(&["rescan", "--check"]);
+        let daemon = cm.start_daemon();
+        Lab {
+            addr: cm.socket_addr().parse().unwrap(),
+            cm_id: cm_id.parse().unwrap(),
+            _cm: cm,
+            daemon,
+            mallory,
+        }
+    }
+}
+
+fn loopback_net() -> NetworkSettings {
+    let text = "[network]\nrelay = \"disabled\"\ndiscovery = false\nbind = \"127.0.0.1\"\n";
+    malai::config::local::parse(Path::new("malai.toml"), text)
+        .unwrap_or_else(|d| panic!("{d}"))
+        .network
+}
+
+async fn endpoint(id: &Identity) -> Endpoint {
+    p2p::bind(id, &loopback_net(), 0, Vec::new(), None)
+        .await
+        .unwrap()
+}
+
+/// What a raw exec request got: the host's first answer, then (if it
+/// started) the output and the exit code.
+#[derive(Debug)]
+struct Ran {
+    answer: HostMsg,
+    stdout: String,
+    exit: Option<u8>,
+}
+
+/// One `malai/exec/1` request as `ep`'s key, built by hand.
+async fn raw_exec(ep: &Endpoint, to: &Id52, addr: SocketAddr, req: ExecRequest) -> Ran {
+    let conn = p2p::dial(ep, to, &[addr], EXEC_ALPN).await.unwrap();
+    let (mut send, mut recv) = conn.open_bi().await.unwrap();
+    frame::write_msg(&mut send, &req).await.unwrap();
+    frame::write_msg(&mut send, &ClientMsg::Eof).await.unwrap();
+    let answer: HostMsg = frame::read_msg(&mut recv).await.unwrap();
+    let mut ran = Ran {
+        answer,
+        stdout: String::new(),
+        exit: None,
+    };
+    if ran.answer != HostMsg::Started {
+        return ran;
+    }
+    let mut buf = Vec::new();
+    while let Some(kind) = frame::read(&mut recv, &mut buf).await.unwrap() {
+        match kind {
+            frame::Kind::Stdout => ran.stdout.push_str(&String::from_utf8_lossy(&buf)),
+            frame::Kind::Control => {
+                if let Ok(HostMsg::Exit { code }) = serde_json::from_slice(&buf) {
+                    ran.exit = Some(code);
+                    break;
+                }
+            }
+            frame::Kind::Stderr | frame::Kind::Stdin => {}
+        }
+    }
+    conn.close(0u32.into(), b"done");
+    ran
+}
+
+fn request(argv: &[&str], pty: bool) -> ExecRequest {
+    ExecRequest {
+        argv: argv.iter().map(|s| s.to_string()).collect(),
+        env: Vec::new(),
+        pty: pty.then_some(WindowSize { rows: 24, cols: 80 }),
+    }
+}
+
+fn denied_because(ran: &Ran, why: &str) {
+    match &ran.answer {
+        HostMsg::Denied { reason } => assert!(reason.contains(why), "{reason}"),
+        other => panic!("expected a denial ({why}), got {other:?}: {ran:?}"),
+    }
+}
+
+/// A peer allowed a narrow rule asks for a PTY to escape from the rule's
+/// pager; only a rule with `allow_pty` gets one, an argv on a PTY needs
+/// `allow_shell`, and a rule runs with pagers and editors neutralised.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pty_is_granted_only_where_the_config_says_so() {
+    let lab = Lab::start(
+        r#"allow_from = "cm,{mallory}"
+allow_shell = "cm"
+[machine.cm.command.pager]
+command = "less /etc/hostname"
+allow_from = "{mallory}"
+[machine.cm.command.whattty]
+command = "tty"
+allow_from = "{mallory}"
+allow_pty = true
+[machine.cm.command.showenv]
+command = "env"
+allow_from = "{mallory}"
+"#,
+    );
+    let ep = endpoint(&lab.mallory).await;
+    let (to, addr) = (&lab.cm_id, lab.addr);
+
+    // The attack: a PTY for the pager rule. Refused before anything runs.
+    let ran = raw_exec(&ep, to, addr, request(&["pager"], true)).await;
+    denied_because(&ran, "allow_pty");
+    // An argv of allow_from, but on a PTY: allow_shell decides too.
+    let ran = raw_exec(&ep, to, addr, request(&["tty"], true)).await;
+    denied_because(&ran, "allow_shell");
+    // ...and a shell, outright.
+    let ran = raw_exec(&ep, to, addr, request(&[], true)).await;
+    denied_because(&ran, "allow_shell");
+
+    // With allow_pty the rule gets its terminal.
+    let ran = raw_exec(&ep, to, addr, request(&["whattty"], true)).await;
+    assert_eq!(ran.exit, Some(0), "{ran:?}");
+    assert!(ran.stdout.starts_with("/dev/pts/"), "{ran:?}");
+    // Without a PTY asked for, none.
+    let ran = raw_exec(&ep, to, addr, request(&["whattty"], false)).await;
+    assert!(ran.stdout.contains("not a tty"), "{ran:?}");
+
+    // A rule pages with cat, edits with nothing, and less refuses escapes.
+    let ran = raw_exec(&ep, to, addr, request(&["showenv"], false)).await;
+    for var in [
+        "PAGER=cat",
+        "SYSTEMD_PAGER=cat",
+        "LESSSECURE=1",
+        "EDITOR=/bin/false",
+    ] {
+        assert!(ran.stdout.lines().any(|l| l == var), "{var} in {ran:?}");
+    }
+    // An argv that is not a rule keeps the user's own environment.
+    let ran = raw_exec(&ep, to, addr, request(&["env"], false)).await;
+    assert!(!ran.stdout.contains("LESSSECURE"), "{ran:?}");
+
+    // The audit lines say whether a PTY was asked for.
+    let log = lab.daemon.log_text();
+    let line = |needle: &str| {
+        log.lines()
+            .find(|l| l.contains(needle))
+            .unwrap_or_else(|| panic!("no line with {needle:?} in:\n{log}"))
+            .to_owned()
+    };
+    let pty_denied = line("malai_argv=pager malai_pty=true");
+    assert!(
+        pty_denied.contains("malai_decision=\"denied\""),
+        "{pty_denied}"
+    );
+    let pty_allowed = line("malai_argv=tty malai_pty=true malai_decision=\"allowed\"");
+    assert!(pty_allowed.contains(&lab.mallory.id52().to_string()));
+    ep.close().await;
+}
+
+/// While a local user's exec through the daemon holds that user's
+/// descriptors (stdin, stdout, stderr of the CLI), a command the daemon
+/// starts for a peer sees only its own 0, 1 and 2.
+#[test]
+fn a_command_inherits_no_descriptor_of_another_caller() {
+    let Some(bus) = PrivateBus::start() else {
+        panic!("this test needs dbus-daemon and busctl (apt-get install dbus systemd)");
+    };
+    let mallory = Identity::generate();
+    let c = Company::loopback();
+    // The laptop, whose daemon serves a local user on the bus, is also a
+    // machine that runs commands for mallory.
+    let laptop_rules = format!("allow_from = \"{}\"", mallory.id52());
+    let (_cm, _web, _lap) = c.start_synced_with(
+        "allow_from = \"laptop\"",
+        &laptop_rules,
+        "",
+        &[("MALAI_DBUS_ADDRESS", &bus.address)],
+    );
+
+    // A local user's long command on web01, through the laptop's daemon.
+    let mut cli = c.laptop.malai(&["web01.company", "sleep", "4242"]);
+    let mut user = cli
+        .env("MALAI_DBUS_ADDRESS", &bus.address)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_until("sleep 4242 runs on web01", || {
+        !pids_matching("sleep 4242").is_empty()
+    });
+
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let laptop: Id52 = c.laptop_id.parse().unwrap();
+    let addr: SocketAddr = c.laptop.socket_addr().parse().unwrap();
+    let ran = rt.block_on(async {
+        let ep = endpoint(&mallory).await;
+        let ran = raw_exec(
+            &ep,
+            &laptop,
+            addr,
+            request(&["sh", "-c", "ls /proc/$$/fd"], false),
+        )
+        .await;
+        ep.close().await;
+        ran
+    });
+    assert_eq!(ran.exit, Some(0), "{ran:?}");
+    assert_eq!(
+        ran.stdout, "0\n1\n2\n",
+        "the command saw others' descriptors"
+    );
+
+    let _ = user.kill();
+    let _ = user.wait();
+}
+
+/// 200 fresh keys open connections and streams on every protocol while a
+/// member runs commands: every stranger is closed right after its
+/// handshake, memory stays flat, the log stays small; a member that opens
+/// connection after connection is capped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn strangers_are_refused_before_any_work_and_members_are_capped() {
+    let lab = Lab::start(
+        r#"allow_from = "{mallory}"
+"#,
+    );
+    let (to, addr) = (lab.cm_id, lab.addr);
+    let member = endpoint(&lab.mallory).await;
+    let warm = raw_exec(&member, &to, addr, request(&["true"], false)).await;
+    assert_eq!(warm.exit, Some(0), "{warm:?}");
+    let idle_kib = common::rss_kib(lab.daemon.pid());
+    let log_before = std::fs::metadata(&lab.daemon.log).unwrap().len();
+
+    // The flood: each stranger dials every ALPN and pushes a frame header
+    // that announces a whole megabyte on a few streams.
+    let flood = tokio::spawn(async move {
+        let mut refused = 0;
+        for batch in 0..20 {
+            let mut tasks = Vec::new();
+            for _ in 0..10 {
+                tasks.push(tokio::spawn(async move { stranger(&to, addr).await }));
+            }
+            for t in tasks {
+                refused += t.await.unwrap();
+            }
+            let _ = batch;
+        }
+        refused
+    });
+    // Meanwhile the member's commands run.
+    for i in 0..5 {
+        let n = i.to_string();
+        let ran = raw_exec(&member, &to, addr, request(&["echo", &n], false)).await;
+        assert_eq!(ran.stdout, format!("{n}\n"), "{ran:?}");
+    }
+    let refused = flood.await.unwrap();
+    assert_eq!(refused, 200 * 3, "every stranger's connection was refused");
+
+    let after_kib = common::rss_kib(lab.daemon.pid());
+    assert!(
+        after_kib < idle_kib + 20 * 1024,
+        "RSS went from {idle_kib} KiB to {after_kib} KiB"
+    );
+    let log_growth = std::fs::metadata(&lab.daemon.log).unwrap().len() - log_before;
+    assert!(log_growth < 1 << 20, "the log grew by {log_growth} bytes");
+    let log = lab.daemon.log_text();
+    assert!(log.contains("not a member of this cluster"), "{log}");
+
+    // A member that opens connection after connection on one ALPN: past
+    // its cap, the next is closed; what it holds keeps working.
+    let cap = malai::p2p::gate::MAX_CONNECTIONS_PER_PEER;
+    let mut held = Vec::new();
+    let mut endpoints = Vec::new();
+    for _ in 0..cap + 4 {
+        let ep = endpoint(&lab.mallory).await;
+        // Past the cap the dial may fail, or succeed and be closed.
+        held.extend(p2p::dial(&ep, &to, &[addr], EXEC_ALPN).await.ok());
+        endpoints.push(ep);
+    }
+    let mut open = 0;
+    for conn in &held {
+        if usable(conn).await {
+            open += 1;
+        }
+    }
+    // (`raw_exec` closed each of its connections: none is left over.)
+    assert_eq!(open, cap, "connections past the cap were closed");
+    for conn in &held {
+        conn.close(0u32.into(), b"done");
+    }
+    for ep in endpoints {
+        ep.close().await;
+    }
+    member.close().await;
+}
+
+/// Whether a stream on `conn` gets an answer from the exec host.
+async fn usable(conn: &iroh::endpoint::Connection) -> bool {
+    let Ok((mut send, mut recv)) = conn.open_bi().await else {
+        return false;
+    };
+    if frame::write_msg(&mut send, &request(&["true"], false))
+        .await
+        .is_err()
+    {
+        return false;
+    }
+    matches!(
+        frame::read_msg::<_, HostMsg>(&mut recv).await,
+        Ok(HostMsg::Started)
+    )
+}
+
+/// One stranger: a fresh key dials exec, config and forward, opens streams
+/// and announces large frames on each; returns how many of its three
+/// connections the host closed as refused.
+async fn stranger(to: &Id52, addr: SocketAddr) -> usize {
+    let ep = endpoint(&Identity::generate()).await;
+    let mut refused = 0;
+    for alpn in [EXEC_ALPN, CONFIG_ALPN, FORWARD_ALPN] {
+        let Ok(conn) = p2p::dial(&ep, to, &[addr], alpn).await else {
+            refused += 1;
+            continue;
+        };
+        for _ in 0..4 {
+            if let Ok((mut send, _recv)) = conn.open_bi().await {
+                let mut head = (frame::MAX_FRAME as u32).to_be_bytes().to_vec();
+                head.push(1);
+                let _ = tokio::io::AsyncWriteExt::write_all(&mut send, &head).await;
+            }
+        }
+        // A refused connection is closed at once; one that was let in
+        // would stay open until our idle timeout.
+        let closed = tokio::time::timeout(std::time::Duration::from_secs(5), conn.closed()).await;
+        if let Ok(iroh::endpoint::ConnectionError::ApplicationClosed(close)) = closed
+            && u64::from(close.error_code) == u64::from(malai::p2p::gate::REFUSED)
+        {
+            refused += 1;
+        }
+    }
+    ep.close().await;
+    refused
+}
