@@ -70,6 +70,21 @@ fn machine_init_prints_snippet_and_json() {
 }
 
 #[test]
+fn machine_init_refuses_a_name_that_looks_like_an_id52() {
+    let m = TestHome::new();
+    let cm = Identity::generate().id52().to_string();
+    let other = Identity::generate().id52().to_string();
+    let out = m.run(&["machine", "init", &cm, "company", "--name", &other]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("looks like an id52"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!m.cluster_dir("company").exists());
+}
+
+#[test]
 fn machine_init_rejects_bad_cm_id52_as_usage_error() {
     let m = TestHome::new();
     let out = m.run(&["machine", "init", "nope", "company"]);
@@ -199,7 +214,7 @@ fn every_bad_cluster_fixture_fails_with_78_at_its_position() {
     let m1 = Identity::generate().id52().to_string();
     let m2 = Identity::generate().id52().to_string();
     let cases = fixtures("bad-cluster");
-    assert!(cases.len() >= 14);
+    assert!(cases.len() >= 22);
     for (name, text) in cases {
         let home = TestHome::new();
         let cm = home.json(&["cluster", "init", "company", "--json"])["id52"]

@@ -1,8 +1,9 @@
 //! Remote config editing end to end, with real daemons in network
 //! namespaces: `malai config download|upload|edit` from editors' devices,
 //! compare-and-swap on the base hash, refusals of non-editors and of invalid
-//! files, `--force`, `kill -9` of the CM during uploads, and the three-way
-//! merge of `edit`.
+//! files, `--force`, `kill -9` of the CM during uploads, the three-way merge
+//! of `edit`, and a download into a directory where another user planted
+//! symlinks.
 
 mod common;
 
@@ -667,4 +668,101 @@ fn validate_checks_locally_and_show_on_the_cm_prints_cluster_toml() {
     let out = home.run(&["config", "show", "company"]);
     assert_eq!(code(&out), Some(0), "{}", stderr(&out));
     assert_eq!(String::from_utf8(out.stdout).unwrap(), read(&good));
+}
+
+/// `malai config download` run by root into a directory every user may write
+/// to (0777, not sticky: `fs.protected_symlinks` does not protect it), where
+/// another user planted symlinks to a victim file at both names the download
+/// writes and at the temp names the old code used (`.NAME.tmp.PID`). Nothing
+/// may follow them: the victim keeps its bytes and mode, the download and its
+/// base file are regular files of mode 0600.
+#[test]
+fn download_into_a_shared_directory_follows_no_planted_symlink() {
+    use std::io::{BufRead, BufReader, Write};
+    use std::os::unix::fs::{lchown, symlink};
+
+    let home = TestHome::new();
+    home.ok(&["cluster", "init", "company"]);
+    let cluster_text = read(&home.cluster_dir("company").join("cluster.toml"));
+    let shared = tempfile::tempdir().unwrap();
+    fs::set_permissions(shared.path(), fs::Permissions::from_mode(0o777)).unwrap();
+    let victim_dir = tempfile::tempdir().unwrap();
+    let victim = victim_dir.path().join("victim");
+    fs::write(&victim, "precious").unwrap();
+    fs::set_permissions(&victim, fs::Permissions::from_mode(0o640)).unwrap();
+    let file = shared.path().join("company.toml");
+
+    // `sh` prints its PID, waits for a line, then execs malai under that PID,
+    // so the attacker knows it exactly (a real one plants a few thousand
+    // names past /proc/sys/kernel/ns_last_pid).
+    let mut child = std::process::Command::new("sh")
+        .args(["-c", "echo $$; read go; exec \"$0\" \"$@\""])
+        .arg(malai_bin())
+        .args(["config", "download", "company", "-o", &path_str(&file)])
+        .env("MALAI_HOME", home.path())
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut pid = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut pid)
+        .unwrap();
+    let pid = pid.trim();
+    let old_temps = [
+        format!(".company.toml.tmp.{pid}"),
+        format!(".company.toml.base.tmp.{pid}"),
+    ];
+    let planted = old_temps
+        .iter()
+        .cloned()
+        .chain(["company.toml".into(), "company.toml.base".into()]);
+    for name in planted {
+        let link = shared.path().join(name);
+        symlink(&victim, &link).unwrap();
+        if common::net::is_root() {
+            // Planted by another user, as in the attack.
+            lchown(&link, Some(65534), Some(65534)).unwrap();
+        }
+    }
+    let mut stdin = child.stdin.take().unwrap();
+    writeln!(stdin, "go").unwrap();
+    drop(stdin);
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(code(&out), Some(0), "{}", stderr(&out));
+
+    assert_eq!(
+        read(&victim),
+        "precious",
+        "the victim's bytes are unchanged"
+    );
+    let victim_mode = fs::metadata(&victim).unwrap().permissions().mode() & 0o7777;
+    assert_eq!(victim_mode, 0o640, "the victim's mode is unchanged");
+    let regular_0600 = |path: &Path| {
+        let meta = fs::symlink_metadata(path).unwrap();
+        assert!(
+            meta.file_type().is_file(),
+            "{} is a regular file",
+            path.display()
+        );
+        assert_eq!(
+            meta.permissions().mode() & 0o7777,
+            0o600,
+            "{}",
+            path.display()
+        );
+        read(path)
+    };
+    assert_eq!(regular_0600(&file), cluster_text);
+    let base: serde_json::Value =
+        serde_json::from_str(&regular_0600(&shared.path().join("company.toml.base"))).unwrap();
+    assert_eq!(base["hash"], hash_hex(cluster_text.as_bytes()));
+    for name in &old_temps {
+        let meta = fs::symlink_metadata(shared.path().join(name)).unwrap();
+        assert!(meta.file_type().is_symlink(), "{name} was left alone");
+    }
+    let entries = fs::read_dir(shared.path()).unwrap().count();
+    assert_eq!(entries, 4, "no temp file is left behind");
 }

@@ -119,11 +119,20 @@ pub fn run(cmd: ConfigCommand) -> anyhow::Result<u8> {
     }
 }
 
+/// Mode of a downloaded file and its base file: the owner's only, since
+/// cluster.toml names every machine, address and rule of the cluster (the
+/// same reason `edit` opens it in a 0700 directory).
+const DOWNLOAD_MODE: u32 = 0o600;
+
+/// Writes FILE and FILE.base (often in the working directory, which others
+/// may be able to write to: `write_atomic` follows no symlink there).
 fn write_with_base(file: &Path, text: &str, base: &Base) -> anyhow::Result<()> {
-    crate::fsutil::write_atomic(file, text.as_bytes(), 0o644)
+    crate::fsutil::write_atomic(file, text.as_bytes(), DOWNLOAD_MODE)
         .with_context(|| format!("writing {}", file.display()))?;
     let json = serde_json::to_vec_pretty(base)?;
-    crate::fsutil::write_atomic(&base_path(file), &json, 0o644)?;
+    let base_file = base_path(file);
+    crate::fsutil::write_atomic(&base_file, &json, DOWNLOAD_MODE)
+        .with_context(|| format!("writing {}", base_file.display()))?;
     Ok(())
 }
 
@@ -182,7 +191,8 @@ const ERROR_MARK: &str = "# malai: ";
 fn edit(home: &Home, cluster: &str) -> anyhow::Result<u8> {
     let (base_text, base_hash, base_version) = download(home, cluster)?;
     // A private directory (0700, a fresh name): the file may name every
-    // machine and rule of the cluster. Removed when `dir` drops.
+    // machine and rule of the cluster. Removed when `dir` drops. No one else
+    // can add a name in it, so plain `fs::write` is safe there.
     let dir = tempfile::Builder::new()
         .prefix("malai-edit-")
         .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o700))
@@ -288,7 +298,7 @@ fn merge_and_upload(home: &Home, cluster: &str, base: &str, mine: &str) -> anyho
 fn keep(cluster: &str, text: &str, hash: &str, version: u64) -> anyhow::Result<PathBuf> {
     let mut file = PathBuf::from(format!("{cluster}.toml"));
     let mut n = 1;
-    while file.exists() || base_path(&file).exists() {
+    while taken(&file) || taken(&base_path(&file)) {
         file = PathBuf::from(format!("{cluster}.edit-{n}.toml"));
         n += 1;
     }
@@ -305,6 +315,12 @@ fn keep(cluster: &str, text: &str, hash: &str, version: u64) -> anyhow::Result<P
         file.display()
     );
     Ok(file)
+}
+
+/// Whether a name is in use, by anything: a symlink counts, dangling or not
+/// (`Path::exists` follows it, and would let `keep` replace it).
+fn taken(path: &Path) -> bool {
+    std::fs::symlink_metadata(path).is_ok()
 }
 
 fn run_editor(file: &Path) -> anyhow::Result<()> {

@@ -50,6 +50,14 @@ pub fn run(cmd: MachineCommand) -> anyhow::Result<u8> {
     if let Some(why) = crate::config::names::name_error(&name) {
         return Err(Failure::usage(format!("machine name {name:?}: {why}; pass --name")).into());
     }
+    if crate::config::names::looks_like_id52(&name) {
+        // The CM's validation refuses such an alias (it would shadow an
+        // id52); say so now rather than print a snippet that cannot be used.
+        return Err(Failure::usage(format!(
+            "machine name {name:?} looks like an id52; pass a shorter --name"
+        ))
+        .into());
+    }
     let home = Home::resolve()?;
     let (dir, identity) = home::create_cluster_dir(&home, &cluster)?;
     let info = ClusterInfo {

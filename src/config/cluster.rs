@@ -271,23 +271,7 @@ impl Validator<'_> {
         };
 
         for name in raw.group.keys() {
-            if let Some(why) = name_error(name.get_ref()) {
-                self.err(
-                    name.span(),
-                    format!("invalid group name {:?}: {why}", name.get_ref()),
-                    "rename the group",
-                );
-            }
-            if looks_like_id52(name.get_ref()) {
-                self.err(
-                    name.span(),
-                    format!(
-                        "group name {:?} looks like an id52, so it would shadow one",
-                        name.get_ref()
-                    ),
-                    "choose a shorter group name",
-                );
-            }
+            self.principal_name(name, "group name", "rename the group");
             if self.machines.contains(name.get_ref()) {
                 self.err(
                     name.span(),
@@ -307,13 +291,7 @@ impl Validator<'_> {
         let mut machines = BTreeMap::new();
         let mut seen_ids: HashMap<Id52, String> = HashMap::new();
         for (alias, m) in &raw.machine {
-            if let Some(why) = name_error(alias.get_ref()) {
-                self.err(
-                    alias.span(),
-                    format!("invalid machine alias {:?}: {why}", alias.get_ref()),
-                    "rename the machine",
-                );
-            }
+            self.principal_name(alias, "machine alias", "rename the machine");
             let id = self.id52(&m.id52, "a machine's id52");
             if let Some(id) = id {
                 if let Some(first) = seen_ids.get(&id) {
@@ -491,6 +469,29 @@ impl Validator<'_> {
             allow_from,
             inject_headers: s.inject_headers.as_ref().is_none_or(|i| *i.get_ref()),
         })
+    }
+
+    /// Checks a machine alias or group name, the names a principal list can
+    /// use besides id52s: a valid name, and not one that reads as an id52.
+    /// `principals` resolves groups and aliases before id52s, so a machine
+    /// or group spelled like a device's id52 would take that device's place
+    /// in every `allow_from`, `members` and `config_editors` naming it.
+    fn principal_name(&mut self, name: &Spanned<String>, what: &str, rename: &str) {
+        let n = name.get_ref();
+        if let Some(why) = name_error(n) {
+            self.err(name.span(), format!("invalid {what} {n:?}: {why}"), rename);
+        } else if looks_like_id52(n) {
+            self.err(
+                name.span(),
+                format!(
+                    "{what} {n:?} looks like an id52, so it would shadow the device with that id52 \
+                     in allow_from, members and config_editors"
+                ),
+                &format!(
+                    "{rename} to a shorter name: 40 or more letters and digits read as an id52"
+                ),
+            );
+        }
     }
 
     fn id52(&mut self, text: &Spanned<String>, what: &str) -> Option<Id52> {

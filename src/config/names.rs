@@ -78,7 +78,10 @@ pub fn split_list(text: &str) -> Vec<(usize, &str)> {
     out
 }
 
-/// Whether `text` looks like an attempt at an id52 rather than a name.
+/// Whether `text` looks like an attempt at an id52 rather than a name: 40
+/// or more letters and digits. Every id52 (52 characters of the z-base-32
+/// alphabet) does, so a machine alias or group name for which this holds is
+/// refused: it could shadow a device's id52 in a principal list.
 pub fn looks_like_id52(text: &str) -> bool {
     text.len() >= 40 && text.chars().all(|c| c.is_ascii_alphanumeric())
 }
@@ -105,6 +108,17 @@ mod tests {
         assert!(!username_ok("1abc"));
         assert!(!username_ok("a b"));
         assert!(!username_ok(""));
+    }
+
+    #[test]
+    fn every_id52_looks_like_one_and_names_do_not() {
+        for _ in 0..32 {
+            let id = crate::identity::Identity::generate().id52().to_string();
+            assert_eq!(name_error(&id), None, "an id52 is a well-formed name");
+            assert!(looks_like_id52(&id), "{id}");
+        }
+        assert!(!looks_like_id52("web01"));
+        assert!(!looks_like_id52(&"a-".repeat(30)));
     }
 
     #[test]

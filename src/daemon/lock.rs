@@ -4,9 +4,10 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, Write};
+use std::os::unix::fs::OpenOptionsExt;
 
 use anyhow::Context;
-use nix::fcntl::{Flock, FlockArg};
+use nix::fcntl::{Flock, FlockArg, OFlag};
 
 use crate::home::Home;
 
@@ -19,11 +20,17 @@ pub fn acquire(home: &Home) -> anyhow::Result<HomeLock> {
     let path = home.lock_path();
     std::fs::create_dir_all(&home.root)
         .with_context(|| format!("creating {}", home.root.display()))?;
+    // O_NOFOLLOW: the file is truncated and written below, so a symlink
+    // planted at its name (a MALAI_HOME others can write to) must fail the
+    // open rather than aim that write at another file. At most 0644 even
+    // under umask 0: the CLI reads the PID, only the daemon writes it.
     let file = OpenOptions::new()
         .read(true)
         .write(true)
         .create(true)
         .truncate(false)
+        .mode(0o644)
+        .custom_flags(OFlag::O_NOFOLLOW.bits())
         .open(&path)
         .with_context(|| format!("opening {}", path.display()))?;
     let mut lock = match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
@@ -53,5 +60,24 @@ pub fn running_daemon(home: &Home) -> Option<i32> {
     match Flock::lock(file, FlockArg::LockSharedNonblock) {
         Ok(_free) => None,
         Err(_) => text.trim().parse().ok(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn a_symlink_at_the_lock_path_is_refused_not_truncated() {
+        let shared = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(shared.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+        let victim_dir = tempfile::tempdir().unwrap();
+        let victim = victim_dir.path().join("victim");
+        std::fs::write(&victim, "precious").unwrap();
+        let home = Home::at(shared.path());
+        std::os::unix::fs::symlink(&victim, home.lock_path()).unwrap();
+        assert!(acquire(&home).is_err());
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious");
     }
 }
