@@ -495,3 +495,155 @@ impl Drop for Stopped {
         }
     }
 }
+
+/// A local group, created for the test if the machine has none of that
+/// name (and then deleted when dropped).
+struct LocalGroup {
+    name: &'static str,
+    created: bool,
+}
+
+impl LocalGroup {
+    fn ensure(name: &'static str) -> LocalGroup {
+        let exists = nix::unistd::Group::from_name(name).unwrap().is_some();
+        if !exists {
+            let out = Command::new("groupadd")
+                .args(["--system", name])
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "groupadd: {}", common::stderr(&out));
+        }
+        LocalGroup {
+            name,
+            created: !exists,
+        }
+    }
+}
+
+impl Drop for LocalGroup {
+    fn drop(&mut self) {
+        if self.created {
+            let _ = Command::new("groupdel").arg(self.name).status();
+        }
+    }
+}
+
+/// A local user made for the test, in `groups`, with a home of its own;
+/// deleted when dropped.
+struct LocalUser {
+    name: String,
+    home: tempfile::TempDir,
+}
+
+impl LocalUser {
+    fn new(tag: &str, groups: &[&str]) -> LocalUser {
+        let name = format!("mt{}{tag}", std::process::id());
+        let home = tempfile::tempdir().unwrap();
+        let out = Command::new("useradd")
+            .args(["--system", "--no-create-home", "--shell", "/bin/sh"])
+            .args(["--home-dir", &home.path().display().to_string()])
+            .args(["--groups", &groups.join(",")])
+            .arg(&name)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "useradd: {}", common::stderr(&out));
+        let user = nix::unistd::User::from_name(&name).unwrap().unwrap();
+        nix::unistd::chown(home.path(), Some(user.uid), Some(user.gid)).unwrap();
+        LocalUser { name, home }
+    }
+
+    /// `malai ARGS` as this user with its groups, no MALAI_HOME: it finds
+    /// the system service on `bus`.
+    fn malai(&self, bus: &PrivateBus, args: &[&str]) -> Output {
+        Command::new("setpriv")
+            .arg(format!("--reuid={}", self.name))
+            .arg(format!("--regid={}", self.name))
+            .arg("--init-groups")
+            .arg(common::malai_bin())
+            .args(args)
+            .current_dir(self.home.path())
+            .env_remove("MALAI_HOME")
+            .env_remove("XDG_DATA_HOME")
+            .env("HOME", self.home.path())
+            .env("MALAI_DBUS_ADDRESS", &bus.address)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run setpriv malai")
+    }
+}
+
+impl Drop for LocalUser {
+    fn drop(&mut self) {
+        let _ = Command::new("userdel").arg(&self.name).status();
+    }
+}
+
+/// What a real member of the group malai may do through the system service
+/// (README, "Who may do what on the device"): commands on the device
+/// itself as itself, or as a command rule says; rescan; no config editing,
+/// and so no way to the service's keys. A member of malai-admin edits the
+/// config.
+#[test]
+fn a_member_of_the_group_malai_may_do_what_the_readme_says_and_no_more() {
+    if !common::net::is_root() {
+        eprintln!("skipped: needs root to create a local user and call as it");
+        return;
+    }
+    let _malai = LocalGroup::ensure("malai");
+    let _admins = LocalGroup::ensure("malai-admin");
+    let alice = LocalUser::new("a", &["malai"]);
+    let bob = LocalUser::new("b", &["malai", "malai-admin"]);
+    // The bus reads the policy's groups when it starts: after they exist.
+    let dir = tempfile::tempdir().unwrap();
+    let bus = system_bus(dir.path(), "").expect("dbus-daemon, busctl and setpriv");
+
+    let home = TestHome::new();
+    let init = home.init_loopback_cluster("company");
+    let cm = init["id52"].as_str().unwrap();
+    let key = home.cluster_dir("company").join("identity.key");
+    std::fs::write(
+        home.cluster_dir("company").join("cluster.toml"),
+        format!(
+            "[cluster-manager]\nid52 = \"{cm}\"\nconfig_editors = \"cm\"\n\n[machine.cm]\nid52 = \"{cm}\"\nallow_from = \"cm\"\n\n[machine.cm.command.rootid]\ncommand = \"id -un\"\nusername = \"root\"\nallow_from = \"cm\"\n"
+        ),
+    )
+    .unwrap();
+    let (child, _notify) = start_on(&home, &bus);
+    // The service's home is private, as /var/lib/malai is (0700 root).
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(home.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
+
+    // A command on the device itself runs as alice, not as root...
+    let out = alice.malai(&bus, &["cm.company", "id", "-un"]);
+    assert_eq!(out.status.code(), Some(0), "{}", common::stderr(&out));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), alice.name);
+    // ...so the service's key stays out of reach...
+    let key_text = key.display().to_string();
+    let out = alice.malai(&bus, &["cm.company", "cat", &key_text]);
+    assert_ne!(out.status.code(), Some(0));
+    assert!(out.stdout.is_empty(), "alice read the key");
+    // ...and a command rule runs as the rule says.
+    let out = alice.malai(&bus, &["cm.company", "rootid"]);
+    assert_eq!(out.status.code(), Some(0), "{}", common::stderr(&out));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "root");
+
+    // She may rescan, but not download or upload the config: the bus
+    // refuses (and the daemon would too).
+    let out = alice.malai(&bus, &["rescan"]);
+    assert!(out.status.success(), "{}", common::stderr(&out));
+    let out = alice.malai(&bus, &["config", "download", "company", "-o", "c.toml"]);
+    assert_ne!(out.status.code(), Some(0));
+    assert!(
+        common::stderr(&out).contains("AccessDenied"),
+        "{}",
+        common::stderr(&out)
+    );
+    assert!(!alice.home.path().join("c.toml").exists());
+
+    // Bob, in malai-admin too, downloads it.
+    let out = bob.malai(&bus, &["config", "download", "company", "-o", "c.toml"]);
+    assert!(out.status.success(), "{}", common::stderr(&out));
+    let text = std::fs::read_to_string(bob.home.path().join("c.toml")).unwrap();
+    assert!(text.contains("[machine.cm.command.rootid]"));
+    stop(child);
+}

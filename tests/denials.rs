@@ -97,7 +97,8 @@ fn command_rule_is_for_its_group_only() {
 }
 
 /// (c) A key that is not in the cluster at all, holding the public directory
-/// of machines, is refused even where `allow_from = "*"`.
+/// of machines, is refused even where `allow_from = "*"`: its connection is
+/// closed right after the handshake, before any request is read.
 #[test]
 fn key_outside_the_cluster_is_denied() {
     require_root!();
@@ -149,8 +150,11 @@ fn key_outside_the_cluster_is_denied() {
         .stdin(Stdio::null())
         .output()
         .unwrap();
-    assert_denied(&out, &["web01.company", "allow_from"]);
-    wait_log_line(&web, &["denied", &stranger_id, "\"id\""]);
+    assert_refused(&out, &["web01.company", "not a member of this cluster"]);
+    wait_log_line(
+        &web,
+        &["refused", &stranger_id, "not a member of this cluster"],
+    );
 }
 
 /// (d) Only the cluster manager may push config: the very envelope the CM
@@ -170,14 +174,14 @@ fn config_push_from_a_non_manager_is_denied() {
     // A stranger seals its own config.
     let stranger = Identity::generate();
     let forged = Envelope::seal(&stranger, &web_id, 3, text.clone());
-    let answer = push(&c.laptop.ns, c.laptop.addr, &stranger, &c, forged);
+    let answer = try_push(&c.laptop.ns, c.laptop.addr, &stranger, &c, forged);
     assert!(
-        matches!(&answer, ConfigAnswer::Denied { reason } if reason.contains("cluster manager")),
+        matches!(&answer, Err(e) if e.contains("not a member of this cluster")),
         "{answer:?}"
     );
     wait_log_line(
         &web,
-        &["refused a config push", &stranger.id52().to_string()],
+        &["refused", &stranger.id52().to_string(), "not a member"],
     );
 
     // The laptop (a member, but not the CM) delivers a CM-signed envelope.
@@ -317,7 +321,7 @@ fn config_fetch_is_for_members_and_their_own_config() {
     let (lap_ns, lap_addr) = (c.laptop.ns.as_str(), c.laptop.addr);
 
     let stranger = Identity::generate();
-    let answer = request_to(
+    let answer = try_request_to(
         lap_ns,
         lap_addr,
         &stranger,
@@ -326,12 +330,12 @@ fn config_fetch_is_for_members_and_their_own_config() {
         ConfigRequest::Fetch,
     );
     assert!(
-        matches!(&answer, ConfigAnswer::Denied { reason } if reason.contains("not a machine")),
+        matches!(&answer, Err(e) if e.contains("not a member of this cluster")),
         "{answer:?}"
     );
     wait_log_line(
         &cm,
-        &["refused a config fetch", &stranger.id52().to_string()],
+        &["refused", &stranger.id52().to_string(), "not a member"],
     );
 
     // A member gets its own config, signed for it, without web01's rules.
@@ -449,6 +453,17 @@ fn assert_denied(out: &Output, why: &[&str]) {
     }
 }
 
+/// Exit 255, nothing on stdout, and a stderr that says the host refused
+/// the connection and contains each of `why`.
+fn assert_refused(out: &Output, why: &[&str]) {
+    let err = common::stderr(out);
+    assert_eq!(out.status.code(), Some(255), "stderr: {err}");
+    assert!(out.stdout.is_empty(), "stdout: {:?}", out.stdout);
+    for w in why {
+        assert!(err.contains(w), "stderr lacks {w:?}: {err}");
+    }
+}
+
 /// Waits until one line of the daemon's log contains every one of `needles`
 /// (logging is asynchronous to the answer the client saw).
 fn wait_log_line(d: &Daemon, needles: &[&str]) {
@@ -499,6 +514,27 @@ fn push(
     push_to(ns, bind, from, &web_id, web_addr, envelope)
 }
 
+/// `push`, for a sender the host may refuse outright: the connection's
+/// error as text.
+fn try_push(
+    ns: &str,
+    bind: Ipv4Addr,
+    from: &Identity,
+    c: &Company,
+    envelope: Envelope,
+) -> Result<ConfigAnswer, String> {
+    let web_id: Id52 = c.web_id.parse().unwrap();
+    let web_addr: SocketAddr = c.web01.socket_addr().parse().unwrap();
+    try_request_to(
+        ns,
+        bind,
+        from,
+        &web_id,
+        web_addr,
+        ConfigRequest::Push { envelope },
+    )
+}
+
 /// A raw `malai/config/1` client: one `Push` to `to` at `addr`, as `from`,
 /// from inside network namespace `ns`.
 fn push_to(
@@ -522,6 +558,18 @@ fn request_to(
     addr: SocketAddr,
     request: ConfigRequest,
 ) -> ConfigAnswer {
+    try_request_to(ns, bind, from, to, addr, request).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// `request_to`, with what went wrong on the connection as text.
+fn try_request_to(
+    ns: &str,
+    bind: Ipv4Addr,
+    from: &Identity,
+    to: &Id52,
+    addr: SocketAddr,
+    request: ConfigRequest,
+) -> Result<ConfigAnswer, String> {
     let settings =
         format!("[network]\nrelay = \"disabled\"\ndiscovery = false\nbind = \"{bind}\"\n");
     let network = malai::config::local::parse(Path::new("malai.toml"), &settings)
@@ -537,14 +585,24 @@ fn request_to(
             let endpoint = p2p::bind(&from, &network, 0, Vec::new(), None)
                 .await
                 .unwrap();
-            let conn = p2p::dial(&endpoint, &to, &[addr], CONFIG_ALPN)
-                .await
-                .unwrap();
-            let (mut send, mut recv) = conn.open_bi().await.unwrap();
-            frame::write_msg(&mut send, &request).await.unwrap();
-            send.finish().unwrap();
-            let answer: ConfigAnswer = frame::read_msg(&mut recv).await.unwrap();
-            conn.close(0u32.into(), b"done");
+            let answer = async {
+                let conn = p2p::dial(&endpoint, &to, &[addr], CONFIG_ALPN)
+                    .await
+                    .map_err(|e| format!("{e:#}"))?;
+                let exchange = async {
+                    let (mut send, mut recv) = conn.open_bi().await?;
+                    frame::write_msg(&mut send, &request).await?;
+                    send.finish()?;
+                    anyhow::Ok(frame::read_msg::<_, ConfigAnswer>(&mut recv).await?)
+                };
+                let answer = exchange.await.map_err(|e| match conn.close_reason() {
+                    Some(reason) => format!("{reason}"),
+                    None => format!("{e:#}"),
+                });
+                conn.close(0u32.into(), b"done");
+                answer
+            }
+            .await;
             endpoint.close().await;
             answer
         })

@@ -148,6 +148,7 @@ pub fn exec(home: &Home, words: &[String], verbose: u8) -> anyhow::Result<u8> {
             cluster: &target.cluster,
             version: config.received_version,
             caller: format!("uid {}", nix::unistd::getuid()),
+            unprivileged_uid: None,
         };
         let result = rt.block_on(crate::exec::local::run(
             config,

@@ -99,6 +99,8 @@ pub async fn run(
             cluster: &shared.alias,
             version: Some(shared.host.version()),
             caller: format!("uid {} on D-Bus", call.uid),
+            unprivileged_uid: (call.uid != 0 && call.uid != nix::unistd::geteuid().as_raw())
+                .then_some(call.uid),
         };
         let run = crate::exec::local::run(
             &config,

@@ -25,6 +25,10 @@ pub const CLUSTER_IFACE: &str = "sh.malai.Malai1.Cluster";
 pub const ADDRESS_ENV: &str = "MALAI_DBUS_ADDRESS";
 /// Members of this group may call the methods that change things.
 pub const ADMIN_GROUP: &str = "malai";
+/// Members may also download and upload the cluster config through the
+/// daemon: editing the config grants any right on every machine, so it is
+/// a group of its own (README, "Who may do what on the device").
+pub const CONFIG_GROUP: &str = "malai-admin";
 
 /// How long connecting to a bus may take before it counts as unreachable.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);

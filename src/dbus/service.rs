@@ -15,7 +15,7 @@ use zbus::{Connection, interface};
 
 use super::config;
 use super::exec::{self, Call, Sessions};
-use super::{ADMIN_GROUP, BUS_NAME, Bus, Error, ROOT_PATH, cluster_path};
+use super::{ADMIN_GROUP, BUS_NAME, Bus, CONFIG_GROUP, Error, ROOT_PATH, cluster_path};
 use crate::daemon::cluster::{Event, Shared};
 use crate::exec::proto::{ClientMsg, WindowSize};
 use crate::status::{ClusterStatus, Status};
@@ -139,7 +139,7 @@ impl DaemonObject {
         #[zbus(header)] hdr: Header<'_>,
         #[zbus(connection)] conn: &Connection,
     ) -> Result<Vec<String>, Error> {
-        let uid = authorize(conn, &hdr, "Rescan").await?;
+        let uid = authorize(conn, &hdr, "Rescan", ADMIN_GROUP).await?;
         tracing::info!("D-Bus Rescan by uid {uid}");
         self.ask(Request::Rescan).await
     }
@@ -263,7 +263,7 @@ impl ClusterObject {
         // without it, and a command this daemon starts meanwhile for another
         // peer or user must not inherit this caller's stdio.
         let fds = [cloexec(stdin)?, cloexec(stdout)?, cloexec(stderr)?];
-        let uid = authorize(conn, &hdr, "Exec").await?;
+        let uid = authorize(conn, &hdr, "Exec", ADMIN_GROUP).await?;
         let caller = hdr
             .sender()
             .ok_or_else(|| Error::AccessDenied("the call has no sender".into()))?
@@ -284,13 +284,13 @@ impl ClusterObject {
     /// cluster.toml as the cluster manager has it: (text, blake3 hash in
     /// hex, version). On the CM itself, read here; on a machine, asked of
     /// the CM as this device (which must be a config editor). Root and
-    /// group malai only.
+    /// group malai-admin only.
     async fn config_download(
         &self,
         #[zbus(header)] hdr: Header<'_>,
         #[zbus(connection)] conn: &Connection,
     ) -> Result<(String, String, u64), Error> {
-        let uid = authorize(conn, &hdr, "ConfigDownload").await?;
+        let uid = authorize(conn, &hdr, "ConfigDownload", CONFIG_GROUP).await?;
         match config::request(&self.shared, uid, ConfigRequest::Download).await {
             ConfigAnswer::File {
                 text,
@@ -303,7 +303,8 @@ impl ClusterObject {
 
     /// Replaces cluster.toml with `text` if its hash is still `base_hash`
     /// (or `force`) and it validates; returns the new (version, hash).
-    /// Errors: Stale, Invalid, Denied, Failed. Root and group malai only.
+    /// Errors: Stale, Invalid, Denied, Failed. Root and group malai-admin
+    /// only.
     async fn config_upload(
         &self,
         #[zbus(header)] hdr: Header<'_>,
@@ -312,7 +313,7 @@ impl ClusterObject {
         base_hash: String,
         force: bool,
     ) -> Result<(u64, String), Error> {
-        let uid = authorize(conn, &hdr, "ConfigUpload").await?;
+        let uid = authorize(conn, &hdr, "ConfigUpload", CONFIG_GROUP).await?;
         let req = ConfigRequest::Upload {
             text,
             base_hash,
@@ -400,18 +401,23 @@ async fn relay(
 /// The caller's uid, if it may call `method` (a method that acts or
 /// changes something): root, the daemon's own user (a user's daemon on the
 /// session bus serves that user, who can read its keys anyway) and members
-/// of the group malai. The bus policy says the same for the system bus;
-/// this is the daemon's own check.
-async fn authorize(conn: &Connection, hdr: &Header<'_>, method: &str) -> Result<u32, Error> {
+/// of `group` (malai, or malai-admin for the config). The bus policy says
+/// the same for the system bus; this is the daemon's own check.
+async fn authorize(
+    conn: &Connection,
+    hdr: &Header<'_>,
+    method: &str,
+    group: &str,
+) -> Result<u32, Error> {
     let uid = caller_uid(conn, hdr).await?;
-    if uid == nix::unistd::geteuid().as_raw() || may_change(uid) {
+    if uid == nix::unistd::geteuid().as_raw() || may_change(uid, group) {
         return Ok(uid);
     }
     tracing::warn!(
-        "D-Bus {method} refused to uid {uid}: not root, not this daemon's user, not in group {ADMIN_GROUP}"
+        "D-Bus {method} refused to uid {uid}: not root, not this daemon's user, not in group {group}"
     );
     Err(Error::AccessDenied(format!(
-        "uid {uid} may not call {method}: only root, the daemon's own user and members of the group {ADMIN_GROUP:?} may"
+        "uid {uid} may not call {method}: only root, the daemon's own user and members of the group {group:?} may"
     )))
 }
 
@@ -437,13 +443,13 @@ async fn caller_uid(conn: &Connection, hdr: &Header<'_>) -> Result<u32, Error> {
         .map_err(|e| Error::AccessDenied(format!("cannot tell who is calling: {e}")))
 }
 
-/// Root, or a member of the group malai (primary or supplementary).
-pub fn may_change(uid: u32) -> bool {
+/// Root, or a member of `group` (primary or supplementary).
+pub fn may_change(uid: u32, group: &str) -> bool {
     use nix::unistd::{Group, Uid, User, getgrouplist};
     if uid == 0 {
         return true;
     }
-    let Ok(Some(group)) = Group::from_name(ADMIN_GROUP) else {
+    let Ok(Some(group)) = Group::from_name(group) else {
         return false;
     };
     let Ok(Some(user)) = User::from_uid(Uid::from_raw(uid)) else {
@@ -462,11 +468,11 @@ pub fn may_change(uid: u32) -> bool {
 mod tests {
     #[test]
     fn root_may_change() {
-        assert!(super::may_change(0));
+        assert!(super::may_change(0, super::ADMIN_GROUP));
     }
 
     #[test]
     fn an_unknown_uid_may_not() {
-        assert!(!super::may_change(4_000_000_000));
+        assert!(!super::may_change(4_000_000_000, super::ADMIN_GROUP));
     }
 }

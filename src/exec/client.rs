@@ -12,6 +12,7 @@ use tokio::sync::mpsc;
 use super::proto::{ClientMsg, ExecRequest, HostMsg, WindowSize, env_allowed};
 use crate::exit::{EXEC_FAILED, Failure};
 use crate::p2p::frame::{self, Kind};
+use crate::p2p::gate;
 
 /// Where a command's streams come from and go to, and the controls (signals,
 /// window sizes) the user sends while it runs: the CLI's own stdio and
@@ -99,14 +100,24 @@ pub async fn run_with(
         pty,
         mut controls,
     } = io;
-    let (mut send, mut recv) = conn
-        .open_bi()
+    // A host refuses a stranger right after the handshake: say so, rather
+    // than that the connection was lost.
+    let failed = |e: String| match gate::refusal(conn) {
+        Some(reason) => Failure::new(
+            EXEC_FAILED,
+            format!(
+                "{what} refused the connection: {reason} (is this device's id52 in the cluster's config?)"
+            ),
+        ),
+        None => Failure::new(EXEC_FAILED, format!("{what}: {e}")),
+    };
+    let (mut send, mut recv) = conn.open_bi().await.map_err(|e| failed(e.to_string()))?;
+    frame::write_msg(&mut send, &ExecRequest { argv, env, pty })
         .await
-        .map_err(|e| Failure::new(EXEC_FAILED, format!("{what}: {e}")))?;
-    frame::write_msg(&mut send, &ExecRequest { argv, env, pty }).await?;
+        .map_err(|e| failed(e.to_string()))?;
     let answer: HostMsg = frame::read_msg(&mut recv)
         .await
-        .map_err(|e| Failure::new(EXEC_FAILED, format!("{what}: no answer: {e}")))?;
+        .map_err(|e| failed(format!("no answer: {e}")))?;
     match answer {
         HostMsg::Started => {}
         HostMsg::Denied { reason } => {

@@ -21,6 +21,12 @@ pub struct Audit<'a> {
     pub version: Option<u64>,
     /// Who on this device asked, e.g. "uid 1000 on D-Bus".
     pub caller: String,
+    /// A local user who asked through the daemon and is neither root nor
+    /// the daemon's own user: what no command rule grants runs as that
+    /// user, never as the daemon's (README, "Who may do what on the
+    /// device"). `None`: the caller runs as itself already (the CLI), or is
+    /// root.
+    pub unprivileged_uid: Option<u32>,
 }
 
 /// Decides and runs `argv` here with `stdio`; `controls` delivers the
@@ -56,14 +62,24 @@ pub async fn run(
         }
         Decision::Allow(grant) => grant,
     };
+    let username = match (audit.unprivileged_uid, &grant.rule) {
+        (Some(uid), None) => Some(user_name(uid).map_err(|e| {
+            Failure::new(
+                EXEC_FAILED,
+                format!("{what} could not run the command: {e}"),
+            )
+        })?),
+        (Some(_), Some(_)) | (None, _) => grant.username,
+    };
     let run_text = shell_words::join(&grant.argv);
     tracing::info!(
         malai_cluster = %cluster, malai_peer = %me, malai_config_version = version, malai_argv = %run_text, malai_decision = "allowed",
-        "{caller} on this device ({me}) runs {run_text:?} ({})", grant.reason
+        "{caller} on this device ({me}) runs {run_text:?} as {} ({})",
+        username.as_deref().unwrap_or("the daemon's user"), grant.reason
     );
     let mut spawned = spawn::spawn(Spec {
         argv: grant.argv,
-        username: grant.username,
+        username,
         env,
         pty: None,
         stdio,
@@ -96,4 +112,11 @@ pub async fn run(
         "{run_text:?} for {caller} on this device exited with {code}"
     );
     Ok(code)
+}
+
+/// The name of local user `uid`.
+fn user_name(uid: u32) -> anyhow::Result<String> {
+    let user = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid))?
+        .ok_or_else(|| anyhow::anyhow!("uid {uid} has no user name on this machine"))?;
+    Ok(user.name)
 }

@@ -162,6 +162,17 @@ impl EndpointHooks for GateHooks {
     }
 }
 
+/// Why the peer closed `conn` as its gate does (a stranger, over a cap),
+/// for the message a user sees; `None` when it closed for another reason.
+pub fn refusal(conn: &Connection) -> Option<String> {
+    let iroh::endpoint::ConnectionError::ApplicationClosed(close) = conn.close_reason()? else {
+        return None;
+    };
+    let code = u64::from(close.error_code);
+    (code == u64::from(REFUSED) || code == u64::from(OVER_CAP))
+        .then(|| String::from_utf8_lossy(&close.reason).into_owned())
+}
+
 fn reject(code: u32, reason: &str) -> AfterHandshakeOutcome {
     AfterHandshakeOutcome::Reject {
         error_code: VarInt::from_u32(code),
