@@ -2,6 +2,7 @@
 //! maps any error to its code in one place: `code_of`.
 
 use crate::config::Diagnostics;
+use crate::exec::ExecError;
 
 pub const OK: u8 = 0;
 pub const FAILURE: u8 = 1;
@@ -34,11 +35,21 @@ impl Failure {
 }
 
 /// The exit code for an error: the first `Failure` in its chain decides, a
-/// config error is 78, anything else 1.
+/// config error is 78, an exec that malai could not carry out 255 (as ssh
+/// does; a failure of this end's own stdio is 1), anything else 1.
 pub fn code_of(err: &anyhow::Error) -> u8 {
     for cause in err.chain() {
         if let Some(f) = cause.downcast_ref::<Failure>() {
             return f.code;
+        }
+        if let Some(e) = cause.downcast_ref::<ExecError>() {
+            return match e {
+                ExecError::Denied { .. }
+                | ExecError::NotRun { .. }
+                | ExecError::Unreachable(_)
+                | ExecError::Lost(_) => EXEC_FAILED,
+                ExecError::Local(_) => FAILURE,
+            };
         }
         if cause.downcast_ref::<Diagnostics>().is_some() {
             return CONFIG;

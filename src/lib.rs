@@ -4,6 +4,7 @@
 
 pub mod acl;
 pub mod cli;
+pub mod cluster;
 pub mod config;
 pub mod daemon;
 pub mod dbus;
@@ -15,6 +16,7 @@ pub mod home;
 pub mod identity;
 pub mod p2p;
 pub mod personalize;
+pub mod sockets;
 pub mod state;
 pub mod status;
 pub mod sync;

@@ -1,39 +1,8 @@
 //! What the first word of `malai <word> ...` means: a `machine.cluster`
 //! target, or an alias from malai.toml that expands to one.
 
-use std::fmt;
-
 use crate::config::LocalConfig;
-use crate::config::names::name_error;
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Target {
-    pub machine: String,
-    pub cluster: String,
-}
-
-impl Target {
-    pub fn parse(text: &str) -> Result<Target, String> {
-        let Some((machine, cluster)) = text.split_once('.') else {
-            return Err("expected MACHINE.CLUSTER, e.g. web01.company".into());
-        };
-        for (what, name) in [("machine", machine), ("cluster", cluster)] {
-            if let Some(why) = name_error(name) {
-                return Err(format!("bad {what} name {name:?}: {why}"));
-            }
-        }
-        Ok(Target {
-            machine: machine.to_owned(),
-            cluster: cluster.to_owned(),
-        })
-    }
-}
-
-impl fmt::Display for Target {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}.{}", self.machine, self.cluster)
-    }
-}
+pub use crate::config::Target;
 
 /// A remote command as the user asked for it: where, and the argv to run
 /// (empty for an interactive shell).

@@ -4,6 +4,7 @@
 use clap::Subcommand;
 use serde_json::json;
 
+use crate::cluster::{Change, commit_files};
 use crate::fsutil;
 use crate::home::{self, Home};
 use crate::state::CmState;
@@ -56,9 +57,8 @@ config_editors = ""
     );
     let path = dir.join(home::CLUSTER_FILE);
     fsutil::write_atomic(&path, text.as_bytes(), 0o644)?;
-    let mut state = CmState::default();
-    state.reconcile(&home::hash_hex(text.as_bytes()));
-    state.save(&dir.join(home::STATE_FILE))?;
+    // Version 1, through the one commit path.
+    commit_files(&dir, &id52, &mut CmState::default(), Change::Disk)?;
 
     if json {
         super::print_json(&json!({

@@ -2,6 +2,7 @@
 //! malai.toml, listing every error; without --check also apply what changed.
 
 use super::route::RescanRoute;
+use crate::cluster::{Change, commit_files};
 use crate::config::Diagnostics;
 use crate::home::{self, Home, Role};
 use crate::state::CmState;
@@ -31,13 +32,15 @@ pub fn run(args: Args) -> anyhow::Result<u8> {
     } else if let Some(RescanRoute::Daemon(pid)) = route {
         eprintln!("asked the running daemon (pid {pid}) to rescan");
     } else if route.is_some() {
+        // No daemon: each CM's cluster.toml through the one commit path.
         for c in clusters.iter().filter(|c| c.role == Role::ClusterManager) {
-            let path = c.state_path();
-            let mut state = CmState::load(&path)?;
-            let old = state.version;
-            if state.reconcile(&c.config_hash()) {
-                state.save(&path)?;
-                eprintln!("{}: config version {old} -> {}", c.alias, state.version);
+            let mut ledger = CmState::load(&c.state_path())?;
+            let old = ledger.version;
+            let (_, committed) =
+                commit_files(&c.dir, &c.identity.id52(), &mut ledger, Change::Disk)
+                    .map_err(|e| anyhow::anyhow!("{}: {e}", c.alias))?;
+            if committed.version != old {
+                eprintln!("{}: config version {old} -> {}", c.alias, committed.version);
             }
         }
     }

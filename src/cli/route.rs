@@ -10,6 +10,7 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
 use crate::dbus::client;
+use crate::exec::ExecError;
 use crate::exec::spawn::StdioMode;
 use crate::exit::{EXEC_FAILED, Failure, USAGE};
 use crate::home::Home;
@@ -161,7 +162,7 @@ pub fn exec(home: &Home, words: &[String], verbose: u8) -> anyhow::Result<u8> {
             tokio::sync::mpsc::channel(1).1,
         ));
         rt.shutdown_background();
-        return result;
+        return Ok(result?);
     }
     let result = rt.block_on(async move {
         let endpoint = p2p::bind(&cluster.identity, &network, 0, Vec::new(), None)
@@ -171,9 +172,7 @@ pub fn exec(home: &Home, words: &[String], verbose: u8) -> anyhow::Result<u8> {
             Ok(c) => c,
             Err(e) => {
                 endpoint.close().await;
-                return Err(
-                    Failure::new(EXEC_FAILED, format!("cannot reach {what}: {e:#}")).into(),
-                );
+                return Err(ExecError::Unreachable(format!("cannot reach {what}: {e:#}")).into());
             }
         };
         let code = crate::exec::client::run(&conn, argv, &what).await;
@@ -386,15 +385,14 @@ async fn forward_controls(proxy: client::ClusterProxy<'static>, token: String, o
     }
 }
 
-/// Sends a config request to the cluster's manager: handled here when this
-/// device is the CM (its own files, then a rescan of the running daemon),
-/// over `malai/config/1` otherwise.
+/// Sends a config request to the cluster's manager: to the daemon on
+/// D-Bus when one serves this home; else here when this device is the CM
+/// (`local_cm_request`), over `malai/config/1` otherwise.
 pub fn config_request(
     home: &Home,
     cluster: &str,
     req: crate::sync::proto::ConfigRequest,
 ) -> anyhow::Result<crate::sync::proto::ConfigAnswer> {
-    use crate::sync::proto::{ConfigAnswer, ConfigRequest};
     let rt = super::runtime()?;
     let mut skipped = Vec::new();
     let over_bus = rt.block_on(config_over_bus(home, cluster, &req, &mut skipped));
@@ -405,53 +403,7 @@ pub fn config_request(
     tracing::debug!("config request directly: {}", skipped.join("; "));
     let c = home.load_cluster(cluster)?;
     if c.role == crate::home::Role::ClusterManager {
-        let path = c.dir.join(crate::home::CLUSTER_FILE);
-        let state_path = c.state_path();
-        let mut state = crate::state::CmState::load(&state_path)?;
-        return Ok(match req {
-            ConfigRequest::Download => {
-                let text = std::fs::read_to_string(&path)?;
-                ConfigAnswer::File {
-                    hash: crate::home::hash_hex(text.as_bytes()),
-                    text,
-                    version: state.version,
-                }
-            }
-            ConfigRequest::Upload {
-                text,
-                base_hash,
-                force,
-            } => {
-                let me = c.identity.id52();
-                match crate::sync::edit::swap_file(
-                    &path,
-                    &me,
-                    &text,
-                    &base_hash,
-                    force,
-                    state.version,
-                ) {
-                    Err(refusal) => refusal,
-                    Ok(swapped) => match rescan(home)? {
-                        RescanRoute::Bus(..) | RescanRoute::Daemon(_) => ConfigAnswer::Accepted {
-                            version: state.version + u64::from(swapped.new_hash != state.hash),
-                            hash: swapped.new_hash,
-                        },
-                        RescanRoute::Files => {
-                            state.reconcile(&swapped.new_hash);
-                            state.save(&state_path)?;
-                            ConfigAnswer::Accepted {
-                                version: state.version,
-                                hash: swapped.new_hash,
-                            }
-                        }
-                    },
-                }
-            }
-            ConfigRequest::Push { .. } | ConfigRequest::Fetch => {
-                anyhow::bail!("internal: {req:?} is not a config editing request")
-            }
-        });
+        return local_cm_request(home, &c, req);
     }
     let local = home.local_config()?;
     let rt = super::runtime()?;
@@ -477,4 +429,60 @@ pub fn config_request(
     });
     rt.shutdown_background();
     answer
+}
+
+/// An editing request on the CM itself with no daemon on the bus: a
+/// download reads the files; an upload goes through the cluster's one
+/// commit path (`cluster::commit_files`), unless a daemon owns this home
+/// (it alone writes state.json while it runs): then it must go through it.
+fn local_cm_request(
+    home: &Home,
+    c: &crate::home::ClusterDir,
+    req: crate::sync::proto::ConfigRequest,
+) -> anyhow::Result<crate::sync::proto::ConfigAnswer> {
+    use crate::cluster::{Change, commit_files};
+    use crate::sync::proto::{ConfigAnswer, ConfigRequest};
+    let mut ledger = crate::state::CmState::load(&c.state_path())?;
+    let change = match req {
+        ConfigRequest::Download => {
+            let text = std::fs::read_to_string(c.dir.join(crate::home::CLUSTER_FILE))?;
+            return Ok(ConfigAnswer::File {
+                hash: crate::home::hash_hex(text.as_bytes()),
+                text,
+                version: ledger.version,
+            });
+        }
+        ConfigRequest::Upload {
+            text,
+            base_hash,
+            force,
+        } => Change::Upload {
+            text,
+            base_hash,
+            force,
+        },
+        ConfigRequest::Push { .. } | ConfigRequest::Fetch => {
+            anyhow::bail!("internal: {req:?} is not a config editing request")
+        }
+    };
+    if let Some(pid) = crate::daemon::lock::running_daemon(home) {
+        return Err(Failure::new(
+            crate::exit::UNAVAILABLE,
+            format!(
+                "the daemon (pid {pid}) that serves {} is not reachable on D-Bus, and only it may commit while it runs: \
+                 upload through its bus (MALAI_DBUS_ADDRESS), or edit cluster.toml and run `malai rescan`",
+                home.root.display()
+            ),
+        )
+        .into());
+    }
+    Ok(
+        match commit_files(&c.dir, &c.identity.id52(), &mut ledger, change) {
+            Ok((_, committed)) => ConfigAnswer::Accepted {
+                version: committed.version,
+                hash: committed.hash,
+            },
+            Err(refusal) => refusal.into(),
+        },
+    )
 }

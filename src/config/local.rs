@@ -153,7 +153,7 @@ pub fn parse(path: &Path, text: &str) -> Result<LocalConfig, Diagnostics> {
                 continue;
             }
         };
-        match words.first().map(|w| crate::target::Target::parse(w)) {
+        match words.first().map(|w| super::Target::parse(w)) {
             Some(Ok(_)) => {
                 config.aliases.insert(name.get_ref().clone(), words);
             }

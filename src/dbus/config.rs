@@ -1,58 +1,64 @@
-//! Config editing for a CLI on the bus: on the CM the daemon applies an
-//! upload itself (under its apply lock, then pushes at once); on a machine
-//! it asks the CM over its pooled connection, as this device. Refusals
-//! become named D-Bus errors.
-
-use std::sync::Arc;
+//! Config editing for a CLI on the bus: on the CM the daemon commits an
+//! upload itself (`Cluster::commit`, then pushes at once); on a machine it
+//! asks the CM over its pooled connection, as this device.
 
 use super::Error;
-use crate::daemon::cluster::Shared;
+use crate::cluster::{Cluster, EditError};
 use crate::home::Role;
 use crate::p2p::CONFIG_ALPN;
 use crate::sync::edit::{self, Caller};
-use crate::sync::proto::{ConfigAnswer, ConfigRequest};
+use crate::sync::proto::{ConfigRequest, Edited};
 
-/// The CM's answer to `req` from local user `uid`.
-pub async fn request(shared: &Arc<Shared>, uid: u32, req: ConfigRequest) -> ConfigAnswer {
-    if shared.role() == Role::ClusterManager {
+/// The CM's answer to the editing request `req` from local user `uid`.
+pub async fn request(cluster: &Cluster, uid: u32, req: ConfigRequest) -> Result<Edited, EditError> {
+    if cluster.role() == Role::ClusterManager {
         let caller = Caller::Local { uid };
         return match req {
-            ConfigRequest::Download => edit::download(shared, caller).await,
+            ConfigRequest::Download => {
+                edit::download(cluster, caller)
+                    .await
+                    .map(|(text, hash, version)| Edited::File {
+                        text,
+                        hash,
+                        version,
+                    })
+            }
             ConfigRequest::Upload {
                 text,
                 base_hash,
                 force,
-            } => edit::upload(shared, caller, text, base_hash, force).await,
-            other => ConfigAnswer::Rejected {
-                reason: format!("{other:?} is not an editing request"),
-            },
+            } => edit::upload(cluster, caller, text, base_hash, force)
+                .await
+                .map(|c| Edited::Accepted {
+                    version: c.version,
+                    hash: c.hash,
+                }),
+            ConfigRequest::Push { .. } | ConfigRequest::Fetch => Err(EditError::Failed(format!(
+                "{} is not an editing request",
+                kind(&req)
+            ))),
         };
     }
-    let cm = shared.cm_id52;
-    let addrs = shared.cm_addrs.read().expect("cm addrs").clone();
-    tracing::info!(malai_cluster = %shared.alias, "uid {uid} asks the cluster manager for {}", kind(&req));
-    let conn = match shared
-        .pool
-        .get(&shared.endpoint, &cm, &addrs, CONFIG_ALPN)
+    let cm = cluster.cm_id52();
+    tracing::info!(malai_cluster = %cluster.alias(), "uid {uid} asks the cluster manager for {}", kind(&req));
+    let conn = cluster
+        .pool()
+        .get(cluster.endpoint(), &cm, &cluster.cm_addrs(), CONFIG_ALPN)
         .await
-    {
-        Ok(conn) => conn,
-        Err(e) => {
-            return ConfigAnswer::Rejected {
-                reason: format!(
-                    "cannot reach the cluster manager of {:?}: {e:#}",
-                    shared.alias
-                ),
-            };
-        }
-    };
+        .map_err(|e| {
+            EditError::Failed(format!(
+                "cannot reach the cluster manager of {:?}: {e:#}",
+                cluster.alias()
+            ))
+        })?;
     match edit::ask_cm(&conn, &req).await {
-        Ok(answer) => answer,
+        Ok(answer) => answer.into_edit(),
         Err(e) => {
-            shared.pool.forget(&cm, CONFIG_ALPN).await;
-            ConfigAnswer::Rejected {
-                reason: format!("the cluster manager of {:?}: {e:#}", shared.alias),
-            }
+            cluster.pool().forget(&cm, CONFIG_ALPN).await;
+            Err(EditError::Failed(format!(
+                "the cluster manager of {:?}: {e:#}",
+                cluster.alias()
+            )))
         }
     }
 }
@@ -62,22 +68,20 @@ fn kind(req: &ConfigRequest) -> &'static str {
         ConfigRequest::Download => "a download",
         ConfigRequest::Upload { force: true, .. } => "a forced upload",
         ConfigRequest::Upload { .. } => "an upload",
-        _ => "another request",
+        ConfigRequest::Push { .. } => "a push",
+        ConfigRequest::Fetch => "a fetch",
     }
 }
 
-/// A refusal as its named error.
-pub fn refusal(answer: ConfigAnswer) -> Error {
-    match answer {
-        ConfigAnswer::Denied { reason } => Error::Denied(reason),
-        ConfigAnswer::Invalid { errors } => Error::Invalid(errors),
-        ConfigAnswer::Stale {
-            current_hash,
-            version,
-        } => Error::Stale(format!(
-            "cluster.toml changed since that base; it is now version {version} (hash {current_hash})"
-        )),
-        ConfigAnswer::Rejected { reason } => Error::Failed(reason),
-        other => Error::Failed(format!("unexpected answer: {other:?}")),
+/// A refusal as its named error: the one place a config-edit error
+/// becomes a D-Bus error.
+impl From<EditError> for Error {
+    fn from(e: EditError) -> Error {
+        match e {
+            EditError::Denied(reason) => Error::Denied(reason),
+            EditError::Invalid(errors) => Error::Invalid(errors),
+            stale @ EditError::Stale { .. } => Error::Stale(stale.to_string()),
+            EditError::Failed(reason) => Error::Failed(reason),
+        }
     }
 }

@@ -7,7 +7,7 @@
 
 use std::collections::HashMap;
 use std::os::fd::OwnedFd;
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 
 use futures_util::StreamExt;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -16,11 +16,11 @@ use zbus::Connection;
 use zbus::names::UniqueName;
 
 use super::Error;
-use crate::daemon::cluster::Shared;
+use crate::cluster::Cluster;
+use crate::exec::ExecError;
 use crate::exec::client::{Io, run_with};
 use crate::exec::proto::{ClientMsg, WindowSize};
 use crate::exec::spawn::StdioMode;
-use crate::exit::Failure;
 use crate::p2p::EXEC_ALPN;
 
 /// The running execs of one cluster object, by (caller, token): where that
@@ -51,31 +51,31 @@ pub struct Call {
     pub token: String,
 }
 
-/// Runs `call` on `shared`'s cluster; the command's exit code.
+/// Runs `call` on `cluster`; the command's exit code.
 pub async fn run(
-    shared: &Arc<Shared>,
+    cluster: &Cluster,
     sessions: &Sessions,
     bus: &Connection,
     call: Call,
 ) -> Result<u8, Error> {
-    let what = format!("{}.{}", call.machine, shared.alias);
-    let config = shared
-        .host
-        .config()
-        .ok_or_else(|| Error::Failed(format!("cluster {:?} has no config yet", shared.alias)))?;
+    let what = format!("{}.{}", call.machine, cluster.alias());
+    let in_force = cluster.in_force();
+    let config = in_force
+        .config
+        .ok_or_else(|| Error::Failed(format!("cluster {:?} has no config yet", cluster.alias())))?;
     let machine = config.machines.get(&call.machine).ok_or_else(|| {
         let known: Vec<&str> = config.machines.keys().map(String::as_str).collect();
         Error::NoSuchMachine(format!(
             "no machine {:?} in cluster {:?} (machines: {})",
             call.machine,
-            shared.alias,
+            cluster.alias(),
             known.join(", ")
         ))
     })?;
     let (id, addrs) = (machine.id52, machine.addrs.clone());
-    let me = shared.identity.id52();
+    let me = cluster.id52();
     tracing::info!(
-        malai_cluster = %shared.alias, malai_argv = ?call.argv,
+        malai_cluster = %cluster.alias(), malai_argv = ?call.argv,
         "uid {} runs {:?} on {what} through the daemon", call.uid, call.argv
     );
 
@@ -96,8 +96,8 @@ pub async fn run(
     let result = if id == me {
         // The device itself: decide here, run with the caller's descriptors.
         let audit = crate::exec::local::Audit {
-            cluster: &shared.alias,
-            version: Some(shared.host.version()),
+            cluster: cluster.alias(),
+            version: Some(in_force.version),
             caller: format!("uid {} on D-Bus", call.uid),
             unprivileged_uid: (call.uid != 0 && call.uid != nix::unistd::geteuid().as_raw())
                 .then_some(call.uid),
@@ -130,30 +130,37 @@ pub async fn run(
             pty: call.pty,
             controls,
         };
-        let conn = shared
-            .pool
-            .get(&shared.endpoint, &id, &addrs, EXEC_ALPN)
+        let conn = cluster
+            .pool()
+            .get(cluster.endpoint(), &id, &addrs, EXEC_ALPN)
             .await
-            .map_err(|e| Error::Unreachable(format!("cannot reach {what}: {e:#}")));
+            .map_err(|e| ExecError::Unreachable(format!("cannot reach {what}: {e:#}")));
         match conn {
-            Err(e) => Err(anyhow::Error::new(e)),
+            Err(e) => Err(e),
             // Dropping the run when the caller leaves resets the stream:
             // the machine then kills the command's whole session.
             Ok(conn) => tokio::select! {
                 r = run_with(&conn, call.argv, &what, io) => r,
-                () = gone => Err(anyhow::anyhow!("the caller left the bus")),
+                () = gone => Err(ExecError::Lost("the caller left the bus".into())),
             },
         }
     };
     sessions.0.lock().expect("sessions").remove(&key);
-    result.map_err(|e| match e.downcast::<Error>() {
-        Ok(e) => e,
-        Err(e) => match e.downcast_ref::<Failure>() {
-            Some(f) if f.message.contains("denied the command") => Error::Denied(f.message.clone()),
-            Some(f) => Error::Failed(f.message.clone()),
-            None => Error::Failed(format!("{e:#}")),
-        },
-    })
+    Ok(result?)
+}
+
+/// An exec error as its named D-Bus error: the one place that says which.
+impl From<ExecError> for Error {
+    fn from(e: ExecError) -> Error {
+        let message = e.to_string();
+        match e {
+            ExecError::Denied { .. } => Error::Denied(message),
+            ExecError::Unreachable(_) => Error::Unreachable(message),
+            ExecError::NotRun { .. } | ExecError::Lost(_) | ExecError::Local(_) => {
+                Error::Failed(message)
+            }
+        }
+    }
 }
 
 /// Resolves when `caller` has left the bus.

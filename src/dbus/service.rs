@@ -1,14 +1,15 @@
-//! What the daemon serves on the bus. Methods that need the daemon's state
-//! or change it (Status, Rescan) are requests into the daemon's main loop,
+//! What the daemon serves on the bus, from a `daemon::Handle`: the daemon
+//! object (Status from the published clusters; Rescan through the handle,
 //! so that a D-Bus Rescan and SIGHUP run the same code, with the same
-//! RELOADING=1/READY=1 around it. The cluster objects read their cluster's
-//! shared state directly.
+//! RELOADING=1/READY=1 around it), and one object per running cluster,
+//! kept in step with the clusters the daemon publishes. The cluster
+//! objects read their `Cluster` directly.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use anyhow::Context;
-use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio::sync::{Mutex, broadcast};
 use zbus::message::Header;
 use zbus::object_server::SignalEmitter;
 use zbus::{Connection, interface};
@@ -16,23 +17,26 @@ use zbus::{Connection, interface};
 use super::config;
 use super::exec::{self, Call, Sessions};
 use super::{ADMIN_GROUP, BUS_NAME, Bus, CONFIG_GROUP, Error, ROOT_PATH, cluster_path};
-use crate::daemon::cluster::{Event, Shared};
+use crate::cluster::{ByAlias, Cluster, Event};
+use crate::daemon::Handle;
 use crate::exec::proto::{ClientMsg, WindowSize};
-use crate::status::{ClusterStatus, Status};
-use crate::sync::proto::{ConfigAnswer, ConfigRequest};
+use crate::status::ClusterStatus;
+use crate::sync::proto::{ConfigRequest, Edited};
 
-/// A request from a D-Bus method to the daemon's main loop.
-pub enum Request {
-    /// The daemon's view of its clusters.
-    Status(oneshot::Sender<Status>),
-    /// Reconcile with the files; the answer lists what could not be applied.
-    Rescan(oneshot::Sender<Vec<String>>),
+/// The daemon on the bus: its connection, and the task that keeps the
+/// cluster objects in step with the daemon's clusters (stopped on drop).
+pub struct Service {
+    _conn: Connection,
+    follow: tokio::task::JoinHandle<()>,
 }
 
-/// The daemon's connection and the cluster objects it serves.
-pub struct Service {
-    conn: Connection,
-    served: BTreeMap<String, Arc<Shared>>,
+/// The cluster objects served now. Behind a tokio `Mutex`: a Rescan call
+/// and the follower both sync, each across awaits on the object server.
+type Objects = Arc<Mutex<Served>>;
+
+#[derive(Default)]
+struct Served {
+    clusters: ByAlias,
     /// Per served cluster: the task turning its events into signals.
     relays: BTreeMap<String, tokio::task::JoinHandle<()>>,
 }
@@ -40,85 +44,93 @@ pub struct Service {
 impl Service {
     /// Connects to `bus`, serves the daemon object and one object per
     /// cluster, and only then requests the bus name.
-    pub async fn start<'a>(
-        bus: &Bus,
-        home: String,
-        requests: mpsc::Sender<Request>,
-        clusters: impl Iterator<Item = (&'a String, &'a Arc<Shared>)>,
-    ) -> anyhow::Result<Service> {
+    pub async fn start(bus: &Bus, daemon: Handle) -> anyhow::Result<Service> {
         let conn = bus.connect().await?;
+        let objects = Objects::default();
+        let mut clusters = daemon.clusters();
+        sync(&conn, &objects, &clusters.borrow_and_update().clone()).await?;
         conn.object_server()
-            .at(ROOT_PATH, DaemonObject { home, requests })
+            .at(
+                ROOT_PATH,
+                DaemonObject {
+                    daemon,
+                    conn: conn.clone(),
+                    objects: objects.clone(),
+                },
+            )
             .await?;
-        let mut service = Service {
-            conn,
-            served: BTreeMap::new(),
-            relays: BTreeMap::new(),
-        };
-        service.sync(clusters).await?;
-        service
-            .conn
-            .request_name(BUS_NAME)
+        conn.request_name(BUS_NAME)
             .await
             .with_context(|| format!("requesting the name {BUS_NAME} on {bus}"))?;
-        Ok(service)
-    }
-
-    /// Serves exactly the objects of `clusters`: removes those of clusters
-    /// gone or restarted, adds those of new or restarted ones.
-    pub async fn sync<'a>(
-        &mut self,
-        clusters: impl Iterator<Item = (&'a String, &'a Arc<Shared>)>,
-    ) -> anyhow::Result<()> {
-        let want: BTreeMap<String, Arc<Shared>> =
-            clusters.map(|(a, s)| (a.clone(), s.clone())).collect();
-        let same = |a: &BTreeMap<String, Arc<Shared>>, alias: &String, s: &Arc<Shared>| {
-            a.get(alias).is_some_and(|o| Arc::ptr_eq(o, s))
-        };
-        let server = self.conn.object_server();
-        for (alias, shared) in &self.served {
-            if !same(&want, alias, shared) {
-                if let Some(relay) = self.relays.remove(alias) {
-                    relay.abort();
+        let follower = conn.clone();
+        let follow = tokio::spawn(async move {
+            while clusters.changed().await.is_ok() {
+                let want = clusters.borrow_and_update().clone();
+                if let Err(e) = sync(&follower, &objects, &want).await {
+                    tracing::warn!("updating the cluster objects on D-Bus: {e:#}");
                 }
-                server
-                    .remove::<ClusterObject, _>(cluster_path(alias).as_str())
-                    .await?;
             }
-        }
-        for (alias, shared) in &want {
-            if !same(&self.served, alias, shared) {
-                let object = ClusterObject {
-                    shared: shared.clone(),
-                    sessions: Sessions::default(),
-                };
-                let path = cluster_path(alias);
-                // Subscribed before the object is visible: no event is missed.
-                let events = shared.events.subscribe();
-                server.at(path.as_str(), object).await?;
-                let iface = server.interface::<_, ClusterObject>(path.as_str()).await?;
-                self.relays
-                    .insert(alias.clone(), tokio::spawn(relay(iface, events)));
-            }
-        }
-        self.served = want;
-        Ok(())
+        });
+        Ok(Service {
+            _conn: conn,
+            follow,
+        })
     }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        self.follow.abort();
+    }
+}
+
+/// Serves exactly the objects of `want`: removes those of clusters gone or
+/// restarted, adds those of new or restarted ones.
+async fn sync(conn: &Connection, objects: &Objects, want: &ByAlias) -> anyhow::Result<()> {
+    let mut served = objects.lock().await;
+    let same = |a: &ByAlias, alias: &String, c: &Arc<Cluster>| {
+        a.get(alias).is_some_and(|o| Arc::ptr_eq(o, c))
+    };
+    let server = conn.object_server();
+    let gone: Vec<String> = served
+        .clusters
+        .iter()
+        .filter(|(alias, c)| !same(want, alias, c))
+        .map(|(alias, _)| alias.clone())
+        .collect();
+    for alias in gone {
+        if let Some(relay) = served.relays.remove(&alias) {
+            relay.abort();
+        }
+        server
+            .remove::<ClusterObject, _>(cluster_path(&alias).as_str())
+            .await?;
+    }
+    for (alias, cluster) in want {
+        if !same(&served.clusters, alias, cluster) {
+            let object = ClusterObject {
+                cluster: cluster.clone(),
+                sessions: Sessions::default(),
+            };
+            let path = cluster_path(alias);
+            // Subscribed before the object is visible: no event is missed.
+            let events = cluster.events();
+            server.at(path.as_str(), object).await?;
+            let iface = server.interface::<_, ClusterObject>(path.as_str()).await?;
+            served
+                .relays
+                .insert(alias.clone(), tokio::spawn(relay(iface, events)));
+        }
+    }
+    served.clusters = want.clone();
+    Ok(())
 }
 
 /// `/sh/malai/Malai1`: the daemon as a whole.
 struct DaemonObject {
-    home: String,
-    requests: mpsc::Sender<Request>,
-}
-
-impl DaemonObject {
-    async fn ask<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Request) -> Result<T, Error> {
-        let (tx, rx) = oneshot::channel();
-        let gone = || Error::Failed("the daemon is stopping".into());
-        self.requests.send(make(tx)).await.map_err(|_| gone())?;
-        rx.await.map_err(|_| gone())
-    }
+    daemon: Handle,
+    conn: Connection,
+    objects: Objects,
 }
 
 #[interface(name = "sh.malai.Malai1.Daemon")]
@@ -126,14 +138,14 @@ impl DaemonObject {
     /// The daemon's view of its clusters: the JSON object of
     /// `malai status --json`, with "source": "daemon". Open to everyone.
     async fn status(&self) -> Result<String, Error> {
-        let status = self.ask(Request::Status).await?;
-        serde_json::to_string(&status).map_err(|e| Error::Failed(e.to_string()))
+        serde_json::to_string(&self.daemon.status()).map_err(|e| Error::Failed(e.to_string()))
     }
 
     /// Re-reads malai.toml and every cluster directory and applies what
     /// changed, as SIGHUP does. Returns what could not be applied (an
     /// invalid cluster keeps its last good config); empty: all applied.
-    /// Only root and members of the group malai may call it.
+    /// The cluster objects are in step when it returns. Only root and
+    /// members of the group malai may call it.
     async fn rescan(
         &self,
         #[zbus(header)] hdr: Header<'_>,
@@ -141,25 +153,34 @@ impl DaemonObject {
     ) -> Result<Vec<String>, Error> {
         let uid = authorize(conn, &hdr, "Rescan", ADMIN_GROUP).await?;
         tracing::info!("D-Bus Rescan by uid {uid}");
-        self.ask(Request::Rescan).await
+        let problems = self
+            .daemon
+            .rescan()
+            .await
+            .map_err(|e| Error::Failed(e.to_string()))?;
+        let want = self.daemon.clusters().borrow().clone();
+        sync(&self.conn, &self.objects, &want)
+            .await
+            .map_err(|e| Error::Failed(format!("updating the cluster objects: {e:#}")))?;
+        Ok(problems)
     }
 
     /// The MALAI_HOME this daemon serves.
     #[zbus(property(emits_changed_signal = "const"))]
     fn home(&self) -> String {
-        self.home.clone()
+        self.daemon.home().display().to_string()
     }
 }
 
 /// `/sh/malai/Malai1/cluster/<alias>`: one cluster identity of the daemon.
 struct ClusterObject {
-    shared: Arc<Shared>,
+    cluster: Arc<Cluster>,
     sessions: Sessions,
 }
 
 impl ClusterObject {
-    async fn view(&self) -> ClusterStatus {
-        crate::daemon::cluster_status(&self.shared).await
+    fn view(&self) -> ClusterStatus {
+        self.cluster.status()
     }
 }
 
@@ -168,31 +189,31 @@ impl ClusterObject {
     /// The cluster's name on this device.
     #[zbus(property(emits_changed_signal = "const"))]
     fn alias(&self) -> String {
-        self.shared.alias.clone()
+        self.cluster.alias().to_owned()
     }
 
     /// "cluster-manager", "machine" or "waiting".
     #[zbus(property(emits_changed_signal = "false"))]
     fn role(&self) -> String {
-        self.shared.role().as_str().to_owned()
+        self.cluster.role().as_str().to_owned()
     }
 
     /// This device's identity in the cluster.
     #[zbus(property(emits_changed_signal = "const"))]
     fn id52(&self) -> String {
-        self.shared.identity.id52().to_string()
+        self.cluster.id52().to_string()
     }
 
     /// The config version in force (0: none yet).
     #[zbus(property)]
     async fn config_version(&self) -> u64 {
-        self.view().await.config_version.unwrap_or(0)
+        self.view().config_version.unwrap_or(0)
     }
 
     /// blake3 (hex) of the config in force ("" when none yet).
     #[zbus(property)]
     async fn config_hash(&self) -> String {
-        self.view().await.config_hash.unwrap_or_default()
+        self.view().config_hash.unwrap_or_default()
     }
 
     /// On the cluster manager, each machine: (name, id52, acknowledged
@@ -202,7 +223,6 @@ impl ClusterObject {
     #[zbus(property)]
     async fn machines(&self) -> Vec<(String, String, u64, String, u64, u64)> {
         self.view()
-            .await
             .machines
             .unwrap_or_default()
             .into_iter()
@@ -278,7 +298,7 @@ impl ClusterObject {
             fds,
             token,
         };
-        exec::run(&self.shared, &self.sessions, conn, call).await
+        exec::run(&self.cluster, &self.sessions, conn, call).await
     }
 
     /// cluster.toml as the cluster manager has it: (text, blake3 hash in
@@ -291,13 +311,15 @@ impl ClusterObject {
         #[zbus(connection)] conn: &Connection,
     ) -> Result<(String, String, u64), Error> {
         let uid = authorize(conn, &hdr, "ConfigDownload", CONFIG_GROUP).await?;
-        match config::request(&self.shared, uid, ConfigRequest::Download).await {
-            ConfigAnswer::File {
+        match config::request(&self.cluster, uid, ConfigRequest::Download).await? {
+            Edited::File {
                 text,
                 hash,
                 version,
             } => Ok((text, hash, version)),
-            other => Err(config::refusal(other)),
+            Edited::Accepted { .. } => {
+                Err(Error::Failed("a download was answered as an upload".into()))
+            }
         }
     }
 
@@ -319,9 +341,11 @@ impl ClusterObject {
             base_hash,
             force,
         };
-        match config::request(&self.shared, uid, req).await {
-            ConfigAnswer::Accepted { version, hash } => Ok((version, hash)),
-            other => Err(config::refusal(other)),
+        match config::request(&self.cluster, uid, req).await? {
+            Edited::Accepted { version, hash } => Ok((version, hash)),
+            Edited::File { .. } => {
+                Err(Error::Failed("an upload was answered as a download".into()))
+            }
         }
     }
 

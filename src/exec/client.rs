@@ -9,8 +9,8 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::mpsc;
 
+use super::ExecError;
 use super::proto::{ClientMsg, ExecRequest, HostMsg, WindowSize, env_allowed};
-use crate::exit::{EXEC_FAILED, Failure};
 use crate::p2p::frame::{self, Kind};
 use crate::p2p::gate;
 
@@ -82,7 +82,7 @@ pub fn process_env() -> Vec<(String, String)> {
 pub async fn run(conn: &Connection, argv: Vec<String>, what: &str) -> anyhow::Result<u8> {
     let io = Io::of_process(&argv);
     let _raw = RawMode::for_pty(io.pty)?;
-    run_with(conn, argv, what, io).await
+    Ok(run_with(conn, argv, what, io).await?)
 }
 
 /// Runs `argv` on the peer of `conn` with the streams and controls of `io`.
@@ -91,7 +91,7 @@ pub async fn run_with(
     argv: Vec<String>,
     what: &str,
     io: Io,
-) -> anyhow::Result<u8> {
+) -> Result<u8, ExecError> {
     let Io {
         stdin: mut input,
         mut stdout,
@@ -103,13 +103,10 @@ pub async fn run_with(
     // A host refuses a stranger right after the handshake: say so, rather
     // than that the connection was lost.
     let failed = |e: String| match gate::refusal(conn) {
-        Some(reason) => Failure::new(
-            EXEC_FAILED,
-            format!(
-                "{what} refused the connection: {reason} (is this device's id52 in the cluster's config?)"
-            ),
-        ),
-        None => Failure::new(EXEC_FAILED, format!("{what}: {e}")),
+        Some(reason) => ExecError::Unreachable(format!(
+            "{what} refused the connection: {reason} (is this device's id52 in the cluster's config?)"
+        )),
+        None => ExecError::Lost(format!("{what}: {e}")),
     };
     let (mut send, mut recv) = conn.open_bi().await.map_err(|e| failed(e.to_string()))?;
     frame::write_msg(&mut send, &ExecRequest { argv, env, pty })
@@ -121,18 +118,22 @@ pub async fn run_with(
     match answer {
         HostMsg::Started => {}
         HostMsg::Denied { reason } => {
-            return Err(
-                Failure::new(EXEC_FAILED, format!("{what} denied the command: {reason}")).into(),
-            );
+            return Err(ExecError::Denied {
+                target: what.to_owned(),
+                reason,
+            });
         }
         HostMsg::Failed { reason } => {
-            return Err(Failure::new(
-                EXEC_FAILED,
-                format!("{what} could not run the command: {reason}"),
-            )
-            .into());
+            return Err(ExecError::NotRun {
+                target: what.to_owned(),
+                reason,
+            });
         }
-        HostMsg::Exit { .. } => anyhow::bail!("{what}: protocol error: exit before start"),
+        HostMsg::Exit { .. } => {
+            return Err(ExecError::Lost(format!(
+                "{what}: protocol error: exit before start"
+            )));
+        }
     }
 
     // Everything the client sends goes through one writer task.
@@ -203,7 +204,7 @@ pub async fn run_with(
     stdin_task.abort();
     control_task.abort();
     let _ = writer.await;
-    outcome.map_err(|m| Failure::new(EXEC_FAILED, m).into())
+    outcome.map_err(ExecError::Lost)
 }
 
 pub fn window_size() -> Option<WindowSize> {

@@ -5,11 +5,11 @@
 
 use crate::acl::{self, Decision, Request};
 use crate::config::ClusterConfig;
-use crate::exit::{EXEC_FAILED, Failure};
 use crate::identity::Id52;
 
 use tokio::sync::mpsc;
 
+use super::ExecError;
 use super::proto::{ClientMsg, FORWARDED_SIGNALS};
 use super::spawn::{self, Spec, StdioMode};
 
@@ -42,7 +42,7 @@ pub async fn run(
     stdio: StdioMode,
     env: Vec<(String, String)>,
     mut controls: mpsc::Receiver<ClientMsg>,
-) -> anyhow::Result<u8> {
+) -> Result<u8, ExecError> {
     let request = if argv.is_empty() {
         Request::Shell
     } else {
@@ -56,19 +56,19 @@ pub async fn run(
                 malai_cluster = %cluster, malai_peer = %me, malai_config_version = version, malai_argv = %argv_text, malai_decision = "denied",
                 "denied {caller} on this device ({me}) running {argv_text:?}: {reason}"
             );
-            return Err(
-                Failure::new(EXEC_FAILED, format!("{what} denied the command: {reason}")).into(),
-            );
+            return Err(ExecError::Denied {
+                target: what.to_owned(),
+                reason,
+            });
         }
         Decision::Allow(grant) => grant,
     };
+    let not_run = |reason: String| ExecError::NotRun {
+        target: what.to_owned(),
+        reason,
+    };
     let username = match (audit.unprivileged_uid, &grant.rule) {
-        (Some(uid), None) => Some(user_name(uid).map_err(|e| {
-            Failure::new(
-                EXEC_FAILED,
-                format!("{what} could not run the command: {e}"),
-            )
-        })?),
+        (Some(uid), None) => Some(user_name(uid).map_err(|e| not_run(format!("{e:#}")))?),
         (Some(_), Some(_)) | (None, _) => grant.username,
     };
     let run_text = shell_words::join(&grant.argv);
@@ -85,12 +85,7 @@ pub async fn run(
         stdio,
         rule: grant.rule.is_some(),
     })
-    .map_err(|e| {
-        Failure::new(
-            EXEC_FAILED,
-            format!("{what} could not run the command: {e:#}"),
-        )
-    })?;
+    .map_err(|e| not_run(format!("{e:#}")))?;
     let mut listening = true;
     let status = loop {
         tokio::select! {

@@ -6,3 +6,25 @@ pub mod local;
 pub mod proto;
 pub mod server;
 pub mod spawn;
+
+/// Why a command did not run to its end. The CLI ends with 255 for each but
+/// `Local` (as ssh does, malai's own failure), D-Bus names each
+/// (`dbus::Error`); neither is decided here.
+#[derive(Debug, thiserror::Error)]
+pub enum ExecError {
+    /// The ACL refused it.
+    #[error("{target} denied the command: {reason}")]
+    Denied { target: String, reason: String },
+    /// Allowed, but it could not be started.
+    #[error("{target} could not run the command: {reason}")]
+    NotRun { target: String, reason: String },
+    /// The machine could not be reached, or refused the connection.
+    #[error("{0}")]
+    Unreachable(String),
+    /// The connection went away before the command ended.
+    #[error("{0}")]
+    Lost(String),
+    /// This end's own input or output failed (a closed stdout...).
+    #[error(transparent)]
+    Local(#[from] std::io::Error),
+}

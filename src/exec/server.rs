@@ -2,11 +2,12 @@
 //! the ACL (the peer is the id52 iroh authenticated, never a field of the
 //! request), log the decision, run the command and stream its output with
 //! backpressure. A client that goes away takes the whole process group with
-//! it.
+//! it. Stopping the router drains: running commands get `SHUTDOWN_BOUND`
+//! to finish.
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use iroh::endpoint::{Connection, RecvStream, SendStream};
@@ -18,10 +19,9 @@ use tokio::sync::{Notify, mpsc};
 use super::proto::{ClientMsg, ExecRequest, FORWARDED_SIGNALS, HostMsg};
 use super::spawn::{self, Spec};
 use crate::acl::{self, Decision, Request};
-use crate::config::ClusterConfig;
+use crate::cluster::Cluster;
 use crate::identity::Id52;
 use crate::p2p::frame::{self, Kind};
-use crate::p2p::gate::Gate;
 
 /// The largest request: Linux takes at most 128 KiB per argument and 2 MiB
 /// in all; a remote command line is far shorter.
@@ -35,21 +35,15 @@ const QUEUE: usize = 8;
 /// How long output of an exited shell is still collected from its PTY.
 const PTY_DRAIN: Duration = Duration::from_millis(300);
 
-/// One cluster's exec service: the config it decides with and the commands
-/// it is running.
-#[derive(Debug)]
-pub struct Host {
-    pub cluster: String,
-    pub me: Id52,
-    config: RwLock<Option<Arc<ClusterConfig>>>,
-    /// The version of `config` (0: none), for the audit log.
-    version: std::sync::atomic::AtomicU64,
+/// The commands one cluster's exec service is running, and whether it is
+/// stopping.
+#[derive(Debug, Default)]
+pub struct Commands {
+    /// A std `Mutex`: held for a map update, never across an `.await`.
     running: Mutex<Running>,
     idle: Notify,
     /// Set at shutdown: new commands are refused while running ones finish.
     stopping: std::sync::atomic::AtomicBool,
-    /// Who may connect at all; follows the config in force.
-    pub gate: Gate,
 }
 
 #[derive(Debug, Default)]
@@ -59,52 +53,14 @@ struct Running {
     commands: HashMap<u64, (Id52, i32)>,
 }
 
-impl Host {
-    pub fn new(
-        cluster: &str,
-        me: Id52,
-        gate: Gate,
-        config: Option<ClusterConfig>,
-        version: u64,
-    ) -> Arc<Host> {
-        gate.set_config(config.as_ref());
-        Arc::new(Host {
-            gate,
-            cluster: cluster.to_owned(),
-            me,
-            config: RwLock::new(config.map(Arc::new)),
-            version: std::sync::atomic::AtomicU64::new(version),
-            running: Mutex::new(Running::default()),
-            idle: Notify::new(),
-            stopping: std::sync::atomic::AtomicBool::new(false),
-        })
-    }
-
-    /// Puts `config`, at `version`, in force for the next decisions.
-    pub fn set_config(&self, config: Option<ClusterConfig>, version: u64) {
-        self.gate.set_config(config.as_ref());
-        let mut slot = self.config.write().expect("config lock");
-        *slot = config.map(Arc::new);
-        self.version
-            .store(version, std::sync::atomic::Ordering::Relaxed);
-    }
-
-    /// The version of the config in force (0: none).
-    pub fn version(&self) -> u64 {
-        self.version.load(std::sync::atomic::Ordering::Relaxed)
-    }
-
-    pub fn config(&self) -> Option<Arc<ClusterConfig>> {
-        self.config.read().expect("config lock").clone()
-    }
-
+impl Commands {
     pub fn running_count(&self) -> usize {
         self.running.lock().expect("running lock").commands.len()
     }
 
     /// Waits up to `bound` for running commands to finish, then kills the
     /// process groups of those that did not.
-    pub async fn drain(&self, bound: Duration) {
+    pub async fn drain(&self, cluster: &str, bound: Duration) {
         self.stopping
             .store(true, std::sync::atomic::Ordering::SeqCst);
         let deadline = tokio::time::Instant::now() + bound;
@@ -119,7 +75,7 @@ impl Host {
         }
         let running = self.running.lock().expect("running lock");
         for (peer, pgid) in running.commands.values().filter(|(_, pgid)| *pgid > 0) {
-            tracing::warn!(malai_cluster = %self.cluster, malai_peer = %peer, "killing a command still running at shutdown");
+            tracing::warn!(malai_cluster = %cluster, malai_peer = %peer, "killing a command still running at shutdown");
             spawn::kill_session(*pgid, Signal::SIGKILL);
         }
     }
@@ -165,32 +121,56 @@ impl Host {
     }
 }
 
+/// How long running commands may take to finish when the cluster stops.
+pub const SHUTDOWN_BOUND: Duration = Duration::from_secs(10);
+
+/// `malai/exec/1` for one cluster.
 #[derive(Debug, Clone)]
 pub struct ExecHandler {
-    pub host: Arc<Host>,
+    cluster: Arc<Cluster>,
+    commands: Arc<Commands>,
+}
+
+impl ExecHandler {
+    pub fn new(cluster: Arc<Cluster>) -> ExecHandler {
+        ExecHandler {
+            cluster,
+            commands: Arc::default(),
+        }
+    }
 }
 
 impl ProtocolHandler for ExecHandler {
     async fn accept(&self, conn: Connection) -> Result<(), AcceptError> {
         let peer = Id52::from_public_key(conn.remote_id());
         while let Ok((mut send, recv)) = conn.accept_bi().await {
-            let Some(permit) = self.host.gate.admit_stream(peer, &mut send) else {
+            let Some(permit) = self.cluster.gate().admit_stream(peer, &mut send) else {
                 continue;
             };
-            let host = self.host.clone();
+            let (cluster, commands) = (self.cluster.clone(), self.commands.clone());
             tokio::spawn(async move {
                 let _permit = permit;
-                if let Err(e) = serve(host.clone(), peer, send, recv).await {
-                    tracing::info!(malai_cluster = %host.cluster, malai_peer = %peer, "exec stream ended: {e:#}");
+                if let Err(e) = serve(&cluster, &commands, peer, send, recv).await {
+                    tracing::info!(malai_cluster = %cluster.alias(), malai_peer = %peer, "exec stream ended: {e:#}");
                 }
             });
         }
         Ok(())
     }
+
+    /// Refuses new commands, lets running ones finish within
+    /// `SHUTDOWN_BOUND`, then kills what is left: the router awaits this
+    /// before it closes the endpoint.
+    async fn shutdown(&self) {
+        self.commands
+            .drain(self.cluster.alias(), SHUTDOWN_BOUND)
+            .await;
+    }
 }
 
 async fn serve(
-    host: Arc<Host>,
+    cluster: &Cluster,
+    commands: &Commands,
     peer: Id52,
     mut send: SendStream,
     mut recv: RecvStream,
@@ -198,7 +178,8 @@ async fn serve(
     let req: ExecRequest = frame::read_request(&mut recv, MAX_REQUEST).await?;
     let argv_text = shell_words::join(&req.argv);
     let pty = req.pty.is_some();
-    let decision = match host.config() {
+    let in_force = cluster.in_force();
+    let decision = match &in_force.config {
         None => Decision::Deny(
             "this machine has not received its config from the cluster manager yet".into(),
         ),
@@ -208,13 +189,13 @@ async fn serve(
                 (false, true) => Request::PtyExec(&req.argv),
                 (false, false) => Request::Exec(&req.argv),
             };
-            acl::decide(&config, &host.me, &peer, request)
+            acl::decide(config, &cluster.id52(), &peer, request)
         }
     };
     let grant = match decision {
         Decision::Deny(reason) => {
             tracing::warn!(
-                malai_cluster = %host.cluster, malai_peer = %peer, malai_config_version = host.version(), malai_argv = %argv_text, malai_pty = pty, malai_decision = "denied",
+                malai_cluster = %cluster.alias(), malai_peer = %peer, malai_config_version = in_force.version, malai_argv = %argv_text, malai_pty = pty, malai_decision = "denied",
                 "denied {peer} running {argv_text:?}: {reason}"
             );
             frame::write_msg(&mut send, &HostMsg::Denied { reason }).await?;
@@ -224,10 +205,10 @@ async fn serve(
         }
         Decision::Allow(grant) => grant,
     };
-    let id = match host.reserve(peer) {
+    let id = match commands.reserve(peer) {
         Ok(id) => id,
         Err(reason) => {
-            tracing::warn!(malai_cluster = %host.cluster, malai_peer = %peer, malai_argv = %argv_text, "refused: {reason}");
+            tracing::warn!(malai_cluster = %cluster.alias(), malai_peer = %peer, malai_argv = %argv_text, "refused: {reason}");
             frame::write_msg(&mut send, &HostMsg::Failed { reason }).await?;
             send.finish()?;
             let _ = send.stopped().await;
@@ -246,18 +227,18 @@ async fn serve(
     let spawned = match spawned {
         Ok(s) => s,
         Err(e) => {
-            host.unregister(id);
+            commands.unregister(id);
             let reason = format!("{e:#}");
-            tracing::warn!(malai_cluster = %host.cluster, malai_peer = %peer, malai_argv = %run_text, "allowed but failed to start: {reason}");
+            tracing::warn!(malai_cluster = %cluster.alias(), malai_peer = %peer, malai_argv = %run_text, "allowed but failed to start: {reason}");
             frame::write_msg(&mut send, &HostMsg::Failed { reason }).await?;
             send.finish()?;
             let _ = send.stopped().await;
             return Ok(());
         }
     };
-    host.set_pgid(id, spawned.pgid);
+    commands.set_pgid(id, spawned.pgid);
     tracing::info!(
-        malai_cluster = %host.cluster, malai_peer = %peer, malai_config_version = host.version(), malai_argv = %run_text, malai_pty = pty, malai_decision = "allowed",
+        malai_cluster = %cluster.alias(), malai_peer = %peer, malai_config_version = in_force.version, malai_argv = %run_text, malai_pty = pty, malai_decision = "allowed",
         "{peer} runs {run_text:?} ({})", grant.reason
     );
     let pgid = spawned.pgid;
@@ -266,16 +247,16 @@ async fn serve(
         pump(spawned, send, recv).await
     }
     .await;
-    host.unregister(id);
+    commands.unregister(id);
     match &result {
         Ok(code) => tracing::info!(
-            malai_cluster = %host.cluster, malai_peer = %peer, malai_config_version = host.version(), malai_argv = %run_text, malai_exit = *code,
+            malai_cluster = %cluster.alias(), malai_peer = %peer, malai_config_version = in_force.version, malai_argv = %run_text, malai_exit = *code,
             "{run_text:?} for {peer} exited with {code}"
         ),
         Err(e) => {
             spawn::kill_session(pgid, Signal::SIGKILL);
             tracing::warn!(
-                malai_cluster = %host.cluster, malai_peer = %peer, malai_argv = %run_text,
+                malai_cluster = %cluster.alias(), malai_peer = %peer, malai_argv = %run_text,
                 "client of {run_text:?} went away ({e:#}); killed its process group"
             );
         }

@@ -4,7 +4,6 @@
 //! which carry each accepted TCP connection on its own stream. A refused
 //! connection is closed and the reason logged.
 
-use std::collections::BTreeMap;
 use std::fmt;
 use std::net::SocketAddr;
 use std::sync::{Arc, RwLock};
@@ -15,12 +14,13 @@ use tokio::net::{TcpListener, TcpStream};
 use super::host::{self, Opened, Refusal};
 use super::pipe;
 use super::proto::{Answer, HANDSHAKE_TIMEOUT, Open};
-use crate::daemon::cluster::Shared;
+use crate::cluster::{ByAlias, Cluster};
 use crate::p2p::{FORWARD_ALPN, frame};
 
-/// The running clusters by alias, as forwards see them: looked up for each
-/// connection, so a rescan that restarts a cluster is picked up at once.
-pub type Clusters = Arc<RwLock<BTreeMap<String, Arc<Shared>>>>;
+/// The running clusters by alias, as the daemon publishes them: looked up
+/// for each connection, so a rescan that restarts a cluster is picked up
+/// at once.
+pub type Clusters = tokio::sync::watch::Receiver<ByAlias>;
 
 /// A stream to a service, ready to carry bytes.
 pub enum Stream {
@@ -58,22 +58,22 @@ impl fmt::Display for Refused {
 }
 
 /// The running cluster `alias`, if any.
-pub fn cluster(clusters: &Clusters, alias: &str) -> Option<Arc<Shared>> {
-    clusters.read().expect("clusters lock").get(alias).cloned()
+pub fn cluster(clusters: &Clusters, alias: &str) -> Option<Arc<Cluster>> {
+    clusters.borrow().get(alias).cloned()
 }
 
-/// Opens a stream to `service` of the cluster of `shared`.
-pub async fn connect(shared: &Shared, service: &str) -> Result<Stream, Refused> {
-    let Some(config) = shared.host.config() else {
+/// Opens a stream to `service` of `cluster`.
+pub async fn connect(cluster: &Cluster, service: &str) -> Result<Stream, Refused> {
+    let Some(config) = cluster.config() else {
         return Err(Refused::Unknown(format!(
             "this device has no config for cluster {:?} yet",
-            shared.alias
+            cluster.alias()
         )));
     };
     let Some(svc) = config.services.get(service) else {
         return Err(Refused::Unknown(format!(
             "no service {service:?} in this device's config of cluster {:?} (not defined, or this device is not in its allow_from)",
-            shared.alias
+            cluster.alias()
         )));
     };
     let Some(machine) = config.machines.get(&svc.machine) else {
@@ -82,23 +82,23 @@ pub async fn connect(shared: &Shared, service: &str) -> Result<Stream, Refused> 
             svc.machine
         )));
     };
-    let me = shared.identity.id52();
+    let me = cluster.id52();
     if machine.id52 == me {
-        return match host::open(&shared.host, me, service).await {
+        return match host::open(cluster, me, service).await {
             Ok(opened) => Ok(Stream::Local(opened)),
             Err(Refusal::Denied(r)) => Err(Refused::Denied(r)),
             Err(Refusal::Failed(r)) => Err(Refused::Failed(r)),
         };
     }
-    let what = format!("{}.{}", svc.machine, shared.alias);
+    let what = format!("{}.{}", svc.machine, cluster.alias());
     let mut last = String::new();
     // A pooled connection may have died unnoticed (the host restarted):
     // one more try on a fresh one.
     for _ in 0..2 {
-        let conn = shared
-            .pool
+        let conn = cluster
+            .pool()
             .get(
-                &shared.endpoint,
+                cluster.endpoint(),
                 &machine.id52,
                 &machine.addrs,
                 FORWARD_ALPN,
@@ -134,7 +134,7 @@ pub async fn connect(shared: &Shared, service: &str) -> Result<Stream, Refused> 
             }
             Err(e) => {
                 last = format!("{what}: {e:#}");
-                shared.pool.forget(&machine.id52, FORWARD_ALPN).await;
+                cluster.pool().forget(&machine.id52, FORWARD_ALPN).await;
             }
         }
     }

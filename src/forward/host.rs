@@ -14,8 +14,8 @@ use tokio::net::TcpStream;
 use super::proto::{Answer, HANDSHAKE_TIMEOUT, Open};
 use super::{pipe, proxy};
 use crate::acl::{self, Decision};
+use crate::cluster::Cluster;
 use crate::config::{Protocol, Service};
-use crate::exec::server::Host;
 use crate::identity::Id52;
 use crate::p2p::frame;
 
@@ -60,20 +60,21 @@ impl Opened {
 
 /// Decides whether `peer` may reach `name` here, logs the decision, and
 /// connects to the service.
-pub async fn open(host: &Host, peer: Id52, name: &str) -> Result<Opened, Refusal> {
+pub async fn open(cluster: &Cluster, peer: Id52, name: &str) -> Result<Opened, Refusal> {
+    let in_force = cluster.in_force();
     let audit = |decision: &str, reason: &str| {
         tracing::warn!(
-            malai_cluster = %host.cluster, malai_peer = %peer, malai_service = name,
-            malai_config_version = host.version(), malai_decision = decision,
+            malai_cluster = %cluster.alias(), malai_peer = %peer, malai_service = name,
+            malai_config_version = in_force.version, malai_decision = decision,
             "{decision} {peer} forwarding to service {name:?}: {reason}"
         );
     };
-    let Some(config) = host.config() else {
+    let Some(config) = in_force.config.clone() else {
         let reason = "this machine has not received its config from the cluster manager yet";
         audit("denied", reason);
         return Err(Refusal::Denied(reason.into()));
     };
-    let grant = match acl::may_use_service(&config, &host.me, &peer, name) {
+    let grant = match acl::may_use_service(&config, &cluster.id52(), &peer, name) {
         Decision::Deny(reason) => {
             audit("denied", &reason);
             return Err(Refusal::Denied(reason));
@@ -97,8 +98,8 @@ pub async fn open(host: &Host, peer: Id52, name: &str) -> Result<Opened, Refusal
     };
     let _ = upstream.set_nodelay(true);
     tracing::info!(
-        malai_cluster = %host.cluster, malai_peer = %peer, malai_service = name,
-        malai_config_version = host.version(), malai_decision = "allowed",
+        malai_cluster = %cluster.alias(), malai_peer = %peer, malai_service = name,
+        malai_config_version = in_force.version, malai_decision = "allowed",
         "{peer} forwards to service {name:?} on {addr} ({})", grant.reason
     );
     Ok(Opened {
@@ -108,7 +109,7 @@ pub async fn open(host: &Host, peer: Id52, name: &str) -> Result<Opened, Refusal
             machine: config
                 .machine_by_id52(&peer)
                 .map(|(alias, _)| alias.to_owned()),
-            cluster: host.cluster.clone(),
+            cluster: cluster.alias().to_owned(),
         },
         service,
         upstream,
@@ -117,21 +118,21 @@ pub async fn open(host: &Host, peer: Id52, name: &str) -> Result<Opened, Refusal
 
 #[derive(Debug, Clone)]
 pub struct ForwardHandler {
-    pub host: Arc<Host>,
+    pub cluster: Arc<Cluster>,
 }
 
 impl ProtocolHandler for ForwardHandler {
     async fn accept(&self, conn: Connection) -> Result<(), AcceptError> {
         let peer = Id52::from_public_key(conn.remote_id());
         while let Ok((mut send, recv)) = conn.accept_bi().await {
-            let Some(permit) = self.host.gate.admit_stream(peer, &mut send) else {
+            let Some(permit) = self.cluster.gate().admit_stream(peer, &mut send) else {
                 continue;
             };
-            let host = self.host.clone();
+            let cluster = self.cluster.clone();
             tokio::spawn(async move {
                 let _permit = permit;
-                if let Err(e) = serve(&host, peer, send, recv).await {
-                    tracing::info!(malai_cluster = %host.cluster, malai_peer = %peer, "forward stream ended: {e:#}");
+                if let Err(e) = serve(&cluster, peer, send, recv).await {
+                    tracing::info!(malai_cluster = %cluster.alias(), malai_peer = %peer, "forward stream ended: {e:#}");
                 }
             });
         }
@@ -140,13 +141,13 @@ impl ProtocolHandler for ForwardHandler {
 }
 
 async fn serve(
-    host: &Host,
+    cluster: &Cluster,
     peer: Id52,
     mut send: SendStream,
     mut recv: RecvStream,
 ) -> anyhow::Result<()> {
     let req: Open = frame::read_request(&mut recv, MAX_OPEN).await?;
-    let opened = match open(host, peer, &req.service).await {
+    let opened = match open(cluster, peer, &req.service).await {
         Ok(o) => o,
         Err(refusal) => {
             let answer = match refusal {
@@ -166,7 +167,7 @@ async fn serve(
             let upstream = opened.upstream;
             let moved = pipe::tcp_quic(upstream, send, recv).await?;
             tracing::debug!(
-                malai_cluster = %host.cluster, malai_peer = %peer, malai_service = name,
+                malai_cluster = %cluster.alias(), malai_peer = %peer, malai_service = name,
                 "forward to {name:?} closed: {} bytes up, {} down", moved.up, moved.down
             );
         }

@@ -131,8 +131,8 @@ async fn route(mut tcp: TcpStream, listen_port: u16, clusters: &Clusters) -> any
         Ok(s) => s,
         Err(why) => {
             tracing::warn!(
-                malai_cluster = %shared.alias, malai_service = %service_name,
-                "http: {service_name}.{} refused for {host:?}: {why}", shared.alias
+                malai_cluster = %shared.alias(), malai_service = %service_name,
+                "http: {service_name}.{} refused for {host:?}: {why}", shared.alias()
             );
             let (code, reason, text) = match &why {
                 Refused::Denied(_) => (
@@ -145,7 +145,7 @@ async fn route(mut tcp: TcpStream, listen_port: u16, clusters: &Clusters) -> any
             };
             let page = message_page(
                 reason,
-                &format!("{service_name}.{}: {text}\n{why}", shared.alias),
+                &format!("{service_name}.{}: {text}\n{why}", shared.alias()),
             );
             return respond(&mut tcp, code, reason, &page).await;
         }
@@ -186,14 +186,14 @@ fn find(
     clusters: &Clusters,
     cluster: &str,
     service: &str,
-) -> Option<(std::sync::Arc<crate::daemon::cluster::Shared>, String)> {
-    let all = clusters.read().expect("clusters lock");
+) -> Option<(std::sync::Arc<crate::cluster::Cluster>, String)> {
+    let all = clusters.borrow();
     let shared = all
         .iter()
         .find(|(alias, _)| alias.eq_ignore_ascii_case(cluster))
         .map(|(_, s)| s.clone())?;
     drop(all);
-    let config = shared.host.config()?;
+    let config = shared.config()?;
     let name = config
         .services
         .iter()
@@ -253,11 +253,11 @@ async fn respond(tcp: &mut TcpStream, code: u16, reason: &str, html: &str) -> an
 /// first that `asked` is not one of them, when given.
 pub fn index_page(clusters: &Clusters, port: u16, asked: Option<&str>) -> String {
     let mut items = Vec::new();
-    for (alias, shared) in clusters.read().expect("clusters lock").iter() {
-        let Some(config) = shared.host.config() else {
+    for (alias, shared) in clusters.borrow().iter() {
+        let Some(config) = shared.config() else {
             continue;
         };
-        let me = shared.identity.id52();
+        let me = shared.id52();
         for (name, s) in &config.services {
             if s.protocol == Protocol::Http && acl::matching(&config, &s.allow_from, &me).is_some()
             {
@@ -373,7 +373,7 @@ mod tests {
 
     #[test]
     fn pages_escape_what_the_client_sent() {
-        let clusters = Clusters::default();
+        let (_publisher, clusters) = tokio::sync::watch::channel(Default::default());
         let page = index_page(&clusters, 8080, Some("<script>.x"));
         assert!(page.contains("&lt;script&gt;"), "{page}");
         assert!(!page.contains("<script>"));

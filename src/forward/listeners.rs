@@ -17,7 +17,7 @@ use tokio::task::JoinHandle;
 use super::client::{self, Clusters, Target};
 use crate::config::LocalConfig;
 use crate::config::local::HTTP_SOCKET_NAME;
-use crate::daemon::sockets::Inherited;
+use crate::sockets::Inherited;
 
 pub struct Listeners {
     clusters: Clusters,

@@ -1,7 +1,7 @@
 //! The CM side of config distribution: personalize and sign each machine's
 //! config, push it to every machine that has not acknowledged the current
 //! version (all at once, retrying the unreachable with backoff), answer
-//! fetches, and record acknowledgements in state.json.
+//! fetches; `Cluster::record_push` keeps the acknowledgements.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -11,11 +11,10 @@ use tokio::task::JoinSet;
 
 use super::envelope::Envelope;
 use super::proto::{ConfigAnswer, ConfigRequest};
-use crate::daemon::cluster::Shared;
+use crate::cluster::Cluster;
 use crate::identity::Id52;
 use crate::p2p::{CONFIG_ALPN, frame};
 use crate::personalize;
-use crate::state::unix_now;
 
 /// How long one push (dial, send, acknowledgement) may take.
 const PUSH_TIMEOUT: Duration = Duration::from_secs(15);
@@ -25,30 +24,30 @@ const MIN_BACKOFF: Duration = Duration::from_secs(1);
 const MAX_BACKOFF: Duration = Duration::from_secs(60);
 
 /// The signed config for the machine `peer` at the current version.
-async fn envelope_for(shared: &Shared, peer: &Id52) -> Option<(String, Envelope)> {
-    let config = shared.host.config()?;
+fn envelope_for(cluster: &Cluster, peer: &Id52) -> Option<(String, Envelope)> {
+    let in_force = cluster.in_force();
+    let config = in_force.config?;
     let (alias, _) = config.machine_by_id52(peer)?;
-    let version = shared.cm_state.lock().await.version;
-    let text = personalize::machine_toml(&config, alias, version)?;
+    let text = personalize::machine_toml(&config, alias, in_force.version)?;
     Some((
         alias.to_owned(),
-        Envelope::seal(&shared.identity, peer, version, text),
+        Envelope::seal(cluster.identity(), peer, in_force.version, text),
     ))
 }
 
-pub async fn serve_fetch(shared: &Arc<Shared>, peer: Id52) -> super::proto::ConfigAnswer {
-    match envelope_for(shared, &peer).await {
+pub async fn serve_fetch(cluster: &Cluster, peer: Id52) -> super::proto::ConfigAnswer {
+    match envelope_for(cluster, &peer) {
         Some((alias, envelope)) => {
-            tracing::info!(malai_cluster = %shared.alias, malai_peer = %peer, "machine {alias} fetched config version {}", envelope.version);
+            tracing::info!(malai_cluster = %cluster.alias(), malai_peer = %peer, "machine {alias} fetched config version {}", envelope.version);
             // The machine is back, perhaps restarted: a pooled connection to
             // it may be dead. Dial afresh and retry pending pushes now
             // rather than at the end of a backoff.
-            shared.pool.forget(&peer, CONFIG_ALPN).await;
-            shared.wake.notify_one();
+            cluster.pool().forget(&peer, CONFIG_ALPN).await;
+            cluster.wake_pusher();
             ConfigAnswer::Config { envelope }
         }
         None => {
-            tracing::warn!(malai_cluster = %shared.alias, malai_peer = %peer, "refused a config fetch: not a machine of this cluster");
+            tracing::warn!(malai_cluster = %cluster.alias(), malai_peer = %peer, "refused a config fetch: not a machine of this cluster");
             ConfigAnswer::Denied {
                 reason: "not a machine of this cluster".into(),
             }
@@ -61,38 +60,32 @@ pub async fn serve_fetch(shared: &Arc<Shared>, peer: Id52) -> super::proto::Conf
 /// failed machine with exponential backoff. A wake-up (config changed, or a
 /// machine reconnected) restarts every push at once: pushes are idempotent,
 /// and a push stuck on a dead connection must not hold back the new one.
-pub async fn pusher(shared: Arc<Shared>) {
+pub async fn pusher(cluster: Arc<Cluster>) {
     let mut set: JoinSet<(String, bool)> = JoinSet::new();
     let mut inflight: HashMap<String, tokio::task::Id> = HashMap::new();
     let mut retry: HashMap<String, (Instant, Duration)> = HashMap::new();
     loop {
-        let woken = shared.wake.notified();
+        let woken = cluster.wait_for_work();
         let now = Instant::now();
-        for (alias, id, addrs) in pending_machines(&shared).await {
+        for (alias, id, addrs) in pending_machines(&cluster) {
             if inflight.contains_key(&alias) || retry.get(&alias).is_some_and(|(at, _)| *at > now) {
                 continue;
             }
-            let task_shared = shared.clone();
+            let task_cluster = cluster.clone();
             let task_alias = alias.clone();
-            let handle =
-                set.spawn(async move {
-                    let shared = task_shared;
-                    let result =
-                        match tokio::time::timeout(PUSH_TIMEOUT, push_one(&shared, &id, &addrs))
-                            .await
-                        {
-                            Ok(r) => r,
-                            Err(_) => Err(anyhow::anyhow!(
-                                "no answer within {} s",
-                                PUSH_TIMEOUT.as_secs()
-                            )),
-                        };
-                    if result.is_err() {
-                        shared.pool.forget(&id, CONFIG_ALPN).await;
-                    }
-                    let ok = record(&shared, &task_alias, &id, result).await;
-                    (task_alias, ok)
-                });
+            let handle = set.spawn(async move {
+                let cluster = task_cluster;
+                let pushed = tokio::time::timeout(PUSH_TIMEOUT, push_one(&cluster, &id, &addrs));
+                let result = match pushed.await {
+                    Ok(r) => r.map_err(|e| format!("{e:#}")),
+                    Err(_) => Err(format!("no answer within {} s", PUSH_TIMEOUT.as_secs())),
+                };
+                if result.is_err() {
+                    cluster.pool().forget(&id, CONFIG_ALPN).await;
+                }
+                let ok = cluster.record_push(&task_alias, &id, result);
+                (task_alias, ok)
+            });
             inflight.insert(alias, handle.id());
         }
         let next_retry = retry.values().map(|(at, _)| *at).min();
@@ -121,12 +114,12 @@ pub async fn pusher(shared: Arc<Shared>) {
 }
 
 /// Machines (other than the CM itself) whose acknowledged version is behind.
-async fn pending_machines(shared: &Shared) -> Vec<(String, Id52, Vec<std::net::SocketAddr>)> {
-    let Some(config) = shared.host.config() else {
+fn pending_machines(cluster: &Cluster) -> Vec<(String, Id52, Vec<std::net::SocketAddr>)> {
+    let Some(config) = cluster.config() else {
         return Vec::new();
     };
-    let state = shared.cm_state.lock().await;
-    let me = shared.identity.id52();
+    let state = cluster.ledger();
+    let me = cluster.id52();
     config
         .machines
         .iter()
@@ -142,16 +135,15 @@ async fn pending_machines(shared: &Shared) -> Vec<(String, Id52, Vec<std::net::S
 }
 
 async fn push_one(
-    shared: &Shared,
+    cluster: &Cluster,
     id: &Id52,
     addrs: &[std::net::SocketAddr],
 ) -> anyhow::Result<u64> {
-    let (_, envelope) = envelope_for(shared, id)
-        .await
-        .ok_or_else(|| anyhow::anyhow!("no longer a machine"))?;
-    let conn = shared
-        .pool
-        .get(&shared.endpoint, id, addrs, CONFIG_ALPN)
+    let (_, envelope) =
+        envelope_for(cluster, id).ok_or_else(|| anyhow::anyhow!("no longer a machine"))?;
+    let conn = cluster
+        .pool()
+        .get(cluster.endpoint(), id, addrs, CONFIG_ALPN)
         .await?;
     let (mut send, mut recv) = conn.open_bi().await?;
     frame::write_msg(&mut send, &ConfigRequest::Push { envelope }).await?;
@@ -163,48 +155,4 @@ async fn push_one(
         }
         other => anyhow::bail!("unexpected answer to a push: {other:?}"),
     }
-}
-
-/// Writes the outcome of a push into state.json; true when acknowledged.
-async fn record(shared: &Shared, alias: &str, id: &Id52, result: anyhow::Result<u64>) -> bool {
-    let mut state = shared.cm_state.lock().await;
-    let current = state.version;
-    let entry = state.machines.entry(alias.to_owned()).or_default();
-    if entry.id52 != id.to_string() {
-        *entry = crate::state::MachineSync {
-            id52: id.to_string(),
-            ..Default::default()
-        };
-    }
-    let now = unix_now();
-    let ok = match &result {
-        Ok(version) => {
-            entry.acked_version = *version;
-            entry.last_contact = Some(now);
-            entry.unreachable_since = None;
-            entry.last_error = None;
-            tracing::info!(malai_cluster = %shared.alias, malai_peer = %id, malai_config_version = *version, "machine {alias} acknowledged config version {version}");
-            shared.announce(crate::daemon::cluster::Event::MachineAcknowledged {
-                machine: alias.to_owned(),
-                id52: id.to_string(),
-                version: *version,
-            });
-            true
-        }
-        // A stale push failing after the machine already acknowledged (on a
-        // fresher connection) changes nothing.
-        Err(_) if entry.acked_version >= current => true,
-        Err(e) => {
-            entry.unreachable_since.get_or_insert(now);
-            entry.last_error = Some(format!("{e:#}"));
-            tracing::info!(malai_cluster = %shared.alias, malai_peer = %id, "push to machine {alias} failed: {e:#}");
-            false
-        }
-    };
-    if let Err(e) = state.save(&shared.state_path()) {
-        tracing::error!(malai_cluster = %shared.alias, "cannot record sync state: {e:#}");
-    }
-    drop(state);
-    shared.changed.notify_one();
-    ok
 }

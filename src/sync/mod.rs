@@ -7,16 +7,17 @@
 
 pub mod cm;
 pub mod edit;
-pub mod envelope;
 pub mod machine;
 pub mod proto;
+
+pub use crate::cluster::envelope;
 
 use std::sync::Arc;
 
 use iroh::endpoint::Connection;
 use iroh::protocol::{AcceptError, ProtocolHandler};
 
-use crate::daemon::cluster::Shared;
+use crate::cluster::Cluster;
 use crate::home::Role;
 use crate::identity::Id52;
 use crate::p2p::frame;
@@ -24,23 +25,23 @@ use proto::{ConfigAnswer, ConfigRequest};
 
 #[derive(Debug, Clone)]
 pub struct ConfigHandler {
-    pub shared: Arc<Shared>,
+    pub cluster: Arc<Cluster>,
 }
 
 impl ProtocolHandler for ConfigHandler {
     async fn accept(&self, conn: Connection) -> Result<(), AcceptError> {
         let peer = Id52::from_public_key(conn.remote_id());
         while let Ok((mut send, mut recv)) = conn.accept_bi().await {
-            let Some(permit) = self.shared.host.gate.admit_stream(peer, &mut send) else {
+            let Some(permit) = self.cluster.gate().admit_stream(peer, &mut send) else {
                 continue;
             };
-            let shared = self.shared.clone();
+            let cluster = self.cluster.clone();
             tokio::spawn(async move {
                 let _permit = permit;
                 // An upload carries a whole cluster.toml: the full frame cap.
                 let request = frame::read_request::<_, ConfigRequest>(&mut recv, frame::MAX_FRAME);
                 let answer = match request.await {
-                    Ok(req) => answer(&shared, peer, req).await,
+                    Ok(req) => answer(&cluster, peer, req).await,
                     Err(e) => ConfigAnswer::Rejected {
                         reason: format!("bad request: {e}"),
                     },
@@ -56,25 +57,28 @@ impl ProtocolHandler for ConfigHandler {
 }
 
 /// Every request type with the rule that authorizes it; no catch-all arm.
-async fn answer(shared: &Arc<Shared>, peer: Id52, req: ConfigRequest) -> ConfigAnswer {
-    let role = shared.role();
+async fn answer(cluster: &Cluster, peer: Id52, req: ConfigRequest) -> ConfigAnswer {
+    let role = cluster.role();
+    let not_cm = || ConfigAnswer::Denied {
+        reason: "this device is not the cluster manager".into(),
+    };
     match req {
         // Only this cluster's manager may push, and only to a machine.
         ConfigRequest::Push { envelope } => match role {
-            Role::Machine | Role::Waiting if peer == shared.cm_id52 => {
-                machine::apply(shared, envelope).await
+            Role::Machine | Role::Waiting if peer == cluster.cm_id52() => {
+                machine::apply(cluster, envelope).await
             }
             Role::Machine | Role::Waiting => {
                 tracing::warn!(
-                    malai_cluster = %shared.alias, malai_peer = %peer,
-                    "refused a config push from {peer}: not the cluster manager {}", shared.cm_id52
+                    malai_cluster = %cluster.alias(), malai_peer = %peer,
+                    "refused a config push from {peer}: not the cluster manager {}", cluster.cm_id52()
                 );
                 ConfigAnswer::Denied {
                     reason: "only the cluster manager may push config".into(),
                 }
             }
             Role::ClusterManager => {
-                tracing::warn!(malai_cluster = %shared.alias, malai_peer = %peer, "refused a config push to the cluster manager");
+                tracing::warn!(malai_cluster = %cluster.alias(), malai_peer = %peer, "refused a config push to the cluster manager");
                 ConfigAnswer::Denied {
                     reason: "this device is the cluster manager; it takes no pushed config".into(),
                 }
@@ -82,10 +86,15 @@ async fn answer(shared: &Arc<Shared>, peer: Id52, req: ConfigRequest) -> ConfigA
         },
         // Only config_editors may download or upload, and only on the CM.
         ConfigRequest::Download => match role {
-            Role::ClusterManager => edit::download(shared, edit::Caller::Peer(peer)).await,
-            Role::Machine | Role::Waiting => ConfigAnswer::Denied {
-                reason: "this device is not the cluster manager".into(),
+            Role::ClusterManager => match edit::download(cluster, edit::Caller::Peer(peer)).await {
+                Ok((text, hash, version)) => ConfigAnswer::File {
+                    text,
+                    hash,
+                    version,
+                },
+                Err(refusal) => refusal.into(),
             },
+            Role::Machine | Role::Waiting => not_cm(),
         },
         ConfigRequest::Upload {
             text,
@@ -93,18 +102,21 @@ async fn answer(shared: &Arc<Shared>, peer: Id52, req: ConfigRequest) -> ConfigA
             force,
         } => match role {
             Role::ClusterManager => {
-                edit::upload(shared, edit::Caller::Peer(peer), text, base_hash, force).await
+                let caller = edit::Caller::Peer(peer);
+                match edit::upload(cluster, caller, text, base_hash, force).await {
+                    Ok(c) => ConfigAnswer::Accepted {
+                        version: c.version,
+                        hash: c.hash,
+                    },
+                    Err(refusal) => refusal.into(),
+                }
             }
-            Role::Machine | Role::Waiting => ConfigAnswer::Denied {
-                reason: "this device is not the cluster manager".into(),
-            },
+            Role::Machine | Role::Waiting => not_cm(),
         },
         // Only a machine listed in cluster.toml may fetch, and only its own.
         ConfigRequest::Fetch => match role {
-            Role::ClusterManager => cm::serve_fetch(shared, peer).await,
-            Role::Machine | Role::Waiting => ConfigAnswer::Denied {
-                reason: "this device is not the cluster manager".into(),
-            },
+            Role::ClusterManager => cm::serve_fetch(cluster, peer).await,
+            Role::Machine | Role::Waiting => not_cm(),
         },
     }
 }

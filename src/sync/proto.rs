@@ -2,7 +2,8 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::envelope::Envelope;
+use crate::cluster::EditError;
+use crate::cluster::envelope::Envelope;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "kebab-case")]
@@ -60,4 +61,82 @@ pub enum ConfigAnswer {
     Invalid {
         errors: String,
     },
+}
+
+/// What an accepted editing request gave.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Edited {
+    /// A download: cluster.toml, its hash, and the version in force.
+    File {
+        text: String,
+        hash: String,
+        version: u64,
+    },
+    /// An upload, in force as `version`.
+    Accepted { version: u64, hash: String },
+}
+
+impl From<EditError> for ConfigAnswer {
+    fn from(e: EditError) -> ConfigAnswer {
+        match e {
+            EditError::Denied(reason) => ConfigAnswer::Denied { reason },
+            EditError::Invalid(errors) => ConfigAnswer::Invalid { errors },
+            EditError::Stale {
+                current_hash,
+                version,
+            } => ConfigAnswer::Stale {
+                current_hash,
+                version,
+            },
+            EditError::Failed(reason) => ConfigAnswer::Rejected { reason },
+        }
+    }
+}
+
+impl From<Edited> for ConfigAnswer {
+    fn from(e: Edited) -> ConfigAnswer {
+        match e {
+            Edited::File {
+                text,
+                hash,
+                version,
+            } => ConfigAnswer::File {
+                text,
+                hash,
+                version,
+            },
+            Edited::Accepted { version, hash } => ConfigAnswer::Accepted { version, hash },
+        }
+    }
+}
+
+impl ConfigAnswer {
+    /// The CM's answer to an editing request, as its typed outcome.
+    pub fn into_edit(self) -> Result<Edited, EditError> {
+        match self {
+            ConfigAnswer::File {
+                text,
+                hash,
+                version,
+            } => Ok(Edited::File {
+                text,
+                hash,
+                version,
+            }),
+            ConfigAnswer::Accepted { version, hash } => Ok(Edited::Accepted { version, hash }),
+            ConfigAnswer::Denied { reason } => Err(EditError::Denied(reason)),
+            ConfigAnswer::Invalid { errors } => Err(EditError::Invalid(errors)),
+            ConfigAnswer::Stale {
+                current_hash,
+                version,
+            } => Err(EditError::Stale {
+                current_hash,
+                version,
+            }),
+            ConfigAnswer::Rejected { reason } => Err(EditError::Failed(reason)),
+            ConfigAnswer::Ack { .. } | ConfigAnswer::Config { .. } => Err(EditError::Failed(
+                "the cluster manager sent an answer that is not about editing".into(),
+            )),
+        }
+    }
 }

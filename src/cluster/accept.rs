@@ -1,0 +1,85 @@
+//! The one way a machine puts a config in force: an envelope its CM
+//! signed for it, verified, strictly newer than the config in force (the
+//! same version with the same bytes is acknowledged again), valid, then
+//! written atomically and put in force.
+
+use super::Cluster;
+use super::envelope::Envelope;
+use crate::config::{FileKind, cluster};
+use crate::fsutil;
+use crate::home::Role;
+
+/// Why a machine refused a config.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AcceptError {
+    /// Not signed by this cluster's manager for this machine.
+    #[error("{0}")]
+    Unverified(String),
+    /// Not newer than the config in force (a replay, or a CM that lost its
+    /// state).
+    #[error("version {offered} is not newer than the version {current} in force")]
+    NotNewer { offered: u64, current: u64 },
+    /// Signed, but not a valid machine.toml, or not the one the envelope
+    /// describes.
+    #[error("invalid config: {0}")]
+    Invalid(String),
+    /// Could not be written.
+    #[error("{0}")]
+    Failed(String),
+}
+
+impl Cluster {
+    /// Accepts `envelope` from the CM; the version in force after it.
+    pub async fn accept(&self, envelope: Envelope) -> Result<u64, AcceptError> {
+        let _apply = self.apply.lock().await;
+        let me = self.id52();
+        if let Err(reason) = envelope.verify(&self.cm_id52, &me) {
+            tracing::warn!(malai_cluster = %self.alias, malai_peer = %self.cm_id52, "refused config: {reason}");
+            return Err(AcceptError::Unverified(reason));
+        }
+        let current = self.version();
+        let current_hash = std::fs::read(self.machine_path())
+            .ok()
+            .map(|b| crate::home::hash_hex(&b));
+        if envelope.version == current && current_hash.as_deref() == Some(envelope.hash.as_str()) {
+            return Ok(current);
+        }
+        if envelope.version <= current {
+            tracing::warn!(
+                malai_cluster = %self.alias, malai_peer = %self.cm_id52, malai_config_version = envelope.version,
+                "refused config version {}: this machine holds version {current} already (replay?)", envelope.version
+            );
+            return Err(AcceptError::NotNewer {
+                offered: envelope.version,
+                current,
+            });
+        }
+        let path = self.machine_path();
+        let config = cluster::parse(&path, &envelope.config, FileKind::Machine)
+            .map_err(|d| AcceptError::Invalid(d.to_string()))?;
+        if config.received_version != Some(envelope.version)
+            || config.cluster_manager != self.cm_id52
+        {
+            return Err(AcceptError::Invalid(
+                "the config does not match its envelope".into(),
+            ));
+        }
+        fsutil::write_atomic(&path, envelope.config.as_bytes(), 0o644)
+            .map_err(|e| AcceptError::Failed(format!("cannot write {}: {e}", path.display())))?;
+        {
+            let mut addrs = self.cm_addrs.write().expect("addrs lock");
+            for a in &config.cm_addrs {
+                if !addrs.contains(a) {
+                    addrs.push(*a);
+                }
+            }
+        }
+        *self.role.write().expect("role lock") = Role::Machine;
+        self.put_in_force(Some(config), envelope.version, envelope.hash.clone());
+        tracing::info!(
+            malai_cluster = %self.alias, malai_peer = %self.cm_id52, malai_config_version = envelope.version,
+            "applied config version {} from the cluster manager (was {current})", envelope.version
+        );
+        Ok(envelope.version)
+    }
+}

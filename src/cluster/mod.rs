@@ -1,0 +1,364 @@
+//! One cluster identity of this device, as a handle: its key, endpoint and
+//! connection pool, its role, the config in force (published on a `watch`),
+//! the gate that decides who may connect, and on a cluster manager the
+//! ledger of versions and acknowledgements (state.json). Every change of
+//! the config in force goes through one of two doors: `commit` on a
+//! cluster manager (start-up, rescan, upload) and `accept` on a machine (a
+//! config its CM signed). The protocols (`exec`, `sync`, `forward`) and
+//! `dbus` take a `&Cluster`; they read it, and change it only through its
+//! methods.
+
+mod accept;
+mod commit;
+pub mod envelope;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
+
+use iroh::Endpoint;
+use tokio::sync::{Notify, broadcast, watch};
+
+pub use accept::AcceptError;
+pub use commit::{Change, Committed, EditError, commit_files};
+
+use crate::config::ClusterConfig;
+use crate::home::{self, ClusterDir, Role};
+use crate::identity::{Id52, Identity};
+use crate::p2p::Pool;
+use crate::p2p::gate::Gate;
+use crate::state::{CmState, MachineSync, unix_now};
+use crate::status::ClusterStatus;
+
+/// The running clusters of a daemon, by alias.
+pub type ByAlias = std::collections::BTreeMap<String, Arc<Cluster>>;
+
+/// The config in force and the version it has: what every decision of
+/// this cluster is taken with.
+#[derive(Debug, Clone, Default)]
+pub struct InForce {
+    /// `None` while a machine waits for its first config.
+    pub config: Option<Arc<ClusterConfig>>,
+    /// Its version (0: none).
+    pub version: u64,
+}
+
+/// Something that happened to a cluster, announced as it happens.
+#[derive(Debug, Clone)]
+pub enum Event {
+    /// A config version was put in force here.
+    ConfigApplied { version: u64, hash: String },
+    /// A machine acknowledged a config version (CM only).
+    MachineAcknowledged {
+        machine: String,
+        id52: String,
+        version: u64,
+    },
+}
+
+/// One cluster identity; shared as `Arc<Cluster>`.
+#[derive(Debug)]
+pub struct Cluster {
+    alias: String,
+    dir: PathBuf,
+    identity: Identity,
+    cm_id52: Id52,
+    endpoint: Endpoint,
+    pool: Pool,
+    gate: Gate,
+    /// The config in force. A `watch`: readers take a cheap snapshot (two
+    /// `Arc`s), and whoever wants to follow it subscribes.
+    in_force: watch::Sender<InForce>,
+    /// Where the CM may be reached. A std `RwLock`: read for each dial,
+    /// written when a config brings new hints; never held across `.await`.
+    cm_addrs: RwLock<Vec<SocketAddr>>,
+    /// A std `RwLock`: read everywhere, written once when a waiting machine
+    /// gets its first config; never held across `.await`.
+    role: RwLock<Role>,
+    /// Serializes `commit` and `accept`. A tokio `Mutex`: held across file
+    /// writes and awaits of the whole change.
+    apply: tokio::sync::Mutex<()>,
+    /// CM only: versions and acknowledgements, mirrored in state.json (this
+    /// daemon is its only writer while it runs: it holds malai.lock). A
+    /// std `Mutex`: every holder reads or writes it and the file, and never
+    /// awaits while holding it.
+    ledger: Mutex<CmState>,
+    /// Wakes the CM's pusher when there is something new to push.
+    wake: Notify,
+    /// Wakes the daemon's main loop to re-announce its status.
+    changed: Arc<Notify>,
+    /// What happened, for whoever listens (D-Bus signals).
+    events: broadcast::Sender<Event>,
+}
+
+impl Cluster {
+    /// The handle of the loaded cluster `c`, on `endpoint` behind `gate`.
+    /// A cluster manager's config is put in force through `commit` (which
+    /// may bump the version when cluster.toml changed while nobody ran).
+    pub async fn start(
+        c: ClusterDir,
+        endpoint: Endpoint,
+        gate: Gate,
+        changed: Arc<Notify>,
+    ) -> anyhow::Result<Arc<Cluster>> {
+        let (ledger, version) = match c.role {
+            Role::ClusterManager => (CmState::load(&c.state_path())?, 0),
+            Role::Machine | Role::Waiting => (
+                CmState::default(),
+                c.config
+                    .as_ref()
+                    .and_then(|c| c.received_version)
+                    .unwrap_or(0),
+            ),
+        };
+        let in_force = match c.role {
+            Role::ClusterManager => InForce::default(),
+            Role::Machine | Role::Waiting => InForce {
+                config: c.config.clone().map(Arc::new),
+                version,
+            },
+        };
+        gate.set_config(in_force.config.as_deref());
+        let cluster = Arc::new(Cluster {
+            alias: c.alias.clone(),
+            dir: c.dir.clone(),
+            cm_id52: c.cm_id52,
+            endpoint,
+            pool: Pool::default(),
+            gate,
+            in_force: watch::Sender::new(in_force),
+            cm_addrs: RwLock::new(c.cm_addrs.clone()),
+            role: RwLock::new(c.role),
+            apply: tokio::sync::Mutex::new(()),
+            ledger: Mutex::new(ledger),
+            wake: Notify::new(),
+            changed,
+            events: broadcast::channel(64).0,
+            identity: c.identity,
+        });
+        if c.role == Role::ClusterManager {
+            cluster.commit(Change::Disk).await?;
+        }
+        Ok(cluster)
+    }
+
+    pub fn alias(&self) -> &str {
+        &self.alias
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn identity(&self) -> &Identity {
+        &self.identity
+    }
+
+    /// This device's id52 in the cluster.
+    pub fn id52(&self) -> Id52 {
+        self.identity.id52()
+    }
+
+    pub fn cm_id52(&self) -> Id52 {
+        self.cm_id52
+    }
+
+    pub fn cm_addrs(&self) -> Vec<SocketAddr> {
+        self.cm_addrs.read().expect("addrs lock").clone()
+    }
+
+    pub fn endpoint(&self) -> &Endpoint {
+        &self.endpoint
+    }
+
+    pub fn pool(&self) -> &Pool {
+        &self.pool
+    }
+
+    pub fn gate(&self) -> &Gate {
+        &self.gate
+    }
+
+    pub fn role(&self) -> Role {
+        *self.role.read().expect("role lock")
+    }
+
+    /// The config in force and its version, now.
+    pub fn in_force(&self) -> InForce {
+        self.in_force.borrow().clone()
+    }
+
+    /// The config in force, now (`None`: a machine still waiting).
+    pub fn config(&self) -> Option<Arc<ClusterConfig>> {
+        self.in_force.borrow().config.clone()
+    }
+
+    /// The version of the config in force (0: none).
+    pub fn version(&self) -> u64 {
+        self.in_force.borrow().version
+    }
+
+    /// Follows the config in force.
+    pub fn subscribe(&self) -> watch::Receiver<InForce> {
+        self.in_force.subscribe()
+    }
+
+    /// Follows what happens to the cluster.
+    pub fn events(&self) -> broadcast::Receiver<Event> {
+        self.events.subscribe()
+    }
+
+    /// Waits until the pusher has something to do (CM).
+    pub async fn wait_for_work(&self) {
+        self.wake.notified().await;
+    }
+
+    /// Asks the pusher to try every pending machine now (a machine came
+    /// back).
+    pub fn wake_pusher(&self) {
+        self.wake.notify_one();
+    }
+
+    /// CM only: the versions and acknowledgements, now.
+    pub fn ledger(&self) -> CmState {
+        self.ledger.lock().expect("ledger lock").clone()
+    }
+
+    pub fn machine_path(&self) -> PathBuf {
+        self.dir.join(home::MACHINE_FILE)
+    }
+
+    pub fn state_path(&self) -> PathBuf {
+        self.dir.join(home::STATE_FILE)
+    }
+
+    pub fn cluster_path(&self) -> PathBuf {
+        self.dir.join(home::CLUSTER_FILE)
+    }
+
+    /// Puts `config` in force at `version`, for the gate and every reader.
+    fn put_in_force(&self, config: Option<ClusterConfig>, version: u64, hash: String) {
+        self.gate.set_config(config.as_ref());
+        self.in_force.send_replace(InForce {
+            config: config.map(Arc::new),
+            version,
+        });
+        let _ = self.events.send(Event::ConfigApplied { version, hash });
+        self.changed.notify_one();
+    }
+
+    /// CM: records the outcome of a push to machine `alias` (`id`) in the
+    /// ledger and state.json; true when the machine holds the current
+    /// version.
+    pub fn record_push(&self, alias: &str, id: &Id52, result: Result<u64, String>) -> bool {
+        let mut ledger = self.ledger.lock().expect("ledger lock");
+        let current = ledger.version;
+        let entry = ledger.machines.entry(alias.to_owned()).or_default();
+        if entry.id52 != id.to_string() {
+            *entry = MachineSync {
+                id52: id.to_string(),
+                ..Default::default()
+            };
+        }
+        let now = unix_now();
+        let ok = match &result {
+            Ok(version) => {
+                entry.acked_version = *version;
+                entry.last_contact = Some(now);
+                entry.unreachable_since = None;
+                entry.last_error = None;
+                tracing::info!(malai_cluster = %self.alias, malai_peer = %id, malai_config_version = *version, "machine {alias} acknowledged config version {version}");
+                let _ = self.events.send(Event::MachineAcknowledged {
+                    machine: alias.to_owned(),
+                    id52: id.to_string(),
+                    version: *version,
+                });
+                true
+            }
+            // A stale push failing after the machine already acknowledged
+            // (on a fresher connection) changes nothing.
+            Err(_) if entry.acked_version >= current => true,
+            Err(e) => {
+                entry.unreachable_since.get_or_insert(now);
+                entry.last_error = Some(e.clone());
+                tracing::info!(malai_cluster = %self.alias, malai_peer = %id, "push to machine {alias} failed: {e}");
+                false
+            }
+        };
+        if let Err(e) = ledger.save(&self.state_path()) {
+            tracing::error!(malai_cluster = %self.alias, "cannot record sync state: {e:#}");
+        }
+        drop(ledger);
+        self.changed.notify_one();
+        ok
+    }
+
+    /// The cluster as `malai status` shows it: the config in force, and
+    /// on a CM whether cluster.toml changed on disk since.
+    pub fn status(&self) -> ClusterStatus {
+        let role = self.role();
+        let file = match role {
+            Role::ClusterManager => self.cluster_path(),
+            Role::Machine | Role::Waiting => self.machine_path(),
+        };
+        let dir = ClusterDir {
+            alias: self.alias.clone(),
+            dir: self.dir.clone(),
+            identity: self.identity.clone(),
+            role,
+            config: self.config().map(|c| (*c).clone()),
+            config_bytes: std::fs::read(file).unwrap_or_default(),
+            cm_id52: self.cm_id52,
+            cm_addrs: self.cm_addrs(),
+        };
+        match role {
+            Role::ClusterManager if dir.config.is_none() => {
+                // Not expected: a CM starts with its cluster.toml.
+                let dir = ClusterDir {
+                    role: Role::Waiting,
+                    ..dir
+                };
+                crate::status::cluster_status(&dir, None)
+            }
+            Role::ClusterManager => crate::status::cluster_status(&dir, Some(&self.ledger())),
+            Role::Machine | Role::Waiting => crate::status::cluster_status(&dir, None),
+        }
+    }
+
+    /// One phrase for the daemon's STATUS= line, e.g. `company: machine v3`.
+    pub fn status_phrase(&self) -> String {
+        match self.role() {
+            Role::ClusterManager => {
+                let ledger = self.ledger();
+                let me = self.id52();
+                let machines: Vec<Id52> = self
+                    .config()
+                    .map(|c| {
+                        c.machines
+                            .values()
+                            .filter(|m| m.id52 != me)
+                            .map(|m| m.id52)
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                let synced = machines
+                    .iter()
+                    .filter(|id| {
+                        ledger
+                            .machines
+                            .values()
+                            .any(|m| m.id52 == id.to_string() && m.acked_version >= ledger.version)
+                    })
+                    .count();
+                format!(
+                    "{}: cluster-manager v{}, {synced}/{} machines in sync",
+                    self.alias,
+                    ledger.version,
+                    machines.len()
+                )
+            }
+            Role::Machine => format!("{}: machine v{}", self.alias, self.version()),
+            Role::Waiting => format!("{}: waiting for config", self.alias),
+        }
+    }
+}
