@@ -3,9 +3,11 @@
 //! small web server that echoes what it received) and real clients on the
 //! laptop (psql, redis-cli, curl, headless Chromium), through the laptop's
 //! `[forward.NAME]` listeners and its HTTP-by-name listener. Also: refusals
-//! of a peer outside `allow_from`, socket activation of the HTTP listener
-//! and of a forward, a rescan that adds and removes a forward,
-//! 1 GiB through a forward with flat daemon memory, and `forward list`.
+//! of a peer outside `allow_from`, a client that names the identity headers
+//! in `Connection:` or asks to switch to anything but WebSocket (h2c, …),
+//! socket activation of the HTTP listener and of a forward, a rescan that
+//! adds and removes a forward, 1 GiB through a forward with flat daemon
+//! memory, and `forward list`.
 //!
 //! Each test skips with a message when a tool it drives is missing; .ci/run
 //! installs all of them.
@@ -664,6 +666,34 @@ fn curl(host: &Host, args: &[&str]) -> Output {
         .unwrap()
 }
 
+/// Opens a WebSocket to `admin` through the laptop's HTTP listener, with
+/// these `Connection` and `Upgrade` values, and checks that after the 101
+/// the connection carries bytes both ways (the web server echoes them).
+fn websocket_echoes(laptop: &Host, connection: &str, upgrade: &str) {
+    let mut s = connect(laptop, 8088);
+    write!(
+        s,
+        "GET /ws HTTP/1.1\r\nHost: admin.company.localhost:8088\r\nConnection: {connection}\r\n\
+         Upgrade: {upgrade}\r\nSec-WebSocket-Version: 13\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+    )
+    .unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        s.read_exact(&mut byte).unwrap();
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&head);
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    for msg in [&b"hello over the upgrade"[..], b"and again"] {
+        s.write_all(msg).unwrap();
+        let mut back = vec![0u8; msg.len()];
+        s.read_exact(&mut back).unwrap();
+        assert_eq!(back, msg);
+    }
+}
+
 const LAPTOP_HTTP: &str = "[http]\nlisten = \"127.0.0.1:8088\"\n";
 
 #[test]
@@ -767,27 +797,8 @@ fn http_by_name_gives_the_application_the_peers_identity_and_only_that() {
         out.stdout.len()
     );
 
-    // Upgrade: after 101 the connection carries bytes both ways.
-    let mut s = connect(&c.laptop, 8088);
-    s.write_all(
-        b"GET /ws HTTP/1.1\r\nHost: admin.company.localhost:8088\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n",
-    )
-    .unwrap();
-    let mut head = Vec::new();
-    let mut byte = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        s.read_exact(&mut byte).unwrap();
-        head.push(byte[0]);
-    }
-    let head = String::from_utf8_lossy(&head);
-    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
-    for msg in [&b"hello over the upgrade"[..], b"and again"] {
-        s.write_all(msg).unwrap();
-        let mut back = vec![0u8; msg.len()];
-        s.read_exact(&mut back).unwrap();
-        assert_eq!(back, msg);
-    }
-    drop(s);
+    // A WebSocket upgrade: after 101 the connection carries bytes both ways.
+    websocket_echoes(&c.laptop, "Upgrade", "websocket");
 
     // Names that route nowhere get the list of what this device may reach.
     let out = curl(
@@ -833,6 +844,137 @@ fn http_by_name_gives_the_application_the_peers_identity_and_only_that() {
     assert!(denied.contains("malai_service=\"admin\""), "{denied}");
     wait_log(&w.cm, &["http: admin.company refused", "denied"]);
     let _ = &w.lap;
+}
+
+/// The recorded request for `path`, which the application must have seen.
+fn request_for(w: &Web, path: &str) -> serde_json::Value {
+    w.requests()
+        .into_iter()
+        .find(|r| r["path"] == path)
+        .unwrap_or_else(|| panic!("the application saw no request for {path}"))
+}
+
+#[test]
+fn a_connection_header_naming_ours_does_not_remove_the_identity() {
+    require_root!();
+    require_tools!("curl", "python3");
+    let w = web_company("fwconn", LAPTOP_HTTP, "");
+    let c = &w.c;
+    // Each attack names our headers in `Connection:` (which asks the proxy
+    // to drop what it names), in any spelling, in one or two lines, beside
+    // a forged value.
+    let attacks: [&[&str]; 4] = [
+        &["-H", "Connection: malai-client-id52"],
+        &[
+            "-H",
+            "Connection: close, MALAI-Client-Id52",
+            "-H",
+            "malai-client-id52: forged",
+        ],
+        &[
+            "-H",
+            "Connection: Malai_Client_Id52, malai-client-machine,malai-client-cluster",
+            "-H",
+            "Malai_Client_Id52: forged",
+        ],
+        &[
+            "-H",
+            "Connection: keep-alive",
+            "-H",
+            "Connection: malai-client-id52",
+            "-H",
+            "MALAI-CLIENT-ID52: forged",
+        ],
+    ];
+    for (i, attack) in attacks.iter().enumerate() {
+        let path = format!("/conn{i}");
+        let url = format!("http://admin.company.localhost:8088{path}");
+        let out = curl(&c.laptop, &[attack, &[url.as_str()][..]].concat());
+        assert!(
+            out.status.success(),
+            "{attack:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let req = request_for(&w, &path);
+        assert_eq!(
+            header(&req, "malai-client-id52"),
+            [c.laptop_id.as_str()],
+            "{attack:?}: {req}"
+        );
+        assert_eq!(header(&req, "malai-client-machine"), ["laptop"], "{req}");
+        assert_eq!(header(&req, "malai-client-cluster"), ["company"], "{req}");
+        assert!(!req.to_string().contains("forged"), "{req}");
+        assert!(
+            header(&req, "connection").is_empty(),
+            "Connection is hop-by-hop: {req}"
+        );
+    }
+    let _ = (&w.cm, &w.web, &w.lap);
+}
+
+#[test]
+fn only_a_websocket_upgrade_switches_protocols() {
+    require_root!();
+    require_tools!("curl", "python3");
+    let w = web_company("fwupgr", LAPTOP_HTTP, "");
+    let c = &w.c;
+    let url = |path: &str| format!("http://admin.company.localhost:8088{path}");
+    // The service would switch to anything; the proxy offers it WebSocket
+    // only. Others reach it as plain requests, answered as such, and the
+    // connection stays HTTP (no raw pipe, where requests would pass
+    // without our headers): two requests on one curl connection each
+    // reach the application with the peer's identity.
+    let h2c: &[&str] = &["--http2"]; // curl's own h2c upgrade on http://
+    let h2c_by_hand: &[&str] = &["-H", "Upgrade: h2c", "-H", "Connection: Upgrade"];
+    let foo: &[&str] = &[
+        "-H",
+        "Upgrade: foo, WebSocketish",
+        "-H",
+        "Connection: upgrade",
+    ];
+    for (i, attack) in [h2c, h2c_by_hand, foo].iter().enumerate() {
+        let (one, two) = (format!("/up{i}a"), format!("/up{i}b"));
+        let (url_one, url_two) = (url(&one), url(&two));
+        let args = [
+            *attack,
+            &[
+                "-H",
+                "malai-client-id52: forged",
+                "-o",
+                "/dev/null",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code} %{http_version} %{num_connects}\n",
+                &url_one,
+                &url_two,
+            ],
+        ]
+        .concat();
+        let out = curl(&c.laptop, &args);
+        assert!(
+            out.status.success(),
+            "{attack:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(text(&out), "200 1.1 1\n200 1.1 0\n", "{attack:?}");
+        for path in [&one, &two] {
+            let req = request_for(&w, path);
+            assert_eq!(header(&req, "malai-client-id52"), [c.laptop_id.as_str()]);
+            for hop in ["upgrade", "connection", "http2-settings"] {
+                assert!(header(&req, hop).is_empty(), "{attack:?}: {req}");
+            }
+        }
+    }
+
+    // WebSocket as Firefox asks for it still switches.
+    websocket_echoes(&c.laptop, "keep-alive, Upgrade", "WebSocket");
+
+    // A service that answers 101 to a request that did not ask for
+    // WebSocket gets no pipe either: the client gets 502.
+    let out = curl(&c.laptop, &["-w", "\n%{http_code}", &url("/switch")]);
+    assert!(text(&out).ends_with("\n502"), "{}", text(&out));
+    let _ = (&w.cm, &w.web, &w.lap);
 }
 
 /// A web server on 127.0.0.1:`port` of `host` that answers the first

@@ -3,8 +3,9 @@
 //! request, `SERVICE.CLUSTER.localhost[:port]`, to that service's host. The
 //! head is read with httparse, only to route; the bytes read so far and all
 //! that follow go to the host as they are, and the host's proxy handles
-//! keep-alive and `Upgrade`. So a connection stays with the service its
-//! first request named (browsers keep one connection per host name anyway).
+//! keep-alive, the headers and a WebSocket `Upgrade`. So a connection stays
+//! with the service its first request named (browsers keep one connection
+//! per host name anyway).
 //! An unknown `SERVICE.CLUSTER.localhost` (or `localhost` itself) gets a
 //! page listing the services this device may reach; any other name, a bare
 //! 404 (a page of another site that DNS rebinding points here learns

@@ -1,13 +1,35 @@
 //! The host's HTTP proxy for `protocol = "http"` services: HTTP/1.1 served
 //! (by hyper) on the forwarded stream, each request sent on to the service
 //! over one connection to 127.0.0.1:port (opened again when the service
-//! closes it). For every request the `malai-client-*` headers the client
-//! sent are removed, under any spelling a framework could confuse with ours
-//! (`Malai_Client_Id52` becomes `HTTP_MALAI_CLIENT_ID52` in CGI and WSGI, as
-//! the real one does), and ours are added unless `inject_headers = false`;
-//! so an application can trust them. Keep-alive works on both sides;
-//! `Upgrade` (WebSocket) is passed through and then piped as bytes. A
-//! request the service's connection closed under (an idle keep-alive
+//! closes it). Each request head is rewritten in this order, so nothing
+//! the client sends can remove or replace what the host adds:
+//!
+//! 1. the hop-by-hop headers go, as an RFC 9110 (7.6.1) proxy drops them:
+//!    `Connection` and every header it names, `Keep-Alive`,
+//!    `Proxy-Connection`, `TE`, `Trailer`, `Transfer-Encoding` (hyper
+//!    frames the body again) and `Upgrade`, except a WebSocket upgrade;
+//! 2. the `malai-client-*` headers the client sent go, under any spelling a
+//!    framework could confuse with ours (`Malai_Client_Id52` becomes
+//!    `HTTP_MALAI_CLIENT_ID52` in CGI and WSGI, as the real one does);
+//! 3. ours are added, unless `inject_headers = false`.
+//!
+//! hyper parses and frames messages and keeps its own connections alive
+//! or closes them as `Connection` says, but passes every header on as
+//! received: dropping them is this module's work.
+//!
+//! Only WebSocket switches protocols (`Upgrade: websocket` with
+//! `Connection: upgrade`, any case): after the service's 101 the two
+//! connections are piped as bytes. Any other `Upgrade` (`h2c`, …) is
+//! dropped like the other hop-by-hop headers, so the service answers the
+//! request as plain HTTP/1.1 and the connection stays one this proxy
+//! rewrites request by request (after an h2c switch the requests would flow
+//! unseen, forged headers and all); the client goes on in HTTP/1.1, as RFC
+//! 9110 (7.8) lets a server that ignores `Upgrade` do. That is what nginx
+//! does with a header it was not told to pass. A 101 that does not answer
+//! a WebSocket upgrade with `Upgrade: websocket` is answered 502, never
+//! piped.
+//!
+//! A request the service's connection closed under (an idle keep-alive
 //! connection it dropped just then) is sent once more on a new connection
 //! when it never left or has no body and a safe method.
 
@@ -20,6 +42,7 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::{Bytes, Incoming};
 use hyper::client::conn::http1::SendRequest;
 use hyper::header::{CONNECTION, CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue, UPGRADE};
+use hyper::upgrade::OnUpgrade;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -27,6 +50,9 @@ use tokio::net::TcpStream;
 use tokio::sync::Mutex;
 
 use super::host::{ClientInfo, Opened};
+
+/// The only protocol a request may switch to (RFC 6455).
+const WEBSOCKET: &str = "websocket";
 
 /// The peer's id52, as iroh authenticated it.
 pub const CLIENT_ID52: &str = "malai-client-id52";
@@ -36,7 +62,8 @@ pub const CLIENT_MACHINE: &str = "malai-client-machine";
 pub const CLIENT_CLUSTER: &str = "malai-client-cluster";
 const OURS: [&str; 3] = [CLIENT_ID52, CLIENT_MACHINE, CLIENT_CLUSTER];
 
-/// Headers that describe one hop, not the message (RFC 9110 7.6.1).
+/// Headers that describe one hop, not the message (RFC 9110 7.6.1), and
+/// `Proxy-Authenticate`, which answers a proxy's own authentication.
 const HOP_BY_HOP: [&str; 8] = [
     "connection",
     "keep-alive",
@@ -120,15 +147,8 @@ impl Upstream {
 
 impl Proxy {
     async fn handle(&self, mut req: Request<Incoming>) -> Response<Body> {
-        strip_client_headers(req.headers_mut());
-        if let Some(inject) = &self.inject {
-            for (name, value) in inject {
-                req.headers_mut().insert(name.clone(), value.clone());
-            }
-        }
-        let upgrade = wants_upgrade(req.headers());
-        strip_hop_by_hop(req.headers_mut(), upgrade.as_ref());
-        let client_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
+        let websocket = rewrite_request(req.headers_mut(), self.inject.as_deref());
+        let client_upgrade = websocket.then(|| hyper::upgrade::on(&mut req));
         let replay = replayable(&req);
 
         let sent = self.send(req.map(BodyExt::boxed), replay).await;
@@ -137,20 +157,9 @@ impl Proxy {
             Err(e) => return error_page(StatusCode::BAD_GATEWAY, &format!("the service: {e}")),
         };
         if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
-            if let Some(client_upgrade) = client_upgrade {
-                let service_upgrade = hyper::upgrade::on(&mut resp);
-                tokio::spawn(async move {
-                    if let (Ok(client), Ok(service)) = tokio::join!(client_upgrade, service_upgrade)
-                    {
-                        let mut client = TokioIo::new(client);
-                        let mut service = TokioIo::new(service);
-                        let _ = tokio::io::copy_bidirectional(&mut client, &mut service).await;
-                    }
-                });
-            }
-            return resp.map(BodyExt::boxed);
+            return switch(client_upgrade, resp);
         }
-        strip_hop_by_hop(resp.headers_mut(), None);
+        strip_hop_by_hop(resp.headers_mut(), false);
         resp.map(BodyExt::boxed)
     }
 
@@ -182,6 +191,28 @@ impl Proxy {
             .await
             .map_err(io::Error::other)
     }
+}
+
+/// The service's 101: the client's and the service's connections piped as
+/// bytes once both have switched, when it answers the WebSocket upgrade
+/// the client asked for (`client`); else 502, and neither is piped.
+fn switch(client: Option<OnUpgrade>, mut resp: Response<Incoming>) -> Response<Body> {
+    let to_websocket = tokens(resp.headers(), &UPGRADE).any(is_websocket);
+    let Some(client) = client.filter(|_| to_websocket) else {
+        return error_page(
+            StatusCode::BAD_GATEWAY,
+            "the service switched protocols, and not to the WebSocket asked for",
+        );
+    };
+    let service = hyper::upgrade::on(&mut resp);
+    tokio::spawn(async move {
+        if let (Ok(client), Ok(service)) = tokio::join!(client, service) {
+            let mut client = TokioIo::new(client);
+            let mut service = TokioIo::new(service);
+            let _ = tokio::io::copy_bidirectional(&mut client, &mut service).await;
+        }
+    });
+    resp.map(BodyExt::boxed)
 }
 
 /// A bodiless copy of `req` when sending it twice is safe: a GET, HEAD or
@@ -238,27 +269,49 @@ pub fn strip_client_headers(headers: &mut HeaderMap) {
     }
 }
 
-/// The `Upgrade` value of a request that asks to switch protocols.
-fn wants_upgrade(headers: &HeaderMap) -> Option<HeaderValue> {
-    let asks = headers
-        .get_all(CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
-    asks.then(|| headers.get(UPGRADE).cloned()).flatten()
+/// Rewrites a request head for the service (the steps of this module's
+/// header, in that order: what `Connection` names goes before ours are
+/// added, so it cannot name them away); whether it keeps a WebSocket
+/// upgrade.
+fn rewrite_request(headers: &mut HeaderMap, inject: Option<&[(HeaderName, HeaderValue)]>) -> bool {
+    let websocket = wants_websocket(headers);
+    strip_hop_by_hop(headers, websocket);
+    strip_client_headers(headers);
+    for (name, value) in inject.unwrap_or_default() {
+        headers.insert(name.clone(), value.clone());
+    }
+    websocket
 }
 
-/// Removes the hop-by-hop headers (and those `Connection` names); for an
-/// upgrade, keeps `Connection: upgrade` and the `Upgrade` it asks for.
-fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: Option<&HeaderValue>) {
-    let named: Vec<String> = headers
-        .get_all(CONNECTION)
+/// The comma-separated tokens of every `name` line, trimmed.
+fn tokens<'a>(headers: &'a HeaderMap, name: &HeaderName) -> impl Iterator<Item = &'a str> {
+    headers
+        .get_all(name)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .map(|t| t.trim().to_ascii_lowercase())
+        .map(str::trim)
         .filter(|t| !t.is_empty())
+}
+
+/// Whether a request asks to switch to WebSocket: `Connection: upgrade`
+/// and `websocket` among the `Upgrade` protocols (tokens, any case).
+fn wants_websocket(headers: &HeaderMap) -> bool {
+    tokens(headers, &CONNECTION).any(|t| t.eq_ignore_ascii_case("upgrade"))
+        && tokens(headers, &UPGRADE).any(is_websocket)
+}
+
+/// Whether an `Upgrade` token names WebSocket.
+fn is_websocket(protocol: &str) -> bool {
+    protocol.eq_ignore_ascii_case(WEBSOCKET)
+}
+
+/// Removes the hop-by-hop headers and those `Connection` names; for a
+/// WebSocket upgrade, then sets `Connection: upgrade` and
+/// `Upgrade: websocket` (only: any other protocol offered beside it goes).
+fn strip_hop_by_hop(headers: &mut HeaderMap, websocket: bool) {
+    let named: Vec<String> = tokens(headers, &CONNECTION)
+        .map(str::to_ascii_lowercase)
         .collect();
     for name in HOP_BY_HOP
         .iter()
@@ -267,9 +320,9 @@ fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: Option<&HeaderValue>) {
     {
         headers.remove(name);
     }
-    if let Some(protocol) = upgrade {
+    if websocket {
         headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
-        headers.insert(UPGRADE, protocol.clone());
+        headers.insert(UPGRADE, HeaderValue::from_static(WEBSOCKET));
     }
 }
 
@@ -303,23 +356,113 @@ mod tests {
         assert_eq!(left, ["accept", "malai-client-other"]);
     }
 
-    #[test]
-    fn hop_by_hop_headers_go_but_an_upgrade_is_kept() {
+    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
         let mut h = HeaderMap::new();
-        h.insert(CONNECTION, HeaderValue::from_static("keep-alive, X-Trace"));
-        h.insert("x-trace", HeaderValue::from_static("1"));
-        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
-        h.insert("host", HeaderValue::from_static("a.b.localhost"));
-        strip_hop_by_hop(&mut h, None);
+        for (name, value) in pairs {
+            h.append(*name, HeaderValue::from_static(value));
+        }
+        h
+    }
+
+    fn ours() -> Vec<(HeaderName, HeaderValue)> {
+        vec![
+            (
+                HeaderName::from_static(CLIENT_ID52),
+                HeaderValue::from_static("real"),
+            ),
+            (
+                HeaderName::from_static(CLIENT_CLUSTER),
+                HeaderValue::from_static("company"),
+            ),
+        ]
+    }
+
+    #[test]
+    fn hop_by_hop_headers_go_but_a_websocket_upgrade_is_kept() {
+        let mut h = headers(&[
+            ("connection", "keep-alive, X-Trace"),
+            ("x-trace", "1"),
+            ("keep-alive", "timeout=5"),
+            ("proxy-connection", "keep-alive"),
+            ("te", "trailers"),
+            ("trailer", "x-sum"),
+            ("transfer-encoding", "chunked"),
+            ("upgrade", "websocket"),
+            ("host", "a.b.localhost"),
+        ]);
+        strip_hop_by_hop(&mut h, false);
         assert_eq!(h.keys().map(|k| k.as_str()).collect::<Vec<_>>(), ["host"]);
 
-        let mut h = HeaderMap::new();
-        h.insert(CONNECTION, HeaderValue::from_static("keep-alive, Upgrade"));
-        h.insert(UPGRADE, HeaderValue::from_static("websocket"));
-        let up = wants_upgrade(&h);
-        assert_eq!(up, Some(HeaderValue::from_static("websocket")));
-        strip_hop_by_hop(&mut h, up.as_ref());
+        let mut h = headers(&[
+            ("connection", "keep-alive, Upgrade"),
+            ("upgrade", "WebSocket"),
+        ]);
+        assert!(wants_websocket(&h));
+        strip_hop_by_hop(&mut h, true);
         assert_eq!(h[CONNECTION], "upgrade");
-        assert_eq!(h[UPGRADE], "websocket");
+        assert_eq!(h[UPGRADE], WEBSOCKET);
+    }
+
+    #[test]
+    fn only_websocket_is_an_upgrade() {
+        for (connection, upgrade, websocket) in [
+            ("upgrade", "websocket", true),
+            ("Keep-Alive, UPGRADE", "WebSocket", true),
+            ("upgrade", "h2c, websocket", true),
+            ("upgrade", "h2c", false),
+            ("Upgrade, HTTP2-Settings", "h2c", false),
+            ("upgrade", "foo", false),
+            ("upgrade", "websocketx, foo/2", false),
+            ("keep-alive", "websocket", false),
+        ] {
+            let mut h = headers(&[("connection", connection), ("upgrade", upgrade)]);
+            assert_eq!(wants_websocket(&h), websocket, "{connection} / {upgrade}");
+            let kept = rewrite_request(&mut h, None);
+            assert_eq!(kept, websocket, "{connection} / {upgrade}");
+            let sent: Vec<_> = h.get_all(UPGRADE).iter().collect();
+            if websocket {
+                assert_eq!(sent, [WEBSOCKET], "only websocket is offered on");
+                assert_eq!(h[CONNECTION], "upgrade");
+            } else {
+                assert!(sent.is_empty(), "{upgrade} is not offered on");
+                assert!(!h.contains_key(CONNECTION));
+            }
+        }
+    }
+
+    #[test]
+    fn connection_cannot_name_our_headers_away() {
+        for connection in [
+            "malai-client-id52",
+            "close, MALAI-Client-Id52",
+            "Malai_Client_Id52, malai-client-cluster",
+        ] {
+            let mut h = headers(&[
+                ("connection", connection),
+                ("malai-client-id52", "forged"),
+                ("malai_client_id52", "forged"),
+                ("accept", "*/*"),
+            ]);
+            let inject = ours();
+            rewrite_request(&mut h, Some(&inject));
+            let id: Vec<_> = h.get_all(CLIENT_ID52).iter().collect();
+            assert_eq!(id, ["real"], "{connection}");
+            assert_eq!(h[CLIENT_CLUSTER], "company", "{connection}");
+            let mut left: Vec<_> = h.keys().map(|k| k.as_str()).collect();
+            left.sort_unstable();
+            assert_eq!(
+                left,
+                ["accept", CLIENT_CLUSTER, CLIENT_ID52],
+                "{connection}"
+            );
+        }
+
+        // Without injection a named or forged header of ours still goes.
+        let mut h = headers(&[
+            ("connection", "malai-client-id52"),
+            ("Malai_Client_Id52", "forged"),
+        ]);
+        rewrite_request(&mut h, None);
+        assert!(h.is_empty(), "{h:?}");
     }
 }
