@@ -3,6 +3,7 @@
 //! library, so that tests reach every module.
 
 pub mod acl;
+pub mod audit;
 pub mod cli;
 pub mod cluster;
 pub mod config;

@@ -184,12 +184,12 @@ allow_from = "{mallory}"
             .unwrap_or_else(|| panic!("no line with {needle:?} in:\n{log}"))
             .to_owned()
     };
-    let pty_denied = line("malai_argv=pager malai_pty=true");
+    let pty_denied = line("malai_decision=\"denied\" malai_argv=pager malai_pty=true");
     assert!(
-        pty_denied.contains("malai_decision=\"denied\""),
+        pty_denied.contains(&lab.mallory.id52().to_string()),
         "{pty_denied}"
     );
-    let pty_allowed = line("malai_argv=tty malai_pty=true malai_decision=\"allowed\"");
+    let pty_allowed = line("malai_decision=\"allowed\" malai_argv=tty malai_pty=true");
     assert!(pty_allowed.contains(&lab.mallory.id52().to_string()));
     ep.close().await;
 }

@@ -457,7 +457,7 @@ fn a_users_own_daemon_serves_that_user_and_no_other() {
         format!("malai_peer={}", init["id52"].as_str().unwrap()),
         format!("malai_config_version={version}"),
         "malai_argv=id -un".to_owned(),
-        "uid 65534 on D-Bus".to_owned(),
+        "malai_uid=65534".to_owned(),
     ] {
         assert!(exit_line.contains(&field), "{field} missing: {exit_line}");
     }

@@ -35,12 +35,12 @@ fn peer_outside_allow_from_is_denied() {
 
     let out = c.web01.run(&["laptop.company", "id"]);
     assert_denied(&out, &["laptop.company", "allow_from"]);
-    wait_log_line(&lap, &["denied", &c.web_id, "\"id\""]);
+    wait_log_line(&lap, &[DENIED, &c.web_id, "malai_argv=id "]);
 
     // Without a command it is a shell, decided (and refused) the same way.
     let out = c.web01.run(&["laptop.company"]);
     assert_denied(&out, &["laptop.company", "shell"]);
-    wait_log_line(&lap, &["denied", &c.web_id, "\"\""]);
+    wait_log_line(&lap, &[DENIED, &c.web_id, "malai_argv= "]);
 }
 
 /// (b) A command rule grants only its command, only to its group, and only
@@ -67,10 +67,10 @@ fn command_rule_is_for_its_group_only() {
 
     let out = c.laptop.run(&["web01.company", "restart"]);
     assert_denied(&out, &["web01.company", "command.restart.allow_from"]);
-    wait_log_line(&web, &["denied", &c.laptop_id, "\"restart\""]);
+    wait_log_line(&web, &[DENIED, &c.laptop_id, "malai_argv=restart "]);
     let out = c.laptop.run(&["web01.company", "echo", "restarted"]);
     assert_denied(&out, &["web01.company", "allow_from"]);
-    wait_log_line(&web, &["denied", &c.laptop_id, "\"echo restarted\""]);
+    wait_log_line(&web, &[DENIED, &c.laptop_id, "malai_argv=echo restarted "]);
 
     // laptop joins oncall: the rule now runs for it, and only the rule.
     c.write_cluster_toml("", "", &rules(&format!("laptop,{}", c.cm_id)));
@@ -79,13 +79,13 @@ fn command_rule_is_for_its_group_only() {
     let out = c.laptop.run(&["web01.company", "restart"]);
     assert_eq!(out.status.code(), Some(0), "{}", common::stderr(&out));
     assert_eq!(String::from_utf8_lossy(&out.stdout), "restarted\n");
-    wait_log_line(&web, &["allowed", &c.laptop_id, "\"echo restarted\""]);
+    wait_log_line(&web, &[ALLOWED, &c.laptop_id, "malai_argv=echo restarted "]);
 
     // Extra arguments are refused without allow_args...
     let out = c.laptop.run(&["web01.company", "restart", "now"]);
     assert_denied(&out, &["web01.company", "allow_args"]);
     assert!(out.stdout.is_empty());
-    wait_log_line(&web, &["denied", &c.laptop_id, "\"restart now\""]);
+    wait_log_line(&web, &[DENIED, &c.laptop_id, "malai_argv=restart now "]);
     // ...and appended with it.
     let out = c.laptop.run(&["web01.company", "say", "hi", "there"]);
     assert_eq!(out.status.code(), Some(0), "{}", common::stderr(&out));
@@ -93,7 +93,7 @@ fn command_rule_is_for_its_group_only() {
     // The rule grants its command, not the machine: other argv stay denied.
     let out = c.laptop.run(&["web01.company", "id"]);
     assert_denied(&out, &["web01.company", "allow_from"]);
-    wait_log_line(&web, &["denied", &c.laptop_id, "\"id\""]);
+    wait_log_line(&web, &[DENIED, &c.laptop_id, "malai_argv=id "]);
 }
 
 /// (c) A key that is not in the cluster at all, holding the public directory
@@ -396,7 +396,7 @@ fn aliases_expand_and_denials_show_through() {
     let out = c.laptop.run(&["w", "hi"]);
     assert_eq!(out.status.code(), Some(0), "{}", common::stderr(&out));
     assert_eq!(String::from_utf8_lossy(&out.stdout), "hi\n");
-    wait_log_line(&web, &["allowed", &c.laptop_id, "\"echo hi\""]);
+    wait_log_line(&web, &[ALLOWED, &c.laptop_id, "malai_argv=echo hi "]);
     // Arguments that look like options are the remote command's.
     let out = c.laptop.run(&["w", "-n", "-v", "x"]);
     assert_eq!(out.status.code(), Some(0), "{}", common::stderr(&out));
@@ -405,7 +405,7 @@ fn aliases_expand_and_denials_show_through() {
     // web01's alias leads to laptop, which allows nobody.
     let out = c.web01.run(&["l"]);
     assert_denied(&out, &["laptop.company", "allow_from"]);
-    wait_log_line(&lap, &["denied", &c.web_id, "\"id\""]);
+    wait_log_line(&lap, &[DENIED, &c.web_id, "malai_argv=id "]);
 }
 
 /// A device runs commands on itself through its own ACL, like any peer
@@ -440,6 +440,10 @@ fn exec_on_itself_goes_through_the_acl() {
     assert_eq!(out.status.code(), Some(0), "{}", common::stderr(&out));
     assert_eq!(String::from_utf8_lossy(&out.stdout), "0\n");
 }
+
+/// The audit fields of a denial and of an allowed command.
+const DENIED: &str = "malai_decision=\"denied\"";
+const ALLOWED: &str = "malai_decision=\"allowed\"";
 
 /// Exit 255, nothing on stdout, and a stderr that says it was denied and
 /// contains each of `why`.

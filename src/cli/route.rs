@@ -148,7 +148,7 @@ pub fn exec(home: &Home, words: &[String], verbose: u8) -> anyhow::Result<u8> {
         let audit = crate::exec::local::Audit {
             cluster: &target.cluster,
             version: config.received_version,
-            caller: format!("uid {}", nix::unistd::getuid()),
+            uid: nix::unistd::getuid().as_raw(),
             unprivileged_uid: None,
         };
         let result = rt.block_on(crate::exec::local::run(

@@ -98,7 +98,7 @@ pub async fn run(
         let audit = crate::exec::local::Audit {
             cluster: cluster.alias(),
             version: Some(in_force.version),
-            caller: format!("uid {} on D-Bus", call.uid),
+            uid: call.uid,
             unprivileged_uid: (call.uid != 0 && call.uid != nix::unistd::geteuid().as_raw())
                 .then_some(call.uid),
         };

@@ -14,13 +14,14 @@ use super::proto::{ClientMsg, FORWARDED_SIGNALS};
 use super::spawn::{self, Spec, StdioMode};
 
 /// Who asked, for the audit lines: the same fields as a peer's command on
-/// the exec host, with the device's own id52 as the peer.
+/// the exec host, with the device's own id52 as the peer and the local
+/// user's uid.
 pub struct Audit<'a> {
     pub cluster: &'a str,
     /// The version of the config deciding (None: not known to the CLI).
     pub version: Option<u64>,
-    /// Who on this device asked, e.g. "uid 1000 on D-Bus".
-    pub caller: String,
+    /// The local user who asked (through the daemon, or running the CLI).
+    pub uid: u32,
     /// A local user who asked through the daemon and is neither root nor
     /// the daemon's own user: what no command rule grants runs as that
     /// user, never as the daemon's (README, "Who may do what on the
@@ -48,14 +49,15 @@ pub async fn run(
     } else {
         Request::Exec(&argv)
     };
-    let (cluster, version, caller) = (audit.cluster, audit.version, &audit.caller);
-    let argv_text = shell_words::join(&argv);
+    let who = crate::audit::Who {
+        cluster: audit.cluster,
+        peer: me,
+        config_version: audit.version.unwrap_or(0),
+        uid: Some(audit.uid),
+    };
     let grant = match acl::decide(config, me, me, request) {
         Decision::Deny(reason) => {
-            tracing::warn!(
-                malai_cluster = %cluster, malai_peer = %me, malai_config_version = version, malai_argv = %argv_text, malai_decision = "denied",
-                "denied {caller} on this device ({me}) running {argv_text:?}: {reason}"
-            );
+            crate::audit::command(who, &argv, false, crate::audit::Decision::Denied(&reason));
             return Err(ExecError::Denied {
                 target: what.to_owned(),
                 reason,
@@ -71,12 +73,18 @@ pub async fn run(
         (Some(uid), None) => Some(user_name(uid).map_err(|e| not_run(format!("{e:#}")))?),
         (Some(_), Some(_)) | (None, _) => grant.username,
     };
-    let run_text = shell_words::join(&grant.argv);
-    tracing::info!(
-        malai_cluster = %cluster, malai_peer = %me, malai_config_version = version, malai_argv = %run_text, malai_decision = "allowed",
-        "{caller} on this device ({me}) runs {run_text:?} as {} ({})",
-        username.as_deref().unwrap_or("the daemon's user"), grant.reason
+    let reason = format!(
+        "{} (runs as {})",
+        grant.reason,
+        username.as_deref().unwrap_or("the daemon's user")
     );
+    crate::audit::command(
+        who,
+        &grant.argv,
+        false,
+        crate::audit::Decision::Allowed(&reason),
+    );
+    let argv = grant.argv.clone();
     let mut spawned = spawn::spawn(Spec {
         argv: grant.argv,
         username,
@@ -102,10 +110,7 @@ pub async fn run(
         }
     };
     let code = spawn::exit_code(status);
-    tracing::info!(
-        malai_cluster = %cluster, malai_peer = %me, malai_config_version = version, malai_argv = %run_text, malai_exit = code,
-        "{run_text:?} for {caller} on this device exited with {code}"
-    );
+    crate::audit::command(who, &argv, false, crate::audit::Decision::Exited(code));
     Ok(code)
 }
 

@@ -19,6 +19,7 @@ use tokio::sync::{Notify, mpsc};
 use super::proto::{ClientMsg, ExecRequest, FORWARDED_SIGNALS, HostMsg};
 use super::spawn::{self, Spec};
 use crate::acl::{self, Decision, Request};
+use crate::audit;
 use crate::cluster::Cluster;
 use crate::identity::Id52;
 use crate::p2p::frame::{self, Kind};
@@ -176,15 +177,20 @@ async fn serve(
     mut recv: RecvStream,
 ) -> anyhow::Result<()> {
     let req: ExecRequest = frame::read_request(&mut recv, MAX_REQUEST).await?;
-    let argv_text = shell_words::join(&req.argv);
     let pty = req.pty.is_some();
     let in_force = cluster.in_force();
+    let who = audit::Who {
+        cluster: cluster.alias(),
+        peer: &peer,
+        config_version: in_force.version,
+        uid: None,
+    };
     let decision = match &in_force.config {
         None => Decision::Deny(
             "this machine has not received its config from the cluster manager yet".into(),
         ),
         Some(config) => {
-            let request = match (req.argv.is_empty(), req.pty.is_some()) {
+            let request = match (req.argv.is_empty(), pty) {
                 (true, _) => Request::Shell,
                 (false, true) => Request::PtyExec(&req.argv),
                 (false, false) => Request::Exec(&req.argv),
@@ -194,28 +200,18 @@ async fn serve(
     };
     let grant = match decision {
         Decision::Deny(reason) => {
-            tracing::warn!(
-                malai_cluster = %cluster.alias(), malai_peer = %peer, malai_config_version = in_force.version, malai_argv = %argv_text, malai_pty = pty, malai_decision = "denied",
-                "denied {peer} running {argv_text:?}: {reason}"
-            );
-            frame::write_msg(&mut send, &HostMsg::Denied { reason }).await?;
-            send.finish()?;
-            let _ = send.stopped().await;
-            return Ok(());
+            audit::command(who, &req.argv, pty, audit::Decision::Denied(&reason));
+            return answer(send, HostMsg::Denied { reason }).await;
         }
         Decision::Allow(grant) => grant,
     };
     let id = match commands.reserve(peer) {
         Ok(id) => id,
         Err(reason) => {
-            tracing::warn!(malai_cluster = %cluster.alias(), malai_peer = %peer, malai_argv = %argv_text, "refused: {reason}");
-            frame::write_msg(&mut send, &HostMsg::Failed { reason }).await?;
-            send.finish()?;
-            let _ = send.stopped().await;
-            return Ok(());
+            audit::command(who, &req.argv, pty, audit::Decision::Refused(&reason));
+            return answer(send, HostMsg::Failed { reason }).await;
         }
     };
-    let run_text = shell_words::join(&grant.argv);
     let spawned = spawn::spawn(Spec {
         argv: grant.argv.clone(),
         username: grant.username.clone(),
@@ -228,18 +224,17 @@ async fn serve(
         Ok(s) => s,
         Err(e) => {
             commands.unregister(id);
-            let reason = format!("{e:#}");
-            tracing::warn!(malai_cluster = %cluster.alias(), malai_peer = %peer, malai_argv = %run_text, "allowed but failed to start: {reason}");
-            frame::write_msg(&mut send, &HostMsg::Failed { reason }).await?;
-            send.finish()?;
-            let _ = send.stopped().await;
-            return Ok(());
+            let reason = format!("allowed but failed to start: {e:#}");
+            audit::command(who, &grant.argv, pty, audit::Decision::Failed(&reason));
+            return answer(send, HostMsg::Failed { reason }).await;
         }
     };
     commands.set_pgid(id, spawned.pgid);
-    tracing::info!(
-        malai_cluster = %cluster.alias(), malai_peer = %peer, malai_config_version = in_force.version, malai_argv = %run_text, malai_pty = pty, malai_decision = "allowed",
-        "{peer} runs {run_text:?} ({})", grant.reason
+    audit::command(
+        who,
+        &grant.argv,
+        pty,
+        audit::Decision::Allowed(&grant.reason),
     );
     let pgid = spawned.pgid;
     let result = async {
@@ -249,19 +244,22 @@ async fn serve(
     .await;
     commands.unregister(id);
     match &result {
-        Ok(code) => tracing::info!(
-            malai_cluster = %cluster.alias(), malai_peer = %peer, malai_config_version = in_force.version, malai_argv = %run_text, malai_exit = *code,
-            "{run_text:?} for {peer} exited with {code}"
-        ),
+        Ok(code) => audit::command(who, &grant.argv, pty, audit::Decision::Exited(*code)),
         Err(e) => {
             spawn::kill_session(pgid, Signal::SIGKILL);
-            tracing::warn!(
-                malai_cluster = %cluster.alias(), malai_peer = %peer, malai_argv = %run_text,
-                "client of {run_text:?} went away ({e:#}); killed its process group"
-            );
+            let why = format!("{e:#}");
+            audit::command(who, &grant.argv, pty, audit::Decision::Abandoned(&why));
         }
     }
     result.map(|_| ())
+}
+
+/// Answers a request that will not run, and ends the stream.
+async fn answer(mut send: SendStream, msg: HostMsg) -> anyhow::Result<()> {
+    frame::write_msg(&mut send, &msg).await?;
+    send.finish()?;
+    let _ = send.stopped().await;
+    Ok(())
 }
 
 /// Moves bytes between the command and the stream until the command exits;

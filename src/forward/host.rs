@@ -14,6 +14,7 @@ use tokio::net::TcpStream;
 use super::proto::{Answer, HANDSHAKE_TIMEOUT, Open};
 use super::{pipe, proxy};
 use crate::acl::{self, Decision};
+use crate::audit;
 use crate::cluster::Cluster;
 use crate::config::{Protocol, Service};
 use crate::identity::Id52;
@@ -62,21 +63,20 @@ impl Opened {
 /// connects to the service.
 pub async fn open(cluster: &Cluster, peer: Id52, name: &str) -> Result<Opened, Refusal> {
     let in_force = cluster.in_force();
-    let audit = |decision: &str, reason: &str| {
-        tracing::warn!(
-            malai_cluster = %cluster.alias(), malai_peer = %peer, malai_service = name,
-            malai_config_version = in_force.version, malai_decision = decision,
-            "{decision} {peer} forwarding to service {name:?}: {reason}"
-        );
+    let who = audit::Who {
+        cluster: cluster.alias(),
+        peer: &peer,
+        config_version: in_force.version,
+        uid: None,
     };
     let Some(config) = in_force.config.clone() else {
         let reason = "this machine has not received its config from the cluster manager yet";
-        audit("denied", reason);
+        audit::service(who, name, audit::Decision::Denied(reason));
         return Err(Refusal::Denied(reason.into()));
     };
     let grant = match acl::may_use_service(&config, &cluster.id52(), &peer, name) {
         Decision::Deny(reason) => {
-            audit("denied", &reason);
+            audit::service(who, name, audit::Decision::Denied(&reason));
             return Err(Refusal::Denied(reason));
         }
         Decision::Allow(grant) => grant,
@@ -87,21 +87,18 @@ pub async fn open(cluster: &Cluster, peer: Id52, name: &str) -> Result<Opened, R
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {
             let reason = format!("cannot connect to {addr}: {e}");
-            audit("failed", &reason);
+            audit::service(who, name, audit::Decision::Failed(&reason));
             return Err(Refusal::Failed(reason));
         }
         Err(_) => {
             let reason = format!("{addr} did not accept within {HANDSHAKE_TIMEOUT:?}");
-            audit("failed", &reason);
+            audit::service(who, name, audit::Decision::Failed(&reason));
             return Err(Refusal::Failed(reason));
         }
     };
     let _ = upstream.set_nodelay(true);
-    tracing::info!(
-        malai_cluster = %cluster.alias(), malai_peer = %peer, malai_service = name,
-        malai_config_version = in_force.version, malai_decision = "allowed",
-        "{peer} forwards to service {name:?} on {addr} ({})", grant.reason
-    );
+    let reason = format!("on {addr} ({})", grant.reason);
+    audit::service(who, name, audit::Decision::Allowed(&reason));
     Ok(Opened {
         name: name.to_owned(),
         client: ClientInfo {

@@ -1,0 +1,175 @@
+//! The audit log: every decision about a peer's command or service, with
+//! one fixed set of fields (journald's `MALAI_*`): `malai_cluster`,
+//! `malai_peer`, `malai_config_version`, `malai_decision`, `malai_argv` or
+//! `malai_service`, `malai_pty`, `malai_exit` and `malai_uid` (the local
+//! caller, when there is one). The argv is logged once, in its field,
+//! shell-quoted and cut at `MAX_ARGV` bytes; a cut argv carries the blake3
+//! of the whole in `malai_argv_hash`, so two long command lines can still
+//! be told apart.
+
+use crate::identity::Id52;
+
+/// The longest argv text an audit line carries.
+pub const MAX_ARGV: usize = 1024;
+
+/// Who asked, where, under which config.
+#[derive(Debug, Clone, Copy)]
+pub struct Who<'a> {
+    pub cluster: &'a str,
+    /// The peer iroh authenticated (the device's own id52 for a command on
+    /// the device itself).
+    pub peer: &'a Id52,
+    pub config_version: u64,
+    /// The local user who asked through the daemon, if one did.
+    pub uid: Option<u32>,
+}
+
+/// What became of a request.
+#[derive(Debug, Clone, Copy)]
+pub enum Decision<'a> {
+    /// The ACL refused it; the reason.
+    Denied(&'a str),
+    /// Allowed, but refused by a limit or a shutdown; the reason.
+    Refused(&'a str),
+    /// The ACL allowed it; why.
+    Allowed(&'a str),
+    /// Allowed, but it could not be started or reached; why.
+    Failed(&'a str),
+    /// It ended with this exit code (128+N for signal N).
+    Exited(u8),
+    /// Its client went away; it was killed. Why.
+    Abandoned(&'a str),
+}
+
+impl Decision<'_> {
+    fn word(&self) -> &'static str {
+        match self {
+            Decision::Denied(_) => "denied",
+            Decision::Refused(_) => "refused",
+            Decision::Allowed(_) => "allowed",
+            Decision::Failed(_) => "failed",
+            Decision::Exited(_) => "exited",
+            Decision::Abandoned(_) => "abandoned",
+        }
+    }
+
+    fn exit(&self) -> Option<u8> {
+        match self {
+            Decision::Exited(code) => Some(*code),
+            _ => None,
+        }
+    }
+
+    /// The sentence for a person reading the line.
+    fn detail(&self) -> String {
+        match self {
+            Decision::Denied(r) => format!("denied: {r}"),
+            Decision::Allowed(r) => format!("allowed: {r}"),
+            Decision::Failed(r) => format!("failed: {r}"),
+            Decision::Refused(r) => format!("refused: {r}"),
+            Decision::Exited(code) => format!("exited with {code}"),
+            Decision::Abandoned(r) => {
+                format!("client went away ({r}); killed its process group")
+            }
+        }
+    }
+
+    fn is_warning(&self) -> bool {
+        match self {
+            Decision::Denied(_)
+            | Decision::Refused(_)
+            | Decision::Failed(_)
+            | Decision::Abandoned(_) => true,
+            Decision::Allowed(_) | Decision::Exited(_) => false,
+        }
+    }
+}
+
+/// One line about a command (`argv`; empty: a shell).
+pub fn command(who: Who<'_>, argv: &[String], pty: bool, decision: Decision<'_>) {
+    let (text, hash) = argv_field(argv);
+    let detail = decision.detail();
+    macro_rules! line {
+        ($level:ident) => {
+            tracing::$level!(
+                malai_cluster = %who.cluster,
+                malai_peer = %who.peer,
+                malai_config_version = who.config_version,
+                malai_decision = decision.word(),
+                malai_argv = %text,
+                malai_argv_hash = hash,
+                malai_pty = pty,
+                malai_exit = decision.exit(),
+                malai_uid = who.uid,
+                "{}: {detail}", who.peer
+            )
+        };
+    }
+    if decision.is_warning() {
+        line!(warn);
+    } else {
+        line!(info);
+    }
+}
+
+/// One line about a forwarded connection to service `name`.
+pub fn service(who: Who<'_>, name: &str, decision: Decision<'_>) {
+    let detail = decision.detail();
+    macro_rules! line {
+        ($level:ident) => {
+            tracing::$level!(
+                malai_cluster = %who.cluster,
+                malai_peer = %who.peer,
+                malai_config_version = who.config_version,
+                malai_decision = decision.word(),
+                malai_service = name,
+                malai_uid = who.uid,
+                "{} forwarding to service {name:?}: {detail}", who.peer
+            )
+        };
+    }
+    if decision.is_warning() {
+        line!(warn);
+    } else {
+        line!(info);
+    }
+}
+
+/// The argv as one shell-quoted text of at most `MAX_ARGV` bytes, and the
+/// hash of the whole when it was cut.
+fn argv_field(argv: &[String]) -> (String, Option<String>) {
+    let text = shell_words::join(argv);
+    if text.len() <= MAX_ARGV {
+        return (text, None);
+    }
+    let mut end = MAX_ARGV;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    let hash = blake3::hash(text.as_bytes()).to_hex().to_string();
+    (format!("{}...", &text[..end]), Some(hash))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_long_argv_is_cut_and_hashed() {
+        let short = vec!["echo".to_owned(), "hi there".to_owned()];
+        assert_eq!(argv_field(&short), ("echo 'hi there'".to_owned(), None));
+        let long = vec!["echo".to_owned(), "é".repeat(2000)];
+        let (text, hash) = argv_field(&long);
+        assert!(text.len() <= MAX_ARGV + 3, "{}", text.len());
+        assert!(text.ends_with("..."));
+        let whole = shell_words::join(&long);
+        assert_eq!(
+            hash,
+            Some(blake3::hash(whole.as_bytes()).to_hex().to_string())
+        );
+        // Another long argv with the same beginning has another hash.
+        let other = vec!["echo".to_owned(), format!("{}x", "é".repeat(2000))];
+        assert_eq!(argv_field(&other).0, text);
+        assert_ne!(argv_field(&other).1, hash);
+    }
+}
