@@ -57,6 +57,10 @@ fn start_sleep(c: &Company, bus: &PrivateBus, seconds: &str) -> Child {
 }
 
 #[test]
+#[expect(
+    clippy::too_many_lines,
+    reason = "one scenario, step by step, with its assertions"
+)]
 fn exec_through_the_daemon_uses_the_callers_descriptors_and_no_key() {
     require_root!();
     let Some(bus) = PrivateBus::start() else {

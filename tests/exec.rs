@@ -10,6 +10,10 @@ use std::process::Stdio;
 use common::net::{Company, pids_matching, wait_until};
 
 #[test]
+#[expect(
+    clippy::too_many_lines,
+    reason = "one scenario, step by step, with its assertions"
+)]
 fn config_push_then_exec_streams_and_exits_like_ssh() {
     require_root!();
     let c = Company::new("exec");

@@ -697,6 +697,10 @@ fn websocket_echoes(laptop: &Host, connection: &str, upgrade: &str) {
 const LAPTOP_HTTP: &str = "[http]\nlisten = \"127.0.0.1:8088\"\n";
 
 #[test]
+#[expect(
+    clippy::too_many_lines,
+    reason = "one scenario, step by step, with its assertions"
+)]
 fn http_by_name_gives_the_application_the_peers_identity_and_only_that() {
     require_root!();
     require_tools!("curl", "python3");

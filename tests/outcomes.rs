@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::process::{Output, Stdio};
 
 use common::bus::PrivateBus;
-use common::net::{Company, Host, pids_matching, wait_until};
+use common::net::{Company, Daemon, Host, pids_matching, wait_until};
 use malai::dbus::Error;
 use malai::dbus::client::ClusterProxy;
 use malai::identity::Identity;
@@ -137,13 +137,20 @@ async fn each_exec_and_edit_error_has_its_exit_code_and_its_dbus_error() {
     let got = over_bus.await.unwrap();
     assert!(matches!(got, Err(Error::Failed(_))), "{got:?}");
 
+    config_errors(&c, &bus, &proxy, cm).await;
+    drop(lap);
+}
+
+/// Invalid, stale, denied and failed config edits, through the laptop's
+/// daemon to the CM (`cm`, killed at the end).
+async fn config_errors(c: &Company, bus: &PrivateBus, proxy: &ClusterProxy<'_>, cm: Daemon) {
     // Config edits, through the laptop's daemon to the CM.
     let work = tempfile::tempdir().unwrap();
     let file = work.path().join("company.toml");
     let file_arg = file.display().to_string();
     let out = on_bus(
         &c.laptop,
-        &bus,
+        bus,
         &["config", "download", "company", "-o", &file_arg],
     );
     assert!(out.status.success(), "{}", common::stderr(&out));
@@ -151,20 +158,20 @@ async fn each_exec_and_edit_error_has_its_exit_code_and_its_dbus_error() {
 
     // Invalid: exit 78, sh.malai.Malai1.Error.Invalid.
     std::fs::write(&file, "not toml [").unwrap();
-    let out = on_bus(&c.laptop, &bus, &["config", "upload", &file_arg]);
+    let out = on_bus(&c.laptop, bus, &["config", "upload", &file_arg]);
     assert_eq!(code(&out), Some(78), "{}", common::stderr(&out));
     let got = proxy.config_upload("not toml [", "", true).await;
     assert!(matches!(got, Err(Error::Invalid(_))), "{got:?}");
 
     // Stale: an upload on an old base: exit 1, ...Error.Stale.
     std::fs::write(&file, format!("{text}\n# one\n")).unwrap();
-    let out = on_bus(&c.laptop, &bus, &["config", "upload", &file_arg]);
+    let out = on_bus(&c.laptop, bus, &["config", "upload", &file_arg]);
     assert!(out.status.success(), "{}", common::stderr(&out));
     // Another editor's change lands in between.
     let other = format!("{text}\n# other\n");
     proxy.config_upload(&other, "", true).await.unwrap();
     std::fs::write(&file, format!("{text}\n# two\n")).unwrap();
-    let out = on_bus(&c.laptop, &bus, &["config", "upload", &file_arg]);
+    let out = on_bus(&c.laptop, bus, &["config", "upload", &file_arg]);
     assert_eq!(code(&out), Some(1), "{}", common::stderr(&out));
     assert!(common::stderr(&out).contains("changed since your download"));
     let got = proxy.config_upload(&text, "0000", false).await;
@@ -179,7 +186,7 @@ async fn each_exec_and_edit_error_has_its_exit_code_and_its_dbus_error() {
     proxy.config_upload(&cm_only, "", true).await.unwrap();
     let out = on_bus(
         &c.laptop,
-        &bus,
+        bus,
         &["config", "download", "company", "-o", &file_arg],
     );
     assert_eq!(code(&out), Some(77), "{}", common::stderr(&out));
@@ -190,11 +197,10 @@ async fn each_exec_and_edit_error_has_its_exit_code_and_its_dbus_error() {
     cm.kill9();
     let out = on_bus(
         &c.laptop,
-        &bus,
+        bus,
         &["config", "download", "company", "-o", &file_arg],
     );
     assert_eq!(code(&out), Some(1), "{}", common::stderr(&out));
     let got = proxy.config_download().await;
     assert!(matches!(got, Err(Error::Failed(_))), "{got:?}");
-    drop(lap);
 }

@@ -120,8 +120,26 @@ pub fn parse(path: &Path, text: &str) -> Result<LocalConfig, Diagnostics> {
     let raw: RawLocal = toml::from_str(text).map_err(|e| Diagnostics(vec![src.from_toml(&e)]))?;
     let mut diags = Vec::new();
     let mut config = LocalConfig::default();
+    aliases(&src, &raw.aliases, &mut config, &mut diags);
+    if let Some(net) = &raw.network {
+        network(&src, net, &mut config.network, &mut diags);
+    }
+    listeners(&src, &raw, &mut config, &mut diags);
+    if diags.is_empty() {
+        Ok(config)
+    } else {
+        Err(Diagnostics(diags))
+    }
+}
 
-    for (name, target) in &raw.aliases {
+/// `[aliases]`: each a target and words, none shadowing a subcommand.
+fn aliases(
+    src: &Source<'_>,
+    raw: &BTreeMap<Spanned<String>, Spanned<String>>,
+    config: &mut LocalConfig,
+    diags: &mut Vec<Diagnostic>,
+) {
+    for (name, target) in raw {
         if RESERVED_WORDS.contains(&name.get_ref().as_str()) {
             diags.push(src.diag(
                 name.span(),
@@ -173,62 +191,74 @@ pub fn parse(path: &Path, text: &str) -> Result<LocalConfig, Diagnostics> {
             )),
         }
     }
+}
 
-    if let Some(net) = raw.network {
-        if let Some(relay) = net.relay {
-            config.network.relay = match relay.get_ref().as_str() {
-                "default" => Relay::Default,
-                "disabled" => Relay::Disabled,
-                url if url.starts_with("https://") || url.starts_with("http://") => {
-                    Relay::Url(url.to_owned())
-                }
-                other => {
-                    diags.push(src.diag(
-                        relay.span(),
-                        format!(
-                            "relay {other:?} is neither \"default\", \"disabled\" nor a relay URL"
-                        ),
-                        "write relay = \"default\", \"disabled\" or \"https://relay.example.com\"",
-                    ));
-                    Relay::Default
-                }
-            };
-        }
-        if let Some(discovery) = net.discovery {
-            config.network.discovery = discovery;
-        }
-        if let Some(bind) = net.bind {
-            match bind.get_ref().parse::<IpAddr>() {
-                Ok(ip) => config.network.bind = ip,
-                Err(_) => diags.push(src.diag(
-                    bind.span(),
-                    format!("bind {:?} is not an IP address", bind.get_ref()),
-                    "write bind = \"0.0.0.0\", \"127.0.0.1\" or another local address",
-                )),
+/// `[network]`.
+fn network(
+    src: &Source<'_>,
+    net: &RawNetwork,
+    settings: &mut NetworkSettings,
+    diags: &mut Vec<Diagnostic>,
+) {
+    if let Some(relay) = &net.relay {
+        settings.relay = match relay.get_ref().as_str() {
+            "default" => Relay::Default,
+            "disabled" => Relay::Disabled,
+            url if url.starts_with("https://") || url.starts_with("http://") => {
+                Relay::Url(url.to_owned())
             }
-        }
-        for (cluster, port) in &net.ports {
-            match u16::try_from(*port.get_ref()) {
-                Ok(p) if p > 0 => {
-                    config.network.ports.insert(cluster.get_ref().clone(), p);
-                }
-                _ => diags.push(src.diag(
-                    port.span(),
-                    format!(
-                        "port {} for cluster {:?} is not between 1 and 65535",
-                        port.get_ref(),
-                        cluster.get_ref()
-                    ),
-                    "pick a free UDP port between 1 and 65535, or remove the line to use any port",
-                )),
+            other => {
+                diags.push(src.diag(
+                    relay.span(),
+                    format!("relay {other:?} is neither \"default\", \"disabled\" nor a relay URL"),
+                    "write relay = \"default\", \"disabled\" or \"https://relay.example.com\"",
+                ));
+                Relay::Default
             }
+        };
+    }
+    if let Some(discovery) = net.discovery {
+        settings.discovery = discovery;
+    }
+    if let Some(bind) = &net.bind {
+        match bind.get_ref().parse::<IpAddr>() {
+            Ok(ip) => settings.bind = ip,
+            Err(_) => diags.push(src.diag(
+                bind.span(),
+                format!("bind {:?} is not an IP address", bind.get_ref()),
+                "write bind = \"0.0.0.0\", \"127.0.0.1\" or another local address",
+            )),
         }
     }
+    for (cluster, port) in &net.ports {
+        match u16::try_from(*port.get_ref()) {
+            Ok(p) if p > 0 => {
+                settings.ports.insert(cluster.get_ref().clone(), p);
+            }
+            _ => diags.push(src.diag(
+                port.span(),
+                format!(
+                    "port {} for cluster {:?} is not between 1 and 65535",
+                    port.get_ref(),
+                    cluster.get_ref()
+                ),
+                "pick a free UDP port between 1 and 65535, or remove the line to use any port",
+            )),
+        }
+    }
+}
 
+/// `[http]` and `[forward.NAME]`: each listen address once.
+fn listeners(
+    src: &Source<'_>,
+    raw: &RawLocal,
+    config: &mut LocalConfig,
+    diags: &mut Vec<Diagnostic>,
+) {
     // Each listen address once, whether a forward's or the HTTP listener's.
     let mut listening: BTreeMap<SocketAddr, String> = BTreeMap::new();
     if let Some(http) = &raw.http
-        && let Some(addr) = listen_addr(&src, &http.listen, &mut diags)
+        && let Some(addr) = listen_addr(src, &http.listen, diags)
     {
         listening.insert(addr, "[http]".into());
         config.http = Some(HttpListener { listen: addr });
@@ -251,7 +281,7 @@ pub fn parse(path: &Path, text: &str) -> Result<LocalConfig, Diagnostics> {
             ));
             continue;
         }
-        let listen = listen_addr(&src, &f.listen, &mut diags);
+        let listen = listen_addr(src, &f.listen, diags);
         if let Some(addr) = listen
             && let Some(first) = listening.insert(addr, format!("[forward.{n}]"))
         {
@@ -291,16 +321,8 @@ pub fn parse(path: &Path, text: &str) -> Result<LocalConfig, Diagnostics> {
             );
         }
     }
-
-    if diags.is_empty() {
-        Ok(config)
-    } else {
-        Err(Diagnostics(diags))
-    }
 }
 
-/// A listen address: IP:PORT with a port given (0 would be a new port at
-/// every start, which nobody could connect to).
 fn listen_addr(
     src: &Source,
     text: &Spanned<String>,

@@ -93,7 +93,7 @@ pub async fn run_with(
     io: Io,
 ) -> Result<u8, ExecError> {
     let Io {
-        stdin: mut input,
+        stdin: input,
         mut stdout,
         mut stderr,
         env,
@@ -147,28 +147,7 @@ pub async fn run_with(
         let _ = send.finish();
     });
 
-    let stdin_tx = tx.clone();
-    let stdin_task = tokio::spawn(async move {
-        let mut buf = vec![0u8; 64 * 1024];
-        loop {
-            match input.read(&mut buf).await {
-                Ok(0) | Err(_) => {
-                    let eof = serde_json::to_vec(&ClientMsg::Eof).expect("json");
-                    let _ = stdin_tx.send((Kind::Control, eof)).await;
-                    break;
-                }
-                Ok(n) => {
-                    if stdin_tx
-                        .send((Kind::Stdin, buf[..n].to_vec()))
-                        .await
-                        .is_err()
-                    {
-                        break;
-                    }
-                }
-            }
-        }
-    });
+    let stdin_task = tokio::spawn(send_stdin(input, tx.clone()));
 
     let control_tx = tx.clone();
     let control_task = tokio::spawn(async move {
@@ -205,6 +184,25 @@ pub async fn run_with(
     control_task.abort();
     let _ = writer.await;
     outcome.map_err(ExecError::Lost)
+}
+
+/// Sends what `input` yields as stdin frames, then the EOF.
+async fn send_stdin<R: AsyncRead + Unpin>(mut input: R, tx: mpsc::Sender<(Kind, Vec<u8>)>) {
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        match input.read(&mut buf).await {
+            Ok(0) | Err(_) => {
+                let eof = serde_json::to_vec(&ClientMsg::Eof).expect("json");
+                let _ = tx.send((Kind::Control, eof)).await;
+                break;
+            }
+            Ok(n) => {
+                if tx.send((Kind::Stdin, buf[..n].to_vec())).await.is_err() {
+                    break;
+                }
+            }
+        }
+    }
 }
 
 pub fn window_size() -> Option<WindowSize> {

@@ -272,24 +272,9 @@ async fn pump(mut s: spawn::Spawned, mut send: SendStream, recv: RecvStream) -> 
     let on_pty = master.is_some();
 
     if let Some(master) = &master {
-        let mut reader = std::fs::File::from(master.try_clone()?);
-        let tx = tx.clone();
-        readers.push(tokio::task::spawn_blocking(move || {
-            let mut buf = vec![0u8; CHUNK];
-            // EIO once every process has closed the PTY's other side.
-            while let Ok(n) = reader.read(&mut buf) {
-                if n == 0 || tx.blocking_send((Kind::Stdout, buf[..n].to_vec())).is_err() {
-                    break;
-                }
-            }
-        }));
-        let writer = Arc::new(Mutex::new(std::fs::File::from(master.try_clone()?)));
-        stdin_sink = Some(Box::new(move |bytes: Vec<u8>| {
-            let writer = writer.clone();
-            tokio::task::spawn_blocking(move || {
-                writer.lock().expect("pty writer").write_all(&bytes).is_ok()
-            })
-        }));
+        let (reader, sink) = pty_io(master, tx.clone())?;
+        readers.push(reader);
+        stdin_sink = Some(sink);
     } else {
         if let Some(out) = s.child.stdout.take() {
             readers.push(tokio::spawn(read_into(out, Kind::Stdout, tx.clone())));
@@ -377,6 +362,32 @@ async fn pump(mut s: spawn::Spawned, mut send: SendStream, recv: RecvStream) -> 
     send.finish()?;
     let _ = send.stopped().await;
     Ok(code)
+}
+
+/// A command on a PTY: a blocking reader of the master side that sends its
+/// output to `tx`, and the sink its stdin goes to.
+fn pty_io(
+    master: &std::os::fd::OwnedFd,
+    tx: mpsc::Sender<(Kind, Vec<u8>)>,
+) -> anyhow::Result<(tokio::task::JoinHandle<()>, StdinSink)> {
+    let mut reader = std::fs::File::from(master.try_clone()?);
+    let read = tokio::task::spawn_blocking(move || {
+        let mut buf = vec![0u8; CHUNK];
+        // EIO once every process has closed the PTY's other side.
+        while let Ok(n) = reader.read(&mut buf) {
+            if n == 0 || tx.blocking_send((Kind::Stdout, buf[..n].to_vec())).is_err() {
+                break;
+            }
+        }
+    });
+    let writer = Arc::new(Mutex::new(std::fs::File::from(master.try_clone()?)));
+    let sink: StdinSink = Box::new(move |bytes: Vec<u8>| {
+        let writer = writer.clone();
+        tokio::task::spawn_blocking(move || {
+            writer.lock().expect("pty writer").write_all(&bytes).is_ok()
+        })
+    });
+    Ok((read, sink))
 }
 
 /// Where stdin goes when the command runs on a PTY: a blocking write to the

@@ -139,7 +139,21 @@ impl Listeners {
             );
         }
 
-        // The HTTP listener: wanted when configured, or passed by systemd.
+        self.reconcile_http(local, &mut sockets, &mut problems)
+            .await;
+        for p in &problems {
+            tracing::error!("{p}");
+        }
+        problems
+    }
+
+    /// The HTTP listener: wanted when configured, or passed by systemd.
+    async fn reconcile_http(
+        &mut self,
+        local: &LocalConfig,
+        sockets: &mut Option<&mut Inherited>,
+        problems: &mut Vec<String>,
+    ) {
         let want_http = local.http.as_ref().map(|h| h.listen);
         if let Some(running) = &self.http
             && running.bound.is_some()
@@ -149,7 +163,7 @@ impl Listeners {
             self.http = None;
         }
         if self.http.is_none() {
-            let socket = match claim(&mut sockets, HTTP_SOCKET_NAME) {
+            let socket = match claim(sockets, HTTP_SOCKET_NAME) {
                 Ok(Some(l)) => Some(Socket::Inherited(l)),
                 Ok(None) => want_http.map(Socket::Bind),
                 Err(e) => {
@@ -183,10 +197,6 @@ impl Listeners {
                 }
             }
         }
-        for p in &problems {
-            tracing::error!("{p}");
-        }
-        problems
     }
 
     /// Closes every listener (connections already carried go on).
