@@ -9,9 +9,10 @@ use clap::Subcommand;
 use serde::{Deserialize, Serialize};
 
 use super::route;
+use crate::cluster::EditError;
 use crate::exit::{CONFIG, DENIED, FAILURE, Failure, OK};
 use crate::home::Home;
-use crate::sync::proto::{ConfigAnswer, ConfigRequest};
+use crate::sync::proto::{ConfigRequest, Edited};
 
 #[derive(Debug, Subcommand)]
 pub enum ConfigCommand {
@@ -99,7 +100,8 @@ pub fn run(cmd: ConfigCommand) -> anyhow::Result<u8> {
                     )
                 })?)
                 .with_context(|| format!("{} is not a malai base file", base_file.display()))?;
-            let (version, hash) = upload(&home, &base.cluster, text.clone(), &base.hash, force)?;
+            let (version, hash) =
+                upload(&home, &base.cluster, text.clone(), &base.hash, force)?.map_err(refused)?;
             write_with_base(
                 &file,
                 &text,
@@ -136,14 +138,15 @@ fn write_with_base(file: &Path, text: &str, base: &Base) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The refusals every request can get, as errors with their exit codes.
-fn refused(answer: ConfigAnswer) -> anyhow::Error {
-    match answer {
-        ConfigAnswer::Denied { reason } => Failure::new(DENIED, format!("denied: {reason}")).into(),
-        ConfigAnswer::Invalid { errors } => {
+/// A refusal of the cluster manager as the error to end with, with its
+/// exit code: denied 77, invalid 78, stale or failed 1.
+fn refused(e: EditError) -> anyhow::Error {
+    match e {
+        EditError::Denied(reason) => Failure::new(DENIED, format!("denied: {reason}")).into(),
+        EditError::Invalid(errors) => {
             Failure::new(CONFIG, format!("refused, the file does not validate:\n{errors}")).into()
         }
-        ConfigAnswer::Stale { current_hash, version } => Failure::new(
+        EditError::Stale { current_hash, version } => Failure::new(
             FAILURE,
             format!(
                 "refused: cluster.toml changed since your download; it is now version {version} (hash {current_hash}). \
@@ -151,38 +154,47 @@ fn refused(answer: ConfigAnswer) -> anyhow::Error {
             ),
         )
         .into(),
-        ConfigAnswer::Rejected { reason } => Failure::new(FAILURE, format!("refused: {reason}")).into(),
-        other => Failure::new(FAILURE, format!("unexpected answer from the cluster manager: {other:?}")).into(),
+        EditError::Failed(reason) => Failure::new(FAILURE, format!("refused: {reason}")).into(),
     }
 }
 
 fn download(home: &Home, cluster: &str) -> anyhow::Result<(String, String, u64)> {
-    match route::config_request(home, cluster, ConfigRequest::Download)? {
-        ConfigAnswer::File {
+    match route::config_request(home, cluster, ConfigRequest::Download)?.into_edit() {
+        Ok(Edited::File {
             text,
             hash,
             version,
-        } => Ok((text, hash, version)),
-        other => Err(refused(other)),
+        }) => Ok((text, hash, version)),
+        Ok(Edited::Accepted { .. }) => Err(refused(EditError::Failed(
+            "the cluster manager answered a download as an upload".into(),
+        ))),
+        Err(e) => Err(refused(e)),
     }
 }
 
+/// Uploads `text` on `base_hash`: the new (version, hash), or the cluster
+/// manager's refusal (the outer error: it could not be asked).
 fn upload(
     home: &Home,
     cluster: &str,
     text: String,
     base_hash: &str,
     force: bool,
-) -> anyhow::Result<(u64, String)> {
+) -> anyhow::Result<Result<(u64, String), EditError>> {
     let req = ConfigRequest::Upload {
         text,
         base_hash: base_hash.to_owned(),
         force,
     };
-    match route::config_request(home, cluster, req)? {
-        ConfigAnswer::Accepted { version, hash } => Ok((version, hash)),
-        other => Err(refused(other)),
-    }
+    Ok(
+        match route::config_request(home, cluster, req)?.into_edit() {
+            Ok(Edited::Accepted { version, hash }) => Ok((version, hash)),
+            Ok(Edited::File { .. }) => Err(EditError::Failed(
+                "the cluster manager answered an upload as a download".into(),
+            )),
+            Err(e) => Err(e),
+        },
+    )
 }
 
 /// Lines malai puts at the top of a file it reopens, to show the errors.
@@ -238,21 +250,20 @@ fn edit(home: &Home, cluster: &str) -> anyhow::Result<u8> {
         }
     };
     match upload(home, cluster, mine.clone(), &base_hash, false) {
-        Ok((version, _)) => {
+        Ok(Ok((version, _))) => {
             eprintln!("uploaded: cluster {cluster:?} is at version {version}");
             Ok(OK)
         }
-        Err(e) if is_stale(&e) => merge_and_upload(home, cluster, &base_text, &mine),
+        Ok(Err(EditError::Stale { .. })) => merge_and_upload(home, cluster, &base_text, &mine),
+        Ok(Err(refusal)) => {
+            keep(cluster, &mine, &base_hash, base_version)?;
+            Err(refused(refusal))
+        }
         Err(e) => {
             keep(cluster, &mine, &base_hash, base_version)?;
             Err(e)
         }
     }
-}
-
-fn is_stale(e: &anyhow::Error) -> bool {
-    e.downcast_ref::<Failure>()
-        .is_some_and(|f| f.message.contains("changed since your download"))
 }
 
 /// Someone uploaded meanwhile: a three-way merge of base, mine and theirs.
@@ -264,7 +275,9 @@ fn merge_and_upload(home: &Home, cluster: &str, base: &str, mine: &str) -> anyho
                 "cluster.toml changed meanwhile (now version {version}); your edit merges cleanly:"
             );
             eprint!("{}", diffy::create_patch(&theirs, &merged));
-            match upload(home, cluster, merged.clone(), &their_hash, false) {
+            match upload(home, cluster, merged.clone(), &their_hash, false)
+                .and_then(|r| r.map_err(refused))
+            {
                 Ok((version, _)) => {
                     eprintln!("uploaded the merge: cluster {cluster:?} is at version {version}");
                     Ok(OK)
