@@ -75,11 +75,18 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
     }
 }
 
-/// The process's one tokio runtime, for the verbs that need one.
-pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    Ok(tokio::runtime::Builder::new_multi_thread()
+/// The one tokio runtime of this process (a CLI or the daemon), made on
+/// first use. A static, never dropped: exiting never waits for a task
+/// still blocked in a read of stdin.
+pub fn runtime() -> anyhow::Result<&'static tokio::runtime::Runtime> {
+    static RUNTIME: std::sync::OnceLock<tokio::runtime::Runtime> = std::sync::OnceLock::new();
+    if let Some(rt) = RUNTIME.get() {
+        return Ok(rt);
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
-        .build()?)
+        .build()?;
+    Ok(RUNTIME.get_or_init(|| rt))
 }
 
 /// Logs to the journal when systemd started the daemon with its output

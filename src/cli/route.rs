@@ -44,7 +44,6 @@ pub fn status(home: &Home) -> anyhow::Result<Status> {
         let json = found.proxy.status().await.ok()?;
         serde_json::from_str::<Status>(&json).ok()
     });
-    rt.shutdown_background();
     match from_daemon {
         Some(status) => Ok(status),
         None => crate::status::from_files(home),
@@ -69,7 +68,6 @@ pub fn rescan(home: &Home) -> anyhow::Result<RescanRoute> {
                 .context(format!("asking the daemon on {} to rescan", found.bus))),
         }
     });
-    rt.shutdown_background();
     if let Some(route) = over_bus? {
         return Ok(route);
     }
@@ -95,8 +93,6 @@ pub fn exec(home: &Home, words: &[String], verbose: u8) -> anyhow::Result<u8> {
         let found = client::find(&home.root, any_home(), &mut skipped).await?;
         exec_over_bus(home, &found, &inv, verbose, &mut skipped).await
     });
-    // stdin may still be blocked in a read: do not wait for it.
-    rt.shutdown_background();
     if let Some(result) = over_bus {
         return result;
     }
@@ -161,10 +157,9 @@ pub fn exec(home: &Home, words: &[String], verbose: u8) -> anyhow::Result<u8> {
             crate::exec::client::process_env(),
             tokio::sync::mpsc::channel(1).1,
         ));
-        rt.shutdown_background();
         return Ok(result?);
     }
-    let result = rt.block_on(async move {
+    rt.block_on(async move {
         let endpoint = p2p::bind(&cluster.identity, &network, 0, Vec::new(), None)
             .await
             .map_err(|e| Failure::new(EXEC_FAILED, format!("{e:#}")))?;
@@ -179,10 +174,7 @@ pub fn exec(home: &Home, words: &[String], verbose: u8) -> anyhow::Result<u8> {
         conn.close(0u32.into(), b"done");
         p2p::close_without_waiting(endpoint).await;
         code
-    });
-    // stdin may still be blocked in a read: do not wait for it.
-    rt.shutdown_background();
-    result
+    })
 }
 
 /// Runs the invocation through `found`, the daemon on a bus: the daemon
@@ -396,7 +388,6 @@ pub fn config_request(
     let rt = super::runtime()?;
     let mut skipped = Vec::new();
     let over_bus = rt.block_on(config_over_bus(home, cluster, &req, &mut skipped));
-    rt.shutdown_background();
     if let Some(answer) = over_bus {
         return answer;
     }
@@ -408,7 +399,7 @@ pub fn config_request(
     let local = home.local_config()?;
     let rt = super::runtime()?;
     let (cm, addrs) = (c.cm_id52, c.cm_addrs.clone());
-    let answer = rt.block_on(async {
+    rt.block_on(async {
         let endpoint = p2p::bind(&c.identity, &local.network, 0, Vec::new(), None).await?;
         let result = async {
             let conn = p2p::dial(&endpoint, &cm, &addrs, crate::p2p::CONFIG_ALPN)
@@ -426,9 +417,7 @@ pub fn config_request(
         .await;
         endpoint.close().await;
         result
-    });
-    rt.shutdown_background();
-    answer
+    })
 }
 
 /// An editing request on the CM itself with no daemon on the bus: a
