@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::process::{Output, Stdio};
 
 use common::bus::PrivateBus;
-use common::net::{Company, Daemon, Host, pids_matching, wait_until};
+use common::net::{Company, Daemon, Host, pids_matching, sleep_secs, wait_until};
 use malai::dbus::Error;
 use malai::dbus::client::ClusterProxy;
 use malai::identity::Identity;
@@ -54,7 +54,7 @@ async fn exec(proxy: &ClusterProxy<'_>, machine: &str, argv: &[&str]) -> Result<
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_exec_and_edit_error_has_its_exit_code_and_its_dbus_error() {
-    let bus = PrivateBus::start().expect("dbus-daemon and busctl (apt-get install dbus systemd)");
+    let bus = PrivateBus::start();
     let c = Company::loopback();
     let mut cm = c.cm.start_daemon();
     let mut web = c.web01.start_daemon();
@@ -63,8 +63,9 @@ async fn each_exec_and_edit_error_has_its_exit_code_and_its_dbus_error() {
         .start_daemon_with(&[("MALAI_DBUS_ADDRESS", &bus.address)]);
     // web01 runs rules only; `gone` is a machine nobody runs.
     let gone = Identity::generate().id52();
+    let nap = format!("sleep {}", sleep_secs(4243));
     let web_rules = format!(
-        "allow_from = \"{}\"\n[machine.web01.command.ghost]\ncommand = \"/nonexistent/ghost\"\nallow_from = \"laptop\"\n[machine.web01.command.nap]\ncommand = \"sleep 4243\"\nallow_from = \"laptop\"\n",
+        "allow_from = \"{}\"\n[machine.web01.command.ghost]\ncommand = \"/nonexistent/ghost\"\nallow_from = \"laptop\"\n[machine.web01.command.nap]\ncommand = \"{nap}\"\nallow_from = \"laptop\"\n",
         c.cm_id
     );
     c.write_cluster_toml(
@@ -122,11 +123,9 @@ async fn each_exec_and_edit_error_has_its_exit_code_and_its_dbus_error() {
         let proxy = proxy.clone();
         async move { exec(&proxy, "web01", &["nap"]).await }
     });
-    wait_until("both naps run on web01", || {
-        pids_matching("sleep 4243").len() == 2
-    });
+    wait_until("both naps run on web01", || pids_matching(&nap).len() == 2);
     web.kill9();
-    for pid in pids_matching("sleep 4243") {
+    for pid in pids_matching(&nap) {
         let _ = nix::sys::signal::kill(
             nix::unistd::Pid::from_raw(pid),
             nix::sys::signal::Signal::SIGKILL,
