@@ -33,6 +33,40 @@ fn config_push_then_exec_streams_and_exits_like_ssh() {
         assert_eq!(m["sync"], "in-sync");
     }
 
+    // Killing the CLI during a long command leaves nothing behind on web01,
+    // nor anything the command started: its whole process group goes, a
+    // shell and the job it put in the background alike. (Both CLIs are
+    // killed now and checked at the end: web01 notices a killed client at
+    // its idle timeout, while the other checks run.)
+    let marker = sleep_secs(1000);
+    let mut child = c
+        .laptop
+        .malai(&["web01.company", "sleep", &marker])
+        .spawn()
+        .unwrap();
+    let (job, fg) = (sleep_secs(1001), sleep_secs(1002));
+    let script = format!("sleep {job} & sleep {fg}; wait");
+    let mut group = c
+        .laptop
+        .malai(&["web01.company", "sh", "-c", &script])
+        .spawn()
+        .unwrap();
+    let shell = format!("sh -c {script}");
+    let running = || {
+        [format!("sleep {job}"), format!("sleep {fg}"), shell.clone()]
+            .map(|needle| pids_matching(&needle).len())
+    };
+    wait_until("the remote sleep starts", || {
+        !pids_matching(&format!("sleep {marker}")).is_empty()
+    });
+    wait_until("the remote shell and both sleeps run", || {
+        running() == [1, 1, 1]
+    });
+    for cli in [&mut child, &mut group] {
+        cli.kill().unwrap();
+        let _ = cli.wait();
+    }
+
     // stdout, stderr and the exit code, each where it belongs.
     let out = c.laptop.run(&[
         "web01.company",
@@ -122,38 +156,7 @@ fn config_push_then_exec_streams_and_exits_like_ssh() {
         "daemon memory grew with output: before {rss_before} KiB, peak {peak} KiB, high-water {hwm} KiB"
     );
 
-    // Killing the CLI during a long command leaves nothing behind on web01,
-    // nor anything the command started: its whole process group goes, a
-    // shell and the job it put in the background alike. (Both CLIs at once:
-    // web01 notices a killed client at its idle timeout.)
-    let marker = sleep_secs(1000);
-    let mut child = c
-        .laptop
-        .malai(&["web01.company", "sleep", &marker])
-        .spawn()
-        .unwrap();
-    let (job, fg) = (sleep_secs(1001), sleep_secs(1002));
-    let script = format!("sleep {job} & sleep {fg}; wait");
-    let mut group = c
-        .laptop
-        .malai(&["web01.company", "sh", "-c", &script])
-        .spawn()
-        .unwrap();
-    let shell = format!("sh -c {script}");
-    let running = || {
-        [format!("sleep {job}"), format!("sleep {fg}"), shell.clone()]
-            .map(|needle| pids_matching(&needle).len())
-    };
-    wait_until("the remote sleep starts", || {
-        !pids_matching(&format!("sleep {marker}")).is_empty()
-    });
-    wait_until("the remote shell and both sleeps run", || {
-        running() == [1, 1, 1]
-    });
-    for cli in [&mut child, &mut group] {
-        cli.kill().unwrap();
-        let _ = cli.wait();
-    }
+    // The abandoned commands of the start are gone, process groups and all.
     wait_until("the remote sleep is killed", || {
         pids_matching(&format!("sleep {marker}")).is_empty()
     });
