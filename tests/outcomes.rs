@@ -7,7 +7,7 @@
 mod common;
 
 use std::collections::HashMap;
-use std::process::{Output, Stdio};
+use std::process::{Child, Output, Stdio};
 
 use common::bus::PrivateBus;
 use common::net::{Company, Daemon, Host, pids_matching, sleep_secs, wait_until};
@@ -16,10 +16,18 @@ use malai::dbus::client::ClusterProxy;
 use malai::identity::Identity;
 
 fn on_bus(host: &Host, bus: &PrivateBus, args: &[&str]) -> Output {
+    spawn_on_bus(host, bus, args).wait_with_output().unwrap()
+}
+
+/// `on_bus`, started: for a CLI that waits out a timeout while the test
+/// makes the same call over D-Bus (`wait_with_output` for its output).
+fn spawn_on_bus(host: &Host, bus: &PrivateBus, args: &[&str]) -> Child {
     host.malai(args)
         .env("MALAI_DBUS_ADDRESS", &bus.address)
         .stdin(Stdio::null())
-        .output()
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
         .unwrap()
 }
 
@@ -103,10 +111,12 @@ async fn each_exec_and_edit_error_has_its_exit_code_and_its_dbus_error() {
         "{got:?}"
     );
 
-    // Unreachable: nobody answers for `gone`.
-    let out = on_bus(&c.laptop, &bus, &["gone.company", "true"]);
-    assert_eq!(code(&out), Some(255), "{}", common::stderr(&out));
+    // Unreachable: nobody answers for `gone` (the CLI and the D-Bus call
+    // wait out their dial timeouts side by side).
+    let cli = spawn_on_bus(&c.laptop, &bus, &["gone.company", "true"]);
     let got = exec(&proxy, "gone", &["true"]).await;
+    let out = cli.wait_with_output().unwrap();
+    assert_eq!(code(&out), Some(255), "{}", common::stderr(&out));
     assert!(matches!(got, Err(Error::Unreachable(_))), "{got:?}");
 
     // Lost: web01 dies under a running command.
@@ -192,14 +202,16 @@ async fn config_errors(c: &Company, bus: &PrivateBus, proxy: &ClusterProxy<'_>, 
     let got = proxy.config_download().await;
     assert!(matches!(got, Err(Error::Denied(_))), "{got:?}");
 
-    // Failed: the CM is gone: exit 1, ...Error.Failed.
+    // Failed: the CM is gone: exit 1, ...Error.Failed (side by side, as
+    // above).
     cm.kill9();
-    let out = on_bus(
+    let cli = spawn_on_bus(
         &c.laptop,
         bus,
         &["config", "download", "company", "-o", &file_arg],
     );
-    assert_eq!(code(&out), Some(1), "{}", common::stderr(&out));
     let got = proxy.config_download().await;
+    let out = cli.wait_with_output().unwrap();
+    assert_eq!(code(&out), Some(1), "{}", common::stderr(&out));
     assert!(matches!(got, Err(Error::Failed(_))), "{got:?}");
 }
