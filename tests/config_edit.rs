@@ -1,5 +1,4 @@
-//! Remote config editing end to end, with real daemons in network
-//! namespaces: `malai config download|upload|edit` from editors' devices,
+//! Remote config editing end to end, with real daemons on loopback: `malai config download|upload|edit` from editors' devices,
 //! compare-and-swap on the base hash, refusals of non-editors and of invalid
 //! files, `--force`, `kill -9` of the CM during uploads, the three-way merge
 //! of `edit`, and a download into a directory where another user planted
@@ -20,8 +19,8 @@ use malai::home::hash_hex;
 /// A company whose cluster.toml lets `editors` edit it and `laptop` run
 /// commands on web01, with the CM daemon running at version 2 (no machine
 /// daemons: an editor's CLI dials the CM directly).
-fn company(tag: &str, editors: &str) -> (Company, common::net::Daemon) {
-    let c = Company::new(tag);
+fn company(editors: &str) -> (Company, common::net::Daemon) {
+    let c = Company::loopback();
     let mut cm = c.cm.start_daemon();
     write_cluster(&c, editors);
     c.cm.ok(&["rescan"]);
@@ -104,8 +103,7 @@ fn has_position(err: &str, prefix: &str) -> bool {
 
 #[test]
 fn two_editors_compare_and_swap_then_every_machine_converges() {
-    require_root!();
-    let c = Company::new("cas");
+    let c = Company::loopback();
     let mut cm = c.cm.start_daemon();
     let mut web = c.web01.start_daemon();
     let mut lap = c.laptop.start_daemon();
@@ -196,8 +194,7 @@ fn two_editors_compare_and_swap_then_every_machine_converges() {
 
 #[test]
 fn a_peer_not_in_config_editors_may_neither_download_nor_upload() {
-    require_root!();
-    let (c, cm) = company("noedit", "laptop");
+    let (c, cm) = company("laptop");
     let work = tempfile::tempdir().unwrap();
     let original = read(&cluster_toml(&c));
 
@@ -240,8 +237,7 @@ fn a_peer_not_in_config_editors_may_neither_download_nor_upload() {
 
 #[test]
 fn an_invalid_upload_is_refused_with_every_error_and_changes_nothing() {
-    require_root!();
-    let c = Company::new("inval");
+    let c = Company::loopback();
     let mut cm = c.cm.start_daemon();
     let mut web = c.web01.start_daemon();
     let _lap = c.laptop.start_daemon();
@@ -290,8 +286,7 @@ fn an_invalid_upload_is_refused_with_every_error_and_changes_nothing() {
 
 #[test]
 fn force_overwrites_a_newer_config_but_never_an_invalid_one() {
-    require_root!();
-    let (c, _cm) = company("force", "laptop,web01");
+    let (c, _cm) = company("laptop,web01");
     let work = tempfile::tempdir().unwrap();
     let lap_file = work.path().join("laptop.toml");
     let web_file = work.path().join("web01.toml");
@@ -354,8 +349,7 @@ fn force_overwrites_a_newer_config_but_never_an_invalid_one() {
 
 #[test]
 fn kill_9_of_the_cm_during_uploads_leaves_the_old_or_the_new_file() {
-    require_root!();
-    let (c, cm) = company("upk9", "laptop");
+    let (c, cm) = company("laptop");
     let mut cm = Some(cm);
     let path = cluster_toml(&c);
     let work = tempfile::tempdir().unwrap();
@@ -432,12 +426,11 @@ fn script(path: &Path, body: &str) {
     fs::set_permissions(path, fs::Permissions::from_mode(0o755)).unwrap();
 }
 
-/// The shell words that run web01's `malai` from inside the laptop's
-/// namespace.
+/// The shell words that run web01's `malai` (from a script the laptop's
+/// `malai config edit` runs).
 fn web01_malai(c: &Company) -> String {
     format!(
-        "ip netns exec {} env MALAI_HOME={} {}",
-        c.web01.ns,
+        "env MALAI_HOME={} {}",
         path_str(c.web01.home.path()),
         malai_bin()
     )
@@ -478,8 +471,7 @@ fn racing_editor(c: &Company, dir: &Path, laptop_cmd: &str, web01_sed: &str) -> 
 
 #[test]
 fn edit_merges_a_concurrent_change_cleanly_and_uploads_it() {
-    require_root!();
-    let (c, _cm) = company("edmrg", "laptop,web01");
+    let (c, _cm) = company("laptop,web01");
     let work = tempfile::tempdir().unwrap();
     let cwd = tempfile::tempdir().unwrap();
     let editor = racing_editor(
@@ -515,8 +507,7 @@ fn edit_merges_a_concurrent_change_cleanly_and_uploads_it() {
 
 #[test]
 fn edit_that_conflicts_leaves_markers_and_uploads_nothing() {
-    require_root!();
-    let (c, _cm) = company("edcon", "laptop,web01");
+    let (c, _cm) = company("laptop,web01");
     let work = tempfile::tempdir().unwrap();
     let cwd = tempfile::tempdir().unwrap();
     let editor = racing_editor(
@@ -555,8 +546,7 @@ fn edit_that_conflicts_leaves_markers_and_uploads_nothing() {
 
 #[test]
 fn edit_whose_clean_merge_does_not_validate_keeps_the_edit() {
-    require_root!();
-    let (c, _cm) = company("edinv", "laptop,web01");
+    let (c, _cm) = company("laptop,web01");
     let work = tempfile::tempdir().unwrap();
     let cwd = tempfile::tempdir().unwrap();
     // Both add a [group.ops], far apart: the text merges cleanly, but the
@@ -589,8 +579,7 @@ fn edit_whose_clean_merge_does_not_validate_keeps_the_edit() {
 
 #[test]
 fn edit_reopens_an_invalid_file_with_its_errors_until_it_validates() {
-    require_root!();
-    let (c, _cm) = company("edbad", "laptop");
+    let (c, _cm) = company("laptop");
     let work = tempfile::tempdir().unwrap();
     let cwd = tempfile::tempdir().unwrap();
     let editor = work.path().join("editor.sh");

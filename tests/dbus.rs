@@ -1,7 +1,8 @@
 //! The daemon on D-Bus, against a private `dbus-daemon` started here: the
 //! objects `busctl` sees, `malai status` reading the daemon's view, `malai
 //! rescan` over the bus (with RELOADING=1/READY=1 on the notify socket), and
-//! the files' view once the daemon is gone.
+//! the files' view once the daemon is gone; as root, the policy file and the
+//! daemon's own checks against callers of other users.
 
 mod common;
 
@@ -27,9 +28,7 @@ fn status_json(home: &TestHome, bus: &PrivateBus) -> serde_json::Value {
 
 #[test]
 fn daemon_on_a_private_bus_serves_status_and_rescan() {
-    let Some(bus) = PrivateBus::start() else {
-        return;
-    };
+    let bus = PrivateBus::start();
     let home = TestHome::new();
     let init = home.init_loopback_cluster("company");
     let (mut child, sock) = start_on(&home, &bus);
@@ -111,9 +110,7 @@ fn daemon_on_a_private_bus_serves_status_and_rescan() {
 
 #[test]
 fn a_daemon_of_another_home_is_not_asked() {
-    let Some(bus) = PrivateBus::start() else {
-        return;
-    };
+    let bus = PrivateBus::start();
     let served = TestHome::new();
     served.init_loopback_cluster("company");
     let (mut child, _sock) = start_on(&served, &bus);
@@ -135,18 +132,11 @@ fn a_daemon_of_another_home_is_not_asked() {
 
 /// A private system-type bus reading the project's policy file (plus
 /// `extra`, a policy snippet), listening in a directory every user can
-/// reach; `None` when not root (another user is needed) or tools are missing.
-fn system_bus(dir: &std::path::Path, extra: &str) -> Option<PrivateBus> {
-    if !nix::unistd::geteuid().is_root() {
-        eprintln!("skipped: the policy test needs root (to call as another user)");
-        return None;
-    }
-    for tool in ["dbus-daemon", "busctl", "setpriv"] {
-        if Command::new(tool).arg("--version").output().is_err() {
-            eprintln!("skipped: {tool} is not installed");
-            return None;
-        }
-    }
+/// reach. The tests that use it call as other users: they need root.
+fn system_bus(dir: &std::path::Path, extra: &str) -> PrivateBus {
+    common::require_tool("dbus-daemon", "dbus");
+    common::require_tool("busctl", "systemd");
+    common::require_tool("setpriv", "util-linux");
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
     let policy = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -186,7 +176,7 @@ fn system_bus(dir: &std::path::Path, extra: &str) -> Option<PrivateBus> {
     let config_path = dir.join("system.conf");
     std::fs::write(&config_path, config).unwrap();
     let config_arg = format!("--config-file={}", config_path.display());
-    Some(PrivateBus::spawn(&[&config_arg], None))
+    PrivateBus::spawn(&[&config_arg], None)
 }
 
 /// busctl as the user nobody (no supplementary groups).
@@ -247,11 +237,10 @@ const DAEMON: [&str; 3] = [
 ];
 
 #[test]
+#[ignore = "needs root: calls the bus as other users (setpriv)"]
 fn the_policy_lets_everyone_read_and_only_root_rescan() {
     let dir = tempfile::tempdir().unwrap();
-    let Some(bus) = system_bus(dir.path(), "") else {
-        return;
-    };
+    let bus = system_bus(dir.path(), "");
     let home = TestHome::new();
     let child = daemon_on(&home, &bus);
 
@@ -296,13 +285,12 @@ fn the_policy_lets_everyone_read_and_only_root_rescan() {
 }
 
 #[test]
+#[ignore = "needs root: calls the bus as other users (setpriv)"]
 fn the_daemon_refuses_rescan_itself_when_the_bus_lets_it_through() {
     let dir = tempfile::tempdir().unwrap();
     // A bus policy too generous on purpose: nobody may call anything.
     let extra = r#"<policy user="nobody"><allow send_destination="sh.malai.Malai1"/></policy>"#;
-    let Some(bus) = system_bus(dir.path(), extra) else {
-        return;
-    };
+    let bus = system_bus(dir.path(), extra);
     let home = TestHome::new();
     let child = daemon_on(&home, &bus);
     let mut call = vec!["call"];
@@ -335,6 +323,7 @@ fn malai_as_nobody(bus: &PrivateBus, home: &std::path::Path, args: &[&str]) -> O
 }
 
 #[test]
+#[ignore = "needs root: calls the bus as other users (setpriv)"]
 fn a_caller_outside_the_group_reads_status_but_may_not_exec() {
     // The project's policy refuses first; with a policy too generous, the
     // daemon's own check still does.
@@ -344,9 +333,7 @@ fn a_caller_outside_the_group_reads_status_but_may_not_exec() {
         (generous, "may not call Exec"),
     ] {
         let dir = tempfile::tempdir().unwrap();
-        let Some(bus) = system_bus(dir.path(), extra) else {
-            return;
-        };
+        let bus = system_bus(dir.path(), extra);
         let home = TestHome::new();
         let child = daemon_on(&home, &bus);
         let nobody_home = tempfile::tempdir().unwrap();
@@ -373,6 +360,7 @@ fn a_caller_outside_the_group_reads_status_but_may_not_exec() {
 }
 
 #[test]
+#[ignore = "needs root: runs a daemon as the user nobody and calls as other users (setpriv)"]
 fn a_users_own_daemon_serves_that_user_and_no_other() {
     // A user's daemon (as on the session bus): the bus lets nobody own the
     // name and lets nobody and the user daemon (uid 1) call it; the daemon
@@ -380,9 +368,7 @@ fn a_users_own_daemon_serves_that_user_and_no_other() {
     let extra = r#"<policy user="nobody"><allow own="sh.malai.Malai1"/><allow send_destination="sh.malai.Malai1"/></policy>
 <policy user="daemon"><allow send_destination="sh.malai.Malai1"/></policy>"#;
     let dir = tempfile::tempdir().unwrap();
-    let Some(bus) = system_bus(dir.path(), extra) else {
-        return;
-    };
+    let bus = system_bus(dir.path(), extra);
     let home = TestHome::new();
     let init = home.init_loopback_cluster("company");
     let toml = home.cluster_dir("company").join("cluster.toml");
@@ -584,18 +570,15 @@ impl Drop for LocalUser {
 /// and so no way to the service's keys. A member of malai-admin edits the
 /// config.
 #[test]
+#[ignore = "needs root: creates local users and groups (useradd) and calls as them"]
 fn a_member_of_the_group_malai_may_do_what_the_readme_says_and_no_more() {
-    if !common::net::is_root() {
-        eprintln!("skipped: needs root to create a local user and call as it");
-        return;
-    }
     let _malai = LocalGroup::ensure("malai");
     let _admins = LocalGroup::ensure("malai-admin");
     let alice = LocalUser::new("a", &["malai"]);
     let bob = LocalUser::new("b", &["malai", "malai-admin"]);
     // The bus reads the policy's groups when it starts: after they exist.
     let dir = tempfile::tempdir().unwrap();
-    let bus = system_bus(dir.path(), "").expect("dbus-daemon, busctl and setpriv");
+    let bus = system_bus(dir.path(), "");
 
     let home = TestHome::new();
     let init = home.init_loopback_cluster("company");

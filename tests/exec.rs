@@ -1,13 +1,14 @@
-//! Three hosts in network namespaces (cm, web01, laptop), each with its own
-//! MALAI_HOME and daemon, relays and discovery off: config push, remote
-//! exec, streaming, stdin, exit codes and cleanup of abandoned commands.
+//! Three hosts on loopback (cm, web01, laptop), each with its own
+//! MALAI_HOME, UDP port and daemon, relays and discovery off: config push,
+//! remote exec, streaming, stdin, exit codes and cleanup of abandoned
+//! commands (the whole process group of a command whose client went away).
 
 mod common;
 
 use std::io::Read;
 use std::process::Stdio;
 
-use common::net::{Company, pids_matching, wait_until};
+use common::net::{Company, pids_matching, sleep_secs, wait_until};
 
 #[test]
 #[expect(
@@ -15,8 +16,7 @@ use common::net::{Company, pids_matching, wait_until};
     reason = "one scenario, step by step, with its assertions"
 )]
 fn config_push_then_exec_streams_and_exits_like_ssh() {
-    require_root!();
-    let c = Company::new("exec");
+    let c = Company::loopback();
     let (cm, web, _lap) = c.start_synced(
         "allow_from = \"admins\"",
         "",
@@ -31,6 +31,40 @@ fn config_push_then_exec_streams_and_exits_like_ssh() {
     for m in cm_status["clusters"][0]["machines"].as_array().unwrap() {
         assert_eq!(m["acked_version"], 2, "{m}");
         assert_eq!(m["sync"], "in-sync");
+    }
+
+    // Killing the CLI during a long command leaves nothing behind on web01,
+    // nor anything the command started: its whole process group goes, a
+    // shell and the job it put in the background alike. (Both CLIs are
+    // killed now and checked at the end: web01 notices a killed client at
+    // its idle timeout, while the other checks run.)
+    let marker = sleep_secs(1000);
+    let mut child = c
+        .laptop
+        .malai(&["web01.company", "sleep", &marker])
+        .spawn()
+        .unwrap();
+    let (job, fg) = (sleep_secs(1001), sleep_secs(1002));
+    let script = format!("sleep {job} & sleep {fg}; wait");
+    let mut group = c
+        .laptop
+        .malai(&["web01.company", "sh", "-c", &script])
+        .spawn()
+        .unwrap();
+    let shell = format!("sh -c {script}");
+    let running = || {
+        [format!("sleep {job}"), format!("sleep {fg}"), shell.clone()]
+            .map(|needle| pids_matching(&needle).len())
+    };
+    wait_until("the remote sleep starts", || {
+        !pids_matching(&format!("sleep {marker}")).is_empty()
+    });
+    wait_until("the remote shell and both sleeps run", || {
+        running() == [1, 1, 1]
+    });
+    for cli in [&mut child, &mut group] {
+        cli.kill().unwrap();
+        let _ = cli.wait();
     }
 
     // stdout, stderr and the exit code, each where it belongs.
@@ -122,20 +156,12 @@ fn config_push_then_exec_streams_and_exits_like_ssh() {
         "daemon memory grew with output: before {rss_before} KiB, peak {peak} KiB, high-water {hwm} KiB"
     );
 
-    // Killing the CLI during a long command leaves nothing behind on web01.
-    let marker = "1000.31337";
-    let mut child = c
-        .laptop
-        .malai(&["web01.company", "sleep", marker])
-        .spawn()
-        .unwrap();
-    wait_until("the remote sleep starts", || {
-        !pids_matching(&format!("sleep {marker}")).is_empty()
-    });
-    child.kill().unwrap();
-    let _ = child.wait();
+    // The abandoned commands of the start are gone, process groups and all.
     wait_until("the remote sleep is killed", || {
         pids_matching(&format!("sleep {marker}")).is_empty()
+    });
+    wait_until("the remote process group is killed", || {
+        running() == [0, 0, 0]
     });
     wait_until("web01 logs the abandoned command", || {
         web.log_text().contains("went away")

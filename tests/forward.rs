@@ -1,7 +1,7 @@
-//! Service forwarding end to end: real daemons in network namespaces (cm,
-//! web01, laptop), real servers on 127.0.0.1 of web01 (PostgreSQL, Redis, a
-//! small web server that echoes what it received) and real clients on the
-//! laptop (psql, redis-cli, curl, headless Chromium), through the laptop's
+//! Service forwarding end to end: real daemons (cm, web01, laptop), real
+//! servers on 127.0.0.1 of web01 (PostgreSQL, Redis, a small web server
+//! that echoes what it received) and real clients on the laptop (psql,
+//! redis-cli, curl, headless Chromium), through the laptop's
 //! `[forward.NAME]` listeners and its HTTP-by-name listener. Also: refusals
 //! of a peer outside `allow_from`, a client that names the identity headers
 //! in `Connection:` or asks to switch to anything but WebSocket (h2c, …),
@@ -9,8 +9,13 @@
 //! adds and removes a forward, 1 GiB through a forward with flat daemon
 //! memory, and `forward list`.
 //!
-//! Each test skips with a message when a tool it drives is missing; .ci/run
-//! installs all of them.
+//! The hosts are on loopback, every port picked free by the test, except
+//! for PostgreSQL and Redis: those run in network namespaces (root), where
+//! web01's 127.0.0.1 is its own and the laptop can reach the servers only
+//! through malai.
+//!
+//! A test fails, naming the package, when a tool it drives is missing;
+//! .ci/run installs all of them.
 
 mod common;
 
@@ -21,48 +26,23 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use common::TestHome;
-use common::net::{Company, Daemon, Host, wait_until};
+use common::net::{Company, Daemon, Host, free_tcp_ports, in_netns as in_ns, wait_until};
 
 // ---------------------------------------------------------------------------
 // Helpers.
 
-/// Skips the calling test when a program is not installed.
-macro_rules! require_tools {
-    ($($tool:expr),*) => {
-        for tool in [$($tool),*] {
-            if !have(tool) {
-                eprintln!("skipped: {tool} is not installed (.ci/run installs it)");
-                return;
-            }
-        }
-    };
-}
-
-fn have(tool: &str) -> bool {
-    if tool.contains('/') {
-        return Path::new(tool).exists();
+/// Fails the calling test, naming the Debian package to install, when a
+/// program it drives is missing: (program, package).
+fn require_tools(tools: &[(&str, &str)]) {
+    for (tool, package) in tools {
+        common::require_tool(tool, package);
     }
-    std::env::var_os("PATH")
-        .is_some_and(|paths| std::env::split_paths(&paths).any(|dir| dir.join(tool).is_file()))
 }
 
-/// Runs `f` on a thread inside network namespace `ns` and returns what it
-/// returns; sockets made there stay in that namespace wherever they are used.
-fn in_ns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
-    let path = format!("/var/run/netns/{ns}");
-    std::thread::spawn(move || {
-        let fd = std::fs::File::open(&path).expect("namespace file");
-        nix::sched::setns(fd, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
-        f()
-    })
-    .join()
-    .expect("namespace thread")
-}
-
-/// `ip netns exec NS ARGS...`.
+/// `ARGS...` on `host` (in its namespace, if it has one).
 fn ns_cmd(host: &Host, args: &[&str]) -> Command {
-    let mut c = Command::new("ip");
-    c.args(["netns", "exec", &host.ns]).args(args);
+    let mut c = host.command(args[0]);
+    c.args(&args[1..]);
     c
 }
 
@@ -156,12 +136,14 @@ fn artifacts() -> PathBuf {
     dir
 }
 
-/// A TCP server on 127.0.0.1:`port` of `host` that greets every
-/// connection with `banner` and then echoes; serves until the test ends.
-fn banner_server(host: &Host, port: u16, banner: &'static [u8]) {
+/// A TCP server on 127.0.0.1:`port` of `host` (0: any free port) that
+/// greets every connection with `banner` and then echoes; serves until the
+/// test ends. Returns its port.
+fn banner_server(host: &Host, port: u16, banner: &'static [u8]) -> u16 {
     let listener = in_ns(&host.ns, move || {
         TcpListener::bind(("127.0.0.1", port)).unwrap()
     });
+    let port = listener.local_addr().unwrap().port();
     std::thread::spawn(move || {
         for conn in listener.incoming() {
             let Ok(mut conn) = conn else { continue };
@@ -176,6 +158,7 @@ fn banner_server(host: &Host, port: u16, banner: &'static [u8]) {
             });
         }
     });
+    port
 }
 
 /// Connects (inside `host`'s namespace) to 127.0.0.1:`port`.
@@ -193,28 +176,33 @@ fn connect(host: &Host, port: u16) -> TcpStream {
 
 #[test]
 fn a_refused_peer_gets_its_connection_closed_and_the_host_logs_its_id52() {
-    require_root!();
-    let c = Company::new("fwdeny");
+    let c = Company::loopback();
+    let [lap_echo, lap_secret, cm_echo, lap_late] = free_tcp_ports();
+    let echo = banner_server(&c.web01, 0, b"hello\n");
+    let secret = banner_server(&c.web01, 0, b"secret\n");
     add_local(
         &c.laptop,
-        "[forward.echo]\nlisten = \"127.0.0.1:17000\"\nservice = \"echo.company\"\n\
-         [forward.secret]\nlisten = \"127.0.0.1:17001\"\nservice = \"secret.company\"\n",
+        &format!(
+            "[forward.echo]\nlisten = \"127.0.0.1:{lap_echo}\"\nservice = \"echo.company\"\n\
+             [forward.secret]\nlisten = \"127.0.0.1:{lap_secret}\"\nservice = \"secret.company\"\n"
+        ),
     );
     // The CM is outside echo's allow_from, but its cluster.toml says where
     // echo is, so it asks web01, which must refuse it.
     add_local(
         &c.cm,
-        "[forward.echo]\nlisten = \"127.0.0.1:17000\"\nservice = \"echo.company\"\n",
+        &format!("[forward.echo]\nlisten = \"127.0.0.1:{cm_echo}\"\nservice = \"echo.company\"\n"),
     );
-    let services = "[service.echo]\nmachine = \"web01\"\nprotocol = \"tcp\"\nport = 7000\nallow_from = \"laptop\"\n\
-                    [service.secret]\nmachine = \"web01\"\nprotocol = \"tcp\"\nport = 7001\nallow_from = \"cm\"\n\
-                    [machine.cm]\nid52 = \"CMID\"\n";
-    let (cm, web, lap) = c.start_synced("", "", &services.replace("CMID", &c.cm_id));
-    banner_server(&c.web01, 7000, b"hello\n");
-    banner_server(&c.web01, 7001, b"secret\n");
+    let services = format!(
+        "[service.echo]\nmachine = \"web01\"\nprotocol = \"tcp\"\nport = {echo}\nallow_from = \"laptop\"\n\
+         [service.secret]\nmachine = \"web01\"\nprotocol = \"tcp\"\nport = {secret}\nallow_from = \"cm\"\n\
+         [machine.cm]\nid52 = \"{}\"\n",
+        c.cm_id
+    );
+    let (cm, web, lap) = c.start_synced("", "", &services);
 
     // Allowed: the banner, then an echo, then a clean close both ways.
-    let mut s = connect(&c.laptop, 17000);
+    let mut s = connect(&c.laptop, lap_echo);
     let mut got = [0u8; 6];
     s.read_exact(&mut got).unwrap();
     assert_eq!(&got, b"hello\n");
@@ -231,7 +219,7 @@ fn a_refused_peer_gets_its_connection_closed_and_the_host_logs_its_id52() {
 
     // The CM: web01 refuses it, the TCP connection closes without a byte
     // of the service, and web01's audit log names the CM's id52.
-    let mut s = connect(&c.cm, 17000);
+    let mut s = connect(&c.cm, cm_echo);
     let mut got = Vec::new();
     let _ = s.read_to_end(&mut got);
     assert!(got.is_empty(), "a refused peer sees nothing of the service");
@@ -242,7 +230,7 @@ fn a_refused_peer_gets_its_connection_closed_and_the_host_logs_its_id52() {
 
     // A service the laptop may not reach is not even in its config: its
     // daemon refuses locally and says why.
-    let mut s = connect(&c.laptop, 17001);
+    let mut s = connect(&c.laptop, lap_secret);
     let mut got = Vec::new();
     let _ = s.read_to_end(&mut got);
     assert!(got.is_empty());
@@ -255,20 +243,29 @@ fn a_refused_peer_gets_its_connection_closed_and_the_host_logs_its_id52() {
     // listens, one that is gone stops listening.
     let path = c.laptop.home.path().join("malai.toml");
     let text = std::fs::read_to_string(&path).unwrap().replace(
-        "[forward.secret]\nlisten = \"127.0.0.1:17001\"\nservice = \"secret.company\"\n",
-        "[forward.late]\nlisten = \"127.0.0.1:17002\"\nservice = \"echo.company\"\n",
+        &format!(
+            "[forward.secret]\nlisten = \"127.0.0.1:{lap_secret}\"\nservice = \"secret.company\"\n"
+        ),
+        &format!("[forward.late]\nlisten = \"127.0.0.1:{lap_late}\"\nservice = \"echo.company\"\n"),
     );
     assert!(text.contains("[forward.late]") && !text.contains("forward.secret"));
     std::fs::write(&path, text).unwrap();
     c.laptop.ok(&["rescan"]);
-    wait_log(&lap, &["forward late: 127.0.0.1:17002 -> echo.company"]);
-    let mut s = connect(&c.laptop, 17002);
+    wait_log(
+        &lap,
+        &[&format!(
+            "forward late: 127.0.0.1:{lap_late} -> echo.company"
+        )],
+    );
+    let mut s = connect(&c.laptop, lap_late);
     let mut got = [0u8; 6];
     s.read_exact(&mut got).unwrap();
     assert_eq!(&got, b"hello\n");
     let ns = c.laptop.ns.clone();
-    let refused = in_ns(&ns, || {
-        TcpStream::connect("127.0.0.1:17001").unwrap_err().kind()
+    let refused = in_ns(&ns, move || {
+        TcpStream::connect(("127.0.0.1", lap_secret))
+            .unwrap_err()
+            .kind()
     });
     assert_eq!(
         refused,
@@ -279,18 +276,20 @@ fn a_refused_peer_gets_its_connection_closed_and_the_host_logs_its_id52() {
 
 #[test]
 fn a_gibibyte_through_a_tcp_forward_arrives_intact_with_flat_memory() {
-    require_root!();
     const TOTAL: u64 = 1 << 30;
     const BLOCK: usize = 1 << 20;
-    let c = Company::new("fwbulk");
+    let c = Company::loopback();
+    let [forward] = free_tcp_ports();
+    let listener = in_ns(&c.web01.ns, || TcpListener::bind("127.0.0.1:0").unwrap());
+    let port = listener.local_addr().unwrap().port();
     add_local(
         &c.laptop,
-        "[forward.bulk]\nlisten = \"127.0.0.1:19000\"\nservice = \"bulk.company\"\n",
+        &format!("[forward.bulk]\nlisten = \"127.0.0.1:{forward}\"\nservice = \"bulk.company\"\n"),
     );
     let (_cm, web, lap) = c.start_synced(
         "",
         "",
-        "[service.bulk]\nmachine = \"web01\"\nprotocol = \"tcp\"\nport = 9000\nallow_from = \"laptop\"\n",
+        &format!("[service.bulk]\nmachine = \"web01\"\nprotocol = \"tcp\"\nport = {port}\nallow_from = \"laptop\"\n"),
     );
     // One pseudo-random block, sent TOTAL/BLOCK times with its index
     // stamped in front, so a lost, repeated or reordered block shows.
@@ -302,7 +301,6 @@ fn a_gibibyte_through_a_tcp_forward_arrives_intact_with_flat_memory() {
         x ^= x << 17;
         chunk.copy_from_slice(&x.to_le_bytes());
     }
-    let listener = in_ns(&c.web01.ns, || TcpListener::bind("127.0.0.1:9000").unwrap());
     let server = std::thread::spawn(move || {
         let (mut conn, _) = listener.accept().unwrap();
         // The request, up to the client's half-close (which must arrive as
@@ -321,7 +319,7 @@ fn a_gibibyte_through_a_tcp_forward_arrives_intact_with_flat_memory() {
 
     let before = (common::rss_kib(lap.pid()), common::rss_kib(web.pid()));
     let started = Instant::now();
-    let mut s = connect(&c.laptop, 19000);
+    let mut s = connect(&c.laptop, forward);
     s.write_all(b"send").unwrap();
     s.shutdown(Shutdown::Write).unwrap();
     let mut hash = blake3::Hasher::new();
@@ -329,7 +327,12 @@ fn a_gibibyte_through_a_tcp_forward_arrives_intact_with_flat_memory() {
     let mut total = 0u64;
     let mut peak = before;
     loop {
-        let n = s.read(&mut buf).unwrap();
+        // (A read with a timeout may fail with EINTR after SIGSTOP/SIGCONT
+        // of the test, signal(7): read again.)
+        let n = match s.read(&mut buf) {
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            n => n.unwrap(),
+        };
         if n == 0 {
             break;
         }
@@ -447,13 +450,18 @@ fn start_postgres(host: &Host, bin: &Path, port: u16) -> Postgres {
 }
 
 #[test]
+#[ignore = "needs root: network namespaces (servers reachable only through malai), postgres as its own user"]
 fn psql_and_redis_cli_on_the_laptop_reach_their_servers_on_web01() {
-    require_root!();
-    require_tools!("psql", "pg_isready", "setpriv", "redis-server", "redis-cli");
-    let Some(pg_bin) = postgres_bin() else {
-        eprintln!("skipped: no /usr/lib/postgresql/*/bin/postgres (.ci/run installs postgresql)");
-        return;
-    };
+    require_tools(&[
+        ("psql", "postgresql-client"),
+        ("pg_isready", "postgresql-client"),
+        ("setpriv", "util-linux"),
+        ("redis-server", "redis-server"),
+        ("redis-cli", "redis-tools"),
+    ]);
+    let pg_bin = postgres_bin().expect(
+        "no /usr/lib/postgresql/*/bin/postgres: apt-get install postgresql (.ci/run installs it)",
+    );
     let c = Company::new("fwdb");
     add_local(
         &c.laptop,
@@ -590,12 +598,25 @@ fn psql_and_redis_cli_on_the_laptop_reach_their_servers_on_web01() {
 // ---------------------------------------------------------------------------
 // HTTP.
 
-/// A Company whose web01 runs the echoing web server on 127.0.0.1:8080 as
-/// the http services `admin` (laptop, headers injected) and `plain`
-/// (laptop, inject_headers = false); `laptop_local` and `cm_local` go into
-/// their malai.toml before the daemons start.
+/// The ports of a `Web` company, all on 127.0.0.1, picked free.
+struct Ports {
+    /// The laptop's HTTP-by-name listener (`{lap_http}` in `laptop_local`).
+    lap_http: u16,
+    /// The CM's (`{cm_http}` in `cm_local`).
+    cm_http: u16,
+    /// The tcp service `db` on web01 (nothing listens unless a test does).
+    db: u16,
+}
+
+/// A Company on loopback whose web01 runs the echoing web server (on a
+/// free port) as the http services `admin` (laptop, headers injected) and
+/// `plain` (laptop, inject_headers = false); `laptop_local` and `cm_local`
+/// go into their malai.toml before the daemons start, with `{lap_http}`,
+/// `{cm_http}` and `{lap_forward}` (a port for a forward on the laptop)
+/// replaced by free ports.
 struct Web {
     c: Company,
+    ports: Ports,
     cm: Daemon,
     web: Daemon,
     /// `None` once a test stopped it.
@@ -606,29 +627,43 @@ struct Web {
     _dir: tempfile::TempDir,
 }
 
-fn web_company(tag: &str, laptop_local: &str, cm_local: &str) -> Web {
-    let c = Company::new(tag);
-    add_local(&c.laptop, laptop_local);
-    add_local(&c.cm, cm_local);
-    let (cm, web, lap) = c.start_synced(
+fn web_company(laptop_local: &str, cm_local: &str) -> Web {
+    let c = Company::loopback();
+    let [lap_http, cm_http, lap_forward, web, db] = free_tcp_ports();
+    let ports = Ports {
+        lap_http,
+        cm_http,
+        db,
+    };
+    let fill = |text: &str| {
+        text.replace("{lap_http}", &lap_http.to_string())
+            .replace("{cm_http}", &cm_http.to_string())
+            .replace("{lap_forward}", &lap_forward.to_string())
+    };
+    add_local(&c.laptop, &fill(laptop_local));
+    add_local(&c.cm, &fill(cm_local));
+    let (cm, web_daemon, lap) = c.start_synced(
         "",
         "",
-        "[service.admin]\nmachine = \"web01\"\nprotocol = \"http\"\nport = 8080\nallow_from = \"laptop\"\n\
-         [service.plain]\nmachine = \"web01\"\nprotocol = \"http\"\nport = 8080\nallow_from = \"laptop\"\ninject_headers = false\n\
-         [service.db]\nmachine = \"web01\"\nprotocol = \"tcp\"\nport = 5432\nallow_from = \"laptop\"\n",
+        &format!(
+            "[service.admin]\nmachine = \"web01\"\nprotocol = \"http\"\nport = {web}\nallow_from = \"laptop\"\n\
+             [service.plain]\nmachine = \"web01\"\nprotocol = \"http\"\nport = {web}\nallow_from = \"laptop\"\ninject_headers = false\n\
+             [service.db]\nmachine = \"web01\"\nprotocol = \"tcp\"\nport = {db}\nallow_from = \"laptop\"\n"
+        ),
     );
     let dir = tempfile::tempdir().unwrap();
     let requests = dir.path().join("requests.jsonl");
     let mut cmd = ns_cmd(&c.web01, &["python3"]);
     cmd.arg(fixture("echo_headers.py"))
-        .arg("8080")
+        .arg(web.to_string())
         .arg(&requests);
     let server = Proc::spawn(cmd, &dir.path().join("server.log"));
-    wait_port(&c.web01, 8080);
+    wait_port(&c.web01, web);
     Web {
         c,
+        ports,
         cm,
-        web,
+        web: web_daemon,
         lap: Some(lap),
         _server: server,
         requests,
@@ -666,14 +701,15 @@ fn curl(host: &Host, args: &[&str]) -> Output {
         .unwrap()
 }
 
-/// Opens a WebSocket to `admin` through the laptop's HTTP listener, with
+/// Opens a WebSocket to `admin` through the laptop's HTTP listener on
+/// `port`, with
 /// these `Connection` and `Upgrade` values, and checks that after the 101
 /// the connection carries bytes both ways (the web server echoes them).
-fn websocket_echoes(laptop: &Host, connection: &str, upgrade: &str) {
-    let mut s = connect(laptop, 8088);
+fn websocket_echoes(laptop: &Host, port: u16, connection: &str, upgrade: &str) {
+    let mut s = connect(laptop, port);
     write!(
         s,
-        "GET /ws HTTP/1.1\r\nHost: admin.company.localhost:8088\r\nConnection: {connection}\r\n\
+        "GET /ws HTTP/1.1\r\nHost: admin.company.localhost:{port}\r\nConnection: {connection}\r\n\
          Upgrade: {upgrade}\r\nSec-WebSocket-Version: 13\r\n\
          Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
     )
@@ -694,7 +730,8 @@ fn websocket_echoes(laptop: &Host, connection: &str, upgrade: &str) {
     }
 }
 
-const LAPTOP_HTTP: &str = "[http]\nlisten = \"127.0.0.1:8088\"\n";
+const LAPTOP_HTTP: &str = "[http]\nlisten = \"127.0.0.1:{lap_http}\"\n";
+const CM_HTTP: &str = "[http]\nlisten = \"127.0.0.1:{cm_http}\"\n";
 
 #[test]
 #[expect(
@@ -702,10 +739,10 @@ const LAPTOP_HTTP: &str = "[http]\nlisten = \"127.0.0.1:8088\"\n";
     reason = "one scenario, step by step, with its assertions"
 )]
 fn http_by_name_gives_the_application_the_peers_identity_and_only_that() {
-    require_root!();
-    require_tools!("curl", "python3");
-    let w = web_company("fwhttp", LAPTOP_HTTP, LAPTOP_HTTP);
+    require_tools(&[("curl", "curl"), ("python3", "python3")]);
+    let w = web_company(LAPTOP_HTTP, CM_HTTP);
     let c = &w.c;
+    let (http, cm_http) = (w.ports.lap_http, w.ports.cm_http);
 
     // A forged identity header (in two spellings) does not reach the
     // application; the real one does.
@@ -716,7 +753,7 @@ fn http_by_name_gives_the_application_the_peers_identity_and_only_that() {
             "malai-client-id52: forged",
             "-H",
             "Malai_Client_Machine: forged",
-            "http://admin.company.localhost:8088/hello",
+            &format!("http://admin.company.localhost:{http}/hello"),
         ],
     );
     assert!(
@@ -732,7 +769,10 @@ fn http_by_name_gives_the_application_the_peers_identity_and_only_that() {
     assert_eq!(header(req, "malai-client-id52"), [c.laptop_id.as_str()]);
     assert_eq!(header(req, "malai-client-machine"), ["laptop"]);
     assert_eq!(header(req, "malai-client-cluster"), ["company"]);
-    assert_eq!(header(req, "host"), ["admin.company.localhost:8088"]);
+    assert_eq!(
+        header(req, "host"),
+        [format!("admin.company.localhost:{http}")]
+    );
     assert!(!req.to_string().contains("forged"), "{req}");
 
     // inject_headers = false: nothing of ours, and still no forgery.
@@ -741,7 +781,7 @@ fn http_by_name_gives_the_application_the_peers_identity_and_only_that() {
         &[
             "-H",
             "malai-client-id52: forged",
-            "http://plain.company.localhost:8088/",
+            &format!("http://plain.company.localhost:{http}/"),
         ],
     );
     assert!(out.status.success());
@@ -757,8 +797,8 @@ fn http_by_name_gives_the_application_the_peers_identity_and_only_that() {
         &c.laptop,
         &[
             "-v",
-            "http://admin.company.localhost:8088/one",
-            "http://admin.company.localhost:8088/two",
+            &format!("http://admin.company.localhost:{http}/one"),
+            &format!("http://admin.company.localhost:{http}/two"),
         ],
     );
     assert!(out.status.success());
@@ -787,7 +827,7 @@ fn http_by_name_gives_the_application_the_peers_identity_and_only_that() {
             "Transfer-Encoding: chunked",
             "--data-binary",
             &format!("@{}", dir.path().join("body").display()),
-            "http://admin.company.localhost:8088/upload",
+            &format!("http://admin.company.localhost:{http}/upload"),
         ],
     );
     assert!(
@@ -802,7 +842,7 @@ fn http_by_name_gives_the_application_the_peers_identity_and_only_that() {
     );
 
     // A WebSocket upgrade: after 101 the connection carries bytes both ways.
-    websocket_echoes(&c.laptop, "Upgrade", "websocket");
+    websocket_echoes(&c.laptop, http, "Upgrade", "websocket");
 
     // Names that route nowhere get the list of what this device may reach.
     let out = curl(
@@ -810,14 +850,14 @@ fn http_by_name_gives_the_application_the_peers_identity_and_only_that() {
         &[
             "-w",
             "\n%{http_code}",
-            "http://nope.company.localhost:8088/",
+            &format!("http://nope.company.localhost:{http}/"),
         ],
     );
     let page = text(&out);
     assert!(page.ends_with("\n404"), "{page}");
     assert!(page.contains("nope.company"), "{page}");
     assert!(
-        page.contains("href=\"http://admin.company.localhost:8088/\""),
+        page.contains(&format!("href=\"http://admin.company.localhost:{http}/\"")),
         "{page}"
     );
     assert!(
@@ -826,7 +866,7 @@ fn http_by_name_gives_the_application_the_peers_identity_and_only_that() {
     );
     let out = curl(
         &c.laptop,
-        &["-w", "\n%{http_code}", "http://localhost:8088/"],
+        &["-w", "\n%{http_code}", &format!("http://localhost:{http}/")],
     );
     let page = text(&out);
     assert!(page.ends_with("\n200"), "{page}");
@@ -838,7 +878,7 @@ fn http_by_name_gives_the_application_the_peers_identity_and_only_that() {
         &[
             "-w",
             "\n%{http_code}",
-            "http://admin.company.localhost:8088/",
+            &format!("http://admin.company.localhost:{cm_http}/"),
         ],
     );
     let page = text(&out);
@@ -860,10 +900,10 @@ fn request_for(w: &Web, path: &str) -> serde_json::Value {
 
 #[test]
 fn a_connection_header_naming_ours_does_not_remove_the_identity() {
-    require_root!();
-    require_tools!("curl", "python3");
-    let w = web_company("fwconn", LAPTOP_HTTP, "");
+    require_tools(&[("curl", "curl"), ("python3", "python3")]);
+    let w = web_company(LAPTOP_HTTP, "");
     let c = &w.c;
+    let http = w.ports.lap_http;
     // Each attack names our headers in `Connection:` (which asks the proxy
     // to drop what it names), in any spelling, in one or two lines, beside
     // a forged value.
@@ -892,7 +932,7 @@ fn a_connection_header_naming_ours_does_not_remove_the_identity() {
     ];
     for (i, attack) in attacks.iter().enumerate() {
         let path = format!("/conn{i}");
-        let url = format!("http://admin.company.localhost:8088{path}");
+        let url = format!("http://admin.company.localhost:{http}{path}");
         let out = curl(&c.laptop, &[attack, &[url.as_str()][..]].concat());
         assert!(
             out.status.success(),
@@ -918,11 +958,11 @@ fn a_connection_header_naming_ours_does_not_remove_the_identity() {
 
 #[test]
 fn only_a_websocket_upgrade_switches_protocols() {
-    require_root!();
-    require_tools!("curl", "python3");
-    let w = web_company("fwupgr", LAPTOP_HTTP, "");
+    require_tools(&[("curl", "curl"), ("python3", "python3")]);
+    let w = web_company(LAPTOP_HTTP, "");
     let c = &w.c;
-    let url = |path: &str| format!("http://admin.company.localhost:8088{path}");
+    let http = w.ports.lap_http;
+    let url = |path: &str| format!("http://admin.company.localhost:{http}{path}");
     // The service would switch to anything; the proxy offers it WebSocket
     // only. Others reach it as plain requests, answered as such, and the
     // connection stays HTTP (no raw pipe, where requests would pass
@@ -972,7 +1012,7 @@ fn only_a_websocket_upgrade_switches_protocols() {
     }
 
     // WebSocket as Firefox asks for it still switches.
-    websocket_echoes(&c.laptop, "keep-alive, Upgrade", "WebSocket");
+    websocket_echoes(&c.laptop, http, "keep-alive, Upgrade", "WebSocket");
 
     // A service that answers 101 to a request that did not ask for
     // WebSocket gets no pipe either: the client gets 502.
@@ -981,16 +1021,15 @@ fn only_a_websocket_upgrade_switches_protocols() {
     let _ = (&w.cm, &w.web, &w.lap);
 }
 
-/// A web server on 127.0.0.1:`port` of `host` that answers the first
-/// request of each connection with `conn N` (N counts connections) and
-/// closes the connection when the next request arrives, unanswered, as a
-/// server dropping an idle keep-alive connection just then does. Returns
-/// the count of connections it accepted.
-fn dropping_server(host: &Host, port: u16) -> std::sync::Arc<std::sync::atomic::AtomicUsize> {
+/// A web server on a free port of 127.0.0.1 of `host` that answers the
+/// first request of each connection with `conn N` (N counts connections)
+/// and closes the connection when the next request arrives, unanswered, as
+/// a server dropping an idle keep-alive connection just then does. Returns
+/// its port and the count of connections it accepted.
+fn dropping_server(host: &Host) -> (u16, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
     use std::sync::atomic::{AtomicUsize, Ordering};
-    let listener = in_ns(&host.ns, move || {
-        TcpListener::bind(("127.0.0.1", port)).unwrap()
-    });
+    let listener = in_ns(&host.ns, || TcpListener::bind("127.0.0.1:0").unwrap());
+    let port = listener.local_addr().unwrap().port();
     let accepted = std::sync::Arc::new(AtomicUsize::new(0));
     let count = accepted.clone();
     std::thread::spawn(move || {
@@ -1023,25 +1062,28 @@ fn dropping_server(host: &Host, port: u16) -> std::sync::Arc<std::sync::atomic::
             });
         }
     });
-    accepted
+    (port, accepted)
 }
 
 #[test]
 fn a_request_the_service_closed_its_connection_under_is_sent_again_only_when_safe() {
-    require_root!();
-    require_tools!("curl");
-    let c = Company::new("fwdrop");
-    add_local(&c.laptop, LAPTOP_HTTP);
+    require_tools(&[("curl", "curl")]);
+    let c = Company::loopback();
+    let [http] = free_tcp_ports();
+    add_local(
+        &c.laptop,
+        &LAPTOP_HTTP.replace("{lap_http}", &http.to_string()),
+    );
+    let (port, accepted) = dropping_server(&c.web01);
     let (_cm, _web, _lap) = c.start_synced(
         "",
         "",
-        "[service.flaky]\nmachine = \"web01\"\nprotocol = \"http\"\nport = 8090\nallow_from = \"laptop\"\n",
+        &format!("[service.flaky]\nmachine = \"web01\"\nprotocol = \"http\"\nport = {port}\nallow_from = \"laptop\"\n"),
     );
-    let accepted = dropping_server(&c.web01, 8090);
     // One curl, one connection to the listener, so one upstream connection
     // at a time on web01: GET /a on the first; GET /b, closed under, sent
     // again on a second; a POST with a body, closed under, is not sent twice.
-    let url = |path: &str| format!("http://flaky.company.localhost:8088{path}");
+    let url = |path: &str| format!("http://flaky.company.localhost:{http}{path}");
     let out = curl(
         &c.laptop,
         &[
@@ -1094,11 +1136,14 @@ fn chromium(host: &Host, profile: &Path, args: &[&str]) -> Output {
 
 #[test]
 fn headless_chromium_loads_a_page_through_the_http_listener() {
-    require_root!();
-    require_tools!("chromium", "python3");
-    let w = web_company("fwchrome", LAPTOP_HTTP, "");
+    require_tools(&[("chromium", "chromium"), ("python3", "python3")]);
+    let w = web_company(LAPTOP_HTTP, "");
     let c = &w.c;
-    let url = "http://admin.company.localhost:8088/from-chromium";
+    let url = format!(
+        "http://admin.company.localhost:{}/from-chromium",
+        w.ports.lap_http
+    );
+    let url = url.as_str();
     let profile = tempfile::tempdir().unwrap();
     let out = chromium(&c.laptop, profile.path(), &["--dump-dom", url]);
     let dom = text(&out);
@@ -1143,16 +1188,20 @@ fn headless_chromium_loads_a_page_through_the_http_listener() {
 
 #[test]
 fn the_http_listener_and_a_forward_work_on_the_sockets_systemd_passes() {
-    require_root!();
-    require_tools!("curl", "python3", "systemd-socket-activate");
+    require_tools(&[
+        ("curl", "curl"),
+        ("python3", "python3"),
+        ("systemd-socket-activate", "systemd"),
+    ]);
     // No [http] in the laptop's malai.toml: the socket alone enables it.
     // The forward's own address is not where systemd listens, so only an
-    // adopted socket can answer on 127.0.0.1:15432.
+    // adopted socket can answer on the address systemd listens on.
     let mut w = web_company(
-        "fwsock",
-        "[forward.db]\nlisten = \"127.0.0.1:25432\"\nservice = \"db.company\"\n",
+        "[forward.db]\nlisten = \"127.0.0.1:{lap_forward}\"\nservice = \"db.company\"\n",
         "",
     );
+    let [http, db] = free_tcp_ports();
+    let (http_addr, db_addr) = (format!("127.0.0.1:{http}"), format!("127.0.0.1:{db}"));
     assert!(w.lap.take().unwrap().stop().success());
     let c = &w.c;
 
@@ -1165,9 +1214,9 @@ fn the_http_listener_and_a_forward_work_on_the_sockets_systemd_passes() {
         &[
             "systemd-socket-activate",
             "-l",
-            "127.0.0.1:8090",
+            &http_addr,
             "-l",
-            "127.0.0.1:15432",
+            &db_addr,
             "--fdname=http:db",
         ],
     );
@@ -1176,13 +1225,13 @@ fn the_http_listener_and_a_forward_work_on_the_sockets_systemd_passes() {
         .arg("--setenv=MALAI_DBUS_ADDRESS=disabled")
         .args([common::malai_bin(), "daemon"]);
     let _daemon = Proc::spawn(cmd, &log);
-    wait_port(&c.laptop, 8090);
+    wait_port(&c.laptop, http);
 
     // The first connection starts the daemon, which takes the socket and
     // answers it.
     let out = curl(
         &c.laptop,
-        &["http://admin.company.localhost:8090/activated"],
+        &[&format!("http://admin.company.localhost:{http}/activated")],
     );
     assert!(
         text(&out).contains("<title>malai admin</title>"),
@@ -1194,7 +1243,7 @@ fn the_http_listener_and_a_forward_work_on_the_sockets_systemd_passes() {
     common::read_notify_until(&notify, "READY=1");
     let log_text = std::fs::read_to_string(&log).unwrap();
     assert!(
-        log_text.contains("http listener on 127.0.0.1:8090 (from systemd)"),
+        log_text.contains(&format!("http listener on {http_addr} (from systemd)")),
         "{log_text}"
     );
     assert!(
@@ -1207,11 +1256,13 @@ fn the_http_listener_and_a_forward_work_on_the_sockets_systemd_passes() {
 
     // The forward took the socket named after it.
     assert!(
-        log_text.contains("forward db: 127.0.0.1:15432 (from systemd) -> db.company"),
+        log_text.contains(&format!(
+            "forward db: {db_addr} (from systemd) -> db.company"
+        )),
         "{log_text}"
     );
-    banner_server(&c.web01, 5432, b"db here\n");
-    let mut s = connect(&c.laptop, 15432);
+    banner_server(&c.web01, w.ports.db, b"db here\n");
+    let mut s = connect(&c.laptop, db);
     let mut got = [0u8; 8];
     s.read_exact(&mut got).unwrap();
     assert_eq!(&got, b"db here\n");

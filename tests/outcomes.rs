@@ -7,19 +7,27 @@
 mod common;
 
 use std::collections::HashMap;
-use std::process::{Output, Stdio};
+use std::process::{Child, Output, Stdio};
 
 use common::bus::PrivateBus;
-use common::net::{Company, Daemon, Host, pids_matching, wait_until};
+use common::net::{Company, Daemon, Host, pids_matching, sleep_secs, wait_until};
 use malai::dbus::Error;
 use malai::dbus::client::ClusterProxy;
 use malai::identity::Identity;
 
 fn on_bus(host: &Host, bus: &PrivateBus, args: &[&str]) -> Output {
+    spawn_on_bus(host, bus, args).wait_with_output().unwrap()
+}
+
+/// `on_bus`, started: for a CLI that waits out a timeout while the test
+/// makes the same call over D-Bus (`wait_with_output` for its output).
+fn spawn_on_bus(host: &Host, bus: &PrivateBus, args: &[&str]) -> Child {
     host.malai(args)
         .env("MALAI_DBUS_ADDRESS", &bus.address)
         .stdin(Stdio::null())
-        .output()
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
         .unwrap()
 }
 
@@ -54,7 +62,7 @@ async fn exec(proxy: &ClusterProxy<'_>, machine: &str, argv: &[&str]) -> Result<
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_exec_and_edit_error_has_its_exit_code_and_its_dbus_error() {
-    let bus = PrivateBus::start().expect("dbus-daemon and busctl (apt-get install dbus systemd)");
+    let bus = PrivateBus::start();
     let c = Company::loopback();
     let mut cm = c.cm.start_daemon();
     let mut web = c.web01.start_daemon();
@@ -63,8 +71,9 @@ async fn each_exec_and_edit_error_has_its_exit_code_and_its_dbus_error() {
         .start_daemon_with(&[("MALAI_DBUS_ADDRESS", &bus.address)]);
     // web01 runs rules only; `gone` is a machine nobody runs.
     let gone = Identity::generate().id52();
+    let nap = format!("sleep {}", sleep_secs(4243));
     let web_rules = format!(
-        "allow_from = \"{}\"\n[machine.web01.command.ghost]\ncommand = \"/nonexistent/ghost\"\nallow_from = \"laptop\"\n[machine.web01.command.nap]\ncommand = \"sleep 4243\"\nallow_from = \"laptop\"\n",
+        "allow_from = \"{}\"\n[machine.web01.command.ghost]\ncommand = \"/nonexistent/ghost\"\nallow_from = \"laptop\"\n[machine.web01.command.nap]\ncommand = \"{nap}\"\nallow_from = \"laptop\"\n",
         c.cm_id
     );
     c.write_cluster_toml(
@@ -102,10 +111,12 @@ async fn each_exec_and_edit_error_has_its_exit_code_and_its_dbus_error() {
         "{got:?}"
     );
 
-    // Unreachable: nobody answers for `gone`.
-    let out = on_bus(&c.laptop, &bus, &["gone.company", "true"]);
-    assert_eq!(code(&out), Some(255), "{}", common::stderr(&out));
+    // Unreachable: nobody answers for `gone` (the CLI and the D-Bus call
+    // wait out their dial timeouts side by side).
+    let cli = spawn_on_bus(&c.laptop, &bus, &["gone.company", "true"]);
     let got = exec(&proxy, "gone", &["true"]).await;
+    let out = cli.wait_with_output().unwrap();
+    assert_eq!(code(&out), Some(255), "{}", common::stderr(&out));
     assert!(matches!(got, Err(Error::Unreachable(_))), "{got:?}");
 
     // Lost: web01 dies under a running command.
@@ -122,11 +133,9 @@ async fn each_exec_and_edit_error_has_its_exit_code_and_its_dbus_error() {
         let proxy = proxy.clone();
         async move { exec(&proxy, "web01", &["nap"]).await }
     });
-    wait_until("both naps run on web01", || {
-        pids_matching("sleep 4243").len() == 2
-    });
+    wait_until("both naps run on web01", || pids_matching(&nap).len() == 2);
     web.kill9();
-    for pid in pids_matching("sleep 4243") {
+    for pid in pids_matching(&nap) {
         let _ = nix::sys::signal::kill(
             nix::unistd::Pid::from_raw(pid),
             nix::sys::signal::Signal::SIGKILL,
@@ -193,14 +202,16 @@ async fn config_errors(c: &Company, bus: &PrivateBus, proxy: &ClusterProxy<'_>, 
     let got = proxy.config_download().await;
     assert!(matches!(got, Err(Error::Denied(_))), "{got:?}");
 
-    // Failed: the CM is gone: exit 1, ...Error.Failed.
+    // Failed: the CM is gone: exit 1, ...Error.Failed (side by side, as
+    // above).
     cm.kill9();
-    let out = on_bus(
+    let cli = spawn_on_bus(
         &c.laptop,
         bus,
         &["config", "download", "company", "-o", &file_arg],
     );
-    assert_eq!(code(&out), Some(1), "{}", common::stderr(&out));
     let got = proxy.config_download().await;
+    let out = cli.wait_with_output().unwrap();
+    assert_eq!(code(&out), Some(1), "{}", common::stderr(&out));
     assert!(matches!(got, Err(Error::Failed(_))), "{got:?}");
 }

@@ -1,21 +1,24 @@
-//! Config distribution under stress and several clusters in one daemon:
-//! a machine killed with SIGKILL while configs arrive never holds a torn
-//! machine.toml and converges after a restart; one daemon is CM of one
-//! cluster and machine of another, and a peer of one has no rights in the
-//! other.
+//! Config distribution under stress and several clusters in one daemon, on
+//! three hosts on loopback: a machine killed with SIGKILL while configs
+//! arrive never holds a torn machine.toml and converges after a restart; a
+//! machine that was down while the config changed gets it once it is back,
+//! and refuses the old version replayed; one daemon is CM of one cluster
+//! and machine of another, and a peer of one has no rights in the other.
 
 mod common;
 
 use std::fs;
-use std::process::Command;
+use std::net::SocketAddr;
 
-use common::net::{Company, PORT, id52_of};
+use common::net::{Company, free_udp_ports, id52_of, wait_until};
 use malai::config::{FileKind, cluster};
+use malai::identity::{Id52, Identity};
+use malai::sync::envelope::Envelope;
+use malai::sync::proto::ConfigAnswer;
 
 #[test]
 fn kill_9_while_configs_arrive_never_tears_machine_toml() {
-    require_root!();
-    let c = Company::new("kill9");
+    let c = Company::loopback();
     let mut cm = c.cm.start_daemon();
     let mut web = c.web01.start_daemon();
     let _lap = c.laptop.start_daemon();
@@ -61,19 +64,19 @@ fn kill_9_while_configs_arrive_never_tears_machine_toml() {
 
 #[test]
 fn one_daemon_is_cm_of_one_cluster_and_machine_of_another() {
-    require_root!();
-    let c = Company::new("multi");
-    // laptop: machine of company and CM of personal; web01: machine of both.
-    let personal_port = PORT + 1;
-    for h in [&c.web01, &c.laptop] {
+    let c = Company::loopback();
+    // laptop: machine of company and CM of personal; web01: machine of both,
+    // each cluster on a port of its own.
+    let [web_port, lap_port] = free_udp_ports();
+    for (h, port) in [(&c.web01, web_port), (&c.laptop, lap_port)] {
         let settings = format!(
-            "[network]\nrelay = \"disabled\"\ndiscovery = false\nbind = \"{}\"\n[network.ports]\ncompany = {PORT}\npersonal = {personal_port}\n",
-            h.addr
+            "[network]\nrelay = \"disabled\"\ndiscovery = false\nbind = \"{}\"\n[network.ports]\ncompany = {}\npersonal = {port}\n",
+            h.addr, h.port
         );
         fs::write(h.home.path().join("malai.toml"), settings).unwrap();
     }
     let lap_personal = id52_of(&c.laptop.json(&["cluster", "init", "personal", "--json"]));
-    let lap_personal_addr = format!("{}:{personal_port}", c.laptop.addr);
+    let lap_personal_addr = format!("{}:{lap_port}", c.laptop.addr);
     let web_personal = id52_of(&c.web01.json(&[
         "machine",
         "init",
@@ -88,7 +91,7 @@ fn one_daemon_is_cm_of_one_cluster_and_machine_of_another() {
     fs::write(
         c.laptop.cluster_dir("personal").join("cluster.toml"),
         format!(
-            "[cluster-manager]\nid52 = \"{lap_personal}\"\n\n[machine.laptop]\nid52 = \"{lap_personal}\"\n\n[machine.web01]\nid52 = \"{web_personal}\"\naddrs = [\"{}:{personal_port}\"]\nallow_from = \"laptop\"\n",
+            "[cluster-manager]\nid52 = \"{lap_personal}\"\n\n[machine.laptop]\nid52 = \"{lap_personal}\"\n\n[machine.web01]\nid52 = \"{web_personal}\"\naddrs = [\"{}:{web_port}\"]\nallow_from = \"laptop\"\n",
             c.web01.addr
         ),
     )
@@ -137,33 +140,91 @@ fn one_daemon_is_cm_of_one_cluster_and_machine_of_another() {
     }
     let key = spoof.join("identity.key");
     fs::copy(c.web01.cluster_dir("personal").join("identity.key"), &key).unwrap();
-    let out = Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            &c.web01.ns,
-            common::malai_bin(),
-            "laptop.spoof",
-            "echo",
-            "sneaky",
-        ])
-        .env("MALAI_HOME", c.web01.home.path())
-        .output()
-        .unwrap();
+    let out = c.web01.run(&["laptop.spoof", "echo", "sneaky"]);
     let err = String::from_utf8_lossy(&out.stderr);
     // A key company's config does not name is a stranger there: refused
     // at the handshake, before its request is read.
     assert_eq!(out.status.code(), Some(255), "{err}");
+    assert!(err.contains("refused"), "{err}");
     assert!(err.contains("not a member of this cluster"), "{err}");
     assert!(out.stdout.is_empty());
-    let deadline = std::time::Instant::now() + common::net::DEADLINE;
-    while !lap.log_text().contains(&format!("refused {web_personal}")) {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no denial logged:\n{}",
-            lap.log_text()
-        );
-        std::thread::sleep(std::time::Duration::from_millis(20)); // poll the log
-    }
+    let refusal = format!("refused {web_personal}: not a member of this cluster");
+    wait_until("the laptop logs the refusal", || {
+        lap.log_text().contains(&refusal)
+    });
     drop(web);
+}
+
+/// A machine that is down while its config changes gets it once it is
+/// back (the CM keeps trying; the machine asks on start), and still refuses
+/// the older version replayed to it afterwards.
+#[test]
+fn a_machine_down_during_a_change_gets_it_when_back_and_refuses_a_replay() {
+    let c = Company::loopback();
+    let (mut cm, web, _lap) = c.start_synced("allow_from = \"laptop\"", "", "");
+    let machine_toml = c.web01.cluster_dir("company").join("machine.toml");
+    let v2 = fs::read_to_string(&machine_toml).unwrap();
+    assert!(web.stop().success());
+
+    // Version 3 while web01 is down: the laptop takes it, web01 cannot.
+    c.write_cluster_toml(
+        "allow_from = \"laptop\"\n[machine.web01.command.hello]\ncommand = \"echo hello\"\nallow_from = \"laptop\"",
+        "",
+        "",
+    );
+    c.cm.ok(&["rescan"]);
+    cm.wait_status("company: cluster-manager v3, 1/2 machines in sync");
+    let web01_sync = || {
+        let status = c.cm.json(&["status", "--json"]);
+        let machines = status["clusters"][0]["machines"]
+            .as_array()
+            .unwrap()
+            .clone();
+        machines
+            .into_iter()
+            .find(|m| m["alias"] == "web01")
+            .expect("web01 in the CM's status")
+    };
+    let m = web01_sync();
+    assert_eq!(m["acked_version"], 2, "{m}");
+    assert_ne!(m["sync"], "in-sync", "{m}");
+    assert_eq!(fs::read_to_string(&machine_toml).unwrap(), v2);
+
+    // Back up, web01 gets version 3 and the CM sees it acknowledged.
+    let mut web = c.web01.start_daemon();
+    web.wait_status("company: machine v3");
+    cm.wait_status("company: cluster-manager v3, 2/2 machines in sync");
+    let m = web01_sync();
+    assert_eq!(m["acked_version"], 3, "{m}");
+    assert_eq!(m["sync"], "in-sync", "{m}");
+    assert!(m["unreachable_since"].is_null(), "{m}");
+    let out = c.laptop.run(&["web01.company", "hello"]);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "hello\n",
+        "{}",
+        common::stderr(&out)
+    );
+
+    // Version 2 again, exactly as the CM signed it, from the CM's own key:
+    // a replay, refused; nothing changes.
+    let v3 = fs::read(&machine_toml).unwrap();
+    let cm_key = Identity::load(&c.cm.cluster_dir("company").join("identity.key")).unwrap();
+    let web_id: Id52 = c.web_id.parse().unwrap();
+    let web_addr: SocketAddr = c.web01.socket_addr().parse().unwrap();
+    let replay = Envelope::seal(&cm_key, &web_id, 2, v2);
+    let answer = common::raw::push(&cm_key, &web_id, web_addr, replay);
+    assert!(
+        matches!(&answer, ConfigAnswer::Rejected { reason } if reason.contains("not newer")),
+        "{answer:?}"
+    );
+    wait_until("web01 logs the refused replay", || {
+        web.log_text().contains("refused config version 2")
+    });
+    assert_eq!(fs::read(&machine_toml).unwrap(), v3, "unchanged");
+    let status = c.web01.json(&["status", "--json"]);
+    assert_eq!(status["clusters"][0]["config_version"], 3);
+    let out = c.laptop.run(&["web01.company", "hello"]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "hello\n");
+    web.wait_status("company: machine v3");
 }

@@ -63,14 +63,7 @@ fn notify_protocol_in_order_with_watchdog() {
 
 #[test]
 fn unit_files_verify() {
-    if Command::new("systemd-analyze")
-        .arg("--version")
-        .output()
-        .is_err()
-    {
-        eprintln!("skipped: systemd-analyze is not installed");
-        return;
-    }
+    common::require_tool("systemd-analyze", "systemd");
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
     let dir = tempfile::tempdir().unwrap();
     // The forward template, instantiated as an operator would: the address
@@ -110,14 +103,7 @@ fn unit_files_verify() {
 
 #[test]
 fn an_inherited_socket_no_listener_claims_is_reported_by_name_and_closed() {
-    if Command::new("systemd-socket-activate")
-        .arg("--version")
-        .output()
-        .is_err()
-    {
-        eprintln!("skipped: systemd-socket-activate is not installed");
-        return;
-    }
+    common::require_tool("systemd-socket-activate", "systemd");
     let home = TestHome::new();
     home.init_loopback_cluster("company");
     let port = std::net::TcpListener::bind("127.0.0.1:0")

@@ -13,17 +13,14 @@ pub struct PrivateBus {
 }
 
 impl PrivateBus {
-    /// `None` (the test is skipped) when dbus-daemon or busctl is missing.
-    pub fn start() -> Option<PrivateBus> {
-        for tool in ["dbus-daemon", "busctl"] {
-            if Command::new(tool).arg("--version").output().is_err() {
-                eprintln!("skipped: {tool} is not installed (apt-get install dbus systemd)");
-                return None;
-            }
-        }
+    /// Fails the test, naming the package, when dbus-daemon or busctl is
+    /// missing.
+    pub fn start() -> PrivateBus {
+        super::require_tool("dbus-daemon", "dbus");
+        super::require_tool("busctl", "systemd");
         let dir = tempfile::tempdir().expect("temp dir");
         let address = format!("--address=unix:path={}", dir.path().join("bus").display());
-        Some(PrivateBus::spawn(&[&address, "--session"], Some(dir)))
+        PrivateBus::spawn(&[&address, "--session"], Some(dir))
     }
 
     /// Runs `dbus-daemon ARGS`, forking, and reads its address and pid.

@@ -5,6 +5,7 @@
 
 pub mod bus;
 pub mod net;
+pub mod raw;
 
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
@@ -92,6 +93,24 @@ pub fn read_notify_until(sock: &UnixDatagram, what: &str) -> String {
             }
         }
     }
+}
+
+/// Whether `tool` is a program on PATH (or, with a slash, a file).
+pub fn have(tool: &str) -> bool {
+    if tool.contains('/') {
+        return Path::new(tool).exists();
+    }
+    std::env::var_os("PATH")
+        .is_some_and(|paths| std::env::split_paths(&paths).any(|dir| dir.join(tool).is_file()))
+}
+
+/// Fails the calling test, naming the Debian package to install, when
+/// `tool` is missing: a test that cannot run must not pass.
+pub fn require_tool(tool: &str, package: &str) {
+    assert!(
+        have(tool),
+        "{tool} is not installed: apt-get install {package} (.ci/run installs it)"
+    );
 }
 
 pub fn stderr(out: &Output) -> String {

@@ -1,6 +1,8 @@
-//! Test hosts: network namespaces joined by a bridge (made and deleted by the
-//! test, with names unique to it), each with its own MALAI_HOME and a real
-//! `malai daemon` whose readiness and status come from a NOTIFY_SOCKET.
+//! Test hosts, each with its own MALAI_HOME and a real `malai daemon` whose
+//! readiness and status come from a NOTIFY_SOCKET: on 127.0.0.1, each on
+//! ports of its own (no root), or, for the tests that need root, in network
+//! namespaces joined by a bridge (made and deleted by the test, with names
+//! unique to it).
 
 use std::io::Write;
 use std::net::Ipv4Addr;
@@ -27,19 +29,38 @@ pub fn is_root() -> bool {
     nix::unistd::Uid::effective().is_root()
 }
 
-/// Skips the calling test (with a note) when not root.
-#[macro_export]
-macro_rules! require_root {
-    () => {
-        if !common::net::is_root() {
-            eprintln!("skipped: needs root for network namespaces");
-            return;
-        }
-    };
+/// `N` distinct UDP ports on 127.0.0.1 that were free a moment ago (for
+/// daemons' clusters).
+pub fn free_udp_ports<const N: usize>() -> [u16; N] {
+    let probes: Vec<std::net::UdpSocket> = (0..N)
+        .map(|_| std::net::UdpSocket::bind("127.0.0.1:0").expect("a free UDP port"))
+        .collect();
+    std::array::from_fn(|i| probes[i].local_addr().unwrap().port())
+}
+
+/// `N` distinct TCP ports on 127.0.0.1 that were free a moment ago (for
+/// listeners a daemon or a tool opens; a test's own listener binds port 0
+/// instead).
+pub fn free_tcp_ports<const N: usize>() -> [u16; N] {
+    let probes: Vec<std::net::TcpListener> = (0..N)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("a free TCP port"))
+        .collect();
+    std::array::from_fn(|i| probes[i].local_addr().unwrap().port())
+}
+
+/// A `sleep` duration unique to this test process: `whole` seconds and the
+/// pid as a fraction, so that `pids_matching("sleep SECS")` finds only this
+/// run's command, whatever else runs on the machine (tests of one binary
+/// pass distinct `whole`s).
+pub fn sleep_secs(whole: u32) -> String {
+    format!("{whole}.{:07}", std::process::id())
 }
 
 fn ip(args: &[&str]) {
-    let out = Command::new("ip").args(args).output().expect("run ip");
+    let out = Command::new("ip")
+        .args(args)
+        .output()
+        .expect("run ip (apt-get install iproute2)");
     assert!(
         out.status.success(),
         "ip {args:?}: {}",
@@ -124,9 +145,7 @@ impl Host {
     /// A host on 127.0.0.1 in the test's own network namespace (no root
     /// needed), on a UDP port that was free a moment ago.
     pub fn loopback(name: &str, clusters: &[&str]) -> Host {
-        let probe = std::net::UdpSocket::bind("127.0.0.1:0").expect("a free UDP port");
-        let port = probe.local_addr().unwrap().port();
-        drop(probe);
+        let [port] = free_udp_ports();
         Host::with_port(name, "", Ipv4Addr::LOCALHOST, port, clusters)
     }
 
@@ -154,15 +173,20 @@ impl Host {
         format!("{}:{}", self.addr, self.port)
     }
 
-    /// `malai ARGS` inside this host's namespace and home.
-    pub fn malai(&self, args: &[&str]) -> Command {
-        let mut c = if self.ns.is_empty() {
-            Command::new(super::malai_bin())
+    /// `program` inside this host's namespace (on loopback: as it is).
+    pub fn command(&self, program: &str) -> Command {
+        if self.ns.is_empty() {
+            Command::new(program)
         } else {
             let mut c = Command::new("ip");
-            c.args(["netns", "exec", &self.ns, super::malai_bin()]);
+            c.args(["netns", "exec", &self.ns, program]);
             c
-        };
+        }
+    }
+
+    /// `malai ARGS` inside this host's namespace and home.
+    pub fn malai(&self, args: &[&str]) -> Command {
+        let mut c = self.command(super::malai_bin());
         c.args(args)
             .env("MALAI_HOME", self.home.path())
             // No D-Bus unless a test brings its own bus: never the host's.
@@ -364,10 +388,14 @@ impl Company {
 
     /// The same three hosts on 127.0.0.1, with no namespace: no root needed.
     pub fn loopback() -> Company {
-        let cm = Host::loopback("cm", &["company"]);
-        let web01 = Host::loopback("web01", &["company"]);
-        let laptop = Host::loopback("laptop", &["company"]);
-        Company::on(None, cm, web01, laptop)
+        let [cm, web01, laptop] = free_udp_ports();
+        let host = |name, port| Host::with_port(name, "", Ipv4Addr::LOCALHOST, port, &["company"]);
+        Company::on(
+            None,
+            host("cm", cm),
+            host("web01", web01),
+            host("laptop", laptop),
+        )
     }
 
     fn on(net: Option<Net>, cm: Host, web01: Host, laptop: Host) -> Company {
@@ -472,4 +500,21 @@ pub fn pids_matching(needle: &str) -> Vec<i32> {
 
 pub fn path_str(p: &Path) -> String {
     p.display().to_string()
+}
+
+/// Runs `f` on a thread inside network namespace `ns` (threads it starts,
+/// and sockets made there, stay in that namespace); `ns` empty: on a plain
+/// thread, in the test's own network.
+pub fn in_netns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let path = (!ns.is_empty()).then(|| format!("/var/run/netns/{ns}"));
+    std::thread::spawn(move || {
+        if let Some(path) = path {
+            let file = std::fs::File::open(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+            nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET)
+                .unwrap_or_else(|e| panic!("setns {path}: {e}"));
+        }
+        f()
+    })
+    .join()
+    .expect("namespace thread")
 }

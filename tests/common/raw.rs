@@ -1,0 +1,69 @@
+//! A raw `malai/config/1` client built from the library: one request as
+//! any key (a stranger's, a member's, the CM's), on loopback, to see what a
+//! daemon answers to what the CLI would never send.
+
+use std::net::SocketAddr;
+use std::path::Path;
+
+use malai::identity::{Id52, Identity};
+use malai::p2p::{self, CONFIG_ALPN, frame};
+use malai::sync::envelope::Envelope;
+use malai::sync::proto::{ConfigAnswer, ConfigRequest};
+
+/// One request to `to` at `addr`, as `from`; the answer.
+pub fn config_request(
+    from: &Identity,
+    to: &Id52,
+    addr: SocketAddr,
+    request: ConfigRequest,
+) -> ConfigAnswer {
+    try_config_request(from, to, addr, request).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// A `Push` of `envelope` to `to` at `addr`, as `from`; the answer.
+pub fn push(from: &Identity, to: &Id52, addr: SocketAddr, envelope: Envelope) -> ConfigAnswer {
+    config_request(from, to, addr, ConfigRequest::Push { envelope })
+}
+
+/// `config_request`, for a sender the host may refuse outright: what went
+/// wrong on the connection, as text.
+pub fn try_config_request(
+    from: &Identity,
+    to: &Id52,
+    addr: SocketAddr,
+    request: ConfigRequest,
+) -> Result<ConfigAnswer, String> {
+    let settings = "[network]\nrelay = \"disabled\"\ndiscovery = false\nbind = \"127.0.0.1\"\n";
+    let network = malai::config::local::parse(Path::new("malai.toml"), settings)
+        .unwrap_or_else(|d| panic!("{d}"))
+        .network;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async move {
+        let endpoint = p2p::bind(from, &network, 0, Vec::new(), None)
+            .await
+            .unwrap();
+        let answer = async {
+            let conn = p2p::dial(&endpoint, to, &[addr], CONFIG_ALPN)
+                .await
+                .map_err(|e| format!("{e:#}"))?;
+            let exchange = async {
+                let (mut send, mut recv) = conn.open_bi().await?;
+                frame::write_msg(&mut send, &request).await?;
+                send.finish()?;
+                anyhow::Ok(frame::read_msg::<_, ConfigAnswer>(&mut recv).await?)
+            };
+            let answer = exchange.await.map_err(|e| match conn.close_reason() {
+                Some(reason) => format!("{reason}"),
+                None => format!("{e:#}"),
+            });
+            conn.close(0u32.into(), b"done");
+            answer
+        }
+        .await;
+        endpoint.close().await;
+        answer
+    })
+}
