@@ -3,6 +3,7 @@
 
 use crate::config::Diagnostics;
 use crate::exec::ExecError;
+use crate::home::InvalidClusterName;
 
 pub const OK: u8 = 0;
 pub const FAILURE: u8 = 1;
@@ -35,7 +36,7 @@ impl Failure {
 }
 
 /// The exit code for an error: the first `Failure` in its chain decides, a
-/// config error is 78, an exec that malai could not carry out 255 (as ssh
+/// config error is 78, a bad cluster name 2, an exec that malai could not carry out 255 (as ssh
 /// does; a failure of this end's own stdio is 1), anything else 1.
 pub fn code_of(err: &anyhow::Error) -> u8 {
     for cause in err.chain() {
@@ -53,6 +54,9 @@ pub fn code_of(err: &anyhow::Error) -> u8 {
         }
         if cause.downcast_ref::<Diagnostics>().is_some() {
             return CONFIG;
+        }
+        if cause.downcast_ref::<InvalidClusterName>().is_some() {
+            return USAGE;
         }
     }
     FAILURE

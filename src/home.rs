@@ -325,22 +325,24 @@ fn read_info(path: &Path) -> Result<ClusterInfo, Diagnostics> {
         .map_err(|e| Diagnostics(vec![config::diag::Source::new(path, &text).from_toml(&e)]))
 }
 
+/// A cluster name that is not one (a usage error for the CLI).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct InvalidClusterName(pub String);
+
 /// Creates a new cluster directory with a fresh identity; refuses to touch
 /// one that exists.
 pub fn create_cluster_dir(home: &Home, alias: &str) -> anyhow::Result<(PathBuf, Identity)> {
     use anyhow::Context;
     if let Some(why) = config::names::name_error(alias) {
-        return Err(
-            crate::exit::Failure::usage(format!("invalid cluster name {alias:?}: {why}")).into(),
-        );
+        return Err(InvalidClusterName(format!("invalid cluster name {alias:?}: {why}")).into());
     }
     let dir = home.cluster_dir(alias);
     if dir.exists() {
-        return Err(crate::exit::Failure::new(
-            crate::exit::FAILURE,
-            format!("{} already exists; malai never overwrites a cluster directory (remove it yourself if you mean to start over)", dir.display()),
-        )
-        .into());
+        anyhow::bail!(
+            "{} already exists; malai never overwrites a cluster directory (remove it yourself if you mean to start over)",
+            dir.display()
+        );
     }
     if !home.clusters_dir().exists() {
         fsutil::create_dir_durable(&home.clusters_dir(), 0o755)
