@@ -141,16 +141,18 @@ pub fn exec(home: &Home, words: &[String], verbose: u8) -> anyhow::Result<u8> {
         if verbose > 0 {
             eprintln!("malai: {target} is this device: deciding and running here");
         }
-        let audit = crate::exec::local::Audit {
-            cluster: &target.cluster,
-            version: config.received_version,
-            uid: nix::unistd::getuid().as_raw(),
+        let caller = crate::exec::local::Caller {
+            who: crate::audit::Who {
+                cluster: &target.cluster,
+                peer: &id,
+                config_version: config.received_version.unwrap_or(0),
+                uid: Some(nix::unistd::getuid().as_raw()),
+            },
             unprivileged_uid: None,
         };
         let result = rt.block_on(crate::exec::local::run(
             config,
-            &id,
-            &audit,
+            &caller,
             argv,
             &what,
             StdioMode::Inherit,

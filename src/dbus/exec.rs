@@ -95,17 +95,19 @@ pub async fn run(
     let env: Vec<(String, String)> = call.env.into_iter().collect();
     let result = if id == me {
         // The device itself: decide here, run with the caller's descriptors.
-        let audit = crate::exec::local::Audit {
-            cluster: cluster.alias(),
-            version: Some(in_force.version),
-            uid: call.uid,
+        let caller = crate::exec::local::Caller {
+            who: crate::audit::Who {
+                cluster: cluster.alias(),
+                peer: &me,
+                config_version: in_force.version,
+                uid: Some(call.uid),
+            },
             unprivileged_uid: (call.uid != 0 && call.uid != nix::unistd::geteuid().as_raw())
                 .then_some(call.uid),
         };
         let run = crate::exec::local::run(
             &config,
-            &me,
-            &audit,
+            &caller,
             call.argv,
             &what,
             StdioMode::Fds(call.fds),

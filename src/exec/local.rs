@@ -5,7 +5,6 @@
 
 use crate::acl::{self, Decision, Request};
 use crate::config::ClusterConfig;
-use crate::identity::Id52;
 
 use tokio::sync::mpsc;
 
@@ -13,15 +12,12 @@ use super::ExecError;
 use super::proto::{ClientMsg, FORWARDED_SIGNALS};
 use super::spawn::{self, Spec, StdioMode};
 
-/// Who asked, for the audit lines: the same fields as a peer's command on
-/// the exec host, with the device's own id52 as the peer and the local
-/// user's uid.
-pub struct Audit<'a> {
-    pub cluster: &'a str,
-    /// The version of the config deciding (None: not known to the CLI).
-    pub version: Option<u64>,
-    /// The local user who asked (through the daemon, or running the CLI).
-    pub uid: u32,
+/// Who asked.
+pub struct Caller<'a> {
+    /// For the audit lines and the ACL: the same fields as a peer's command
+    /// on the exec host, with the device's own id52 as the peer and the
+    /// local user's uid.
+    pub who: crate::audit::Who<'a>,
     /// A local user who asked through the daemon and is neither root nor
     /// the daemon's own user: what no command rule grants runs as that
     /// user, never as the daemon's (README, "Who may do what on the
@@ -33,11 +29,9 @@ pub struct Audit<'a> {
 /// Decides and runs `argv` here with `stdio`; `controls` delivers the
 /// user's signals to the command's process group (a command with the
 /// caller's own terminal gets them from the terminal instead).
-#[allow(clippy::too_many_arguments)]
 pub async fn run(
     config: &ClusterConfig,
-    me: &Id52,
-    audit: &Audit<'_>,
+    caller: &Caller<'_>,
     argv: Vec<String>,
     what: &str,
     stdio: StdioMode,
@@ -49,12 +43,7 @@ pub async fn run(
     } else {
         Request::Exec(&argv)
     };
-    let who = crate::audit::Who {
-        cluster: audit.cluster,
-        peer: me,
-        config_version: audit.version.unwrap_or(0),
-        uid: Some(audit.uid),
-    };
+    let (who, me) = (caller.who, caller.who.peer);
     let grant = match acl::decide(config, me, me, request) {
         Decision::Deny(reason) => {
             crate::audit::command(who, &argv, false, crate::audit::Decision::Denied(&reason));
@@ -69,7 +58,7 @@ pub async fn run(
         target: what.to_owned(),
         reason,
     };
-    let username = match (audit.unprivileged_uid, &grant.rule) {
+    let username = match (caller.unprivileged_uid, &grant.rule) {
         (Some(uid), None) => Some(user_name(uid).map_err(|e| not_run(format!("{e:#}")))?),
         (Some(_), Some(_)) | (None, _) => grant.username,
     };
