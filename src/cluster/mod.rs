@@ -13,7 +13,7 @@ mod commit;
 pub mod envelope;
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex, RwLock};
 
 use iroh::Endpoint;
@@ -144,10 +144,6 @@ impl Cluster {
 
     pub fn alias(&self) -> &str {
         &self.alias
-    }
-
-    pub fn dir(&self) -> &Path {
-        &self.dir
     }
 
     pub fn identity(&self) -> &Identity {

@@ -55,7 +55,7 @@ struct Running {
 }
 
 impl Commands {
-    pub fn running_count(&self) -> usize {
+    fn running_count(&self) -> usize {
         self.running.lock().expect("running lock").commands.len()
     }
 
