@@ -321,8 +321,9 @@ fn read_info(path: &Path) -> Result<ClusterInfo, Diagnostics> {
             "run `malai cluster init` or `malai machine init` to create a cluster directory",
         )])
     })?;
-    toml::from_str(&text)
-        .map_err(|e| Diagnostics(vec![config::diag::Source::new(path, &text).from_toml(&e)]))
+    config::diag::Source::new(path, &text)
+        .parse()
+        .map_err(|d| Diagnostics(vec![d]))
 }
 
 /// A cluster name that is not one (a usage error for the CLI).

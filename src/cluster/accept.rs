@@ -14,7 +14,7 @@ use crate::home::Role;
 pub enum AcceptError {
     /// Not signed by this cluster's manager for this machine.
     #[error("{0}")]
-    Unverified(String),
+    Unverified(#[from] super::envelope::Unverified),
     /// Not newer than the config in force (a replay, or a CM that lost its
     /// state).
     #[error("version {offered} is not newer than the version {current} in force")]
@@ -35,7 +35,7 @@ impl Cluster {
         let me = self.id52();
         if let Err(reason) = envelope.verify(&self.cm_id52, &me) {
             tracing::warn!(malai_cluster = %self.alias, malai_peer = %self.cm_id52, "refused config: {reason}");
-            return Err(AcceptError::Unverified(reason));
+            return Err(reason.into());
         }
         let current = self.version();
         let current_hash = std::fs::read(self.machine_path())

@@ -45,35 +45,44 @@ impl Envelope {
 
     /// Checks that the envelope is from `cm`, for `me`, that the hash is the
     /// hash of the bytes and that the CM signed it.
-    pub fn verify(&self, cm: &Id52, me: &Id52) -> Result<(), String> {
+    pub fn verify(&self, cm: &Id52, me: &Id52) -> Result<(), Unverified> {
         if self.cluster != cm.to_string() {
-            return Err(format!(
-                "envelope is for cluster {}, not this cluster's manager {cm}",
-                self.cluster
-            ));
+            return Err(Unverified::OtherCluster(self.cluster.clone()));
         }
         if self.machine != me.to_string() {
-            return Err(format!(
-                "envelope is for machine {}, not this machine {me}",
-                self.machine
-            ));
+            return Err(Unverified::OtherMachine(self.machine.clone()));
         }
         if crate::home::hash_hex(self.config.as_bytes()) != self.hash {
-            return Err("the config bytes do not match their hash".into());
+            return Err(Unverified::HashMismatch);
         }
         let sig: [u8; 64] = data_encoding::HEXLOWER_PERMISSIVE
             .decode(self.signature.as_bytes())
             .ok()
             .and_then(|b| b.try_into().ok())
-            .ok_or("malformed signature")?;
+            .ok_or(Unverified::MalformedSignature)?;
         if !cm.verify(
             signed_text(&self.cluster, &self.machine, self.version, &self.hash).as_bytes(),
             &sig,
         ) {
-            return Err("bad signature: not signed by the cluster manager".into());
+            return Err(Unverified::BadSignature);
         }
         Ok(())
     }
+}
+
+/// Why an envelope was refused before its contents were looked at.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Unverified {
+    #[error("envelope is for cluster {0}, not this cluster's manager")]
+    OtherCluster(String),
+    #[error("envelope is for machine {0}, not this machine")]
+    OtherMachine(String),
+    #[error("the config bytes do not match their hash")]
+    HashMismatch,
+    #[error("malformed signature")]
+    MalformedSignature,
+    #[error("bad signature: not signed by the cluster manager")]
+    BadSignature,
 }
 
 #[cfg(test)]
@@ -87,25 +96,34 @@ mod tests {
         let other = Identity::generate().id52();
         let env = Envelope::seal(&cm, &me, 3, "x = 1\n".into());
         env.verify(&cm.id52(), &me).unwrap();
-        assert!(
-            env.verify(&cm.id52(), &other).is_err(),
+        assert_eq!(
+            env.verify(&cm.id52(), &other),
+            Err(Unverified::OtherMachine(me.to_string())),
             "not for another machine"
         );
-        assert!(env.verify(&other, &me).is_err(), "not from another CM");
+        assert_eq!(
+            env.verify(&other, &me),
+            Err(Unverified::OtherCluster(cm.id52().to_string())),
+            "not from another CM"
+        );
         let mut bumped = env.clone();
         bumped.version = 4;
-        assert!(
-            bumped
-                .verify(&cm.id52(), &me)
-                .unwrap_err()
-                .contains("signature")
+        assert_eq!(
+            bumped.verify(&cm.id52(), &me),
+            Err(Unverified::BadSignature)
         );
         let mut edited = env.clone();
         edited.config.push('#');
-        assert!(edited.verify(&cm.id52(), &me).is_err());
+        assert_eq!(
+            edited.verify(&cm.id52(), &me),
+            Err(Unverified::HashMismatch)
+        );
         let forger = Identity::generate();
         let mut forged = Envelope::seal(&forger, &me, 9, "x = 1\n".into());
         forged.cluster = cm.id52().to_string();
-        assert!(forged.verify(&cm.id52(), &me).is_err());
+        assert_eq!(
+            forged.verify(&cm.id52(), &me),
+            Err(Unverified::BadSignature)
+        );
     }
 }

@@ -204,7 +204,7 @@ struct RawReceived {
 /// Parses and validates the text of a cluster.toml or machine.toml.
 pub fn parse(path: &Path, text: &str, kind: FileKind) -> Result<ClusterConfig, Diagnostics> {
     let src = Source::new(path, text);
-    let raw: RawFile = toml::from_str(text).map_err(|e| Diagnostics(vec![src.from_toml(&e)]))?;
+    let raw: RawFile = src.parse().map_err(|d| Diagnostics(vec![d]))?;
     Validator {
         src: &src,
         diags: Vec::new(),

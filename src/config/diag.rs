@@ -101,20 +101,53 @@ impl<'a> Source<'a> {
         }
     }
 
-    /// A diagnostic for a `toml` parse or deserialization error.
-    pub fn from_toml(&self, err: &toml::de::Error) -> Diagnostic {
+    /// Parses the text as TOML into `T`, or one diagnostic. The help line
+    /// is chosen by where the parse failed, never by the wording of the
+    /// toml crate's message: a document that is not TOML (syntax, a key
+    /// written twice) fails the first pass; one that is TOML but not the
+    /// expected shape fails the second, at a key (unknown), at a table
+    /// (a key missing) or at a value (wrong type or value).
+    pub fn parse<T: serde::de::DeserializeOwned>(&self) -> Result<T, Diagnostic> {
+        if let Err(e) = self.text.parse::<toml::Table>() {
+            return Err(self.toml_error(
+                &e,
+                "correct the TOML syntax here; each key and each [table] appears once",
+            ));
+        }
+        toml::from_str(self.text).map_err(|e| {
+            let help = match self.spanned_part(e.span()) {
+                Part::Key => "remove or rename the key; the message lists the expected ones",
+                Part::Table => "add the missing key to this table",
+                Part::Value => "correct the value at this position",
+            };
+            self.toml_error(&e, help)
+        })
+    }
+
+    fn toml_error(&self, err: &toml::de::Error, help: &str) -> Diagnostic {
         let span = err.span().unwrap_or(0..0);
-        let message = err.message().trim_end().to_owned();
-        let help = if message.contains("unknown field") {
-            "remove or rename the key; see the list of expected keys above"
-        } else if message.contains("duplicate key") {
-            "each key and each [table] appears once: rename or merge the second one"
-        } else if message.contains("missing field") {
-            "add the missing key to this table"
-        } else {
-            "correct the TOML syntax at this position"
+        self.diag(span, err.message().trim_end().to_owned(), help)
+    }
+
+    /// What a schema error's span covers in the source: a table header or
+    /// inline table (or the whole document), a key (what follows it is `=`
+    /// or a dotted key's `.`), or else a value.
+    fn spanned_part(&self, span: Option<Range<usize>>) -> Part {
+        let Some(span) = span.filter(|s| !s.is_empty()) else {
+            return Part::Table;
         };
-        self.diag(span, message, help)
+        let Some(covered) = self.text.get(span.clone()) else {
+            return Part::Value;
+        };
+        if covered.starts_with('[') || covered.starts_with('{') {
+            return Part::Table;
+        }
+        let after = self.text.get(span.end..).unwrap_or("").trim_start_matches([' ', '\t']);
+        if after.starts_with('=') || after.starts_with('.') {
+            Part::Key
+        } else {
+            Part::Value
+        }
     }
 
     /// Span of `part`, a substring at byte `offset` of the string value whose
@@ -136,6 +169,12 @@ impl<'a> Source<'a> {
     }
 }
 
+enum Part {
+    Key,
+    Table,
+    Value,
+}
+
 fn floor_char_boundary(s: &str, mut at: usize) -> usize {
     while !s.is_char_boundary(at) {
         at -= 1;
@@ -153,5 +192,50 @@ mod tests {
         assert_eq!(src.line_col(0), (1, 1));
         assert_eq!(src.line_col(6), (2, 1));
         assert_eq!(src.line_col(9), (2, 3));
+    }
+
+    #[derive(Debug, serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)]
+    struct Shape {
+        name: String,
+        #[serde(default)]
+        inner: Option<Inner>,
+    }
+
+    #[derive(Debug, serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)]
+    struct Inner {
+        port: u16,
+    }
+
+    fn help_for(text: &str) -> (String, (usize, usize)) {
+        let err = Source::new(Path::new("x.toml"), text)
+            .parse::<Shape>()
+            .unwrap_err();
+        (err.help.unwrap(), err.position.unwrap())
+    }
+
+    #[test]
+    fn the_help_line_follows_where_the_parse_failed() {
+        let (help, at) = help_for("name = \"a\"\nnmae = \"b\"\n");
+        assert!(help.starts_with("remove or rename the key"), "{help}");
+        assert_eq!(at, (2, 1));
+        let (help, at) = help_for("name = \"a\"\n[inner]\nprot = 1\n");
+        assert!(help.starts_with("remove or rename the key"), "{help}");
+        assert_eq!(at, (3, 1));
+        let (help, _) = help_for("name = \"a\"\n[inner]\n");
+        assert_eq!(help, "add the missing key to this table");
+        let (help, _) = help_for("[inner]\nport = 1\n");
+        assert_eq!(help, "add the missing key to this table");
+        let (help, at) = help_for("name = \"a\"\n[inner]\nport = \"x\"\n");
+        assert_eq!(help, "correct the value at this position");
+        assert_eq!(at, (3, 8));
+        let (help, at) = help_for("name = \"a\"\nname = \"b\"\n");
+        assert!(help.starts_with("correct the TOML syntax"), "{help}");
+        assert_eq!(at.0, 2);
+        let (help, _) = help_for("name = \n");
+        assert!(help.starts_with("correct the TOML syntax"), "{help}");
     }
 }

@@ -117,7 +117,7 @@ struct RawNetwork {
 
 pub fn parse(path: &Path, text: &str) -> Result<LocalConfig, Diagnostics> {
     let src = Source::new(path, text);
-    let raw: RawLocal = toml::from_str(text).map_err(|e| Diagnostics(vec![src.from_toml(&e)]))?;
+    let raw: RawLocal = src.parse().map_err(|d| Diagnostics(vec![d]))?;
     let mut diags = Vec::new();
     let mut config = LocalConfig::default();
     aliases(&src, &raw.aliases, &mut config, &mut diags);
