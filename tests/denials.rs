@@ -19,7 +19,7 @@ use common::raw::{config_request, push as push_to, try_config_request};
 use malai::config::{FileKind, cluster};
 use malai::identity::{Id52, Identity};
 use malai::sync::envelope::Envelope;
-use malai::sync::proto::{ConfigAnswer, ConfigRequest};
+use malai::sync::proto::{ConfigRequest, FetchAnswer, PushAnswer};
 
 /// (a) web01 runs commands on laptop, whose `allow_from` is empty.
 #[test]
@@ -185,7 +185,7 @@ fn config_push_from_a_non_manager_is_denied() {
     let laptop_key = Identity::load(&c.laptop.cluster_dir("company").join("identity.key")).unwrap();
     let answer = push(&laptop_key, &c, genuine.clone());
     assert!(
-        matches!(&answer, ConfigAnswer::Denied { reason } if reason.contains("cluster manager")),
+        matches!(&answer, PushAnswer::Denied { reason } if reason.contains("cluster manager")),
         "{answer:?}"
     );
     wait_log_line(&web, &["refused a config push", &c.laptop_id]);
@@ -197,7 +197,7 @@ fn config_push_from_a_non_manager_is_denied() {
     // were about who sent it, not what it held.
     let answer = push(&cm_key, &c, genuine.clone());
     assert!(
-        matches!(answer, ConfigAnswer::Ack { version: 3 }),
+        matches!(answer, PushAnswer::Ack { version: 3 }),
         "{answer:?}"
     );
     web.wait_status("company: machine v3");
@@ -221,7 +221,7 @@ fn older_config_version_is_rejected() {
     let old = Envelope::seal(&cm_key, &web_id, 1, personalized(&c, "web01", 1));
     let answer = push(&cm_key, &c, old);
     assert!(
-        matches!(&answer, ConfigAnswer::Rejected { reason } if reason.contains("not newer")),
+        matches!(&answer, PushAnswer::Rejected { reason } if reason.contains("not newer")),
         "{answer:?}"
     );
     wait_log_line(&web, &["refused config version 1", &c.cm_id]);
@@ -231,7 +231,7 @@ fn older_config_version_is_rejected() {
     let same = Envelope::seal(&cm_key, &web_id, 2, text);
     let answer = push(&cm_key, &c, same);
     assert!(
-        matches!(&answer, ConfigAnswer::Rejected { reason } if reason.contains("not newer")),
+        matches!(&answer, PushAnswer::Rejected { reason } if reason.contains("not newer")),
         "{answer:?}"
     );
     wait_log_line(&web, &["refused config version 2", &c.cm_id]);
@@ -258,7 +258,7 @@ fn another_machines_config_is_rejected() {
     let for_laptop = Envelope::seal(&cm_key, &laptop_id, 3, personalized(&c, "laptop", 3));
     let answer = push(&cm_key, &c, for_laptop.clone());
     assert!(
-        matches!(&answer, ConfigAnswer::Rejected { reason }
+        matches!(&answer, PushAnswer::Rejected { reason }
             if reason.contains("not this machine") && reason.contains(&c.laptop_id)),
         "{answer:?}"
     );
@@ -275,7 +275,7 @@ fn another_machines_config_is_rejected() {
         for_laptop.clone(),
     );
     assert!(
-        matches!(answer, ConfigAnswer::Ack { version: 3 }),
+        matches!(answer, PushAnswer::Ack { version: 3 }),
         "{answer:?}"
     );
     lap.wait_status("company: machine v3");
@@ -305,7 +305,8 @@ fn config_fetch_is_for_members_and_their_own_config() {
     let cm_addr: SocketAddr = c.cm.socket_addr().parse().unwrap();
 
     let stranger = Identity::generate();
-    let answer = try_config_request(&stranger, &cm_id, cm_addr, ConfigRequest::Fetch);
+    let answer: Result<FetchAnswer, _> =
+        try_config_request(&stranger, &cm_id, cm_addr, ConfigRequest::Fetch);
     assert!(
         matches!(&answer, Err(e) if e.contains("not a member of this cluster")),
         "{answer:?}"
@@ -317,8 +318,8 @@ fn config_fetch_is_for_members_and_their_own_config() {
 
     // A member gets its own config, signed for it, without web01's rules.
     let laptop_key = Identity::load(&c.laptop.cluster_dir("company").join("identity.key")).unwrap();
-    let answer = config_request(&laptop_key, &cm_id, cm_addr, ConfigRequest::Fetch);
-    let ConfigAnswer::Config { envelope } = answer else {
+    let answer: FetchAnswer = config_request(&laptop_key, &cm_id, cm_addr, ConfigRequest::Fetch);
+    let FetchAnswer::Config { envelope } = answer else {
         panic!("{answer:?}");
     };
     envelope.verify(&cm_id, &laptop_key.id52()).unwrap();
@@ -336,7 +337,7 @@ fn config_fetch_is_for_members_and_their_own_config() {
     let genuine = Envelope::seal(&cm_key, &web_id, 3, personalized(&c, "web01", 3));
     let answer = push_to(&laptop_key, &cm_id, cm_addr, genuine);
     assert!(
-        matches!(&answer, ConfigAnswer::Denied { reason } if reason.contains("cluster manager")),
+        matches!(&answer, PushAnswer::Denied { reason } if reason.contains("cluster manager")),
         "{answer:?}"
     );
     wait_log_line(&cm, &["refused a config push", &c.laptop_id]);
@@ -475,7 +476,7 @@ fn personalized(c: &Company, alias: &str, version: u64) -> String {
 }
 
 /// Pushes `envelope` to web01 as `from`; returns web01's answer.
-fn push(from: &Identity, c: &Company, envelope: Envelope) -> ConfigAnswer {
+fn push(from: &Identity, c: &Company, envelope: Envelope) -> PushAnswer {
     let web_id: Id52 = c.web_id.parse().unwrap();
     let web_addr: SocketAddr = c.web01.socket_addr().parse().unwrap();
     push_to(from, &web_id, web_addr, envelope)
@@ -483,7 +484,7 @@ fn push(from: &Identity, c: &Company, envelope: Envelope) -> ConfigAnswer {
 
 /// `push`, for a sender the host may refuse outright: the connection's
 /// error as text.
-fn try_push(from: &Identity, c: &Company, envelope: Envelope) -> Result<ConfigAnswer, String> {
+fn try_push(from: &Identity, c: &Company, envelope: Envelope) -> Result<PushAnswer, String> {
     let web_id: Id52 = c.web_id.parse().unwrap();
     let web_addr: SocketAddr = c.web01.socket_addr().parse().unwrap();
     try_config_request(from, &web_id, web_addr, ConfigRequest::Push { envelope })

@@ -14,7 +14,7 @@ use common::net::{Company, free_udp_ports, id52_of, wait_until};
 use malai::config::{FileKind, cluster};
 use malai::identity::{Id52, Identity};
 use malai::sync::envelope::Envelope;
-use malai::sync::proto::ConfigAnswer;
+use malai::sync::proto::PushAnswer;
 
 #[test]
 fn kill_9_while_configs_arrive_never_tears_machine_toml() {
@@ -215,7 +215,7 @@ fn a_machine_down_during_a_change_gets_it_when_back_and_refuses_a_replay() {
     let replay = Envelope::seal(&cm_key, &web_id, 2, v2);
     let answer = common::raw::push(&cm_key, &web_id, web_addr, replay);
     assert!(
-        matches!(&answer, ConfigAnswer::Rejected { reason } if reason.contains("not newer")),
+        matches!(&answer, PushAnswer::Rejected { reason } if reason.contains("not newer")),
         "{answer:?}"
     );
     wait_until("web01 logs the refused replay", || {

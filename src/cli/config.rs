@@ -8,11 +8,11 @@ use anyhow::Context;
 use clap::Subcommand;
 use serde::{Deserialize, Serialize};
 
-use super::route;
+use super::route::Route;
 use crate::cluster::EditError;
 use crate::exit::{CONFIG, DENIED, FAILURE, Failure, OK};
 use crate::home::Home;
-use crate::sync::proto::{ConfigRequest, Edited};
+use crate::sync::proto::Downloaded;
 
 #[derive(Debug, Subcommand)]
 pub enum ConfigCommand {
@@ -59,7 +59,11 @@ pub fn run(cmd: ConfigCommand) -> anyhow::Result<u8> {
     let home = Home::resolve()?;
     match cmd {
         ConfigCommand::Download { cluster, output } => {
-            let (text, hash, version) = download(&home, &cluster)?;
+            let Downloaded {
+                text,
+                hash,
+                version,
+            } = download(&mut Route::find(&home)?, &cluster)?;
             let file = output.unwrap_or_else(|| PathBuf::from(format!("{cluster}.toml")));
             write_with_base(
                 &file,
@@ -77,8 +81,7 @@ pub fn run(cmd: ConfigCommand) -> anyhow::Result<u8> {
             Ok(OK)
         }
         ConfigCommand::Show { cluster } => {
-            let (text, _, _) = download(&home, &cluster)?;
-            print!("{text}");
+            print!("{}", download(&mut Route::find(&home)?, &cluster)?.text);
             Ok(OK)
         }
         ConfigCommand::Validate { file } => {
@@ -100,14 +103,16 @@ pub fn run(cmd: ConfigCommand) -> anyhow::Result<u8> {
                     )
                 })?)
                 .with_context(|| format!("{} is not a malai base file", base_file.display()))?;
-            let (version, hash) =
-                upload(&home, &base.cluster, text.clone(), &base.hash, force)?.map_err(refused)?;
+            let done = Route::find(&home)?
+                .upload(&base.cluster, text.clone(), &base.hash, force)?
+                .map_err(refused)?;
+            let version = done.version;
             write_with_base(
                 &file,
                 &text,
                 &Base {
                     cluster: base.cluster.clone(),
-                    hash,
+                    hash: done.hash,
                     version,
                 },
             )?;
@@ -117,7 +122,7 @@ pub fn run(cmd: ConfigCommand) -> anyhow::Result<u8> {
             );
             Ok(OK)
         }
-        ConfigCommand::Edit { cluster } => edit(&home, &cluster),
+        ConfigCommand::Edit { cluster } => edit(&mut Route::find(&home)?, &cluster),
     }
 }
 
@@ -158,50 +163,19 @@ fn refused(e: EditError) -> anyhow::Error {
     }
 }
 
-fn download(home: &Home, cluster: &str) -> anyhow::Result<(String, String, u64)> {
-    match route::config_request(home, cluster, ConfigRequest::Download)?.into_edit() {
-        Ok(Edited::File {
-            text,
-            hash,
-            version,
-        }) => Ok((text, hash, version)),
-        Ok(Edited::Accepted { .. }) => Err(refused(EditError::Failed(
-            "the cluster manager answered a download as an upload".into(),
-        ))),
-        Err(e) => Err(refused(e)),
-    }
-}
-
-/// Uploads `text` on `base_hash`: the new (version, hash), or the cluster
-/// manager's refusal (the outer error: it could not be asked).
-fn upload(
-    home: &Home,
-    cluster: &str,
-    text: String,
-    base_hash: &str,
-    force: bool,
-) -> anyhow::Result<Result<(u64, String), EditError>> {
-    let req = ConfigRequest::Upload {
-        text,
-        base_hash: base_hash.to_owned(),
-        force,
-    };
-    Ok(
-        match route::config_request(home, cluster, req)?.into_edit() {
-            Ok(Edited::Accepted { version, hash }) => Ok((version, hash)),
-            Ok(Edited::File { .. }) => Err(EditError::Failed(
-                "the cluster manager answered an upload as a download".into(),
-            )),
-            Err(e) => Err(e),
-        },
-    )
+fn download(route: &mut Route, cluster: &str) -> anyhow::Result<Downloaded> {
+    route.download(cluster)?.map_err(refused)
 }
 
 /// Lines malai puts at the top of a file it reopens, to show the errors.
 const ERROR_MARK: &str = "# malai: ";
 
-fn edit(home: &Home, cluster: &str) -> anyhow::Result<u8> {
-    let (base_text, base_hash, base_version) = download(home, cluster)?;
+fn edit(route: &mut Route, cluster: &str) -> anyhow::Result<u8> {
+    let Downloaded {
+        text: base_text,
+        hash: base_hash,
+        version: base_version,
+    } = download(route, cluster)?;
     // A private directory (0700, a fresh name): the file may name every
     // machine and rule of the cluster. Removed when `dir` drops. No one else
     // can add a name in it, so plain `fs::write` is safe there.
@@ -249,12 +223,13 @@ fn edit(home: &Home, cluster: &str) -> anyhow::Result<u8> {
             }
         }
     };
-    match upload(home, cluster, mine.clone(), &base_hash, false) {
-        Ok(Ok((version, _))) => {
+    match route.upload(cluster, mine.clone(), &base_hash, false) {
+        Ok(Ok(done)) => {
+            let version = done.version;
             eprintln!("uploaded: cluster {cluster:?} is at version {version}");
             Ok(OK)
         }
-        Ok(Err(EditError::Stale { .. })) => merge_and_upload(home, cluster, &base_text, &mine),
+        Ok(Err(EditError::Stale { .. })) => merge_and_upload(route, cluster, &base_text, &mine),
         Ok(Err(refusal)) => {
             keep(cluster, &mine, &base_hash, base_version)?;
             Err(refused(refusal))
@@ -267,18 +242,29 @@ fn edit(home: &Home, cluster: &str) -> anyhow::Result<u8> {
 }
 
 /// Someone uploaded meanwhile: a three-way merge of base, mine and theirs.
-fn merge_and_upload(home: &Home, cluster: &str, base: &str, mine: &str) -> anyhow::Result<u8> {
-    let (theirs, their_hash, version) = download(home, cluster)?;
+fn merge_and_upload(
+    route: &mut Route,
+    cluster: &str,
+    base: &str,
+    mine: &str,
+) -> anyhow::Result<u8> {
+    let Downloaded {
+        text: theirs,
+        hash: their_hash,
+        version,
+    } = download(route, cluster)?;
     match diffy::merge(base, mine, &theirs) {
         Ok(merged) => {
             eprintln!(
                 "cluster.toml changed meanwhile (now version {version}); your edit merges cleanly:"
             );
             eprint!("{}", diffy::create_patch(&theirs, &merged));
-            match upload(home, cluster, merged.clone(), &their_hash, false)
+            match route
+                .upload(cluster, merged.clone(), &their_hash, false)
                 .and_then(|r| r.map_err(refused))
             {
-                Ok((version, _)) => {
+                Ok(done) => {
+                    let version = done.version;
                     eprintln!("uploaded the merge: cluster {cluster:?} is at version {version}");
                     Ok(OK)
                 }

@@ -71,7 +71,10 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Rescan(args) => rescan::run(args),
         Command::Status(args) => status::run(args),
         Command::Generate(args) => generate::run(args),
-        Command::Remote(words) => route::exec(&crate::home::Home::resolve()?, &words, cli.verbose),
+        Command::Remote(words) => {
+            let home = crate::home::Home::resolve()?;
+            route::Route::find(&home)?.exec(&words, cli.verbose)
+        }
     }
 }
 

@@ -22,7 +22,7 @@ pub fn run(args: Args) -> anyhow::Result<u8> {
     let route = if args.check {
         None
     } else {
-        Some(super::route::rescan(&home)?)
+        Some(super::route::Route::find(&home)?.rescan()?)
     };
     if let Some(RescanRoute::Bus(bus, problems)) = &route {
         eprintln!("the running daemon rescanned (asked on {bus})");

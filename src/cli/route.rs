@@ -1,14 +1,15 @@
-//! The one place that decides how a verb reaches its target: through the
-//! local daemon when one serves this MALAI_HOME, or directly with the keys in
-//! MALAI_HOME otherwise. The daemon is looked for on D-Bus (MALAI_DBUS_ADDRESS
-//! alone when set; else the session bus, then the system bus); rescan falls
-//! back to SIGHUP for a daemon that is not on a bus. (Exec always dials
-//! directly for now.)
+//! The one place that decides how a verb reaches its target: a `Route`,
+//! made once per CLI process, holds the local daemon found on D-Bus
+//! (MALAI_DBUS_ADDRESS alone when set; else the session bus, then the
+//! system bus) and goes through it when it serves the cluster, or directly
+//! with the keys in MALAI_HOME otherwise. Rescan falls back to SIGHUP for a
+//! daemon that is not on a bus.
 
 use anyhow::Context;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
+use crate::cluster::EditError;
 use crate::dbus::client;
 use crate::exec::ExecError;
 use crate::exec::spawn::StdioMode;
@@ -16,6 +17,7 @@ use crate::exit::{EXEC_FAILED, Failure, USAGE};
 use crate::home::Home;
 use crate::p2p::{self, EXEC_ALPN};
 use crate::status::Status;
+use crate::sync::proto::{ConfigRequest, DownloadAnswer, Downloaded, UploadAnswer, Uploaded};
 use crate::target::{self, Invocation};
 
 /// How `malai rescan` reached the daemon.
@@ -36,147 +38,188 @@ fn any_home() -> bool {
     std::env::var_os("MALAI_HOME").is_none_or(|v| v.is_empty())
 }
 
-/// The daemon's view when a daemon answers on a bus, the files' otherwise.
-pub fn status(home: &Home) -> anyhow::Result<Status> {
-    let rt = super::runtime()?;
-    let from_daemon = rt.block_on(async {
-        let found = client::find(&home.root, any_home(), &mut Vec::new()).await?;
-        let json = found.proxy.status().await.ok()?;
-        serde_json::from_str::<Status>(&json).ok()
-    });
-    match from_daemon {
-        Some(status) => Ok(status),
-        None => crate::status::from_files(home),
-    }
+/// How this CLI process reaches daemons and peers: the daemon found on a
+/// bus once, at the start (or none), with the reasons each bus was passed
+/// over; every verb goes through it when it serves the cluster and
+/// directly otherwise.
+pub struct Route<'h> {
+    home: &'h Home,
+    rt: &'static tokio::runtime::Runtime,
+    /// The first daemon that answered: one serving this MALAI_HOME, or any
+    /// when the user named none (`any_home`).
+    daemon: Option<client::Found>,
+    /// Why a bus or a daemon was passed over, for `-v` and for errors.
+    skipped: Vec<String>,
 }
 
-/// Asks the daemon of `home` to rescan: over D-Bus when it is on a bus
-/// (and waits for the result), by SIGHUP otherwise.
-pub fn rescan(home: &Home) -> anyhow::Result<RescanRoute> {
-    let rt = super::runtime()?;
-    let over_bus = rt.block_on(async {
-        let Some(found) = client::find(&home.root, false, &mut Vec::new()).await else {
-            return Ok(None);
-        };
-        match found.proxy.rescan().await {
-            Ok(problems) => Ok(Some(RescanRoute::Bus(found.bus.to_string(), problems))),
-            Err(crate::dbus::Error::AccessDenied(why)) => Err(anyhow::Error::new(Failure::new(
-                crate::exit::DENIED,
-                format!("the daemon refused: {why}"),
-            ))),
-            Err(e) => Err(anyhow::Error::new(e)
-                .context(format!("asking the daemon on {} to rescan", found.bus))),
-        }
-    });
-    if let Some(route) = over_bus? {
-        return Ok(route);
+impl<'h> Route<'h> {
+    /// Looks for the daemon on the buses (once per process).
+    pub fn find(home: &'h Home) -> anyhow::Result<Route<'h>> {
+        let rt = super::runtime()?;
+        let mut skipped = Vec::new();
+        let daemon = rt.block_on(client::find(&home.root, any_home(), &mut skipped));
+        Ok(Route {
+            home,
+            rt,
+            daemon,
+            skipped,
+        })
     }
-    match crate::daemon::lock::running_daemon(home) {
-        Some(pid) => {
-            kill(Pid::from_raw(pid), Signal::SIGHUP)
-                .with_context(|| format!("signalling the daemon (pid {pid})"))?;
-            Ok(RescanRoute::Daemon(pid))
-        }
-        None => Ok(RescanRoute::Files),
-    }
-}
 
-/// Runs a remote command; returns the exit code to end with.
-pub fn exec(home: &Home, words: &[String], verbose: u8) -> anyhow::Result<u8> {
-    let local = home
-        .local_config()
-        .map_err(|d| Failure::new(EXEC_FAILED, format!("malai.toml is invalid:\n{d}")))?;
-    let inv = target::resolve(&local, words).map_err(Failure::usage)?;
-    let rt = super::runtime()?;
-    let mut skipped = Vec::new();
-    let over_bus = rt.block_on(async {
-        let found = client::find(&home.root, any_home(), &mut skipped).await?;
-        exec_over_bus(home, &found, &inv, verbose, &mut skipped).await
-    });
-    if let Some(result) = over_bus {
-        return result;
-    }
-    if verbose > 0 {
-        eprintln!(
-            "malai: no daemon serving this MALAI_HOME answered on D-Bus ({}): going directly",
-            skipped.join("; ")
-        );
-    }
-    let Invocation { target, argv } = inv;
-    let cluster = home
-        .load_cluster(&target.cluster)
-        .map_err(|d| Failure::new(EXEC_FAILED, d.to_string()))?;
-    let config = cluster.config.as_ref().ok_or_else(|| {
-        Failure::new(
-            EXEC_FAILED,
-            format!(
-                "cluster {:?} has no config yet: the cluster manager has not sent one",
-                target.cluster
-            ),
-        )
-    })?;
-    let machine = config.machines.get(&target.machine).ok_or_else(|| {
-        let known: Vec<&str> = config.machines.keys().map(String::as_str).collect();
-        Failure::new(
-            if known.is_empty() { EXEC_FAILED } else { USAGE },
-            format!(
-                "no machine {:?} in cluster {:?} (machines: {})",
-                target.machine,
-                target.cluster,
-                known.join(", ")
-            ),
-        )
-    })?;
-    if verbose > 0 && machine.id52 != cluster.identity.id52() {
-        eprintln!(
-            "malai: dialling {target} ({}) directly with this device's identity for {:?}",
-            machine.id52, target.cluster
-        );
-    }
-    let (id, addrs) = (machine.id52, machine.addrs.clone());
-    let network = local.network.clone();
-    let what = target.to_string();
-    let rt = super::runtime()?;
-    if id == cluster.identity.id52() {
-        if verbose > 0 {
-            eprintln!("malai: {target} is this device: deciding and running here");
+    /// The daemon's view when a daemon answers on a bus, the files'
+    /// otherwise.
+    pub fn status(&self) -> anyhow::Result<Status> {
+        let from_daemon = self.rt.block_on(async {
+            let json = self.daemon.as_ref()?.proxy.status().await.ok()?;
+            serde_json::from_str::<Status>(&json).ok()
+        });
+        match from_daemon {
+            Some(status) => Ok(status),
+            None => crate::status::from_files(self.home),
         }
-        let caller = crate::exec::local::Caller {
-            who: crate::audit::Who {
-                cluster: &target.cluster,
-                peer: &id,
-                config_version: config.received_version.unwrap_or(0),
-                uid: Some(nix::unistd::getuid().as_raw()),
-            },
-            unprivileged_uid: None,
-        };
-        let result = rt.block_on(crate::exec::local::run(
-            config,
-            &caller,
-            argv,
-            &what,
-            StdioMode::Inherit,
-            crate::exec::client::process_env(),
-            tokio::sync::mpsc::channel(1).1,
-        ));
-        return Ok(result?);
     }
-    rt.block_on(async move {
-        let endpoint = p2p::bind(&cluster.identity, &network, 0, Vec::new(), None)
-            .await
-            .map_err(|e| Failure::new(EXEC_FAILED, format!("{e:#}")))?;
-        let conn = match p2p::dial(&endpoint, &id, &addrs, EXEC_ALPN).await {
-            Ok(c) => c,
-            Err(e) => {
-                endpoint.close().await;
-                return Err(ExecError::Unreachable(format!("cannot reach {what}: {e:#}")).into());
+
+    /// Asks the daemon of this MALAI_HOME (never another's) to rescan: over
+    /// D-Bus when it is on a bus (and waits for the result), by SIGHUP
+    /// otherwise.
+    pub fn rescan(&self) -> anyhow::Result<RescanRoute> {
+        let home = self.home;
+        let over_bus = self.rt.block_on(async {
+            let other;
+            let found = match &self.daemon {
+                Some(found) if client::same_path(&home.root, found.home.as_ref()) => found,
+                _ => match client::find(&home.root, false, &mut Vec::new()).await {
+                    Some(found) => {
+                        other = found;
+                        &other
+                    }
+                    None => return Ok(None),
+                },
+            };
+            match found.proxy.rescan().await {
+                Ok(problems) => Ok(Some(RescanRoute::Bus(found.bus.to_string(), problems))),
+                Err(crate::dbus::Error::AccessDenied(why)) => Err(anyhow::Error::new(
+                    Failure::new(crate::exit::DENIED, format!("the daemon refused: {why}")),
+                )),
+                Err(e) => Err(anyhow::Error::new(e)
+                    .context(format!("asking the daemon on {} to rescan", found.bus))),
             }
+        });
+        if let Some(route) = over_bus? {
+            return Ok(route);
+        }
+        match crate::daemon::lock::running_daemon(home) {
+            Some(pid) => {
+                kill(Pid::from_raw(pid), Signal::SIGHUP)
+                    .with_context(|| format!("signalling the daemon (pid {pid})"))?;
+                Ok(RescanRoute::Daemon(pid))
+            }
+            None => Ok(RescanRoute::Files),
+        }
+    }
+}
+
+impl Route<'_> {
+    /// Runs a remote command; returns the exit code to end with.
+    pub fn exec(&mut self, words: &[String], verbose: u8) -> anyhow::Result<u8> {
+        let home = self.home;
+        let local = home
+            .local_config()
+            .map_err(|d| Failure::new(EXEC_FAILED, format!("malai.toml is invalid:\n{d}")))?;
+        let inv = target::resolve(&local, words).map_err(Failure::usage)?;
+        let rt = self.rt;
+        let over_bus = match &self.daemon {
+            Some(found) => {
+                rt.block_on(exec_over_bus(home, found, &inv, verbose, &mut self.skipped))
+            }
+            None => None,
         };
-        let code = crate::exec::client::run(&conn, argv, &what).await;
-        conn.close(0u32.into(), b"done");
-        p2p::close_without_waiting(endpoint).await;
-        code
-    })
+        if let Some(result) = over_bus {
+            return result;
+        }
+        if verbose > 0 {
+            eprintln!(
+                "malai: no daemon serving this MALAI_HOME answered on D-Bus ({}): going directly",
+                self.skipped.join("; ")
+            );
+        }
+        let Invocation { target, argv } = inv;
+        let cluster = home
+            .load_cluster(&target.cluster)
+            .map_err(|d| Failure::new(EXEC_FAILED, d.to_string()))?;
+        let config = cluster.config.as_ref().ok_or_else(|| {
+            Failure::new(
+                EXEC_FAILED,
+                format!(
+                    "cluster {:?} has no config yet: the cluster manager has not sent one",
+                    target.cluster
+                ),
+            )
+        })?;
+        let machine = config.machines.get(&target.machine).ok_or_else(|| {
+            let known: Vec<&str> = config.machines.keys().map(String::as_str).collect();
+            Failure::new(
+                if known.is_empty() { EXEC_FAILED } else { USAGE },
+                format!(
+                    "no machine {:?} in cluster {:?} (machines: {})",
+                    target.machine,
+                    target.cluster,
+                    known.join(", ")
+                ),
+            )
+        })?;
+        if verbose > 0 && machine.id52 != cluster.identity.id52() {
+            eprintln!(
+                "malai: dialling {target} ({}) directly with this device's identity for {:?}",
+                machine.id52, target.cluster
+            );
+        }
+        let (id, addrs) = (machine.id52, machine.addrs.clone());
+        let network = local.network.clone();
+        let what = target.to_string();
+        if id == cluster.identity.id52() {
+            if verbose > 0 {
+                eprintln!("malai: {target} is this device: deciding and running here");
+            }
+            let caller = crate::exec::local::Caller {
+                who: crate::audit::Who {
+                    cluster: &target.cluster,
+                    peer: &id,
+                    config_version: config.received_version.unwrap_or(0),
+                    uid: Some(nix::unistd::getuid().as_raw()),
+                },
+                unprivileged_uid: None,
+            };
+            let result = rt.block_on(crate::exec::local::run(
+                config,
+                &caller,
+                argv,
+                &what,
+                StdioMode::Inherit,
+                crate::exec::client::process_env(),
+                tokio::sync::mpsc::channel(1).1,
+            ));
+            return Ok(result?);
+        }
+        rt.block_on(async move {
+            let endpoint = p2p::bind(&cluster.identity, &network, 0, Vec::new(), None)
+                .await
+                .map_err(|e| Failure::new(EXEC_FAILED, format!("{e:#}")))?;
+            let conn = match p2p::dial(&endpoint, &id, &addrs, EXEC_ALPN).await {
+                Ok(c) => c,
+                Err(e) => {
+                    endpoint.close().await;
+                    return Err(
+                        ExecError::Unreachable(format!("cannot reach {what}: {e:#}")).into(),
+                    );
+                }
+            };
+            let code = crate::exec::client::run(&conn, argv, &what).await;
+            conn.close(0u32.into(), b"done");
+            p2p::close_without_waiting(endpoint).await;
+            code
+        })
+    }
 }
 
 /// Runs the invocation through `found`, the daemon on a bus: the daemon
@@ -291,70 +334,6 @@ async fn cluster_object(
     Some(proxy)
 }
 
-/// A config request through the daemon serving `cluster`, as a
-/// `ConfigAnswer`; `None`: no such daemon, or it refused this user while
-/// the user can go directly.
-async fn config_over_bus(
-    home: &Home,
-    cluster: &str,
-    req: &crate::sync::proto::ConfigRequest,
-    skipped: &mut Vec<String>,
-) -> Option<anyhow::Result<crate::sync::proto::ConfigAnswer>> {
-    use crate::dbus::Error;
-    use crate::sync::proto::{ConfigAnswer, ConfigRequest};
-    let found = client::find(&home.root, any_home(), skipped).await?;
-    let proxy = cluster_object(&found, cluster, skipped).await?;
-    let result = match req {
-        ConfigRequest::Download => {
-            proxy
-                .config_download()
-                .await
-                .map(|(text, hash, version)| ConfigAnswer::File {
-                    text,
-                    hash,
-                    version,
-                })
-        }
-        ConfigRequest::Upload {
-            text,
-            base_hash,
-            force,
-        } => proxy
-            .config_upload(text, base_hash, *force)
-            .await
-            .map(|(version, hash)| ConfigAnswer::Accepted { version, hash }),
-        other => return Some(Err(anyhow::anyhow!("internal: {other:?} is not an edit"))),
-    };
-    Some(Ok(match result {
-        Ok(answer) => answer,
-        Err(Error::AccessDenied(why)) if home.load_cluster(cluster).is_ok() => {
-            skipped.push(format!("{}: {why}", found.bus));
-            return None;
-        }
-        Err(Error::Denied(reason)) => ConfigAnswer::Denied { reason },
-        Err(Error::Invalid(errors)) => ConfigAnswer::Invalid { errors },
-        // The answer names the version and hash in force now.
-        Err(Error::Stale(_)) => match proxy.config_download().await {
-            Ok((_, current_hash, version)) => ConfigAnswer::Stale {
-                current_hash,
-                version,
-            },
-            Err(e) => ConfigAnswer::Rejected {
-                reason: format!("stale, and then: {e}"),
-            },
-        },
-        Err(Error::ZBus(e)) => ConfigAnswer::Rejected {
-            reason: format!("the daemon on {} failed: {e}", found.bus),
-        },
-        Err(
-            Error::AccessDenied(reason)
-            | Error::Failed(reason)
-            | Error::NoSuchMachine(reason)
-            | Error::Unreachable(reason),
-        ) => ConfigAnswer::Rejected { reason },
-    }))
-}
-
 /// Passes this process's Ctrl-C, SIGTERM and (on a PTY) window size
 /// changes to the daemon's exec `token`.
 async fn forward_controls(proxy: client::ClusterProxy<'static>, token: String, on_pty: bool) {
@@ -379,101 +358,176 @@ async fn forward_controls(proxy: client::ClusterProxy<'static>, token: String, o
     }
 }
 
-/// Sends a config request to the cluster's manager: to the daemon on
-/// D-Bus when one serves this home; else here when this device is the CM
-/// (`local_cm_request`), over `malai/config/1` otherwise.
-pub fn config_request(
-    home: &Home,
-    cluster: &str,
-    req: crate::sync::proto::ConfigRequest,
-) -> anyhow::Result<crate::sync::proto::ConfigAnswer> {
-    let rt = super::runtime()?;
-    let mut skipped = Vec::new();
-    let over_bus = rt.block_on(config_over_bus(home, cluster, &req, &mut skipped));
-    if let Some(answer) = over_bus {
-        return answer;
-    }
-    tracing::debug!("config request directly: {}", skipped.join("; "));
-    let c = home.load_cluster(cluster)?;
-    if c.role == crate::home::Role::ClusterManager {
-        return local_cm_request(home, &c, req);
-    }
-    let local = home.local_config()?;
-    let rt = super::runtime()?;
-    let (cm, addrs) = (c.cm_id52, c.cm_addrs.clone());
-    rt.block_on(async {
-        let endpoint = p2p::bind(&c.identity, &local.network, 0, Vec::new(), None).await?;
-        let result = async {
-            let conn = p2p::dial(&endpoint, &cm, &addrs, crate::p2p::CONFIG_ALPN)
-                .await
-                .map_err(|e| {
-                    Failure::new(
-                        crate::exit::UNAVAILABLE,
-                        format!("cannot reach the cluster manager of {cluster:?}: {e:#}"),
-                    )
-                })?;
-            let answer = crate::sync::edit::ask_cm(&conn, &req).await?;
-            conn.close(0u32.into(), b"done");
-            anyhow::Ok(answer)
+/// Config editing: to the daemon on D-Bus when one serves the cluster;
+/// else here when this device is the CM (`edit_files`), over
+/// `malai/config/1` otherwise. The outer error: the CM could not be asked;
+/// the inner one: it refused.
+impl Route<'_> {
+    /// cluster.toml as the cluster's manager has it.
+    pub fn download(&mut self, cluster: &str) -> anyhow::Result<Result<Downloaded, EditError>> {
+        let over_bus = self.edit_over_bus(cluster, async |proxy| {
+            let (text, hash, version) = proxy.config_download().await?;
+            Ok(Downloaded {
+                text,
+                hash,
+                version,
+            })
+        });
+        if let Some(answer) = over_bus {
+            return Ok(answer);
         }
-        .await;
-        endpoint.close().await;
-        result
-    })
-}
-
-/// An editing request on the CM itself with no daemon on the bus: a
-/// download reads the files; an upload goes through the cluster's one
-/// commit path (`cluster::commit_files`), unless a daemon owns this home
-/// (it alone writes state.json while it runs): then it must go through it.
-fn local_cm_request(
-    home: &Home,
-    c: &crate::home::ClusterDir,
-    req: crate::sync::proto::ConfigRequest,
-) -> anyhow::Result<crate::sync::proto::ConfigAnswer> {
-    use crate::cluster::{Change, commit_files};
-    use crate::sync::proto::{ConfigAnswer, ConfigRequest};
-    let mut ledger = crate::state::CmState::load(&c.state_path())?;
-    let change = match req {
-        ConfigRequest::Download => {
+        let c = self.home.load_cluster(cluster)?;
+        if c.role == crate::home::Role::ClusterManager {
+            let ledger = crate::state::CmState::load(&c.state_path())?;
             let text = std::fs::read_to_string(c.dir.join(crate::home::CLUSTER_FILE))?;
-            return Ok(ConfigAnswer::File {
+            return Ok(Ok(Downloaded {
                 hash: crate::home::hash_hex(text.as_bytes()),
                 text,
                 version: ledger.version,
-            });
+            }));
         }
-        ConfigRequest::Upload {
+        let answer: DownloadAnswer = self.ask_cm(cluster, &ConfigRequest::Download)?;
+        Ok(answer.into())
+    }
+
+    /// Replaces cluster.toml on the cluster's manager with `text` if it is
+    /// still at `base_hash` (or `force`) and `text` validates.
+    pub fn upload(
+        &mut self,
+        cluster: &str,
+        text: String,
+        base_hash: &str,
+        force: bool,
+    ) -> anyhow::Result<Result<Uploaded, EditError>> {
+        let over_bus = self.edit_over_bus(cluster, async |proxy| {
+            let (version, hash) = proxy.config_upload(&text, base_hash, force).await?;
+            Ok(Uploaded { version, hash })
+        });
+        if let Some(answer) = over_bus {
+            return Ok(answer);
+        }
+        let c = self.home.load_cluster(cluster)?;
+        let base_hash = base_hash.to_owned();
+        if c.role == crate::home::Role::ClusterManager {
+            let change = crate::cluster::Change::Upload {
+                text,
+                base_hash,
+                force,
+            };
+            return self.commit_here(&c, change);
+        }
+        let req = ConfigRequest::Upload {
             text,
             base_hash,
             force,
-        } => Change::Upload {
-            text,
-            base_hash,
-            force,
-        },
-        ConfigRequest::Push { .. } | ConfigRequest::Fetch => {
-            anyhow::bail!("internal: {req:?} is not a config editing request")
+        };
+        let answer: UploadAnswer = self.ask_cm(cluster, &req)?;
+        Ok(answer.into())
+    }
+
+    /// An edit through the daemon serving `cluster`; `None`: no such
+    /// daemon, or it refused this user while the user can go directly.
+    fn edit_over_bus<T>(
+        &mut self,
+        cluster: &str,
+        call: impl AsyncFnOnce(&client::ClusterProxy<'static>) -> Result<T, crate::dbus::Error>,
+    ) -> Option<Result<T, EditError>> {
+        use crate::dbus::Error;
+        let found = self.daemon.as_ref()?;
+        let skipped = &mut self.skipped;
+        let home = self.home;
+        self.rt.block_on(async {
+            let proxy = cluster_object(found, cluster, skipped).await?;
+            Some(match call(&proxy).await {
+                Ok(done) => Ok(done),
+                Err(Error::AccessDenied(why)) if home.load_cluster(cluster).is_ok() => {
+                    skipped.push(format!("{}: {why}", found.bus));
+                    return None;
+                }
+                Err(Error::Denied(reason)) => Err(EditError::Denied(reason)),
+                Err(Error::Invalid(errors)) => Err(EditError::Invalid(errors)),
+                // The answer names the version and hash in force now.
+                Err(Error::Stale(_)) => match proxy.config_download().await {
+                    Ok((_, current_hash, version)) => Err(EditError::Stale {
+                        current_hash,
+                        version,
+                    }),
+                    Err(e) => Err(EditError::Failed(format!("stale, and then: {e}"))),
+                },
+                Err(Error::ZBus(e)) => Err(EditError::Failed(format!(
+                    "the daemon on {} failed: {e}",
+                    found.bus
+                ))),
+                Err(
+                    Error::AccessDenied(reason)
+                    | Error::Failed(reason)
+                    | Error::NoSuchMachine(reason)
+                    | Error::Unreachable(reason),
+                ) => Err(EditError::Failed(reason)),
+            })
+        })
+    }
+
+    /// One request to the cluster's manager over `malai/config/1`, dialled
+    /// from here with the cluster's identity.
+    fn ask_cm<A: serde::de::DeserializeOwned>(
+        &self,
+        cluster: &str,
+        req: &ConfigRequest,
+    ) -> anyhow::Result<A> {
+        tracing::debug!("config request directly: {}", self.skipped.join("; "));
+        let c = self.home.load_cluster(cluster)?;
+        let local = self.home.local_config()?;
+        let (cm, addrs) = (c.cm_id52, c.cm_addrs.clone());
+        self.rt.block_on(async {
+            let endpoint = p2p::bind(&c.identity, &local.network, 0, Vec::new(), None).await?;
+            let result = async {
+                let conn = p2p::dial(&endpoint, &cm, &addrs, crate::p2p::CONFIG_ALPN)
+                    .await
+                    .map_err(|e| {
+                        Failure::new(
+                            crate::exit::UNAVAILABLE,
+                            format!("cannot reach the cluster manager of {cluster:?}: {e:#}"),
+                        )
+                    })?;
+                let answer = crate::sync::edit::ask_cm(&conn, req).await?;
+                conn.close(0u32.into(), b"done");
+                anyhow::Ok(answer)
+            }
+            .await;
+            endpoint.close().await;
+            result
+        })
+    }
+
+    /// An upload on the CM itself with no daemon on the bus, through the
+    /// cluster's one commit path (`cluster::commit_files`), unless a daemon
+    /// owns this home (it alone writes state.json while it runs): then it
+    /// must go through it.
+    fn commit_here(
+        &self,
+        c: &crate::home::ClusterDir,
+        change: crate::cluster::Change,
+    ) -> anyhow::Result<Result<Uploaded, EditError>> {
+        if let Some(pid) = crate::daemon::lock::running_daemon(self.home) {
+            return Err(Failure::new(
+                crate::exit::UNAVAILABLE,
+                format!(
+                    "the daemon (pid {pid}) that serves {} is not reachable on D-Bus, and only it may commit while it runs: \
+                     upload through its bus (MALAI_DBUS_ADDRESS), or edit cluster.toml and run `malai rescan`",
+                    self.home.root.display()
+                ),
+            )
+            .into());
         }
-    };
-    if let Some(pid) = crate::daemon::lock::running_daemon(home) {
-        return Err(Failure::new(
-            crate::exit::UNAVAILABLE,
-            format!(
-                "the daemon (pid {pid}) that serves {} is not reachable on D-Bus, and only it may commit while it runs: \
-                 upload through its bus (MALAI_DBUS_ADDRESS), or edit cluster.toml and run `malai rescan`",
-                home.root.display()
+        let mut ledger = crate::state::CmState::load(&c.state_path())?;
+        Ok(
+            crate::cluster::commit_files(&c.dir, &c.identity.id52(), &mut ledger, change).map(
+                |(_, committed)| Uploaded {
+                    version: committed.version,
+                    hash: committed.hash,
+                },
             ),
         )
-        .into());
     }
-    Ok(
-        match commit_files(&c.dir, &c.identity.id52(), &mut ledger, change) {
-            Ok((_, committed)) => ConfigAnswer::Accepted {
-                version: committed.version,
-                hash: committed.hash,
-            },
-            Err(refusal) => refusal.into(),
-        },
-    )
 }

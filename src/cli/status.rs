@@ -12,7 +12,7 @@ pub struct Args {
 
 pub fn run(args: Args) -> anyhow::Result<u8> {
     let home = Home::resolve()?;
-    let status = super::route::status(&home)?;
+    let status = super::route::Route::find(&home)?.status()?;
     if args.json {
         super::print_json(&serde_json::to_value(&status)?);
     } else {

@@ -142,7 +142,11 @@ impl<'a> Source<'a> {
         if covered.starts_with('[') || covered.starts_with('{') {
             return Part::Table;
         }
-        let after = self.text.get(span.end..).unwrap_or("").trim_start_matches([' ', '\t']);
+        let after = self
+            .text
+            .get(span.end..)
+            .unwrap_or("")
+            .trim_start_matches([' ', '\t']);
         if after.starts_with('=') || after.starts_with('.') {
             Part::Key
         } else {

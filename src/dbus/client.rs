@@ -120,7 +120,8 @@ pub async fn find(home: &Path, any_home: bool, skipped: &mut Vec<String>) -> Opt
     None
 }
 
-fn same_path(a: &Path, b: &Path) -> bool {
+/// Whether two paths name the same directory (after resolving links).
+pub fn same_path(a: &Path, b: &Path) -> bool {
     let canon = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
     canon(a) == canon(b)
 }

@@ -2,45 +2,53 @@
 //! upload itself (`Cluster::commit`, then pushes at once); on a machine it
 //! asks the CM over its pooled connection, as this device.
 
+use serde::de::DeserializeOwned;
+
 use super::Error;
 use crate::cluster::{Cluster, EditError};
 use crate::home::Role;
 use crate::p2p::CONFIG_ALPN;
 use crate::sync::edit::{self, Caller};
-use crate::sync::proto::{ConfigRequest, Edited};
+use crate::sync::proto::{ConfigRequest, DownloadAnswer, Downloaded, UploadAnswer, Uploaded};
 
-/// The CM's answer to the editing request `req` from local user `uid`.
-pub async fn request(cluster: &Cluster, uid: u32, req: ConfigRequest) -> Result<Edited, EditError> {
+/// cluster.toml as the CM has it, for local user `uid`.
+pub async fn download(cluster: &Cluster, uid: u32) -> Result<Downloaded, EditError> {
     if cluster.role() == Role::ClusterManager {
-        let caller = Caller::Local { uid };
-        return match req {
-            ConfigRequest::Download => {
-                edit::download(cluster, caller)
-                    .await
-                    .map(|(text, hash, version)| Edited::File {
-                        text,
-                        hash,
-                        version,
-                    })
-            }
-            ConfigRequest::Upload {
-                text,
-                base_hash,
-                force,
-            } => edit::upload(cluster, caller, text, base_hash, force)
-                .await
-                .map(|c| Edited::Accepted {
-                    version: c.version,
-                    hash: c.hash,
-                }),
-            ConfigRequest::Push { .. } | ConfigRequest::Fetch => Err(EditError::Failed(format!(
-                "{} is not an editing request",
-                kind(&req)
-            ))),
-        };
+        return edit::download(cluster, Caller::Local { uid }).await;
     }
+    tracing::info!(malai_cluster = %cluster.alias(), "uid {uid} asks the cluster manager for cluster.toml");
+    ask_cm::<DownloadAnswer>(cluster, &ConfigRequest::Download)
+        .await?
+        .into()
+}
+
+/// Uploads `text` on `base_hash` (or `force`) for local user `uid`.
+pub async fn upload(
+    cluster: &Cluster,
+    uid: u32,
+    text: String,
+    base_hash: String,
+    force: bool,
+) -> Result<Uploaded, EditError> {
+    if cluster.role() == Role::ClusterManager {
+        return edit::upload(cluster, Caller::Local { uid }, text, base_hash, force).await;
+    }
+    tracing::info!(malai_cluster = %cluster.alias(), "uid {uid} sends the cluster manager {}", if force { "a forced upload" } else { "an upload" });
+    let req = ConfigRequest::Upload {
+        text,
+        base_hash,
+        force,
+    };
+    ask_cm::<UploadAnswer>(cluster, &req).await?.into()
+}
+
+/// Asks the CM over the cluster's pooled connection, as this device; a
+/// connection that failed is dropped from the pool.
+async fn ask_cm<A: DeserializeOwned>(
+    cluster: &Cluster,
+    req: &ConfigRequest,
+) -> Result<A, EditError> {
     let cm = cluster.cm_id52();
-    tracing::info!(malai_cluster = %cluster.alias(), "uid {uid} asks the cluster manager for {}", kind(&req));
     let conn = cluster
         .pool()
         .get(cluster.endpoint(), &cm, &cluster.cm_addrs(), CONFIG_ALPN)
@@ -51,8 +59,8 @@ pub async fn request(cluster: &Cluster, uid: u32, req: ConfigRequest) -> Result<
                 cluster.alias()
             ))
         })?;
-    match edit::ask_cm(&conn, &req).await {
-        Ok(answer) => answer.into_edit(),
+    match edit::ask_cm(&conn, req).await {
+        Ok(answer) => Ok(answer),
         Err(e) => {
             cluster.pool().forget(&cm, CONFIG_ALPN).await;
             Err(EditError::Failed(format!(
@@ -60,16 +68,6 @@ pub async fn request(cluster: &Cluster, uid: u32, req: ConfigRequest) -> Result<
                 cluster.alias()
             )))
         }
-    }
-}
-
-fn kind(req: &ConfigRequest) -> &'static str {
-    match req {
-        ConfigRequest::Download => "a download",
-        ConfigRequest::Upload { force: true, .. } => "a forced upload",
-        ConfigRequest::Upload { .. } => "an upload",
-        ConfigRequest::Push { .. } => "a push",
-        ConfigRequest::Fetch => "a fetch",
     }
 }
 

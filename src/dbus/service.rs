@@ -21,7 +21,6 @@ use crate::cluster::{ByAlias, Cluster, Event};
 use crate::daemon::Handle;
 use crate::exec::proto::{ClientMsg, WindowSize};
 use crate::status::ClusterStatus;
-use crate::sync::proto::{ConfigRequest, Edited};
 
 /// The daemon on the bus: its connection, and the task that keeps the
 /// cluster objects in step with the daemon's clusters (stopped on drop).
@@ -311,16 +310,8 @@ impl ClusterObject {
         #[zbus(connection)] conn: &Connection,
     ) -> Result<(String, String, u64), Error> {
         let uid = authorize(conn, &hdr, "ConfigDownload", CONFIG_GROUP).await?;
-        match config::request(&self.cluster, uid, ConfigRequest::Download).await? {
-            Edited::File {
-                text,
-                hash,
-                version,
-            } => Ok((text, hash, version)),
-            Edited::Accepted { .. } => {
-                Err(Error::Failed("a download was answered as an upload".into()))
-            }
-        }
+        let file = config::download(&self.cluster, uid).await?;
+        Ok((file.text, file.hash, file.version))
     }
 
     /// Replaces cluster.toml with `text` if its hash is still `base_hash`
@@ -336,17 +327,8 @@ impl ClusterObject {
         force: bool,
     ) -> Result<(u64, String), Error> {
         let uid = authorize(conn, &hdr, "ConfigUpload", CONFIG_GROUP).await?;
-        let req = ConfigRequest::Upload {
-            text,
-            base_hash,
-            force,
-        };
-        match config::request(&self.cluster, uid, req).await? {
-            Edited::Accepted { version, hash } => Ok((version, hash)),
-            Edited::File { .. } => {
-                Err(Error::Failed("an upload was answered as a download".into()))
-            }
-        }
+        let done = config::upload(&self.cluster, uid, text, base_hash, force).await?;
+        Ok((done.version, done.hash))
     }
 
     /// Delivers signal `signal` (HUP, INT, QUIT or TERM) to the command of

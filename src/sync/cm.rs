@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use tokio::task::JoinSet;
 
 use super::envelope::Envelope;
-use super::proto::{ConfigAnswer, ConfigRequest};
+use super::proto::{ConfigRequest, FetchAnswer, PushAnswer};
 use crate::cluster::Cluster;
 use crate::identity::Id52;
 use crate::p2p::{CONFIG_ALPN, frame};
@@ -35,7 +35,7 @@ fn envelope_for(cluster: &Cluster, peer: &Id52) -> Option<(String, Envelope)> {
     ))
 }
 
-pub async fn serve_fetch(cluster: &Cluster, peer: Id52) -> super::proto::ConfigAnswer {
+pub async fn serve_fetch(cluster: &Cluster, peer: Id52) -> FetchAnswer {
     match envelope_for(cluster, &peer) {
         Some((alias, envelope)) => {
             tracing::info!(malai_cluster = %cluster.alias(), malai_peer = %peer, "machine {alias} fetched config version {}", envelope.version);
@@ -44,11 +44,11 @@ pub async fn serve_fetch(cluster: &Cluster, peer: Id52) -> super::proto::ConfigA
             // rather than at the end of a backoff.
             cluster.pool().forget(&peer, CONFIG_ALPN).await;
             cluster.wake_pusher();
-            ConfigAnswer::Config { envelope }
+            FetchAnswer::Config { envelope }
         }
         None => {
             tracing::warn!(malai_cluster = %cluster.alias(), malai_peer = %peer, "refused a config fetch: not a machine of this cluster");
-            ConfigAnswer::Denied {
+            FetchAnswer::Denied {
                 reason: "not a machine of this cluster".into(),
             }
         }
@@ -148,11 +148,10 @@ async fn push_one(
     let (mut send, mut recv) = conn.open_bi().await?;
     frame::write_msg(&mut send, &ConfigRequest::Push { envelope }).await?;
     send.finish()?;
-    match frame::read_msg::<_, ConfigAnswer>(&mut recv).await? {
-        ConfigAnswer::Ack { version } => Ok(version),
-        ConfigAnswer::Rejected { reason } | ConfigAnswer::Denied { reason } => {
+    match frame::read_msg::<_, PushAnswer>(&mut recv).await? {
+        PushAnswer::Ack { version } => Ok(version),
+        PushAnswer::Rejected { reason } | PushAnswer::Denied { reason } => {
             anyhow::bail!("refused: {reason}")
         }
-        other => anyhow::bail!("unexpected answer to a push: {other:?}"),
     }
 }

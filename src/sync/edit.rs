@@ -4,8 +4,9 @@
 //! validated first, written atomically, gets the next version and is pushed
 //! to every machine; a refused one changes nothing.
 
+use super::proto::{Downloaded, Uploaded};
 use crate::acl::{self, Decision};
-use crate::cluster::{Change, Cluster, Committed, EditError};
+use crate::cluster::{Change, Cluster, EditError};
 use crate::home::hash_hex;
 use crate::identity::Id52;
 
@@ -53,18 +54,19 @@ impl Caller {
     }
 }
 
-/// cluster.toml as it is now: (text, hash, version in force).
-pub async fn download(
-    cluster: &Cluster,
-    caller: Caller,
-) -> Result<(String, String, u64), EditError> {
+/// cluster.toml as it is now, with its hash and the version in force.
+pub async fn download(cluster: &Cluster, caller: Caller) -> Result<Downloaded, EditError> {
     caller.check(cluster, "download")?;
     let text = std::fs::read_to_string(cluster.cluster_path())
         .map_err(|e| EditError::Failed(format!("cannot read cluster.toml: {e}")))?;
     let version = cluster.ledger().version;
     tracing::info!(malai_cluster = %cluster.alias(), malai_peer = %caller.peer_field(), malai_config_version = version, "{caller} downloaded cluster.toml");
     let hash = hash_hex(text.as_bytes());
-    Ok((text, hash, version))
+    Ok(Downloaded {
+        text,
+        hash,
+        version,
+    })
 }
 
 /// Replaces cluster.toml with `text` if its hash is still `base_hash` (or
@@ -75,7 +77,7 @@ pub async fn upload(
     text: String,
     base_hash: String,
     force: bool,
-) -> Result<Committed, EditError> {
+) -> Result<Uploaded, EditError> {
     let peer = caller.peer_field();
     caller.check(cluster, "upload")?;
     let change = Change::Upload {
@@ -91,7 +93,10 @@ pub async fn upload(
                 if force { " (forced)" } else { "" },
                 committed.previous_hash, committed.hash, committed.version
             );
-            Ok(committed)
+            Ok(Uploaded {
+                version: committed.version,
+                hash: committed.hash,
+            })
         }
         Err(refusal) => {
             tracing::warn!(malai_cluster = %cluster.alias(), malai_peer = %peer, "refused an upload of cluster.toml by {caller}: {refusal}");
@@ -100,11 +105,12 @@ pub async fn upload(
     }
 }
 
-/// Sends one editing request to the CM over `conn` and reads its answer.
-pub async fn ask_cm(
+/// Sends one editing request to the CM over `conn` and reads its answer,
+/// of the type that answers `req`'s kind.
+pub async fn ask_cm<A: serde::de::DeserializeOwned>(
     conn: &iroh::endpoint::Connection,
     req: &super::proto::ConfigRequest,
-) -> anyhow::Result<super::proto::ConfigAnswer> {
+) -> anyhow::Result<A> {
     let (mut send, mut recv) = conn.open_bi().await?;
     crate::p2p::frame::write_msg(&mut send, req).await?;
     send.finish()?;

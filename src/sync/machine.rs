@@ -5,15 +5,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::envelope::Envelope;
-use super::proto::{ConfigAnswer, ConfigRequest};
+use super::proto::{ConfigRequest, FetchAnswer, PushAnswer};
 use crate::cluster::{AcceptError, Cluster};
 use crate::p2p::{CONFIG_ALPN, frame};
 
 /// Applies a config the CM sent (`Cluster::accept`), as the answer to send.
-pub async fn apply(cluster: &Cluster, envelope: Envelope) -> ConfigAnswer {
+pub async fn apply(cluster: &Cluster, envelope: Envelope) -> PushAnswer {
     match cluster.accept(envelope).await {
-        Ok(version) => ConfigAnswer::Ack { version },
-        Err(refusal) => ConfigAnswer::Rejected {
+        Ok(version) => PushAnswer::Ack { version },
+        Err(refusal) => PushAnswer::Rejected {
             reason: refusal.to_string(),
         },
     }
@@ -44,17 +44,16 @@ async fn fetch_once(cluster: &Cluster) -> anyhow::Result<()> {
     let (mut send, mut recv) = conn.open_bi().await?;
     frame::write_msg(&mut send, &ConfigRequest::Fetch).await?;
     send.finish()?;
-    match frame::read_msg::<_, ConfigAnswer>(&mut recv).await? {
-        ConfigAnswer::Config { envelope } => match cluster.accept(envelope).await {
+    match frame::read_msg::<_, FetchAnswer>(&mut recv).await? {
+        FetchAnswer::Config { envelope } => match cluster.accept(envelope).await {
             // Nothing newer than what this machine holds: up to date.
             Ok(_) | Err(AcceptError::NotNewer { .. }) => Ok(()),
             Err(e) => anyhow::bail!("could not apply the fetched config: {e}"),
         },
-        ConfigAnswer::Denied { reason } | ConfigAnswer::Rejected { reason } => {
+        FetchAnswer::Denied { reason } | FetchAnswer::Rejected { reason } => {
             // Not listed (yet): the CM pushes when the admin adds us.
             tracing::info!(malai_cluster = %cluster.alias(), "cluster manager has no config for us: {reason}");
             Ok(())
         }
-        other => anyhow::bail!("unexpected answer {other:?}"),
     }
 }

@@ -21,7 +21,9 @@ use crate::cluster::Cluster;
 use crate::home::Role;
 use crate::identity::Id52;
 use crate::p2p::frame;
-use proto::{ConfigAnswer, ConfigRequest};
+use proto::{
+    Answer, ConfigRequest, DownloadAnswer, FetchAnswer, PushAnswer, Unreadable, UploadAnswer,
+};
 
 #[derive(Debug, Clone)]
 pub struct ConfigHandler {
@@ -42,9 +44,9 @@ impl ProtocolHandler for ConfigHandler {
                 let request = frame::read_request::<_, ConfigRequest>(&mut recv, frame::MAX_FRAME);
                 let answer = match request.await {
                     Ok(req) => answer(&cluster, peer, req).await,
-                    Err(e) => ConfigAnswer::Rejected {
+                    Err(e) => Answer::Unreadable(Unreadable::Rejected {
                         reason: format!("bad request: {e}"),
-                    },
+                    }),
                 };
                 if frame::write_msg(&mut send, &answer).await.is_ok() {
                     let _ = send.finish();
@@ -57,14 +59,12 @@ impl ProtocolHandler for ConfigHandler {
 }
 
 /// Every request type with the rule that authorizes it; no catch-all arm.
-async fn answer(cluster: &Cluster, peer: Id52, req: ConfigRequest) -> ConfigAnswer {
+async fn answer(cluster: &Cluster, peer: Id52, req: ConfigRequest) -> Answer {
     let role = cluster.role();
-    let not_cm = || ConfigAnswer::Denied {
-        reason: "this device is not the cluster manager".into(),
-    };
+    let not_cm = "this device is not the cluster manager";
     match req {
         // Only this cluster's manager may push, and only to a machine.
-        ConfigRequest::Push { envelope } => match role {
+        ConfigRequest::Push { envelope } => Answer::Push(match role {
             Role::Machine | Role::Waiting if peer == cluster.cm_id52() => {
                 machine::apply(cluster, envelope).await
             }
@@ -73,50 +73,47 @@ async fn answer(cluster: &Cluster, peer: Id52, req: ConfigRequest) -> ConfigAnsw
                     malai_cluster = %cluster.alias(), malai_peer = %peer,
                     "refused a config push from {peer}: not the cluster manager {}", cluster.cm_id52()
                 );
-                ConfigAnswer::Denied {
+                PushAnswer::Denied {
                     reason: "only the cluster manager may push config".into(),
                 }
             }
             Role::ClusterManager => {
                 tracing::warn!(malai_cluster = %cluster.alias(), malai_peer = %peer, "refused a config push to the cluster manager");
-                ConfigAnswer::Denied {
+                PushAnswer::Denied {
                     reason: "this device is the cluster manager; it takes no pushed config".into(),
                 }
             }
-        },
+        }),
         // Only config_editors may download or upload, and only on the CM.
-        ConfigRequest::Download => match role {
-            Role::ClusterManager => match edit::download(cluster, edit::Caller::Peer(peer)).await {
-                Ok((text, hash, version)) => ConfigAnswer::File {
-                    text,
-                    hash,
-                    version,
-                },
-                Err(refusal) => refusal.into(),
+        ConfigRequest::Download => Answer::Download(match role {
+            Role::ClusterManager => edit::download(cluster, edit::Caller::Peer(peer))
+                .await
+                .into(),
+            Role::Machine | Role::Waiting => DownloadAnswer::Denied {
+                reason: not_cm.into(),
             },
-            Role::Machine | Role::Waiting => not_cm(),
-        },
+        }),
         ConfigRequest::Upload {
             text,
             base_hash,
             force,
-        } => match role {
+        } => Answer::Upload(match role {
             Role::ClusterManager => {
                 let caller = edit::Caller::Peer(peer);
-                match edit::upload(cluster, caller, text, base_hash, force).await {
-                    Ok(c) => ConfigAnswer::Accepted {
-                        version: c.version,
-                        hash: c.hash,
-                    },
-                    Err(refusal) => refusal.into(),
-                }
+                edit::upload(cluster, caller, text, base_hash, force)
+                    .await
+                    .into()
             }
-            Role::Machine | Role::Waiting => not_cm(),
-        },
+            Role::Machine | Role::Waiting => UploadAnswer::Denied {
+                reason: not_cm.into(),
+            },
+        }),
         // Only a machine listed in cluster.toml may fetch, and only its own.
-        ConfigRequest::Fetch => match role {
+        ConfigRequest::Fetch => Answer::Fetch(match role {
             Role::ClusterManager => cm::serve_fetch(cluster, peer).await,
-            Role::Machine | Role::Waiting => not_cm(),
-        },
+            Role::Machine | Role::Waiting => FetchAnswer::Denied {
+                reason: not_cm.into(),
+            },
+        }),
     }
 }

@@ -23,30 +23,62 @@ pub enum ConfigRequest {
     },
 }
 
+// One answer type per request kind. They share the JSON form of the one
+// answer enum they replace (`{"type": "ack", ...}`, `{"type":
+// "rejected", ...}`), so a peer of an older version reads them unchanged.
+
+/// The answer to a `Push`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "kebab-case")]
-pub enum ConfigAnswer {
+pub enum PushAnswer {
     /// The machine holds this version now.
-    Ack {
-        version: u64,
-    },
-    /// The request was understood and refused; nothing changed.
-    Rejected {
-        reason: String,
-    },
-    /// The peer may not make this request.
-    Denied {
-        reason: String,
-    },
+    Ack { version: u64 },
+    /// Understood and refused (not newer, invalid, not signed for it);
+    /// nothing changed.
+    Rejected { reason: String },
+    /// The sender may not push here.
+    Denied { reason: String },
+}
+
+/// The answer to a `Fetch`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "kebab-case")]
+pub enum FetchAnswer {
+    /// The machine's latest config.
     Config {
         envelope: Envelope,
     },
+    Rejected {
+        reason: String,
+    },
+    /// Not a machine of this cluster, or not asking its manager.
+    Denied {
+        reason: String,
+    },
+}
+
+/// The answer to a `Download`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "kebab-case")]
+pub enum DownloadAnswer {
     /// cluster.toml as it is on the CM, its hash, and the version in force.
     File {
         text: String,
         hash: String,
         version: u64,
     },
+    Rejected {
+        reason: String,
+    },
+    Denied {
+        reason: String,
+    },
+}
+
+/// The answer to an `Upload`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "kebab-case")]
+pub enum UploadAnswer {
     /// The upload is in force as `version`.
     Accepted {
         version: u64,
@@ -61,82 +93,174 @@ pub enum ConfigAnswer {
     Invalid {
         errors: String,
     },
-}
-
-/// What an accepted editing request gave.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Edited {
-    /// A download: cluster.toml, its hash, and the version in force.
-    File {
-        text: String,
-        hash: String,
-        version: u64,
+    /// Reading or writing failed on the CM; nothing changed.
+    Rejected {
+        reason: String,
     },
-    /// An upload, in force as `version`.
-    Accepted { version: u64, hash: String },
+    Denied {
+        reason: String,
+    },
 }
 
-impl From<EditError> for ConfigAnswer {
-    fn from(e: EditError) -> ConfigAnswer {
-        match e {
-            EditError::Denied(reason) => ConfigAnswer::Denied { reason },
-            EditError::Invalid(errors) => ConfigAnswer::Invalid { errors },
-            EditError::Stale {
-                current_hash,
+/// A request that could not be read: the answer whatever its kind.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "kebab-case")]
+pub enum Unreadable {
+    Rejected { reason: String },
+}
+
+/// What a host writes back: the answer to the kind of request it read.
+#[derive(Debug, Clone, Serialize)]
+#[serde(untagged)]
+pub enum Answer {
+    Push(PushAnswer),
+    Fetch(FetchAnswer),
+    Download(DownloadAnswer),
+    Upload(UploadAnswer),
+    Unreadable(Unreadable),
+}
+
+/// cluster.toml as the CM has it: text, blake3 hash in hex, version in
+/// force.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Downloaded {
+    pub text: String,
+    pub hash: String,
+    pub version: u64,
+}
+
+/// An upload in force: its version and the hash of the new cluster.toml.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Uploaded {
+    pub version: u64,
+    pub hash: String,
+}
+
+impl From<Result<Downloaded, EditError>> for DownloadAnswer {
+    fn from(r: Result<Downloaded, EditError>) -> DownloadAnswer {
+        match r {
+            Ok(Downloaded {
+                text,
+                hash,
                 version,
-            } => ConfigAnswer::Stale {
-                current_hash,
+            }) => DownloadAnswer::File {
+                text,
+                hash,
                 version,
             },
-            EditError::Failed(reason) => ConfigAnswer::Rejected { reason },
+            Err(EditError::Denied(reason)) => DownloadAnswer::Denied { reason },
+            Err(e @ (EditError::Invalid(_) | EditError::Stale { .. } | EditError::Failed(_))) => {
+                DownloadAnswer::Rejected {
+                    reason: e.to_string(),
+                }
+            }
         }
     }
 }
 
-impl From<Edited> for ConfigAnswer {
-    fn from(e: Edited) -> ConfigAnswer {
-        match e {
-            Edited::File {
+impl From<DownloadAnswer> for Result<Downloaded, EditError> {
+    fn from(a: DownloadAnswer) -> Self {
+        match a {
+            DownloadAnswer::File {
                 text,
                 hash,
                 version,
-            } => ConfigAnswer::File {
-                text,
-                hash,
-                version,
-            },
-            Edited::Accepted { version, hash } => ConfigAnswer::Accepted { version, hash },
-        }
-    }
-}
-
-impl ConfigAnswer {
-    /// The CM's answer to an editing request, as its typed outcome.
-    pub fn into_edit(self) -> Result<Edited, EditError> {
-        match self {
-            ConfigAnswer::File {
-                text,
-                hash,
-                version,
-            } => Ok(Edited::File {
+            } => Ok(Downloaded {
                 text,
                 hash,
                 version,
             }),
-            ConfigAnswer::Accepted { version, hash } => Ok(Edited::Accepted { version, hash }),
-            ConfigAnswer::Denied { reason } => Err(EditError::Denied(reason)),
-            ConfigAnswer::Invalid { errors } => Err(EditError::Invalid(errors)),
-            ConfigAnswer::Stale {
+            DownloadAnswer::Denied { reason } => Err(EditError::Denied(reason)),
+            DownloadAnswer::Rejected { reason } => Err(EditError::Failed(reason)),
+        }
+    }
+}
+
+impl From<Result<Uploaded, EditError>> for UploadAnswer {
+    fn from(r: Result<Uploaded, EditError>) -> UploadAnswer {
+        match r {
+            Ok(Uploaded { version, hash }) => UploadAnswer::Accepted { version, hash },
+            Err(EditError::Denied(reason)) => UploadAnswer::Denied { reason },
+            Err(EditError::Invalid(errors)) => UploadAnswer::Invalid { errors },
+            Err(EditError::Stale {
+                current_hash,
+                version,
+            }) => UploadAnswer::Stale {
+                current_hash,
+                version,
+            },
+            Err(EditError::Failed(reason)) => UploadAnswer::Rejected { reason },
+        }
+    }
+}
+
+impl From<UploadAnswer> for Result<Uploaded, EditError> {
+    fn from(a: UploadAnswer) -> Self {
+        match a {
+            UploadAnswer::Accepted { version, hash } => Ok(Uploaded { version, hash }),
+            UploadAnswer::Stale {
                 current_hash,
                 version,
             } => Err(EditError::Stale {
                 current_hash,
                 version,
             }),
-            ConfigAnswer::Rejected { reason } => Err(EditError::Failed(reason)),
-            ConfigAnswer::Ack { .. } | ConfigAnswer::Config { .. } => Err(EditError::Failed(
-                "the cluster manager sent an answer that is not about editing".into(),
-            )),
+            UploadAnswer::Invalid { errors } => Err(EditError::Invalid(errors)),
+            UploadAnswer::Denied { reason } => Err(EditError::Denied(reason)),
+            UploadAnswer::Rejected { reason } => Err(EditError::Failed(reason)),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Each answer is written as the one answer enum of earlier versions
+    /// wrote it, so old and new peers read each other.
+    #[test]
+    fn answers_keep_the_wire_form_of_earlier_versions() {
+        let json = |a: Answer| serde_json::to_value(a).unwrap();
+        assert_eq!(
+            json(Answer::Push(PushAnswer::Ack { version: 3 })),
+            serde_json::json!({"type": "ack", "version": 3})
+        );
+        assert_eq!(
+            json(Answer::Upload(UploadAnswer::Stale {
+                current_hash: "h".into(),
+                version: 4
+            })),
+            serde_json::json!({"type": "stale", "current_hash": "h", "version": 4})
+        );
+        assert_eq!(
+            json(Answer::Unreadable(Unreadable::Rejected {
+                reason: "r".into()
+            })),
+            serde_json::json!({"type": "rejected", "reason": "r"})
+        );
+        let read: DownloadAnswer = serde_json::from_value(
+            serde_json::json!({"type": "file", "text": "t", "hash": "h", "version": 2}),
+        )
+        .unwrap();
+        assert!(matches!(read, DownloadAnswer::File { version: 2, .. }));
+    }
+
+    #[test]
+    fn an_edit_outcome_survives_the_wire() {
+        let stale = EditError::Stale {
+            current_hash: "h".into(),
+            version: 9,
+        };
+        let back: Result<Uploaded, EditError> = UploadAnswer::from(Err(stale.clone())).into();
+        assert_eq!(back, Err(stale));
+        let ok = Uploaded {
+            version: 2,
+            hash: "x".into(),
+        };
+        let back: Result<Uploaded, EditError> = UploadAnswer::from(Ok(ok.clone())).into();
+        assert_eq!(back, Ok(ok));
+        let denied = EditError::Denied("no".into());
+        let back: Result<Downloaded, EditError> = DownloadAnswer::from(Err(denied.clone())).into();
+        assert_eq!(back, Err(denied));
     }
 }

@@ -8,31 +8,33 @@ use std::path::Path;
 use malai::identity::{Id52, Identity};
 use malai::p2p::{self, CONFIG_ALPN, frame};
 use malai::sync::envelope::Envelope;
-use malai::sync::proto::{ConfigAnswer, ConfigRequest};
+use malai::sync::proto::{ConfigRequest, PushAnswer};
+use serde::de::DeserializeOwned;
 
-/// One request to `to` at `addr`, as `from`; the answer.
-pub fn config_request(
+/// One request to `to` at `addr`, as `from`; the answer, of the type that
+/// answers the request's kind.
+pub fn config_request<A: DeserializeOwned>(
     from: &Identity,
     to: &Id52,
     addr: SocketAddr,
     request: ConfigRequest,
-) -> ConfigAnswer {
+) -> A {
     try_config_request(from, to, addr, request).unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// A `Push` of `envelope` to `to` at `addr`, as `from`; the answer.
-pub fn push(from: &Identity, to: &Id52, addr: SocketAddr, envelope: Envelope) -> ConfigAnswer {
+pub fn push(from: &Identity, to: &Id52, addr: SocketAddr, envelope: Envelope) -> PushAnswer {
     config_request(from, to, addr, ConfigRequest::Push { envelope })
 }
 
 /// `config_request`, for a sender the host may refuse outright: what went
 /// wrong on the connection, as text.
-pub fn try_config_request(
+pub fn try_config_request<A: DeserializeOwned>(
     from: &Identity,
     to: &Id52,
     addr: SocketAddr,
     request: ConfigRequest,
-) -> Result<ConfigAnswer, String> {
+) -> Result<A, String> {
     let settings = "[network]\nrelay = \"disabled\"\ndiscovery = false\nbind = \"127.0.0.1\"\n";
     let network = malai::config::local::parse(Path::new("malai.toml"), settings)
         .unwrap_or_else(|d| panic!("{d}"))
@@ -53,7 +55,7 @@ pub fn try_config_request(
                 let (mut send, mut recv) = conn.open_bi().await?;
                 frame::write_msg(&mut send, &request).await?;
                 send.finish()?;
-                anyhow::Ok(frame::read_msg::<_, ConfigAnswer>(&mut recv).await?)
+                anyhow::Ok(frame::read_msg::<_, A>(&mut recv).await?)
             };
             let answer = exchange.await.map_err(|e| match conn.close_reason() {
                 Some(reason) => format!("{reason}"),
