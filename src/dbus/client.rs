@@ -64,6 +64,14 @@ pub trait Cluster {
     /// The cluster's name on the daemon's device.
     #[zbus(property)]
     fn alias(&self) -> zbus::Result<String>;
+
+    /// The config version in force on the daemon's device.
+    #[zbus(property)]
+    fn config_version(&self) -> zbus::Result<u64>;
+
+    /// A config version was put in force on the daemon's device.
+    #[zbus(signal)]
+    fn config_applied(&self, version: u64, hash: &str) -> zbus::Result<()>;
 }
 
 /// A daemon that answered.

@@ -45,6 +45,18 @@ impl Service {
     /// cluster, and only then requests the bus name.
     pub async fn start(bus: &Bus, daemon: Handle) -> anyhow::Result<Service> {
         let conn = bus.connect().await?;
+        let service = Service::serve(conn.clone(), daemon).await?;
+        conn.request_name(BUS_NAME)
+            .await
+            .with_context(|| format!("requesting the name {BUS_NAME} on {bus}"))?;
+        Ok(service)
+    }
+
+    /// Serves the daemon object and one object per cluster on `conn`: a
+    /// connection to a bus (`start` then requests the name), or a
+    /// peer-to-peer one, whose caller is the process at the other end of
+    /// the socket as the kernel names it.
+    pub async fn serve(conn: Connection, daemon: Handle) -> anyhow::Result<Service> {
         let objects = Objects::default();
         let mut clusters = daemon.clusters();
         sync(&conn, &objects, &clusters.borrow_and_update().clone()).await?;
@@ -58,9 +70,6 @@ impl Service {
                 },
             )
             .await?;
-        conn.request_name(BUS_NAME)
-            .await
-            .with_context(|| format!("requesting the name {BUS_NAME} on {bus}"))?;
         let follower = conn.clone();
         let follow = tokio::spawn(async move {
             while clusters.changed().await.is_ok() {
@@ -438,8 +447,18 @@ fn cloexec(fd: zbus::OwnedFd) -> Result<std::os::fd::OwnedFd, Error> {
     Ok(fd)
 }
 
-/// The uid of the process that sent the call, as the bus knows it.
+/// The uid of the process that sent the call, as the bus knows it; on a
+/// peer-to-peer connection, the uid of the socket's peer (`SO_PEERCRED`).
 async fn caller_uid(conn: &Connection, hdr: &Header<'_>) -> Result<u32, Error> {
+    if !conn.is_bus() {
+        let creds = conn
+            .peer_creds()
+            .await
+            .map_err(|e| Error::AccessDenied(format!("cannot tell who is calling: {e}")))?;
+        return creds
+            .unix_user_id()
+            .ok_or_else(|| Error::AccessDenied("the peer of this socket has no uid".into()));
+    }
     let sender = hdr
         .sender()
         .ok_or_else(|| Error::AccessDenied("the call has no sender".into()))?;
