@@ -196,10 +196,9 @@ fn busctl_as(uid: u32, bus: &PrivateBus, args: &[&str]) -> Output {
         .expect("run setpriv busctl")
 }
 
-/// Starts a root daemon on `bus`; returns it once READY=1.
 /// Starts a daemon of `home` on `bus`; returns it once READY=1, with the
 /// NOTIFY_SOCKET it talks to.
-fn start_on(home: &TestHome, bus: &PrivateBus) -> (std::process::Child, UnixDatagram) {
+fn start_on(home: &TestHome, bus: &PrivateBus) -> (Running, UnixDatagram) {
     let sock_path = home.path().join("notify.sock");
     let sock = UnixDatagram::bind(&sock_path).unwrap();
     let child = home
@@ -211,17 +210,18 @@ fn start_on(home: &TestHome, bus: &PrivateBus) -> (std::process::Child, UnixData
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
+    let child = Running(child);
     common::read_notify_until(&sock, "READY=1");
     (child, sock)
 }
 
 /// A CM of `company` on loopback, its daemon on `bus`.
-fn daemon_on(home: &TestHome, bus: &PrivateBus) -> std::process::Child {
+fn daemon_on(home: &TestHome, bus: &PrivateBus) -> Running {
     home.init_loopback_cluster("company");
     start_on(home, bus).0
 }
 
-fn stop(mut child: std::process::Child) {
+fn stop(mut child: Running) {
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(child.id() as i32),
         nix::sys::signal::Signal::SIGTERM,
@@ -400,14 +400,14 @@ fn a_users_own_daemon_serves_that_user_and_no_other() {
     let log_dir = tempfile::tempdir().unwrap();
     let log_path = log_dir.path().join("daemon.log");
     let mut command = as_nobody();
-    let mut daemon = Stopped(Some(
+    let daemon = Running(
         command
             .arg("daemon")
             .env("NOTIFY_SOCKET", &sock_path)
             .stderr(std::fs::File::create(&log_path).unwrap())
             .spawn()
             .unwrap(),
-    ));
+    );
     common::read_notify_until(&sock, "READY=1");
     let version = bus.busctl(&[
         "get-property",
@@ -466,18 +466,32 @@ fn a_users_own_daemon_serves_that_user_and_no_other() {
         "{}",
         common::stderr(&other)
     );
-    stop(daemon.0.take().unwrap());
+    stop(daemon);
 }
 
-/// A daemon stopped by `stop` at the end of a test, or killed (by its pid)
-/// when the test fails before that.
-struct Stopped(Option<std::process::Child>);
+/// A daemon the test started: stopped by `stop` at the end of the test,
+/// or killed by its pid when dropped still running (a test that fails
+/// before stopping it leaves no process behind).
+struct Running(std::process::Child);
 
-impl Drop for Stopped {
+impl std::ops::Deref for Running {
+    type Target = std::process::Child;
+    fn deref(&self) -> &std::process::Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Running {
+    fn deref_mut(&mut self) -> &mut std::process::Child {
+        &mut self.0
+    }
+}
+
+impl Drop for Running {
     fn drop(&mut self) {
-        if let Some(mut child) = self.0.take() {
-            let _ = child.kill();
-            let _ = child.wait();
+        if matches!(self.0.try_wait(), Ok(None)) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
         }
     }
 }
