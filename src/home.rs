@@ -58,6 +58,19 @@ impl Role {
 pub struct ClusterInfo {
     #[serde(rename = "cluster-manager")]
     pub cluster_manager: InfoCm,
+    /// The relay to reach the CM through before it has sent a config
+    /// (`machine init --relay URL [--relay-ca FILE]`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<InfoNetwork>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InfoNetwork {
+    pub relay: String,
+    /// PEM text of the relay's CA.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub relay_ca: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -82,6 +95,9 @@ pub struct ClusterDir {
     /// The CM's id52 and address hints (a CM's own id52 on the CM).
     pub cm_id52: Id52,
     pub cm_addrs: Vec<SocketAddr>,
+    /// The cluster's relay: the config's when it names one, else the one
+    /// given at `machine init`.
+    pub relay: Option<config::OwnRelay>,
 }
 
 impl Home {
@@ -228,6 +244,7 @@ impl Home {
                 alias: alias.to_owned(),
                 cm_id52: identity.id52(),
                 cm_addrs: config.cm_addrs.clone(),
+                relay: config.relay.clone(),
                 identity,
                 role: Role::ClusterManager,
                 config: Some(config),
@@ -244,6 +261,7 @@ impl Home {
             )
         })?;
         let mut cm_addrs = info.cluster_manager.addrs.clone();
+        let info_relay = info_relay(&info, &info_path)?;
         let (role, config, bytes) = if has_machine {
             let (config, bytes) = read_config(&machine_path, FileKind::Machine)?;
             if config.cluster_manager != cm_id52 {
@@ -270,8 +288,9 @@ impl Home {
             dir,
             identity,
             role,
-            config,
             config_bytes: bytes,
+            relay: config.as_ref().and_then(|c| c.relay.clone()).or(info_relay),
+            config,
             cm_id52,
             cm_addrs,
         })
@@ -288,6 +307,29 @@ impl ClusterDir {
     pub fn config_hash(&self) -> String {
         hash_hex(&self.config_bytes)
     }
+}
+
+/// The relay `machine init --relay` wrote in cluster-info.toml, checked.
+fn info_relay(info: &ClusterInfo, path: &Path) -> Result<Option<config::OwnRelay>, Diagnostics> {
+    let Some(net) = &info.network else {
+        return Ok(None);
+    };
+    let checked = config::relay::check_url(&net.relay).and_then(|()| {
+        net.relay_ca
+            .as_deref()
+            .map_or(Ok(()), |pem| config::relay::certificates(pem).map(|_| ()))
+    });
+    if let Err(e) = checked {
+        return Err(Diagnostics(vec![Diagnostic::whole(
+            path,
+            format!("[network]: {e}"),
+            "run `malai machine init` again with a correct --relay and --relay-ca",
+        )]));
+    }
+    Ok(Some(config::OwnRelay {
+        url: net.relay.clone(),
+        ca_pem: net.relay_ca.clone(),
+    }))
 }
 
 pub fn hash_hex(bytes: &[u8]) -> String {

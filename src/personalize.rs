@@ -9,6 +9,8 @@
 //! `allow_from` admits it, so its forwards know which machine to dial. For
 //! the latter, `allow_from` is written as the machine's own alias: it learns
 //! that it may reach the service, not who else may.
+//!
+//! The cluster's relay (`[network]`) goes to every machine as it is.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -27,6 +29,16 @@ struct Out {
     group: BTreeMap<String, OutGroup>,
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     service: BTreeMap<String, OutService>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    network: Option<OutNetwork>,
+}
+
+/// The cluster's relay, which every member uses.
+#[derive(Serialize)]
+struct OutNetwork {
+    relay: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    relay_ca: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -177,6 +189,10 @@ pub fn machine_toml(config: &ClusterConfig, alias: &str, version: u64) -> Option
         machine: machines,
         group,
         service,
+        network: config.relay.as_ref().map(|r| OutNetwork {
+            relay: r.url.clone(),
+            relay_ca: r.ca_pem.clone(),
+        }),
     };
     let body = toml::to_string(&out).expect("personalized config serializes");
     Some(format!(
@@ -267,5 +283,22 @@ mod tests {
         assert!(!acl::may_use_service(&laptop, &lap, &lap, "admin").is_allowed());
 
         assert!(received(&config, "cm").services.is_empty());
+    }
+
+    #[test]
+    fn every_machine_gets_the_clusters_relay_and_its_ca() {
+        let (config, _) = company();
+        assert_eq!(received(&config, "web01").relay, None);
+        let ca = include_str!("../tests/fixtures/relay-ca.pem");
+        let cm = config.cluster_manager;
+        let text = format!(
+            "[network]\nrelay = \"https://10.0.0.1:3443\"\nrelay_ca = \'\'\'\n{ca}\'\'\'\n\
+             [cluster-manager]\nid52 = \"{cm}\"\n[machine.cm]\nid52 = \"{cm}\"\n"
+        );
+        let config = cluster::parse(Path::new("cluster.toml"), &text, FileKind::Cluster).unwrap();
+        let relay = config.relay.clone().unwrap();
+        assert_eq!(relay.url, "https://10.0.0.1:3443");
+        assert_eq!(relay.ca().unwrap().len(), 1);
+        assert_eq!(received(&config, "cm").relay, Some(relay));
     }
 }

@@ -216,6 +216,7 @@ fn config_with(min_machines: usize, acyclic: bool) -> impl Strategy<Value = Clus
                     .collect(),
                 services: BTreeMap::new(),
                 received_version: None,
+                relay: None,
             },
         )
 }
@@ -540,6 +541,7 @@ proptest! {
             groups: BTreeMap::new(),
             services: BTreeMap::new(),
             received_version: None,
+            relay: None,
         };
         for (q, out) in answers(&config) {
             prop_assert_eq!(out, None, "{}", describe(q));

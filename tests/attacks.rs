@@ -60,9 +60,16 @@ fn loopback_net() -> NetworkSettings {
 }
 
 async fn endpoint(id: &Identity) -> Endpoint {
-    p2p::bind(id, &loopback_net(), 0, Vec::new(), None)
-        .await
-        .unwrap()
+    p2p::bind(
+        id,
+        &loopback_net(),
+        &p2p::RelayChoice::Disabled,
+        0,
+        Vec::new(),
+        None,
+    )
+    .await
+    .unwrap()
 }
 
 /// What a raw exec request got: the host's first answer, then (if it
@@ -76,7 +83,9 @@ struct Ran {
 
 /// One `malai/exec/1` request as `ep`'s key, built by hand.
 async fn raw_exec(ep: &Endpoint, to: &Id52, addr: SocketAddr, req: ExecRequest) -> Ran {
-    let conn = p2p::dial(ep, to, &[addr], EXEC_ALPN).await.unwrap();
+    let conn = p2p::dial(ep, to, &p2p::Reach::at(&[addr]), EXEC_ALPN)
+        .await
+        .unwrap();
     let (mut send, mut recv) = conn.open_bi().await.unwrap();
     frame::write_msg(&mut send, &req).await.unwrap();
     frame::write_msg(&mut send, &ClientMsg::Eof).await.unwrap();
@@ -311,7 +320,11 @@ async fn strangers_are_refused_before_any_work_and_members_are_capped() {
     for _ in 0..cap + 4 {
         let ep = endpoint(&lab.mallory).await;
         // Past the cap the dial may fail, or succeed and be closed.
-        held.extend(p2p::dial(&ep, &to, &[addr], EXEC_ALPN).await.ok());
+        held.extend(
+            p2p::dial(&ep, &to, &p2p::Reach::at(&[addr]), EXEC_ALPN)
+                .await
+                .ok(),
+        );
         endpoints.push(ep);
     }
     let mut open = 0;
@@ -355,7 +368,7 @@ async fn stranger(to: &Id52, addr: SocketAddr) -> usize {
     let ep = endpoint(&Identity::generate()).await;
     let mut refused = 0;
     for alpn in [EXEC_ALPN, CONFIG_ALPN, FORWARD_ALPN] {
-        let Ok(conn) = p2p::dial(&ep, to, &[addr], alpn).await else {
+        let Ok(conn) = p2p::dial(&ep, to, &p2p::Reach::at(&[addr]), alpn).await else {
             refused += 1;
             continue;
         };

@@ -23,6 +23,14 @@ pub enum MachineCommand {
         /// repeat for several.
         #[arg(long = "cm-addr", value_name = "IP:PORT")]
         cm_addr: Vec<SocketAddr>,
+        /// The cluster's relay (https://HOST:PORT), to reach the cluster
+        /// manager through with no address; the cluster's config names it
+        /// from then on.
+        #[arg(long, value_name = "URL")]
+        relay: Option<String>,
+        /// PEM file of the CA that signed the relay's certificate.
+        #[arg(long, value_name = "FILE", requires = "relay")]
+        relay_ca: Option<std::path::PathBuf>,
         /// The machine name to suggest in the snippet (default: host name).
         #[arg(long)]
         name: Option<String>,
@@ -37,6 +45,8 @@ pub fn run(cmd: MachineCommand) -> anyhow::Result<u8> {
         cm_id52,
         cluster,
         cm_addr,
+        relay,
+        relay_ca,
         name,
         json,
     } = cmd;
@@ -58,6 +68,28 @@ pub fn run(cmd: MachineCommand) -> anyhow::Result<u8> {
         ))
         .into());
     }
+    let network = match relay {
+        None => None,
+        Some(url) => {
+            crate::config::relay::check_url(&url).map_err(Failure::usage)?;
+            let relay_ca = match relay_ca {
+                None => None,
+                Some(path) => {
+                    let pem = std::fs::read_to_string(&path).map_err(|e| {
+                        Failure::usage(format!("--relay-ca {}: {e}", path.display()))
+                    })?;
+                    crate::config::relay::certificates(&pem).map_err(|e| {
+                        Failure::usage(format!("--relay-ca {}: {e}", path.display()))
+                    })?;
+                    Some(pem)
+                }
+            };
+            Some(home::InfoNetwork {
+                relay: url,
+                relay_ca,
+            })
+        }
+    };
     let home = Home::resolve()?;
     let (dir, identity) = home::create_cluster_dir(&home, &cluster)?;
     let info = ClusterInfo {
@@ -65,6 +97,7 @@ pub fn run(cmd: MachineCommand) -> anyhow::Result<u8> {
             id52: cm.to_string(),
             addrs: cm_addr,
         },
+        network,
     };
     home::write_info(&dir, &info)?;
     let id52 = identity.id52();

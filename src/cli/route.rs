@@ -201,25 +201,45 @@ impl Route<'_> {
             ));
             return Ok(result?);
         }
-        rt.block_on(async move {
-            let endpoint = p2p::bind(&cluster.identity, &network, 0, Vec::new(), None)
-                .await
-                .map_err(|e| Failure::new(EXEC_FAILED, format!("{e:#}")))?;
-            let conn = match p2p::dial(&endpoint, &id, &addrs, EXEC_ALPN).await {
-                Ok(c) => c,
-                Err(e) => {
-                    endpoint.close().await;
-                    return Err(
-                        ExecError::Unreachable(format!("cannot reach {what}: {e:#}")).into(),
-                    );
-                }
-            };
-            let code = crate::exec::client::run(&conn, argv, &what).await;
-            conn.close(0u32.into(), b"done");
-            p2p::close_without_waiting(endpoint).await;
-            code
-        })
+        let relay = p2p::RelayChoice::resolve(&network, cluster.relay.as_ref());
+        let reach = p2p::Reach {
+            addrs,
+            relay: relay.dial_via(),
+        };
+        rt.block_on(exec_direct(
+            &cluster.identity,
+            &network,
+            &relay,
+            (&id, &reach),
+            argv,
+            &what,
+        ))
     }
+}
+
+/// Dials `peer` from a fresh endpoint of `identity` and runs argv there.
+async fn exec_direct(
+    identity: &crate::identity::Identity,
+    network: &crate::config::NetworkSettings,
+    relay: &p2p::RelayChoice,
+    (peer, reach): (&crate::identity::Id52, &p2p::Reach),
+    argv: Vec<String>,
+    what: &str,
+) -> anyhow::Result<u8> {
+    let endpoint = p2p::bind(identity, network, relay, 0, Vec::new(), None)
+        .await
+        .map_err(|e| Failure::new(EXEC_FAILED, format!("{e:#}")))?;
+    let conn = match p2p::dial(&endpoint, peer, reach, EXEC_ALPN).await {
+        Ok(c) => c,
+        Err(e) => {
+            endpoint.close().await;
+            return Err(ExecError::Unreachable(format!("cannot reach {what}: {e:#}")).into());
+        }
+    };
+    let code = crate::exec::client::run(&conn, argv, what).await;
+    conn.close(0u32.into(), b"done");
+    p2p::close_without_waiting(endpoint).await;
+    code
 }
 
 /// Runs the invocation through `found`, the daemon on a bus: the daemon
@@ -478,11 +498,17 @@ impl Route<'_> {
         tracing::debug!("config request directly: {}", self.skipped.join("; "));
         let c = self.home.load_cluster(cluster)?;
         let local = self.home.local_config()?;
-        let (cm, addrs) = (c.cm_id52, c.cm_addrs.clone());
+        let relay = p2p::RelayChoice::resolve(&local.network, c.relay.as_ref());
+        let reach = p2p::Reach {
+            addrs: c.cm_addrs.clone(),
+            relay: relay.dial_via(),
+        };
+        let cm = c.cm_id52;
         self.rt.block_on(async {
-            let endpoint = p2p::bind(&c.identity, &local.network, 0, Vec::new(), None).await?;
+            let endpoint =
+                p2p::bind(&c.identity, &local.network, &relay, 0, Vec::new(), None).await?;
             let result = async {
-                let conn = p2p::dial(&endpoint, &cm, &addrs, crate::p2p::CONFIG_ALPN)
+                let conn = p2p::dial(&endpoint, &cm, &reach, crate::p2p::CONFIG_ALPN)
                     .await
                     .map_err(|e| {
                         Failure::new(

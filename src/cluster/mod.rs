@@ -92,12 +92,14 @@ pub struct Cluster {
 }
 
 impl Cluster {
-    /// The handle of the loaded cluster `c`, on `endpoint` behind `gate`.
+    /// The handle of the loaded cluster `c`, on `endpoint` behind `gate`;
+    /// its pool dials through `pool`'s relay.
     /// A cluster manager's config is put in force through `commit` (which
     /// may bump the version when cluster.toml changed while nobody ran).
     pub async fn start(
         c: ClusterDir,
         endpoint: Endpoint,
+        pool: Pool,
         gate: Gate,
         changed: Arc<Notify>,
     ) -> anyhow::Result<Arc<Cluster>> {
@@ -124,7 +126,7 @@ impl Cluster {
             dir: c.dir.clone(),
             cm_id52: c.cm_id52,
             endpoint,
-            pool: Pool::default(),
+            pool,
             gate,
             in_force: watch::Sender::new(in_force),
             cm_addrs: RwLock::new(c.cm_addrs.clone()),
@@ -306,6 +308,7 @@ impl Cluster {
             config_bytes: std::fs::read(file).unwrap_or_default(),
             cm_id52: self.cm_id52,
             cm_addrs: self.cm_addrs(),
+            relay: self.config().and_then(|c| c.relay.clone()),
         };
         match role {
             Role::ClusterManager if dir.config.is_none() => {

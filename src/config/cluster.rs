@@ -36,6 +36,9 @@ pub struct ClusterConfig {
     pub services: BTreeMap<String, Service>,
     /// machine.toml only: the version the CM signed this file as.
     pub received_version: Option<u64>,
+    /// `[network] relay` and `relay_ca`: the cluster's own relay, which
+    /// every member uses unless its malai.toml says otherwise.
+    pub relay: Option<super::OwnRelay>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -143,6 +146,14 @@ struct RawFile {
     #[serde(default)]
     service: BTreeMap<Spanned<String>, RawService>,
     received: Option<Spanned<RawReceived>>,
+    network: Option<Spanned<RawClusterNetwork>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawClusterNetwork {
+    relay: Option<Spanned<String>>,
+    relay_ca: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -222,6 +233,43 @@ struct Validator<'a> {
 }
 
 impl Validator<'_> {
+    /// `[network]`: a relay URL, and the PEM of its CA only beside one.
+    fn relay(&mut self, net: &Spanned<RawClusterNetwork>) -> Option<super::OwnRelay> {
+        let raw = net.get_ref();
+        let Some(url) = &raw.relay else {
+            if let Some(ca) = &raw.relay_ca {
+                self.err(
+                    ca.span(),
+                    "relay_ca without a relay",
+                    "add relay = \"https://HOST:PORT\" for the relay this CA signed, or remove relay_ca",
+                );
+            }
+            return None;
+        };
+        if let Err(e) = super::relay::check_url(url.get_ref()) {
+            self.err(url.span(), e, "write relay = \"https://relay.example.com\"");
+            return None;
+        }
+        let ca_pem = match &raw.relay_ca {
+            None => None,
+            Some(ca) => match super::relay::certificates(ca.get_ref()) {
+                Ok(_) => Some(ca.get_ref().clone()),
+                Err(e) => {
+                    self.err(
+                        ca.span(),
+                        format!("relay_ca: {e}"),
+                        "paste the PEM text of the CA certificate in a '\'\'\' string",
+                    );
+                    return None;
+                }
+            },
+        };
+        Some(super::OwnRelay {
+            url: url.get_ref().clone(),
+            ca_pem,
+        })
+    }
+
     fn err(&mut self, span: std::ops::Range<usize>, message: impl Into<String>, help: &str) {
         self.diags.push(self.src.diag(span, message, help));
     }
@@ -309,6 +357,8 @@ impl Validator<'_> {
             }
         }
 
+        let relay = raw.network.as_ref().and_then(|n| self.relay(n));
+
         let mut services = BTreeMap::new();
         for (name, s) in &raw.service {
             if let Some(service) = self.service(name, s) {
@@ -327,6 +377,7 @@ impl Validator<'_> {
             groups,
             services,
             received_version,
+            relay,
         })
     }
 

@@ -56,6 +56,9 @@ pub struct HttpListener {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NetworkSettings {
     pub relay: Relay,
+    /// `relay_ca = "PATH"`: the PEM read from it, for a relay URL given
+    /// here or for a machine's first contact before it has a config.
+    pub relay_ca: Option<String>,
     pub discovery: bool,
     pub bind: IpAddr,
     /// cluster alias -> fixed UDP port of that cluster's identity.
@@ -65,7 +68,8 @@ pub struct NetworkSettings {
 impl Default for NetworkSettings {
     fn default() -> Self {
         NetworkSettings {
-            relay: Relay::Default,
+            relay: Relay::Cluster,
+            relay_ca: None,
             discovery: true,
             bind: IpAddr::from([0, 0, 0, 0]),
             ports: BTreeMap::new(),
@@ -75,9 +79,14 @@ impl Default for NetworkSettings {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Relay {
-    /// iroh's public relays.
-    Default,
+    /// Unset: the cluster's relay when its config names one, else iroh's
+    /// public relays.
+    Cluster,
+    /// `"default"`: iroh's public relays, whatever the cluster says.
+    Public,
+    /// `"disabled"`: no relay (peers need addresses, or discovery).
     Disabled,
+    /// This relay, whatever the cluster says.
     Url(String),
 }
 
@@ -109,6 +118,7 @@ struct RawHttp {
 #[serde(deny_unknown_fields)]
 struct RawNetwork {
     relay: Option<Spanned<String>>,
+    relay_ca: Option<Spanned<String>>,
     discovery: Option<bool>,
     bind: Option<Spanned<String>>,
     #[serde(default)]
@@ -202,20 +212,37 @@ fn network(
 ) {
     if let Some(relay) = &net.relay {
         settings.relay = match relay.get_ref().as_str() {
-            "default" => Relay::Default,
+            "default" => Relay::Public,
             "disabled" => Relay::Disabled,
-            url if url.starts_with("https://") || url.starts_with("http://") => {
-                Relay::Url(url.to_owned())
-            }
-            other => {
-                diags.push(src.diag(
-                    relay.span(),
-                    format!("relay {other:?} is neither \"default\", \"disabled\" nor a relay URL"),
-                    "write relay = \"default\", \"disabled\" or \"https://relay.example.com\"",
-                ));
-                Relay::Default
-            }
+            url => match super::relay::check_url(url) {
+                Ok(()) => Relay::Url(url.to_owned()),
+                Err(e) => {
+                    diags.push(src.diag(
+                        relay.span(),
+                        format!("{e}: neither \"default\", \"disabled\" nor a relay URL"),
+                        "write relay = \"default\", \"disabled\" or \"https://relay.example.com\", or remove it to use the cluster's relay",
+                    ));
+                    Relay::Cluster
+                }
+            },
         };
+    }
+    if let Some(path) = &net.relay_ca {
+        let read = std::fs::read_to_string(path.get_ref())
+            .map_err(|e| format!("cannot read relay_ca {:?}: {e}", path.get_ref()))
+            .and_then(|pem| {
+                super::relay::certificates(&pem)
+                    .map(|_| pem)
+                    .map_err(|e| format!("relay_ca {:?}: {e}", path.get_ref()))
+            });
+        match read {
+            Ok(pem) => settings.relay_ca = Some(pem),
+            Err(e) => diags.push(src.diag(
+                path.span(),
+                e,
+                "give the path of the PEM file of the CA that signed the relay's certificate",
+            )),
+        }
     }
     if let Some(discovery) = net.discovery {
         settings.discovery = discovery;

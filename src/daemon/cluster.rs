@@ -15,12 +15,14 @@ use crate::exec::server::ExecHandler;
 use crate::forward::host::ForwardHandler;
 use crate::home::{ClusterDir, Role};
 use crate::p2p::gate::Gate;
-use crate::p2p::{self, CONFIG_ALPN, EXEC_ALPN, FORWARD_ALPN};
+use crate::p2p::{self, CONFIG_ALPN, EXEC_ALPN, FORWARD_ALPN, Pool, RelayChoice};
 use crate::sync;
 
 pub struct RunningCluster {
     pub cluster: Arc<Cluster>,
     pub port: u16,
+    /// The relay its endpoint was bound with; another one needs a restart.
+    pub relay: RelayChoice,
     router: Router,
     task: JoinHandle<()>,
 }
@@ -38,10 +40,12 @@ impl RunningCluster {
             FORWARD_ALPN.to_vec(),
         ];
         let gate = Gate::new(&c.alias, c.cm_id52, None);
-        let endpoint = p2p::bind(&c.identity, net, port, alpns, Some(&gate)).await?;
+        let relay = RelayChoice::resolve(net, c.relay.as_ref());
+        let endpoint = p2p::bind(&c.identity, net, &relay, port, alpns, Some(&gate)).await?;
         let role = c.role;
         let alias = c.alias.clone();
-        let cluster = Cluster::start(c, endpoint.clone(), gate, changed).await?;
+        let pool = Pool::new(&relay);
+        let cluster = Cluster::start(c, endpoint.clone(), pool, gate, changed).await?;
         let router = Router::builder(endpoint)
             .accept(EXEC_ALPN, ExecHandler::new(cluster.clone()))
             .accept(
@@ -65,14 +69,16 @@ impl RunningCluster {
         };
         tracing::info!(
             malai_cluster = %alias,
-            "cluster {alias} up as {} on {:?}, id52 {}",
+            "cluster {alias} up as {} on {:?}, id52 {}, relay {}",
             role.as_str(),
             cluster.endpoint().bound_sockets(),
-            cluster.id52()
+            cluster.id52(),
+            relay
         );
         Ok(RunningCluster {
             cluster,
             port,
+            relay,
             router,
             task,
         })

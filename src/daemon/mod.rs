@@ -175,6 +175,7 @@ impl Daemon {
             tokio::select! {
                 _ = ping.tick(), if watchdog.is_some() => notify(&[NotifyState::Watchdog]),
                 _ = self.changed.notified() => {
+                    self.follow_relays().await;
                     notify(&[NotifyState::Status(&self.status_line())]);
                 }
                 () = &mut shutdown => break,
@@ -269,6 +270,42 @@ impl Daemon {
         problems
     }
 
+    /// A config put in force may name another relay (a push to a machine,
+    /// an upload on the CM): a cluster whose relay changed is restarted on
+    /// the new one, so its endpoint and its dials use it. (A config that
+    /// stops naming a relay keeps the one the cluster started with until
+    /// the next rescan.)
+    async fn follow_relays(&mut self) {
+        let moved: Vec<String> = self
+            .clusters
+            .iter()
+            .filter(|(_, running)| {
+                let Some(named) = running.cluster.config().and_then(|c| c.relay.clone()) else {
+                    return false;
+                };
+                crate::p2p::RelayChoice::resolve(&self.local.network, Some(&named)) != running.relay
+            })
+            .map(|(alias, _)| alias.clone())
+            .collect();
+        if moved.is_empty() {
+            return;
+        }
+        for alias in moved {
+            let dir = match self.home.load_cluster(&alias) {
+                Ok(dir) => dir,
+                Err(e) => {
+                    tracing::error!(malai_cluster = %alias, "cannot reload cluster {alias} for its new relay: {e}");
+                    continue;
+                }
+            };
+            let alias = dir.alias.clone();
+            if let Err(e) = self.apply(dir).await {
+                tracing::error!(malai_cluster = %alias, "cannot restart cluster {alias} on its new relay: {e:#}");
+            }
+        }
+        self.published.send_replace(by_alias(&self.clusters));
+    }
+
     async fn apply(&mut self, dir: ClusterDir) -> anyhow::Result<()> {
         let alias = dir.alias.clone();
         let port = self.local.network.ports.get(&alias).copied().unwrap_or(0);
@@ -277,7 +314,8 @@ impl Daemon {
             let same_identity = c.id52() == dir.identity.id52();
             let was_cm = c.role() == Role::ClusterManager;
             let is_cm = dir.role == Role::ClusterManager;
-            if same_identity && was_cm == is_cm && running.port == port {
+            let relay = crate::p2p::RelayChoice::resolve(&self.local.network, dir.relay.as_ref());
+            if same_identity && was_cm == is_cm && running.port == port && running.relay == relay {
                 if is_cm {
                     // cluster.toml as it is now, not as `dir` read it.
                     c.commit(crate::cluster::Change::Disk).await?;
@@ -285,7 +323,7 @@ impl Daemon {
                 return Ok(());
             }
             let old = self.clusters.remove(&alias).expect("present");
-            tracing::info!(malai_cluster = %alias, "cluster {alias} changed identity, role or port; restarting it");
+            tracing::info!(malai_cluster = %alias, "cluster {alias} changed identity, role, port or relay; restarting it");
             old.stop().await;
         }
         let running = RunningCluster::start(dir, &self.local.network, self.changed.clone()).await?;

@@ -15,7 +15,7 @@ use iroh::endpoint::{Connection, PortmapperConfig, QuicTransportConfig, VarInt, 
 use iroh::{Endpoint, EndpointAddr, NetReportConfig, RelayMode};
 use tokio::sync::Mutex;
 
-use crate::config::{NetworkSettings, Relay};
+use crate::config::{NetworkSettings, OwnRelay, Relay};
 use crate::identity::{Id52, Identity};
 
 /// Remote exec: one bidirectional stream per command.
@@ -45,12 +45,66 @@ const MAX_STREAMS_PER_CONNECTION: u32 = 32;
 /// (measured in docs/BENCHMARKS.md: 4-9 ms per cold exec at 20-50 ms RTT).
 const INITIAL_WINDOW: u64 = 32 * 1200;
 
-/// Binds an endpoint for `identity` with the network settings of malai.toml.
-/// `port` fixes the UDP port (0: any). A daemon's endpoint passes the gate
-/// of its cluster, which refuses strangers right after the handshake.
+/// The relay an identity's endpoint keeps a connection to, which is also
+/// the relay its peers are dialled through: the members of a cluster share
+/// the cluster's relay, so a peer's id and that relay's URL reach it behind
+/// any NAT, with no address written down.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RelayChoice {
+    Disabled,
+    /// iroh's public relays (peers found by discovery).
+    Public,
+    Own(OwnRelay),
+}
+
+impl std::fmt::Display for RelayChoice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RelayChoice::Disabled => write!(f, "disabled"),
+            RelayChoice::Public => write!(f, "iroh's public relays"),
+            RelayChoice::Own(own) => write!(f, "{}", own.url),
+        }
+    }
+}
+
+impl RelayChoice {
+    /// malai.toml's choice over the cluster's relay: unset follows the
+    /// cluster (else iroh's public relays); "default", "disabled" and a URL
+    /// override it. malai.toml's `relay_ca` applies to its own URL, and to
+    /// the cluster's relay when the cluster names no CA.
+    pub fn resolve(net: &NetworkSettings, cluster: Option<&OwnRelay>) -> RelayChoice {
+        match (&net.relay, cluster) {
+            (Relay::Disabled, _) => RelayChoice::Disabled,
+            (Relay::Public, _) | (Relay::Cluster, None) => RelayChoice::Public,
+            (Relay::Url(url), _) => RelayChoice::Own(OwnRelay {
+                url: url.clone(),
+                ca_pem: net.relay_ca.clone(),
+            }),
+            (Relay::Cluster, Some(own)) => RelayChoice::Own(OwnRelay {
+                url: own.url.clone(),
+                ca_pem: own.ca_pem.clone().or_else(|| net.relay_ca.clone()),
+            }),
+        }
+    }
+
+    /// The relay to name in a dial, when it is our own.
+    #[must_use]
+    pub fn dial_via(&self) -> Option<iroh::RelayUrl> {
+        match self {
+            RelayChoice::Own(own) => Some(own.url()),
+            RelayChoice::Disabled | RelayChoice::Public => None,
+        }
+    }
+}
+
+/// Binds an endpoint for `identity` with the network settings of malai.toml
+/// and the relay `relay`. `port` fixes the UDP port (0: any). A daemon's
+/// endpoint passes the gate of its cluster, which refuses strangers right
+/// after the handshake.
 pub async fn bind(
     identity: &Identity,
     net: &NetworkSettings,
+    relay: &RelayChoice,
     port: u16,
     alpns: Vec<Vec<u8>>,
     gate: Option<&gate::Gate>,
@@ -77,18 +131,20 @@ pub async fn bind(
     if let Some(gate) = gate {
         builder = builder.hooks(gate.hooks());
     }
-    builder = match &net.relay {
-        Relay::Default => builder.relay_mode(RelayMode::Default),
-        Relay::Disabled => builder.relay_mode(RelayMode::Disabled),
-        Relay::Url(url) => {
-            let url: iroh::RelayUrl = url.parse().with_context(|| format!("relay URL {url:?}"))?;
-            builder.relay_mode(RelayMode::custom([url]))
+    builder = match relay {
+        RelayChoice::Public => builder.relay_mode(RelayMode::Default),
+        RelayChoice::Disabled => builder.relay_mode(RelayMode::Disabled),
+        RelayChoice::Own(own) => {
+            if let Some(ca) = own.ca() {
+                builder = builder.ca_tls_config(iroh::tls::CaTlsConfig::custom_roots(ca));
+            }
+            builder.relay_mode(RelayMode::custom([own.url()]))
         }
     };
     if !net.discovery {
         builder = builder.clear_address_lookup();
     }
-    if !net.discovery && net.relay == Relay::Disabled {
+    if !net.discovery && *relay == RelayChoice::Disabled {
         // A closed network: no UPnP multicast, no probes of public servers.
         builder = builder
             .portmapper_config(PortmapperConfig::Disabled)
@@ -135,16 +191,38 @@ pub fn local_addrs(endpoint: &Endpoint) -> Vec<SocketAddr> {
         .collect()
 }
 
-/// Connects to `peer` (at `addrs`, plus whatever discovery finds) for `alpn`.
+/// Where a peer may be reached: address hints, and the relay it keeps a
+/// connection to (the cluster's own relay), if any.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Reach {
+    pub addrs: Vec<SocketAddr>,
+    pub relay: Option<iroh::RelayUrl>,
+}
+
+impl Reach {
+    /// At these addresses, through no relay.
+    pub fn at(addrs: &[SocketAddr]) -> Reach {
+        Reach {
+            addrs: addrs.to_vec(),
+            relay: None,
+        }
+    }
+}
+
+/// Connects to `peer` (at `reach`, plus whatever discovery finds) for
+/// `alpn`.
 pub async fn dial(
     endpoint: &Endpoint,
     peer: &Id52,
-    addrs: &[SocketAddr],
+    reach: &Reach,
     alpn: &[u8],
 ) -> anyhow::Result<Connection> {
     let mut addr = EndpointAddr::new(peer.public_key());
-    for a in addrs {
+    for a in &reach.addrs {
         addr = addr.with_ip_addr(*a);
+    }
+    if let Some(relay) = &reach.relay {
+        addr = addr.with_relay_url(relay.clone());
     }
     match tokio::time::timeout(DIAL_TIMEOUT, endpoint.connect(addr, alpn)).await {
         Ok(conn) => conn.with_context(|| format!("connecting to {peer}")),
@@ -155,13 +233,23 @@ pub async fn dial(
 /// Connections by (peer, ALPN).
 type ConnMap = HashMap<(Id52, Vec<u8>), Connection>;
 
-/// Reuses one live connection per (peer, protocol).
+/// Reuses one live connection per (peer, protocol); dials through the
+/// relay of the endpoint it serves.
 #[derive(Debug, Clone, Default)]
 pub struct Pool {
     conns: Arc<Mutex<ConnMap>>,
+    relay: Option<iroh::RelayUrl>,
 }
 
 impl Pool {
+    /// A pool for an endpoint bound with `relay`.
+    pub fn new(relay: &RelayChoice) -> Pool {
+        Pool {
+            conns: Arc::default(),
+            relay: relay.dial_via(),
+        }
+    }
+
     /// Drops a connection that failed, so the next use dials afresh.
     pub async fn forget(&self, peer: &Id52, alpn: &[u8]) {
         self.conns.lock().await.remove(&(*peer, alpn.to_vec()));
@@ -182,8 +270,54 @@ impl Pool {
         }
         // Dial without holding the lock, so dials to different peers run at
         // once; two racing dials to one peer both succeed and one is kept.
-        let conn = dial(endpoint, peer, addrs, alpn).await?;
+        let reach = Reach {
+            addrs: addrs.to_vec(),
+            relay: self.relay.clone(),
+        };
+        let conn = dial(endpoint, peer, &reach, alpn).await?;
         self.conns.lock().await.insert(key, conn.clone());
         Ok(conn)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn malai_toml_overrides_the_clusters_relay() {
+        let own = |url: &str, ca: Option<&str>| OwnRelay {
+            url: url.into(),
+            ca_pem: ca.map(Into::into),
+        };
+        let cluster = own("https://relay.company:3443", Some("CLUSTER CA"));
+        let mut net = NetworkSettings::default();
+        assert_eq!(
+            RelayChoice::resolve(&net, Some(&cluster)),
+            RelayChoice::Own(cluster.clone()),
+            "unset follows the cluster"
+        );
+        assert_eq!(RelayChoice::resolve(&net, None), RelayChoice::Public);
+        net.relay_ca = Some("LOCAL CA".into());
+        assert_eq!(
+            RelayChoice::resolve(&net, Some(&own("https://r:1", None))),
+            RelayChoice::Own(own("https://r:1", Some("LOCAL CA"))),
+            "a local CA for a cluster relay that names none"
+        );
+        net.relay = Relay::Url("https://mine:3443".into());
+        assert_eq!(
+            RelayChoice::resolve(&net, Some(&cluster)),
+            RelayChoice::Own(own("https://mine:3443", Some("LOCAL CA")))
+        );
+        net.relay = Relay::Disabled;
+        assert_eq!(
+            RelayChoice::resolve(&net, Some(&cluster)),
+            RelayChoice::Disabled
+        );
+        net.relay = Relay::Public;
+        assert_eq!(
+            RelayChoice::resolve(&net, Some(&cluster)),
+            RelayChoice::Public
+        );
     }
 }

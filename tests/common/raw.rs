@@ -44,11 +44,18 @@ pub fn try_config_request<A: DeserializeOwned>(
         .build()
         .unwrap();
     rt.block_on(async move {
-        let endpoint = p2p::bind(from, &network, 0, Vec::new(), None)
-            .await
-            .unwrap();
+        let endpoint = p2p::bind(
+            from,
+            &network,
+            &p2p::RelayChoice::Disabled,
+            0,
+            Vec::new(),
+            None,
+        )
+        .await
+        .unwrap();
         let answer = async {
-            let conn = p2p::dial(&endpoint, to, &[addr], CONFIG_ALPN)
+            let conn = p2p::dial(&endpoint, to, &p2p::Reach::at(&[addr]), CONFIG_ALPN)
                 .await
                 .map_err(|e| format!("{e:#}"))?;
             let exchange = async {
