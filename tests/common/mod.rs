@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod bus;
+pub mod lab;
 pub mod net;
 pub mod raw;
 
