@@ -29,7 +29,11 @@ fn args() -> Result<Args, String> {
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         let value = it.next().ok_or(format!("{flag} needs a value"))?;
-        let addr = || value.parse::<SocketAddr>().map_err(|e| format!("{flag}: {e}"));
+        let addr = || {
+            value
+                .parse::<SocketAddr>()
+                .map_err(|e| format!("{flag}: {e}"))
+        };
         match flag.as_str() {
             "--http" => args.http = Some(addr()?),
             "--https" => args.https = Some(addr()?),

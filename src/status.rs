@@ -32,6 +32,28 @@ pub struct ClusterStatus {
     /// Why the cluster could not be loaded, when it could not.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// The relay this identity uses (daemon only): a URL, "disabled" or
+    /// "iroh's public relays".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub relay: Option<String>,
+    /// Daemon only: every peer this identity talked to, and how.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peers: Option<Vec<PeerStatus>>,
+}
+
+/// A peer a cluster identity talked to.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PeerStatus {
+    /// The machine alias the config gives it, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alias: Option<String>,
+    pub id52: String,
+    /// "direct", "relay", or "closed" (no connection open now).
+    pub path: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rtt_ms: Option<f64>,
+    /// When a connection to it was last seen open (Unix seconds).
+    pub last_contact: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -61,6 +83,8 @@ pub fn cluster_status(c: &ClusterDir, state: Option<&CmState>) -> ClusterStatus 
         pending_rescan: false,
         machines: None,
         error: None,
+        relay: None,
+        peers: None,
     };
     match c.role {
         Role::Waiting => {}
@@ -138,6 +162,8 @@ pub fn from_files(home: &Home) -> anyhow::Result<Status> {
                     pending_rescan: false,
                     machines: None,
                     error: Some(diags.to_string()),
+                    relay: None,
+                    peers: None,
                 });
             }
         }
@@ -193,6 +219,14 @@ pub fn render(status: &Status) -> String {
                 "  {:<16} {}  acked {}  {}",
                 m.alias, m.id52, m.acked_version, m.sync
             );
+        }
+        if let Some(relay) = &c.relay {
+            let _ = writeln!(out, "  relay: {relay}");
+        }
+        for p in c.peers.iter().flatten() {
+            let name = p.alias.as_deref().unwrap_or(&p.id52);
+            let rtt = p.rtt_ms.map(|r| format!("  {r:.1} ms")).unwrap_or_default();
+            let _ = writeln!(out, "  peer {name:<16} {}{rtt}", p.path);
         }
     }
     out

@@ -291,9 +291,35 @@ impl Cluster {
         ok
     }
 
-    /// The cluster as `malai status` shows it: the config in force, and
-    /// on a CM whether cluster.toml changed on disk since.
+    /// The cluster as `malai status` shows it: the config in force, on a
+    /// CM whether cluster.toml changed on disk since, the relay in use and
+    /// every peer talked to with its path.
     pub fn status(&self) -> ClusterStatus {
+        let mut status = self.config_status();
+        let config = self.config();
+        status.relay = Some(self.pool.relay_name());
+        status.peers = Some(
+            self.gate
+                .links()
+                .into_iter()
+                .map(|l| crate::status::PeerStatus {
+                    alias: l.id52.parse().ok().and_then(|id| {
+                        config
+                            .as_ref()?
+                            .machine_by_id52(&id)
+                            .map(|(alias, _)| alias.to_owned())
+                    }),
+                    id52: l.id52,
+                    path: l.path.to_owned(),
+                    rtt_ms: l.rtt_ms,
+                    last_contact: l.last_contact,
+                })
+                .collect(),
+        );
+        status
+    }
+
+    fn config_status(&self) -> ClusterStatus {
         let role = self.role();
         let file = match role {
             Role::ClusterManager => self.cluster_path(),

@@ -54,6 +54,8 @@ struct Shared {
     known: RwLock<Arc<BTreeSet<Id52>>>,
     connections: Counter,
     streams: Counter,
+    /// Every connection completed, dialled or accepted, for status.
+    links: super::links::Links,
     log: Mutex<RateLimit>,
 }
 
@@ -68,6 +70,7 @@ impl Gate {
                 known: RwLock::new(Arc::new(BTreeSet::new())),
                 connections: Counter::new(MAX_CONNECTIONS_PER_PEER, MAX_CONNECTIONS),
                 streams: Counter::new(MAX_STREAMS_PER_PEER, MAX_STREAMS),
+                links: super::links::Links::default(),
                 log: Mutex::new(RateLimit::default()),
             }),
         };
@@ -108,7 +111,13 @@ impl Gate {
         permit
     }
 
-    /// The endpoint hooks that apply this gate to incoming connections.
+    /// The peers this identity talked to, and how (for status).
+    pub fn links(&self) -> Vec<super::links::Link> {
+        self.shared.links.snapshot()
+    }
+
+    /// The endpoint hooks that apply this gate to incoming connections
+    /// (and record every connection, for `links`).
     pub fn hooks(&self) -> GateHooks {
         GateHooks { gate: self.clone() }
     }
@@ -142,6 +151,7 @@ impl EndpointHooks for GateHooks {
     async fn after_handshake<'a>(&'a self, conn: &'a Connection) -> AfterHandshakeOutcome {
         if conn.side() == Side::Client {
             // A connection this device dialled, to a peer it chose.
+            self.gate.shared.links.record(conn);
             return AfterHandshakeOutcome::Accept;
         }
         let peer = Id52::from_public_key(conn.remote_id());
@@ -153,6 +163,7 @@ impl EndpointHooks for GateHooks {
             self.gate.refused(peer, "too many connections");
             return reject(OVER_CAP, "too many connections");
         };
+        self.gate.shared.links.record(conn);
         let closed = conn.weak_handle().closed();
         tokio::spawn(async move {
             closed.await;

@@ -4,6 +4,7 @@
 
 pub mod frame;
 pub mod gate;
+pub mod links;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -239,6 +240,7 @@ type ConnMap = HashMap<(Id52, Vec<u8>), Connection>;
 pub struct Pool {
     conns: Arc<Mutex<ConnMap>>,
     relay: Option<iroh::RelayUrl>,
+    relay_name: String,
 }
 
 impl Pool {
@@ -247,7 +249,13 @@ impl Pool {
         Pool {
             conns: Arc::default(),
             relay: relay.dial_via(),
+            relay_name: relay.to_string(),
         }
+    }
+
+    /// The relay of the endpoint, as status shows it.
+    pub fn relay_name(&self) -> String {
+        self.relay_name.clone()
     }
 
     /// Drops a connection that failed, so the next use dials afresh.

@@ -108,7 +108,15 @@ impl Lab {
             ns,
         ]);
         ip(&["-n", &inet, "link", "set", hub_side, "master", "br0", "up"]);
-        ip(&["-n", ns, "addr", "add", &format!("{addr}/24"), "dev", inside]);
+        ip(&[
+            "-n",
+            ns,
+            "addr",
+            "add",
+            &format!("{addr}/24"),
+            "dev",
+            inside,
+        ]);
         ip(&["-n", ns, "link", "set", inside, "up"]);
     }
 
@@ -121,16 +129,38 @@ impl Lab {
         run(
             "openssl",
             &[
-                "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
-                "-nodes", "-keyout", &p("ca.key"), "-out", &p("ca.pem"), "-days", "2", "-subj",
+                "req",
+                "-x509",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:prime256v1",
+                "-nodes",
+                "-keyout",
+                &p("ca.key"),
+                "-out",
+                &p("ca.pem"),
+                "-days",
+                "2",
+                "-subj",
                 "/CN=malai lab CA",
             ],
         );
         run(
             "openssl",
             &[
-                "req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
-                "-keyout", &p("relay.key"), "-out", &p("relay.csr"), "-subj", "/CN=relay",
+                "req",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:prime256v1",
+                "-nodes",
+                "-keyout",
+                &p("relay.key"),
+                "-out",
+                &p("relay.csr"),
+                "-subj",
+                "/CN=relay",
             ],
         );
         std::fs::write(
@@ -143,9 +173,21 @@ impl Lab {
         run(
             "openssl",
             &[
-                "x509", "-req", "-in", &p("relay.csr"), "-CA", &p("ca.pem"), "-CAkey",
-                &p("ca.key"), "-CAcreateserial", "-out", &p("relay.pem"), "-days", "2",
-                "-extfile", &p("relay.ext"),
+                "x509",
+                "-req",
+                "-in",
+                &p("relay.csr"),
+                "-CA",
+                &p("ca.pem"),
+                "-CAkey",
+                &p("ca.key"),
+                "-CAcreateserial",
+                "-out",
+                &p("relay.pem"),
+                "-days",
+                "2",
+                "-extfile",
+                &p("relay.ext"),
             ],
         );
     }
@@ -202,14 +244,46 @@ impl Lab {
         ]);
         let gateway = Ipv4Addr::new(192, 168, n, 1);
         let inside = Ipv4Addr::new(192, 168, n, 2);
-        ip(&["-n", &router, "addr", "add", &format!("{gateway}/24"), "dev", "l0"]);
+        ip(&[
+            "-n",
+            &router,
+            "addr",
+            "add",
+            &format!("{gateway}/24"),
+            "dev",
+            "l0",
+        ]);
         ip(&["-n", &router, "link", "set", "l0", "up"]);
-        ip(&["-n", &host, "addr", "add", &format!("{inside}/24"), "dev", "eth0"]);
+        ip(&[
+            "-n",
+            &host,
+            "addr",
+            "add",
+            &format!("{inside}/24"),
+            "dev",
+            "eth0",
+        ]);
         ip(&["-n", &host, "link", "set", "eth0", "up"]);
-        ip(&["-n", &host, "route", "add", "default", "via", &gateway.to_string()]);
+        ip(&[
+            "-n",
+            &host,
+            "route",
+            "add",
+            "default",
+            "via",
+            &gateway.to_string(),
+        ]);
         run(
             "ip",
-            &["netns", "exec", &router, "sysctl", "-q", "-w", "net.ipv4.ip_forward=1"],
+            &[
+                "netns",
+                "exec",
+                &router,
+                "sysctl",
+                "-q",
+                "-w",
+                "net.ipv4.ip_forward=1",
+            ],
         );
         let masquerade = match nat {
             Nat::Ordinary => "masquerade",
