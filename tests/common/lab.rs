@@ -234,36 +234,8 @@ impl Lab {
     /// with a MALAI_HOME whose malai.toml sets nothing but discovery off
     /// (the relay comes from the cluster).
     pub fn home(&mut self, name: &str, n: u8, nat: Nat) -> Host {
-        let router = self.namespace(&format!("r{name}"));
         let host = self.namespace(&format!("h{name}"));
-        let wan = Ipv4Addr::new(203, 0, 113, 100 + n);
-        self.wire(&router, "w0", &format!("w{name}"), wan);
-        ip(&[
-            "-n", &router, "link", "add", "l0", "type", "veth", "peer", "name", "eth0", "netns",
-            &host,
-        ]);
-        let gateway = Ipv4Addr::new(192, 168, n, 1);
-        let inside = Ipv4Addr::new(192, 168, n, 2);
-        ip(&[
-            "-n",
-            &router,
-            "addr",
-            "add",
-            &format!("{gateway}/24"),
-            "dev",
-            "l0",
-        ]);
-        ip(&["-n", &router, "link", "set", "l0", "up"]);
-        ip(&[
-            "-n",
-            &host,
-            "addr",
-            "add",
-            &format!("{inside}/24"),
-            "dev",
-            "eth0",
-        ]);
-        ip(&["-n", &host, "link", "set", "eth0", "up"]);
+        let inside = self.router(name, n, nat, &host, "eth0");
         ip(&[
             "-n",
             &host,
@@ -271,8 +243,79 @@ impl Lab {
             "add",
             "default",
             "via",
-            &gateway.to_string(),
+            &gateway(n).to_string(),
         ]);
+        let home = TestHome::new();
+        std::fs::write(
+            home.path().join("malai.toml"),
+            format!("[network]\ndiscovery = false\n[network.ports]\ncompany = {PORT}\n"),
+        )
+        .unwrap();
+        Host {
+            name: name.to_owned(),
+            ns: host,
+            addr: inside,
+            port: PORT,
+            home,
+        }
+    }
+
+    /// A second network `name` for `host` (a router doing `nat`, its LAN on
+    /// the host's `eth1`), not used until `roam`.
+    pub fn second_network(&mut self, host: &Host, name: &str, n: u8, nat: Nat) {
+        self.router(name, n, nat, &host.ns, "eth1");
+    }
+
+    /// Moves `host` to network `n` (set up by `second_network`): its first
+    /// link goes down and its default route goes through the other router,
+    /// as a laptop that leaves one Wi-Fi for another.
+    pub fn roam(&self, host: &Host, n: u8) {
+        ip(&["-n", &host.ns, "link", "set", "eth0", "down"]);
+        ip(&[
+            "-n",
+            &host.ns,
+            "route",
+            "replace",
+            "default",
+            "via",
+            &gateway(n).to_string(),
+            "dev",
+            "eth1",
+        ]);
+    }
+
+    /// A router `r{name}` doing `nat` between the internet and a LAN whose
+    /// other end is `host_if` in namespace `host`; returns the host's
+    /// address on it.
+    fn router(&mut self, name: &str, n: u8, nat: Nat, host: &str, host_if: &str) -> Ipv4Addr {
+        let router = self.namespace(&format!("r{name}"));
+        let wan = Ipv4Addr::new(203, 0, 113, 100 + n);
+        self.wire(&router, "w0", &format!("w{name}"), wan);
+        ip(&[
+            "-n", &router, "link", "add", "l0", "type", "veth", "peer", "name", host_if, "netns",
+            host,
+        ]);
+        let inside = Ipv4Addr::new(192, 168, n, 2);
+        ip(&[
+            "-n",
+            &router,
+            "addr",
+            "add",
+            &format!("{}/24", gateway(n)),
+            "dev",
+            "l0",
+        ]);
+        ip(&["-n", &router, "link", "set", "l0", "up"]);
+        ip(&[
+            "-n",
+            host,
+            "addr",
+            "add",
+            &format!("{inside}/24"),
+            "dev",
+            host_if,
+        ]);
+        ip(&["-n", host, "link", "set", host_if, "up"]);
         run(
             "ip",
             &[
@@ -304,20 +347,13 @@ impl Lab {
             .expect("run nft");
         std::io::Write::write_all(&mut nft.stdin.take().unwrap(), rules.as_bytes()).unwrap();
         assert!(nft.wait().unwrap().success(), "nft rules for {router}");
-        let home = TestHome::new();
-        std::fs::write(
-            home.path().join("malai.toml"),
-            format!("[network]\ndiscovery = false\n[network.ports]\ncompany = {PORT}\n"),
-        )
-        .unwrap();
-        Host {
-            name: name.to_owned(),
-            ns: host,
-            addr: inside,
-            port: PORT,
-            home,
-        }
+        inside
     }
+}
+
+/// The router's address on LAN `n`.
+fn gateway(n: u8) -> Ipv4Addr {
+    Ipv4Addr::new(192, 168, n, 1)
 }
 
 impl Drop for Lab {
