@@ -8,28 +8,18 @@ mod common;
 use common::bus::PrivateBus;
 use common::lab::{Lab, Nat};
 use common::net::{Daemon, Host, id52_of, wait_until};
+use common::tmux::Tmux;
 
 /// A cluster `company`: cm, web01 and laptop each behind their own router;
 /// machines join with the relay alone; cluster.toml names the relay and
-/// its CA and no address. web01 lets the laptop run anything; its daemon
-/// is on a private bus (a Unix socket, reachable from its namespace), so
-/// that `status` shows its peers and their paths. Returns the three daemons
-/// with both machines in sync, and that bus.
-fn company(
-    lab: &Lab,
-    cm: &Host,
-    web01: &Host,
-    laptop: &Host,
-) -> (Daemon, Daemon, Daemon, PrivateBus) {
+/// its CA and no address. web01 lets the laptop run anything. Returns the
+/// running cluster with both machines in sync.
+fn company(lab: &Lab, cm: &Host, web01: &Host, laptop: &Host) -> Running {
     company_with(lab, [cm, web01, laptop], "")
 }
 
 /// `company`, with `extra` appended to cluster.toml.
-fn company_with(
-    lab: &Lab,
-    [cm, web01, laptop]: [&Host; 3],
-    extra: &str,
-) -> (Daemon, Daemon, Daemon, PrivateBus) {
+fn company_with(lab: &Lab, [cm, web01, laptop]: [&Host; 3], extra: &str) -> Running {
     let cm_id = id52_of(&cm.json(&["cluster", "init", "company", "--json"]));
     let ca = lab.ca_pem.to_str().unwrap();
     let join = |h: &Host| {
@@ -61,11 +51,48 @@ fn company_with(
     )
     .unwrap();
     let mut cm_daemon = cm.start_daemon();
-    let bus = PrivateBus::start();
-    let web_daemon = web01.start_daemon_with(&[("MALAI_DBUS_ADDRESS", &bus.address)]);
-    let laptop_daemon = laptop.start_daemon();
+    let web_bus = PrivateBus::start();
+    let web_daemon = web01.start_daemon_with(&[("MALAI_DBUS_ADDRESS", &web_bus.address)]);
+    let laptop_bus = PrivateBus::start();
+    let laptop_daemon = laptop.start_daemon_with(&[("MALAI_DBUS_ADDRESS", &laptop_bus.address)]);
     cm_daemon.wait_status("2/2 machines in sync");
-    (cm_daemon, web_daemon, laptop_daemon, bus)
+    Running {
+        cm: cm_daemon,
+        _web01: web_daemon,
+        _laptop: laptop_daemon,
+        web_bus,
+        laptop_bus,
+    }
+}
+
+/// The cluster's daemons. web01's and the laptop's are on private buses
+/// (Unix sockets, reachable from their namespaces): web01's `status` shows
+/// its peers and their paths, and the laptop's CLI goes through its daemon,
+/// as it does wherever a daemon serves the cluster. (A second endpoint of
+/// the same identity, a CLI dialling directly beside the daemon, would
+/// take the relay's delivery for that id52 away from the first: the relay
+/// serves one connection per id52.)
+struct Running {
+    cm: Daemon,
+    _web01: Daemon,
+    _laptop: Daemon,
+    web_bus: PrivateBus,
+    laptop_bus: PrivateBus,
+}
+
+impl Running {
+    /// `malai ARGS` on the laptop, through its daemon.
+    fn laptop(&self, laptop: &Host, args: &[&str]) -> std::process::Command {
+        let mut c = laptop.malai(args);
+        c.env("MALAI_DBUS_ADDRESS", &self.laptop_bus.address);
+        c
+    }
+
+    /// How web01's daemon reaches the peer named `alias` now ("direct",
+    /// "relay", "closed"), from its `status --json`.
+    fn web01_path_to(&self, web01: &Host, alias: &str) -> Option<String> {
+        web01_path_to(web01, &self.web_bus, alias)
+    }
 }
 
 /// How web01's daemon reaches the peer named `alias` now ("direct",
@@ -84,11 +111,47 @@ fn web01_path_to(web01: &Host, bus: &PrivateBus, alias: &str) -> Option<String> 
         .map(|p| p["path"].as_str().unwrap_or("").to_owned())
 }
 
+/// A shell on web01 from the laptop, in a terminal; returned once it
+/// answers what is typed.
+fn shell_on_web01(laptop: &Host, running: &Running) -> Tmux {
+    let command = format!(
+        "ip netns exec {} env -u MALAI_LOG MALAI_DBUS_ADDRESS={} MALAI_HOME={} {} web01.company",
+        laptop.ns,
+        running.laptop_bus.address,
+        laptop.home.path().display(),
+        common::malai_bin()
+    );
+    let term = Tmux::start(100, 30, &command);
+    term.wait_screen("the remote shell's first output", |s| !s.trim().is_empty());
+    say(&term, "READY");
+    term
+}
+
+/// Types a command that prints `word` and a number, and waits for it: the
+/// shell is alive and reachable.
+fn say(term: &Tmux, word: &str) {
+    term.type_line(&format!("echo {word}-$((6*7))"));
+    let want = format!("{word}-42");
+    term.wait_screen(&format!("the shell to answer {want}"), |s| {
+        s.contains(&want)
+    });
+}
+
 /// Runs `argv` on web01 from the laptop; its stdout.
-fn on_web01(laptop: &Host, argv: &[&str]) -> String {
+fn on_web01(laptop: &Host, running: &Running, argv: &[&str]) -> String {
     let mut args = vec!["web01.company"];
     args.extend(argv);
-    laptop.ok(&args)
+    let out = running
+        .laptop(laptop, &args)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "malai {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
 }
 
 #[test]
@@ -99,24 +162,30 @@ fn machines_behind_nat_are_reached_through_the_company_relay_with_no_address() {
     let cm = lab.home("cm", 1, Nat::Ordinary);
     let web01 = lab.home("web01", 2, Nat::Ordinary);
     let laptop = lab.home("laptop", 3, Nat::Ordinary);
-    let (_cm, _web01, _laptop, bus) = company(&lab, &cm, &web01, &laptop);
+    let running = company(&lab, &cm, &web01, &laptop);
     // It ran in web01's network namespace, behind its router.
-    let out = on_web01(&laptop, &["ip", "-o", "-4", "addr", "show", "dev", "eth0"]);
+    let out = on_web01(
+        &laptop,
+        &running,
+        &["ip", "-o", "-4", "addr", "show", "dev", "eth0"],
+    );
     assert!(out.contains("192.168.2.2/24"), "{out}");
 
-    // A running command: its connection starts on the relay and goes
-    // direct (hole punching through both NATs) within 10 s; then the relay
-    // stops and the command still ends well.
+    // A shell and a running command: their connections start on the relay
+    // and go direct (hole punching through both NATs) within 10 s; then
+    // the relay stops and both go on.
+    let shell = shell_on_web01(&laptop, &running);
     let secs = common::net::sleep_secs(12);
-    let mut sleeping = laptop
-        .malai(&["web01.company", "sleep", &secs])
+    let mut sleeping = running
+        .laptop(&laptop, &["web01.company", "sleep", &secs])
         .stdin(std::process::Stdio::null())
         .spawn()
         .unwrap();
     wait_until("web01 reaches the laptop directly", || {
-        web01_path_to(&web01, &bus, "laptop").as_deref() == Some("direct")
+        running.web01_path_to(&web01, "laptop").as_deref() == Some("direct")
     });
     lab.stop_relay();
+    say(&shell, "NO-RELAY");
     let status = sleeping.wait().unwrap();
     assert!(status.success(), "the command survives the relay: {status}");
 }
@@ -129,21 +198,27 @@ fn behind_hard_nats_everything_goes_through_the_relay() {
     let cm = lab.home("cm", 1, Nat::Hard);
     let web01 = lab.home("web01", 2, Nat::Hard);
     let laptop = lab.home("laptop", 3, Nat::Hard);
-    let (_cm, _web01, _laptop, bus) = company(&lab, &cm, &web01, &laptop);
-    let out = on_web01(&laptop, &["ip", "-o", "-4", "addr", "show", "dev", "eth0"]);
+    let running = company(&lab, &cm, &web01, &laptop);
+    let out = on_web01(
+        &laptop,
+        &running,
+        &["ip", "-o", "-4", "addr", "show", "dev", "eth0"],
+    );
     assert!(out.contains("192.168.2.2/24"), "{out}");
     // A running command stays on the relay: no direct path can be punched.
     let secs = common::net::sleep_secs(3);
-    let mut sleeping = laptop
-        .malai(&["web01.company", "sleep", &secs])
+    let mut sleeping = running
+        .laptop(&laptop, &["web01.company", "sleep", &secs])
         .stdin(std::process::Stdio::null())
         .spawn()
         .unwrap();
     wait_until("web01 sees the laptop's command", || {
-        web01_path_to(&web01, &bus, "laptop").is_some_and(|p| p != "closed")
+        running
+            .web01_path_to(&web01, "laptop")
+            .is_some_and(|p| p != "closed")
     });
     assert_eq!(
-        web01_path_to(&web01, &bus, "laptop").as_deref(),
+        running.web01_path_to(&web01, "laptop").as_deref(),
         Some("relay")
     );
     assert!(sleeping.wait().unwrap().success());
@@ -195,11 +270,16 @@ fn with_the_cm_down_machines_serve_and_forward_and_pushes_resume() {
     text.push_str("[forward.web]\nlisten = \"127.0.0.1:18080\"\nservice = \"web.company\"\n");
     std::fs::write(&local, text).unwrap();
     let service = "[service.web]\nmachine = \"web01\"\nprotocol = \"tcp\"\nport = 8080\nallow_from = \"laptop\"\n";
-    let (cm_daemon, _web, _laptop, _bus) = company_with(&lab, [&cm, &web01, &laptop], service);
+    let mut running = company_with(&lab, [&cm, &web01, &laptop], service);
 
     // The CM goes down: machines keep serving with the config they hold.
-    assert!(cm_daemon.stop().success());
-    let out = on_web01(&laptop, &["ip", "-o", "-4", "addr", "show", "dev", "eth0"]);
+    running.cm.signal(nix::sys::signal::Signal::SIGTERM);
+    assert!(running.cm.child.wait().unwrap().success());
+    let out = on_web01(
+        &laptop,
+        &running,
+        &["ip", "-o", "-4", "addr", "show", "dev", "eth0"],
+    );
     assert!(out.contains("192.168.2.2/24"), "{out}");
     let url = "http://127.0.0.1:18080/hello.txt";
     let fetch = || {
@@ -230,36 +310,40 @@ fn with_the_cm_down_machines_serve_and_forward_and_pushes_resume() {
 
 #[test]
 #[ignore = "needs root: network namespaces and NAT routers"]
-fn a_laptop_that_changes_networks_keeps_its_running_command() {
+fn a_laptop_that_changes_networks_keeps_its_running_command_and_shell() {
     let mut lab = Lab::new("r");
     lab.start_relay();
     let cm = lab.home("cm", 1, Nat::Ordinary);
     let web01 = lab.home("web01", 2, Nat::Ordinary);
     let laptop = lab.home("laptop", 3, Nat::Ordinary);
     lab.second_network(&laptop, "cafe", 4, Nat::Ordinary);
-    let (_cm, _web, _laptop, bus) = company(&lab, &cm, &web01, &laptop);
+    let running = company(&lab, &cm, &web01, &laptop);
 
     // A command that reads its input until the laptop sends a line, so it
     // runs for as long as the test needs; it answers with that line.
-    let mut running = laptop
-        .malai(&["web01.company", "head", "-n", "1"])
+    let mut reading = running
+        .laptop(&laptop, &["web01.company", "head", "-n", "1"])
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();
     wait_until("web01 runs the laptop's command", || {
-        web01_path_to(&web01, &bus, "laptop").is_some_and(|p| p != "closed")
+        running
+            .web01_path_to(&web01, "laptop")
+            .is_some_and(|p| p != "closed")
     });
+    let shell = shell_on_web01(&laptop, &running);
     lab.roam(&laptop, 4);
+    say(&shell, "CAFE");
     use std::io::Write;
-    let mut stdin = running.stdin.take().unwrap();
+    let mut stdin = reading.stdin.take().unwrap();
     writeln!(stdin, "sent from the cafe").unwrap();
     drop(stdin);
-    let out = running.wait_with_output().unwrap();
+    let out = reading.wait_with_output().unwrap();
     assert!(out.status.success(), "{:?}", out.status);
     assert_eq!(String::from_utf8_lossy(&out.stdout), "sent from the cafe\n");
 
     // The next command needs no new configuration.
-    let out = on_web01(&laptop, &["echo", "still here"]);
+    let out = on_web01(&laptop, &running, &["echo", "still here"]);
     assert_eq!(out, "still here\n");
 }

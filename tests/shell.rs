@@ -9,11 +9,11 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
-use std::time::{Duration, Instant};
+use std::process::Command;
 
 use common::bus::PrivateBus;
-use common::net::{Company, DEADLINE, Daemon, pids_matching, sleep_secs, wait_until};
+use common::net::{Company, Daemon, pids_matching, sleep_secs, wait_until};
+use common::tmux::Tmux;
 
 #[test]
 #[ignore = "needs root: network namespaces (the shell must run in web01's)"]
@@ -247,107 +247,6 @@ impl Shell {
     fn exit_code(&self) -> Option<String> {
         let text = std::fs::read_to_string(&self.exit_file).ok()?;
         text.trim().strip_prefix("EXIT=").map(str::to_owned)
-    }
-}
-
-/// A tmux server of its own (its socket in a temporary directory), one
-/// detached session whose only pane runs a command; the server is killed
-/// and its socket deleted when dropped.
-struct Tmux {
-    dir: tempfile::TempDir,
-}
-
-impl Tmux {
-    fn start(cols: u16, rows: u16, command: &str) -> Tmux {
-        let term = Tmux {
-            dir: tempfile::tempdir().expect("temp dir"),
-        };
-        let (x, y) = (cols.to_string(), rows.to_string());
-        term.ok(&[
-            "new-session",
-            "-d",
-            "-s",
-            "main",
-            "-x",
-            &x,
-            "-y",
-            &y,
-            command,
-        ]);
-        term
-    }
-
-    fn run(&self, args: &[&str]) -> Output {
-        Command::new("tmux")
-            .arg("-S")
-            .arg(self.dir.path().join("tmux"))
-            .args(["-f", "/dev/null"])
-            .args(args)
-            .env_remove("TMUX")
-            .output()
-            .expect("run tmux (apt-get install tmux)")
-    }
-
-    fn ok(&self, args: &[&str]) -> String {
-        let out = self.run(args);
-        assert!(
-            out.status.success(),
-            "tmux {args:?}: {}",
-            common::stderr(&out)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
-    /// Types `text` literally, then Enter.
-    fn type_line(&self, text: &str) {
-        self.ok(&["send-keys", "-t", "main", "-l", text]);
-        self.keys(&["Enter"]);
-    }
-
-    /// Presses keys by tmux name (`Enter`, `C-c`).
-    fn keys(&self, keys: &[&str]) {
-        let mut args = vec!["send-keys", "-t", "main"];
-        args.extend_from_slice(keys);
-        self.ok(&args);
-    }
-
-    /// The visible screen, wrapped lines joined.
-    fn screen(&self) -> String {
-        self.ok(&["capture-pane", "-p", "-J", "-t", "main"])
-    }
-
-    /// Polls the screen until `cond` holds; returns that screen.
-    fn wait_screen(&self, what: &str, cond: impl Fn(&str) -> bool) -> String {
-        let deadline = Instant::now() + DEADLINE;
-        loop {
-            let screen = self.screen();
-            if cond(&screen) {
-                return screen;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "timed out waiting for {what}; screen:\n{screen}"
-            );
-            std::thread::sleep(Duration::from_millis(50)); // poll interval
-        }
-    }
-
-    fn resize(&self, cols: u16, rows: u16) {
-        let (x, y) = (cols.to_string(), rows.to_string());
-        self.ok(&["resize-window", "-t", "main", "-x", &x, "-y", &y]);
-    }
-
-    /// The terminal the pane's command runs on.
-    fn pane_tty(&self) -> String {
-        self.ok(&["display-message", "-p", "-t", "main", "#{pane_tty}"])
-            .trim()
-            .to_owned()
-    }
-}
-
-impl Drop for Tmux {
-    fn drop(&mut self) {
-        let _ = self.run(&["kill-server"]);
     }
 }
 

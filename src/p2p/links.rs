@@ -1,8 +1,9 @@
 //! The peers one cluster identity has talked to, for `malai status`: each
 //! connection the endpoint completes (dialled or accepted) is recorded by
-//! a weak handle, so the record never keeps a connection open. A live one
-//! reports its selected path (direct or through the relay) and its RTT;
-//! the record keeps the last seen of each after it closed.
+//! a weak handle, so the record never keeps a connection open. A peer
+//! reports the selected path of its open connections ("relay" while any of
+//! them is still on the relay, else "direct") and its RTT; the record keeps
+//! the last contact after they closed.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -73,15 +74,19 @@ impl Links {
             .iter_mut()
             .map(|(id, entry)| {
                 entry.conns.retain(|w| w.upgrade().is_some());
-                let live = entry
+                // Of the connections open now, the one still on the relay
+                // if any: "direct" means every one of them is.
+                let paths: Vec<(&'static str, f64)> = entry
                     .conns
                     .iter()
                     .filter_map(WeakConnectionHandle::upgrade)
-                    .find(|c| c.close_reason().is_none());
-                match live.as_ref().and_then(selected_path) {
+                    .filter(|c| c.close_reason().is_none())
+                    .filter_map(|c| selected_path(&c))
+                    .collect();
+                match paths.iter().find(|(p, _)| *p == "relay").or(paths.first()) {
                     Some((path, rtt_ms)) => {
                         entry.path = path;
-                        entry.rtt_ms = Some(rtt_ms);
+                        entry.rtt_ms = Some(*rtt_ms);
                         entry.last_contact = now;
                     }
                     None => {

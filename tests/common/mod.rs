@@ -7,6 +7,7 @@ pub mod bus;
 pub mod lab;
 pub mod net;
 pub mod raw;
+pub mod tmux;
 
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
