@@ -15,11 +15,12 @@ import threading
 import time
 
 import measure
+import nat
 import report
 from sandbox import Sandbox, remove_stale
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-PHASES = ["footprint", "latency", "throughput", "fanout"]
+PHASES = ["footprint", "latency", "throughput", "fanout", "nat"]
 
 
 def parse_args(argv):
@@ -40,6 +41,8 @@ def parse_args(argv):
     p.add_argument("--fanout-runs", type=int, help="fan-out runs per count (default 5; smoke 1)")
     p.add_argument("--identities", help="identity counts (default 1,10,50; smoke 1,3)")
     p.add_argument("--footprint-runs", type=int, help="daemon starts per count (default 5; smoke 1)")
+    p.add_argument("--lab-relay", help="the lab relay (default: examples/lab_relay beside the malai binary)")
+    p.add_argument("--nat-size", type=int, help="throughput bytes through NAT (default 256 MiB; smoke 4 MiB)")
     p.add_argument("--keep", action="store_true", help="keep the run directory (homes, logs)")
     p.add_argument("--report-only", action="store_true",
                    help="measure nothing: regenerate BENCHMARKS.md and the plot from benchmarks.json")
@@ -57,6 +60,8 @@ def parse_args(argv):
     a.fanout_runs = a.fanout_runs or (1 if smoke else 5)
     a.identities = ints(a.identities, "1,3" if smoke else "1,10,50")
     a.footprint_runs = a.footprint_runs or (1 if smoke else 5)
+    a.nat_size = a.nat_size or ((4 << 20) if smoke else (256 << 20))
+    a.lab_relay = a.lab_relay or os.path.join(os.path.dirname(a.malai), "examples", "lab_relay")
     a.out = a.out or (os.path.join(ROOT, "target", "bench-smoke") if smoke else os.path.join(ROOT, "docs"))
     a.phases = [x for x in a.phases.split(",") if x]
     for ph in a.phases:
@@ -162,6 +167,9 @@ def main(argv):
         if "fanout" in a.phases:
             log("fan-out: %s machines" % a.fanout)
             res["fanout"] = measure.fanout(sb, a.malai, a.fanout, a.fanout_runs, log)
+        if "nat" in a.phases:
+            log("nat: through NAT routers and the company's relay, %d runs" % a.runs)
+            res["nat"] = nat.nat(sb, a.malai, a.lab_relay, a.runs, a.nat_size, log)
     finally:
         sb.close()
         busy.stop.set()

@@ -215,6 +215,31 @@ def markdown(res, plot_name):
             out.append("| %s | %s | %s | %s |" % (k, mm(f["cold"]), mm(f["warm"]), mm(f["rescan_cli"])))
         out.append("")
 
+    nt = res.get("nat")
+    if nt:
+        size = nt["bytes"]
+        n = len(nt["warm"]["web01"])
+        out.append("### Through NAT and the company's own relay")
+        out.append("")
+        out.append("The laptop (CM and client) behind one NAT router; web01 behind another (hole punching "
+                   "takes its path direct); web02 behind a hard NAT (a random port per destination: its "
+                   "path stays on the relay, iroh-relay's server with TLS and QUIC address discovery). "
+                   "Nothing configured but the relay's URL and CA. `malai MACHINE.bench true`, %d runs each; "
+                   "ms as median (p25–p75). Cold: a new CLI endpoint per command (dial through the relay); "
+                   "warm: through the laptop's daemon, once its paths settled. Throughput: %s each way "
+                   "through the daemon, MB/s. **ssh has no column: it cannot reach across these NATs "
+                   "without a port forward on the router.**" % (n, human(size)))
+        out.append("")
+        out.append("| machine | path | RTT on it | cold | warm | download | upload |")
+        out.append("|---|---|---|---|---|---|---|")
+        for t in ("web01", "web02"):
+            rtt = nt["rtt_ms"].get(t)
+            out.append("| %s | %s | %s | %s | %s | %s | %s |" % (
+                t, nt["paths"][t], "%.2f ms" % rtt if rtt is not None else "?", ms(nt["cold"][t]),
+                ms(nt["warm"][t]), rate(size, nt["throughput"][t]["download"]),
+                rate(size, nt["throughput"][t]["upload"])))
+        out.append("")
+
     fp = res.get("footprint")
     if fp:
         n = len(next(iter(fp.values()))["ready_ms"])
