@@ -54,6 +54,18 @@ struct OutService {
 #[derive(Serialize)]
 struct OutReceived {
     version: u64,
+    /// The protocol this text was written for (2 and later only: a
+    /// first-release machine would refuse the key).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    protocol: Option<u32>,
+}
+
+/// A machine.toml written for one machine and the protocol it understands,
+/// with what was left out because it does not (each a phrase for status).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rendered {
+    pub text: String,
+    pub withheld: Vec<String>,
 }
 
 #[derive(Serialize)]
@@ -103,10 +115,18 @@ fn list(principals: &[Principal]) -> String {
         .join(",")
 }
 
-/// The machine.toml text for machine `alias` at config `version`, or `None`
+/// The machine.toml text for machine `alias` at config `version`, written
+/// for a machine that understands `protocol` (`sync::proto::PROTOCOL`):
+/// keys of a later protocol are left out and named in `withheld`. `None`
 /// when the cluster has no such machine.
-pub fn machine_toml(config: &ClusterConfig, alias: &str, version: u64) -> Option<String> {
+pub fn machine_toml(
+    config: &ClusterConfig,
+    alias: &str,
+    version: u64,
+    protocol: u32,
+) -> Option<Rendered> {
     let me = config.machines.get(alias)?;
+    let mut withheld = Vec::new();
     let mut machines: BTreeMap<String, OutMachine> = config
         .machines
         .iter()
@@ -152,20 +172,7 @@ pub fn machine_toml(config: &ClusterConfig, alias: &str, version: u64) -> Option
     own.allow_from = Some(list(&me.allow_from));
     own.allow_shell = me.allow_shell.as_deref().map(list);
     own.username = me.username.clone();
-    own.command = me
-        .commands
-        .iter()
-        .map(|(name, rule)| {
-            let out = OutCommand {
-                command: rule.command.clone(),
-                allow_from: list(&rule.allow_from),
-                username: rule.username.clone(),
-                allow_args: rule.allow_args,
-                allow_pty: rule.allow_pty,
-            };
-            (name.clone(), out)
-        })
-        .collect();
+    own.command = commands(me, protocol, &mut withheld);
 
     let group = referenced
         .into_iter()
@@ -180,8 +187,14 @@ pub fn machine_toml(config: &ClusterConfig, alias: &str, version: u64) -> Option
         })
         .collect();
 
+    if config.relay.is_some() && protocol < 2 {
+        withheld.push("the cluster's relay ([network])".to_owned());
+    }
     let out = Out {
-        received: OutReceived { version },
+        received: OutReceived {
+            version,
+            protocol: (protocol >= 2).then_some(protocol),
+        },
         cluster_manager: OutCm {
             id52: config.cluster_manager.to_string(),
             addrs: config.cm_addrs.iter().map(ToString::to_string).collect(),
@@ -189,15 +202,47 @@ pub fn machine_toml(config: &ClusterConfig, alias: &str, version: u64) -> Option
         machine: machines,
         group,
         service,
-        network: config.relay.as_ref().map(|r| OutNetwork {
-            relay: r.url.clone(),
-            relay_ca: r.ca_pem.clone(),
-        }),
+        network: config
+            .relay
+            .as_ref()
+            .filter(|_| protocol >= 2)
+            .map(|r| OutNetwork {
+                relay: r.url.clone(),
+                relay_ca: r.ca_pem.clone(),
+            }),
     };
     let body = toml::to_string(&out).expect("personalized config serializes");
-    Some(format!(
-        "# Sent by the cluster manager; malai replaces this file on every change.\n# Edit cluster.toml on the cluster manager instead.\n\n{body}"
-    ))
+    Some(Rendered {
+        text: format!(
+            "# Sent by the cluster manager; malai replaces this file on every change.\n# Edit cluster.toml on the cluster manager instead.\n\n{body}"
+        ),
+        withheld,
+    })
+}
+
+/// The machine's command rules, written for `protocol`; `allow_pty` is
+/// left out below 2 and named in `withheld`.
+fn commands(
+    me: &crate::config::Machine,
+    protocol: u32,
+    withheld: &mut Vec<String>,
+) -> BTreeMap<String, OutCommand> {
+    me.commands
+        .iter()
+        .map(|(name, rule)| {
+            if rule.allow_pty && protocol < 2 {
+                withheld.push(format!("allow_pty of command {name}"));
+            }
+            let out = OutCommand {
+                command: rule.command.clone(),
+                allow_from: list(&rule.allow_from),
+                username: rule.username.clone(),
+                allow_args: rule.allow_args,
+                allow_pty: rule.allow_pty && protocol >= 2,
+            };
+            (name.clone(), out)
+        })
+        .collect()
 }
 
 fn out_service(s: &crate::config::Service, allow_from: String) -> OutService {
@@ -239,7 +284,9 @@ mod tests {
     }
 
     fn received(config: &ClusterConfig, alias: &str) -> ClusterConfig {
-        let text = machine_toml(config, alias, 7).unwrap();
+        let text = machine_toml(config, alias, 7, crate::sync::proto::PROTOCOL)
+            .unwrap()
+            .text;
         cluster::parse(Path::new("machine.toml"), &text, FileKind::Machine).unwrap()
     }
 
@@ -300,5 +347,12 @@ mod tests {
         assert_eq!(relay.url, "https://10.0.0.1:3443");
         assert_eq!(relay.ca().unwrap().len(), 1);
         assert_eq!(received(&config, "cm").relay, Some(relay));
+
+        // A first-release machine (protocol 1) gets neither the relay nor
+        // the key that names its protocol, and status learns why.
+        let first = machine_toml(&config, "cm", 7, 1).unwrap();
+        assert!(!first.text.contains("[network]"), "{}", first.text);
+        assert!(!first.text.contains("protocol"), "{}", first.text);
+        assert_eq!(first.withheld, ["the cluster's relay ([network])"]);
     }
 }

@@ -35,6 +35,30 @@ pub struct MachineSync {
     pub unreachable_since: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_error: Option<String>,
+    /// The protocol the machine said it understands (none: a first-release
+    /// machine, or not heard from yet: 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub protocol: Option<u32>,
+    /// The protocol of the text it acknowledged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub acked_protocol: Option<u32>,
+    /// What its config left out because the machine does not understand
+    /// it (it needs an upgrade for these to take effect).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub withheld: Vec<String>,
+}
+
+impl MachineSync {
+    /// Whether the machine holds `version`, written for the protocol it
+    /// understands.
+    pub fn holds(&self, version: u64) -> bool {
+        self.acked_version >= version && self.acked_protocol.unwrap_or(1) >= self.protocol()
+    }
+
+    /// The protocol to write this machine's config for.
+    pub fn protocol(&self) -> u32 {
+        self.protocol.unwrap_or(1).min(crate::sync::proto::PROTOCOL)
+    }
 }
 
 impl CmState {

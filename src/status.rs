@@ -69,6 +69,10 @@ pub struct MachineStatus {
     pub unreachable_since: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_error: Option<String>,
+    /// What its config leaves out because the machine runs an older malai
+    /// that does not understand it: upgrade it for these to take effect.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub needs_upgrade: Vec<String>,
 }
 
 /// Status of one loaded cluster; `state` is the CM's state.json.
@@ -108,7 +112,7 @@ pub fn cluster_status(c: &ClusterDir, state: Option<&CmState>) -> ClusterStatus 
                         .get(alias)
                         .filter(|s| s.id52 == m.id52.to_string());
                     let acked = sync.map_or(0, |s| s.acked_version);
-                    let word = if acked >= state.version {
+                    let word = if sync.is_some_and(|s| s.holds(state.version)) {
                         "in-sync"
                     } else if sync.is_some_and(|s| s.unreachable_since.is_some()) {
                         "unreachable"
@@ -123,6 +127,7 @@ pub fn cluster_status(c: &ClusterDir, state: Option<&CmState>) -> ClusterStatus 
                         last_contact: sync.and_then(|s| s.last_contact),
                         unreachable_since: sync.and_then(|s| s.unreachable_since),
                         last_error: sync.and_then(|s| s.last_error.clone()),
+                        needs_upgrade: sync.map(|s| s.withheld.clone()).unwrap_or_default(),
                     }
                 })
                 .collect();
@@ -219,6 +224,14 @@ pub fn render(status: &Status) -> String {
                 "  {:<16} {}  acked {}  {}",
                 m.alias, m.id52, m.acked_version, m.sync
             );
+            if !m.needs_upgrade.is_empty() {
+                let _ = writeln!(
+                    out,
+                    "  {:<16} runs an older malai: upgrade it for {}",
+                    "",
+                    m.needs_upgrade.join(", ")
+                );
+            }
         }
         if let Some(relay) = &c.relay {
             let _ = writeln!(out, "  relay: {relay}");

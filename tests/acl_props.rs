@@ -217,6 +217,7 @@ fn config_with(min_machines: usize, acyclic: bool) -> impl Strategy<Value = Clus
                 services: BTreeMap::new(),
                 received_version: None,
                 relay: None,
+                received_protocol: None,
             },
         )
 }
@@ -542,6 +543,7 @@ proptest! {
             services: BTreeMap::new(),
             received_version: None,
             relay: None,
+            received_protocol: None,
         };
         for (q, out) in answers(&config) {
             prop_assert_eq!(out, None, "{}", describe(q));
@@ -655,8 +657,9 @@ proptest! {
         let aliases: Vec<&String> = config.machines.keys().collect();
         let alias = which.get(&aliases).as_str();
         let host = config.machines[alias].id52;
-        let text = personalize::machine_toml(&config, alias, 7)
-            .expect("alias is a machine of the config");
+        let text = personalize::machine_toml(&config, alias, 7, malai::sync::proto::PROTOCOL)
+            .expect("alias is a machine of the config")
+            .text;
         let parsed = match cluster::parse(Path::new("machine.toml"), &text, FileKind::Machine) {
             Ok(parsed) => parsed,
             Err(e) => return Err(TestCaseError::fail(format!("{e:?}\n{text}"))),

@@ -197,7 +197,7 @@ fn config_push_from_a_non_manager_is_denied() {
     // were about who sent it, not what it held.
     let answer = push(&cm_key, &c, genuine.clone());
     assert!(
-        matches!(answer, PushAnswer::Ack { version: 3 }),
+        matches!(answer, PushAnswer::Ack { version: 3, .. }),
         "{answer:?}"
     );
     web.wait_status("company: machine v3");
@@ -275,7 +275,7 @@ fn another_machines_config_is_rejected() {
         for_laptop.clone(),
     );
     assert!(
-        matches!(answer, PushAnswer::Ack { version: 3 }),
+        matches!(answer, PushAnswer::Ack { version: 3, .. }),
         "{answer:?}"
     );
     lap.wait_status("company: machine v3");
@@ -305,8 +305,12 @@ fn config_fetch_is_for_members_and_their_own_config() {
     let cm_addr: SocketAddr = c.cm.socket_addr().parse().unwrap();
 
     let stranger = Identity::generate();
-    let answer: Result<FetchAnswer, _> =
-        try_config_request(&stranger, &cm_id, cm_addr, ConfigRequest::Fetch);
+    let answer: Result<FetchAnswer, _> = try_config_request(
+        &stranger,
+        &cm_id,
+        cm_addr,
+        ConfigRequest::Fetch { protocol: None },
+    );
     assert!(
         matches!(&answer, Err(e) if e.contains("not a member of this cluster")),
         "{answer:?}"
@@ -318,7 +322,12 @@ fn config_fetch_is_for_members_and_their_own_config() {
 
     // A member gets its own config, signed for it, without web01's rules.
     let laptop_key = Identity::load(&c.laptop.cluster_dir("company").join("identity.key")).unwrap();
-    let answer: FetchAnswer = config_request(&laptop_key, &cm_id, cm_addr, ConfigRequest::Fetch);
+    let answer: FetchAnswer = config_request(
+        &laptop_key,
+        &cm_id,
+        cm_addr,
+        ConfigRequest::Fetch { protocol: None },
+    );
     let FetchAnswer::Config { envelope } = answer else {
         panic!("{answer:?}");
     };
@@ -472,7 +481,9 @@ fn personalized(c: &Company, alias: &str, version: u64) -> String {
     let path = c.cm.cluster_dir("company").join("cluster.toml");
     let text = std::fs::read_to_string(&path).unwrap();
     let config = cluster::parse(&path, &text, FileKind::Cluster).unwrap_or_else(|d| panic!("{d}"));
-    malai::personalize::machine_toml(&config, alias, version).expect("machine in cluster.toml")
+    malai::personalize::machine_toml(&config, alias, version, malai::sync::proto::PROTOCOL)
+        .expect("machine in cluster.toml")
+        .text
 }
 
 /// Pushes `envelope` to web01 as `from`; returns web01's answer.

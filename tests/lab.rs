@@ -346,4 +346,9 @@ fn a_laptop_that_changes_networks_keeps_its_running_command_and_shell() {
     // The next command needs no new configuration.
     let out = on_web01(&laptop, &running, &["echo", "still here"]);
     assert_eq!(out, "still here\n");
+    // Where the laptop is is no part of the signed config: still version 2.
+    assert_eq!(
+        cm.json(&["status", "--json"])["clusters"][0]["config_version"],
+        2
+    );
 }

@@ -44,7 +44,18 @@ impl Cluster {
         if envelope.version == current && current_hash.as_deref() == Some(envelope.hash.as_str()) {
             return Ok(current);
         }
-        if envelope.version <= current {
+        let path = self.machine_path();
+        let parsed = cluster::parse(&path, &envelope.config, FileKind::Machine);
+        // The same version written for a newer protocol than the text in
+        // force (this machine was upgraded): the CM rewrote it, not a replay.
+        let protocol = |c: Option<&crate::config::ClusterConfig>| {
+            c.and_then(|c| c.received_protocol).unwrap_or(1)
+        };
+        let rewritten = envelope.version == current
+            && parsed
+                .as_ref()
+                .is_ok_and(|c| protocol(Some(c)) > protocol(self.config().as_deref()));
+        if envelope.version <= current && !rewritten {
             tracing::warn!(
                 malai_cluster = %self.alias, malai_peer = %self.cm_id52, malai_config_version = envelope.version,
                 "refused config version {}: this machine holds version {current} already (replay?)", envelope.version
@@ -54,9 +65,7 @@ impl Cluster {
                 current,
             });
         }
-        let path = self.machine_path();
-        let config = cluster::parse(&path, &envelope.config, FileKind::Machine)
-            .map_err(|d| AcceptError::Invalid(d.to_string()))?;
+        let config = parsed.map_err(|d| AcceptError::Invalid(d.to_string()))?;
         if config.received_version != Some(envelope.version)
             || config.cluster_manager != self.cm_id52
         {

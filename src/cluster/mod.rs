@@ -245,22 +245,56 @@ impl Cluster {
         self.changed.notify_one();
     }
 
+    /// CM: the protocol to write machine `alias` (`id`)'s config for.
+    pub fn machine_protocol(&self, alias: &str, id: &Id52) -> u32 {
+        let ledger = self.ledger.lock().expect("ledger lock");
+        ledger
+            .machines
+            .get(alias)
+            .filter(|m| m.id52 == id.to_string())
+            .map_or(1, MachineSync::protocol)
+    }
+
+    /// CM: machine `alias` (`id`) fetched its config, saying it
+    /// understands `protocol`; what that config left out is `withheld`.
+    pub fn record_fetch(&self, alias: &str, id: &Id52, protocol: u32, withheld: &[String]) {
+        let mut ledger = self.ledger.lock().expect("ledger lock");
+        let entry = ledger_entry(&mut ledger, alias, id);
+        if entry.protocol == Some(protocol) && entry.withheld == withheld {
+            return;
+        }
+        entry.protocol = Some(protocol);
+        entry.withheld = withheld.to_vec();
+        if let Err(e) = ledger.save(&self.state_path()) {
+            tracing::error!(malai_cluster = %self.alias, "cannot record sync state: {e:#}");
+        }
+    }
+
     /// CM: records the outcome of a push to machine `alias` (`id`) in the
     /// ledger and state.json; true when the machine holds the current
-    /// version.
-    pub fn record_push(&self, alias: &str, id: &Id52, result: Result<u64, String>) -> bool {
+    /// version, written for the protocol it understands.
+    pub fn record_push(&self, alias: &str, id: &Id52, result: Result<Pushed, String>) -> bool {
         let mut ledger = self.ledger.lock().expect("ledger lock");
         let current = ledger.version;
-        let entry = ledger.machines.entry(alias.to_owned()).or_default();
-        if entry.id52 != id.to_string() {
-            *entry = MachineSync {
-                id52: id.to_string(),
-                ..Default::default()
-            };
-        }
+        let entry = ledger_entry(&mut ledger, alias, id);
         let now = unix_now();
         let ok = match &result {
-            Ok(version) => {
+            Ok(Pushed {
+                version,
+                reported,
+                rendered,
+                withheld,
+            }) => {
+                entry.protocol = Some(*reported);
+                entry.acked_protocol = Some(*rendered);
+                if !withheld.is_empty() && entry.withheld != *withheld {
+                    tracing::warn!(
+                        malai_cluster = %self.alias, malai_peer = %id,
+                        "machine {alias} runs an older malai (protocol {reported}); its config leaves out: {}. Upgrade malai there for them to take effect",
+                        withheld.join(", ")
+                    );
+                }
+                entry.withheld.clone_from(withheld);
                 entry.acked_version = *version;
                 entry.last_contact = Some(now);
                 entry.unreachable_since = None;
@@ -275,7 +309,7 @@ impl Cluster {
             }
             // A stale push failing after the machine already acknowledged
             // (on a fresher connection) changes nothing.
-            Err(_) if entry.acked_version >= current => true,
+            Err(_) if entry.holds(current) => true,
             Err(e) => {
                 entry.unreachable_since.get_or_insert(now);
                 entry.last_error = Some(e.clone());
@@ -372,7 +406,7 @@ impl Cluster {
                         ledger
                             .machines
                             .values()
-                            .any(|m| m.id52 == id.to_string() && m.acked_version >= ledger.version)
+                            .any(|m| m.id52 == id.to_string() && m.holds(ledger.version))
                     })
                     .count();
                 format!(
@@ -386,4 +420,28 @@ impl Cluster {
             Role::Waiting => format!("{}: waiting for config", self.alias),
         }
     }
+}
+
+/// A push the machine acknowledged: the version it holds, the protocol it
+/// says it understands, and the protocol the text was written for, with
+/// what that left out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pushed {
+    pub version: u64,
+    pub reported: u32,
+    pub rendered: u32,
+    pub withheld: Vec<String>,
+}
+
+/// The ledger's entry for machine `alias`, started afresh when its id52
+/// changed.
+fn ledger_entry<'a>(ledger: &'a mut CmState, alias: &str, id: &Id52) -> &'a mut MachineSync {
+    let entry = ledger.machines.entry(alias.to_owned()).or_default();
+    if entry.id52 != id.to_string() {
+        *entry = MachineSync {
+            id52: id.to_string(),
+            ..Default::default()
+        };
+    }
+    entry
 }

@@ -36,6 +36,8 @@ pub struct ClusterConfig {
     pub services: BTreeMap<String, Service>,
     /// machine.toml only: the version the CM signed this file as.
     pub received_version: Option<u64>,
+    /// machine.toml only: the protocol it was written for (none: 1).
+    pub received_protocol: Option<u32>,
     /// `[network] relay` and `relay_ca`: the cluster's own relay, which
     /// every member uses unless its malai.toml says otherwise.
     pub relay: Option<super::OwnRelay>,
@@ -210,6 +212,7 @@ struct RawGroup {
 #[serde(deny_unknown_fields)]
 struct RawReceived {
     version: u64,
+    protocol: Option<u32>,
 }
 
 /// Parses and validates the text of a cluster.toml or machine.toml.
@@ -270,12 +273,14 @@ impl Validator<'_> {
         })
     }
 
-    fn err(&mut self, span: std::ops::Range<usize>, message: impl Into<String>, help: &str) {
-        self.diags.push(self.src.diag(span, message, help));
-    }
-
-    fn run(mut self, raw: RawFile, kind: FileKind) -> Result<ClusterConfig, Diagnostics> {
-        let received_version = match (kind, &raw.received) {
+    /// `[received]`: the version (and protocol) the CM sent a machine.toml
+    /// as; a cluster.toml has none.
+    fn received(
+        &mut self,
+        received: Option<&Spanned<RawReceived>>,
+        kind: FileKind,
+    ) -> (Option<u64>, Option<u32>) {
+        let version = match (kind, received) {
             (FileKind::Cluster, Some(r)) => {
                 self.err(
                     r.span(),
@@ -295,6 +300,18 @@ impl Validator<'_> {
                 None
             }
         };
+        let protocol = received
+            .and_then(|r| r.get_ref().protocol)
+            .filter(|_| kind == FileKind::Machine);
+        (version, protocol)
+    }
+
+    fn err(&mut self, span: std::ops::Range<usize>, message: impl Into<String>, help: &str) {
+        self.diags.push(self.src.diag(span, message, help));
+    }
+
+    fn run(mut self, raw: RawFile, kind: FileKind) -> Result<ClusterConfig, Diagnostics> {
+        let (received_version, received_protocol) = self.received(raw.received.as_ref(), kind);
 
         let (cluster_manager, cm_addrs, config_editors) = match &raw.cluster_manager {
             None => {
@@ -377,6 +394,7 @@ impl Validator<'_> {
             groups,
             services,
             received_version,
+            received_protocol,
             relay,
         })
     }

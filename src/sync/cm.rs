@@ -11,7 +11,7 @@ use tokio::task::JoinSet;
 
 use super::envelope::Envelope;
 use super::proto::{ConfigRequest, FetchAnswer, PushAnswer};
-use crate::cluster::Cluster;
+use crate::cluster::{Cluster, Pushed};
 use crate::identity::Id52;
 use crate::p2p::{CONFIG_ALPN, frame};
 use crate::personalize;
@@ -23,21 +23,45 @@ const PUSH_TIMEOUT: Duration = Duration::from_secs(15);
 const MIN_BACKOFF: Duration = Duration::from_secs(1);
 const MAX_BACKOFF: Duration = Duration::from_secs(60);
 
-/// The signed config for the machine `peer` at the current version.
-fn envelope_for(cluster: &Cluster, peer: &Id52) -> Option<(String, Envelope)> {
+/// The signed config for the machine `peer` at the current version,
+/// written for the protocol it understands.
+struct ForMachine {
+    alias: String,
+    envelope: Envelope,
+    protocol: u32,
+    withheld: Vec<String>,
+}
+
+/// `protocol`: what the machine just said it understands; `None`: what
+/// the ledger last heard from it.
+fn envelope_for(cluster: &Cluster, peer: &Id52, protocol: Option<u32>) -> Option<ForMachine> {
     let in_force = cluster.in_force();
     let config = in_force.config?;
     let (alias, _) = config.machine_by_id52(peer)?;
-    let text = personalize::machine_toml(&config, alias, in_force.version)?;
-    Some((
-        alias.to_owned(),
-        Envelope::seal(cluster.identity(), peer, in_force.version, text),
-    ))
+    let protocol = protocol.map_or_else(
+        || cluster.machine_protocol(alias, peer),
+        |p| p.min(super::proto::PROTOCOL),
+    );
+    let rendered = personalize::machine_toml(&config, alias, in_force.version, protocol)?;
+    Some(ForMachine {
+        alias: alias.to_owned(),
+        envelope: Envelope::seal(cluster.identity(), peer, in_force.version, rendered.text),
+        protocol,
+        withheld: rendered.withheld,
+    })
 }
 
-pub async fn serve_fetch(cluster: &Cluster, peer: Id52) -> FetchAnswer {
-    match envelope_for(cluster, &peer) {
-        Some((alias, envelope)) => {
+/// A machine's fetch, saying which `protocol` it understands (1 when it
+/// does not say).
+pub async fn serve_fetch(cluster: &Cluster, peer: Id52, protocol: u32) -> FetchAnswer {
+    match envelope_for(cluster, &peer, Some(protocol)) {
+        Some(ForMachine {
+            alias,
+            envelope,
+            withheld,
+            ..
+        }) => {
+            cluster.record_fetch(&alias, &peer, protocol, &withheld);
             tracing::info!(malai_cluster = %cluster.alias(), malai_peer = %peer, "machine {alias} fetched config version {}", envelope.version);
             // The machine is back, perhaps restarted: a pooled connection to
             // it may be dead. Dial afresh and retry pending pushes now
@@ -125,10 +149,11 @@ fn pending_machines(cluster: &Cluster) -> Vec<(String, Id52, Vec<std::net::Socke
         .iter()
         .filter(|(_, m)| m.id52 != me)
         .filter(|(alias, m)| {
+            // Behind, or upgraded since (the same version, written for more).
             state
                 .machines
                 .get(*alias)
-                .is_none_or(|s| s.id52 != m.id52.to_string() || s.acked_version < state.version)
+                .is_none_or(|s| s.id52 != m.id52.to_string() || !s.holds(state.version))
         })
         .map(|(alias, m)| (alias.clone(), m.id52, m.addrs.clone()))
         .collect()
@@ -138,9 +163,13 @@ async fn push_one(
     cluster: &Cluster,
     id: &Id52,
     addrs: &[std::net::SocketAddr],
-) -> anyhow::Result<u64> {
-    let (_, envelope) =
-        envelope_for(cluster, id).ok_or_else(|| anyhow::anyhow!("no longer a machine"))?;
+) -> anyhow::Result<Pushed> {
+    let ForMachine {
+        envelope,
+        protocol: rendered,
+        withheld,
+        ..
+    } = envelope_for(cluster, id, None).ok_or_else(|| anyhow::anyhow!("no longer a machine"))?;
     let conn = cluster
         .pool()
         .get(cluster.endpoint(), id, addrs, CONFIG_ALPN)
@@ -149,7 +178,12 @@ async fn push_one(
     frame::write_msg(&mut send, &ConfigRequest::Push { envelope }).await?;
     send.finish()?;
     match frame::read_msg::<_, PushAnswer>(&mut recv).await? {
-        PushAnswer::Ack { version } => Ok(version),
+        PushAnswer::Ack { version, protocol } => Ok(Pushed {
+            version,
+            reported: protocol.unwrap_or(1),
+            rendered,
+            withheld,
+        }),
         PushAnswer::Rejected { reason } | PushAnswer::Denied { reason } => {
             anyhow::bail!("refused: {reason}")
         }

@@ -5,14 +5,17 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::envelope::Envelope;
-use super::proto::{ConfigRequest, FetchAnswer, PushAnswer};
+use super::proto::{ConfigRequest, FetchAnswer, PROTOCOL, PushAnswer};
 use crate::cluster::{AcceptError, Cluster};
 use crate::p2p::{CONFIG_ALPN, frame};
 
 /// Applies a config the CM sent (`Cluster::accept`), as the answer to send.
 pub async fn apply(cluster: &Cluster, envelope: Envelope) -> PushAnswer {
     match cluster.accept(envelope).await {
-        Ok(version) => PushAnswer::Ack { version },
+        Ok(version) => PushAnswer::Ack {
+            version,
+            protocol: Some(PROTOCOL),
+        },
         Err(refusal) => PushAnswer::Rejected {
             reason: refusal.to_string(),
         },
@@ -42,7 +45,10 @@ async fn fetch_once(cluster: &Cluster) -> anyhow::Result<()> {
         .get(cluster.endpoint(), &cluster.cm_id52(), &addrs, CONFIG_ALPN)
         .await?;
     let (mut send, mut recv) = conn.open_bi().await?;
-    frame::write_msg(&mut send, &ConfigRequest::Fetch).await?;
+    let fetch = ConfigRequest::Fetch {
+        protocol: Some(PROTOCOL),
+    };
+    frame::write_msg(&mut send, &fetch).await?;
     send.finish()?;
     match frame::read_msg::<_, FetchAnswer>(&mut recv).await? {
         FetchAnswer::Config { envelope } => match cluster.accept(envelope).await {

@@ -109,8 +109,8 @@ async fn answer(cluster: &Cluster, peer: Id52, req: ConfigRequest) -> Answer {
             },
         }),
         // Only a machine listed in cluster.toml may fetch, and only its own.
-        ConfigRequest::Fetch => Answer::Fetch(match role {
-            Role::ClusterManager => cm::serve_fetch(cluster, peer).await,
+        ConfigRequest::Fetch { protocol } => Answer::Fetch(match role {
+            Role::ClusterManager => cm::serve_fetch(cluster, peer, protocol.unwrap_or(1)).await,
             Role::Machine | Role::Waiting => FetchAnswer::Denied {
                 reason: not_cm.into(),
             },

@@ -1,17 +1,31 @@
 //! The messages of `malai/config/1`: one request and one answer per stream.
+//!
+//! Compatibility (docs/COMPATIBILITY.md): messages only gain optional
+//! fields, which older peers ignore; a machine says which machine.toml
+//! keys it understands by its `PROTOCOL` (in a fetch and in every ack),
+//! and the CM sends it nothing newer.
 
 use serde::{Deserialize, Serialize};
 
 use crate::cluster::EditError;
 use crate::cluster::envelope::Envelope;
 
+/// The machine.toml keys this build understands. 1: the first release.
+/// 2: `allow_pty` on command rules, the cluster's `[network]` relay, and
+/// `[received] protocol`. A machine that does not say (a first-release
+/// one) is 1.
+pub const PROTOCOL: u32 = 2;
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "kebab-case")]
 pub enum ConfigRequest {
     /// CM -> machine: here is your config.
     Push { envelope: Envelope },
-    /// Machine -> CM: send me my latest config.
-    Fetch,
+    /// Machine -> CM: send me my latest config, written for `protocol`.
+    Fetch {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        protocol: Option<u32>,
+    },
     /// Editor -> CM: send me cluster.toml.
     Download,
     /// Editor -> CM: replace cluster.toml with `text`, if its hash is still
@@ -31,8 +45,12 @@ pub enum ConfigRequest {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "kebab-case")]
 pub enum PushAnswer {
-    /// The machine holds this version now.
-    Ack { version: u64 },
+    /// The machine holds this version now; it understands `protocol`.
+    Ack {
+        version: u64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        protocol: Option<u32>,
+    },
     /// Understood and refused (not newer, invalid, not signed for it);
     /// nothing changed.
     Rejected { reason: String },
@@ -222,9 +240,19 @@ mod tests {
     fn answers_keep_the_wire_form_of_earlier_versions() {
         let json = |a: Answer| serde_json::to_value(a).unwrap();
         assert_eq!(
-            json(Answer::Push(PushAnswer::Ack { version: 3 })),
+            json(Answer::Push(PushAnswer::Ack {
+                version: 3,
+                protocol: None
+            })),
             serde_json::json!({"type": "ack", "version": 3})
         );
+        // What a first-release machine sends reads as protocol 1 (none).
+        let fetch: ConfigRequest =
+            serde_json::from_value(serde_json::json!({"type": "fetch"})).unwrap();
+        assert!(matches!(fetch, ConfigRequest::Fetch { protocol: None }));
+        let ack: PushAnswer =
+            serde_json::from_value(serde_json::json!({"type": "ack", "version": 3})).unwrap();
+        assert!(matches!(ack, PushAnswer::Ack { protocol: None, .. }));
         assert_eq!(
             json(Answer::Upload(UploadAnswer::Stale {
                 current_hash: "h".into(),
@@ -243,6 +271,41 @@ mod tests {
         )
         .unwrap();
         assert!(matches!(read, DownloadAnswer::File { version: 2, .. }));
+    }
+
+    /// The first release's messages, as its peers parse them.
+    #[derive(Debug, Deserialize)]
+    #[serde(tag = "type", rename_all = "kebab-case")]
+    #[allow(dead_code)]
+    enum FirstRequest {
+        Push { envelope: Envelope },
+        Fetch,
+        Download,
+    }
+
+    #[derive(Debug, Deserialize)]
+    #[serde(tag = "type", rename_all = "kebab-case")]
+    #[allow(dead_code)]
+    enum FirstAnswer {
+        Ack { version: u64 },
+        Rejected { reason: String },
+    }
+
+    #[test]
+    fn a_first_release_peer_reads_what_this_build_sends() {
+        let fetch = serde_json::to_value(ConfigRequest::Fetch {
+            protocol: Some(PROTOCOL),
+        })
+        .unwrap();
+        let read: FirstRequest = serde_json::from_value(fetch).unwrap();
+        assert!(matches!(read, FirstRequest::Fetch), "{read:?}");
+        let ack = serde_json::to_value(Answer::Push(PushAnswer::Ack {
+            version: 7,
+            protocol: Some(PROTOCOL),
+        }))
+        .unwrap();
+        let read: FirstAnswer = serde_json::from_value(ack).unwrap();
+        assert!(matches!(read, FirstAnswer::Ack { version: 7 }), "{read:?}");
     }
 
     #[test]
