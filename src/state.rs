@@ -20,6 +20,21 @@ pub struct CmState {
     /// Per machine alias: its sync state.
     #[serde(default)]
     pub machines: BTreeMap<String, MachineSync>,
+    /// The last time the version had to jump past what a machine held.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub moved_past: Option<MovedPast>,
+}
+
+/// The version jumped from `from` to `to` because machine `machine` held a
+/// version this state.json did not know: it was lost, or restored from an
+/// old copy.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MovedPast {
+    pub from: u64,
+    pub to: u64,
+    pub machine: String,
+    /// Unix seconds.
+    pub at: u64,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]

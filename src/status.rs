@@ -26,6 +26,10 @@ pub struct ClusterStatus {
     /// CM only: cluster.toml changed on disk since the last rescan.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub pending_rescan: bool,
+    /// CM only: the last time the version had to jump past what a machine
+    /// held (state.json lost or restored from an old copy).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub moved_past: Option<crate::state::MovedPast>,
     /// CM only: every machine and what it has acknowledged.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub machines: Option<Vec<MachineStatus>>,
@@ -85,6 +89,7 @@ pub fn cluster_status(c: &ClusterDir, state: Option<&CmState>) -> ClusterStatus 
         config_version: None,
         config_hash: None,
         pending_rescan: false,
+        moved_past: None,
         machines: None,
         error: None,
         relay: None,
@@ -101,6 +106,7 @@ pub fn cluster_status(c: &ClusterDir, state: Option<&CmState>) -> ClusterStatus 
             s.config_version = Some(state.version);
             s.config_hash = Some(state.hash.clone());
             s.pending_rescan = state.hash != c.config_hash();
+            s.moved_past.clone_from(&state.moved_past);
             let config = c.config.as_ref().expect("a CM has its cluster.toml");
             let machines = config
                 .machines
@@ -165,6 +171,7 @@ pub fn from_files(home: &Home) -> anyhow::Result<Status> {
                     config_version: state.as_ref().map(|s| s.version),
                     config_hash: state.map(|s| s.hash),
                     pending_rescan: false,
+                    moved_past: None,
                     machines: None,
                     error: Some(diags.to_string()),
                     relay: None,
@@ -205,6 +212,14 @@ pub fn render(status: &Status) -> String {
             let _ = write!(out, ", cluster.toml changed since: run `malai rescan`");
         }
         let _ = writeln!(out);
+        if let Some(m) = &c.moved_past {
+            let _ = writeln!(
+                out,
+                "  WARNING: the config version jumped from {} to {}: machine {} held a version this cluster manager's \
+                 state.json did not know (lost, or restored from an old copy?)",
+                m.from, m.to, m.machine
+            );
+        }
         if let Some(id) = &c.id52 {
             let _ = writeln!(out, "  id52: {id}");
         }

@@ -215,7 +215,7 @@ fn a_machine_down_during_a_change_gets_it_when_back_and_refuses_a_replay() {
     let replay = Envelope::seal(&cm_key, &web_id, 2, v2);
     let answer = common::raw::push(&cm_key, &web_id, web_addr, replay);
     assert!(
-        matches!(&answer, PushAnswer::Rejected { reason } if reason.contains("not newer")),
+        matches!(&answer, PushAnswer::Rejected { holds: Some(3), .. }),
         "{answer:?}"
     );
     wait_until("web01 logs the refused replay", || {
@@ -227,4 +227,57 @@ fn a_machine_down_during_a_change_gets_it_when_back_and_refuses_a_replay() {
     let out = c.laptop.run(&["web01.company", "hello"]);
     assert_eq!(String::from_utf8_lossy(&out.stdout), "hello\n");
     web.wait_status("company: machine v3");
+}
+
+/// A CM that lost its state.json (or had an old copy restored) starts over
+/// at version 1; its machines hold version 4 and would refuse every later
+/// config as not newer. The first refusal carries the version held; the CM
+/// moves past it, says so in status, and a revocation made meanwhile lands.
+#[test]
+fn a_cm_that_lost_its_state_moves_past_its_machines_and_a_revocation_lands() {
+    let c = Company::loopback();
+    let (cm, mut web, _lap) = c.start_synced("allow_from = \"laptop\"", "", "");
+    let mut cm = Some(cm);
+    let cluster_toml = c.cm.cluster_dir("company").join("cluster.toml");
+    for version in [3, 4] {
+        let mut text = fs::read_to_string(&cluster_toml).unwrap();
+        text.push_str(&format!("# change {version}\n"));
+        fs::write(&cluster_toml, text).unwrap();
+        c.cm.ok(&["rescan"]);
+        let d = cm.as_mut().unwrap();
+        d.wait_status(&format!("cluster-manager v{version}, 2/2 machines in sync"));
+    }
+    web.wait_status("company: machine v4");
+    let out = c.laptop.run(&["web01.company", "echo", "allowed"]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "allowed\n");
+
+    // The CM goes down and loses its state; the laptop is revoked on web01.
+    assert!(cm.take().unwrap().stop().success());
+    fs::remove_file(c.cm.cluster_dir("company").join("state.json")).unwrap();
+    c.write_cluster_toml("", "", "");
+    let mut cm = c.cm.start_daemon();
+    cm.wait_status("cluster-manager v5, 2/2 machines in sync");
+    web.wait_status("company: machine v5");
+    let out = c.laptop.run(&["web01.company", "echo", "allowed"]);
+    // Refused by web01's ACL (exit 255, as ssh when it cannot run it).
+    assert_eq!(out.status.code(), Some(255));
+    assert!(out.stdout.is_empty());
+    assert!(
+        common::stderr(&out).contains("denied the command"),
+        "{}",
+        common::stderr(&out)
+    );
+
+    let status = c.cm.json(&["status", "--json"]);
+    let moved = &status["clusters"][0]["moved_past"];
+    assert_eq!(
+        (moved["from"].as_u64(), moved["to"].as_u64()),
+        (Some(1), Some(5)),
+        "{status}"
+    );
+    let text = c.cm.ok(&["status"]);
+    assert!(
+        text.contains("the config version jumped from 1 to 5"),
+        "{text}"
+    );
 }

@@ -30,6 +30,11 @@ pub enum Change {
         base_hash: String,
         force: bool,
     },
+    /// cluster.toml as it is on disk, at a version above `holds`: a
+    /// machine holds that version already, so state.json was lost or
+    /// restored from an old copy; every machine would refuse anything
+    /// lower as "not newer", forever.
+    PastMachine { machine: String, holds: u64 },
 }
 
 /// What a commit put in force.
@@ -102,6 +107,27 @@ pub fn commit_files(
         Change::Disk => {
             let text = String::from_utf8_lossy(&current);
             (validate(&path, &text, cm)?, previous_hash.clone())
+        }
+        Change::PastMachine { machine, holds } => {
+            let text = String::from_utf8_lossy(&current);
+            let config = validate(&path, &text, cm)?;
+            if holds >= ledger.version {
+                let from = ledger.version;
+                ledger.version = holds + 1;
+                ledger.hash = previous_hash.clone();
+                ledger.moved_past = Some(crate::state::MovedPast {
+                    from,
+                    to: ledger.version,
+                    machine,
+                    at: crate::state::unix_now(),
+                });
+                ledger
+                    .save(&dir.join(crate::home::STATE_FILE))
+                    .map_err(|e| {
+                        EditError::Failed(format!("cannot record the new version: {e:#}"))
+                    })?;
+            }
+            (config, previous_hash.clone())
         }
         Change::Upload {
             text,

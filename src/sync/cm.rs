@@ -101,7 +101,14 @@ pub async fn pusher(cluster: Arc<Cluster>) {
                 let cluster = task_cluster;
                 let pushed = tokio::time::timeout(PUSH_TIMEOUT, push_one(&cluster, &id, &addrs));
                 let result = match pushed.await {
-                    Ok(r) => r.map_err(|e| format!("{e:#}")),
+                    Ok(Ok(Landed::Acked(p))) => Ok(p),
+                    Ok(Ok(Landed::MachineAhead { offered, holds })) => {
+                        move_past(&cluster, &task_alias, offered, holds).await;
+                        Err(format!(
+                            "it holds version {holds}, ahead of this cluster manager's {offered}"
+                        ))
+                    }
+                    Ok(Err(e)) => Err(format!("{e:#}")),
                     Err(_) => Err(format!("no answer within {} s", PUSH_TIMEOUT.as_secs())),
                 };
                 if result.is_err() {
@@ -159,17 +166,48 @@ fn pending_machines(cluster: &Cluster) -> Vec<(String, Id52, Vec<std::net::Socke
         .collect()
 }
 
+/// How a push that got an answer ended.
+enum Landed {
+    Acked(Pushed),
+    /// Refused as not newer: the machine holds `holds` >= `offered`, which
+    /// this CM's state.json does not know.
+    MachineAhead {
+        offered: u64,
+        holds: u64,
+    },
+}
+
+/// A machine holds a version this CM has not reached: state.json was lost
+/// or restored from an old copy. Every machine would refuse every later
+/// config as "not newer", forever, so the version moves past it (the same
+/// cluster.toml, through the one commit path), and it says so loudly.
+async fn move_past(cluster: &Cluster, machine: &str, offered: u64, holds: u64) {
+    tracing::error!(
+        malai_cluster = %cluster.alias(), malai_config_version = holds,
+        "machine {machine} holds config version {holds}, but this cluster manager is at {offered}: \
+         its state.json was lost or restored from an old copy. Moving the version past {holds}"
+    );
+    let change = crate::cluster::Change::PastMachine {
+        machine: machine.to_owned(),
+        holds,
+    };
+    if let Err(e) = cluster.commit(change).await {
+        tracing::error!(malai_cluster = %cluster.alias(), "cannot move the config version past {holds}: {e}");
+    }
+}
+
 async fn push_one(
     cluster: &Cluster,
     id: &Id52,
     addrs: &[std::net::SocketAddr],
-) -> anyhow::Result<Pushed> {
+) -> anyhow::Result<Landed> {
     let ForMachine {
         envelope,
         protocol: rendered,
         withheld,
         ..
     } = envelope_for(cluster, id, None).ok_or_else(|| anyhow::anyhow!("no longer a machine"))?;
+    let offered = envelope.version;
     let conn = cluster
         .pool()
         .get(cluster.endpoint(), id, addrs, CONFIG_ALPN)
@@ -178,13 +216,16 @@ async fn push_one(
     frame::write_msg(&mut send, &ConfigRequest::Push { envelope }).await?;
     send.finish()?;
     match frame::read_msg::<_, PushAnswer>(&mut recv).await? {
-        PushAnswer::Ack { version, protocol } => Ok(Pushed {
+        PushAnswer::Ack { version, protocol } => Ok(Landed::Acked(Pushed {
             version,
             reported: protocol.unwrap_or(1),
             rendered,
             withheld,
-        }),
-        PushAnswer::Rejected { reason } | PushAnswer::Denied { reason } => {
+        })),
+        PushAnswer::Rejected {
+            holds: Some(holds), ..
+        } if holds >= offered => Ok(Landed::MachineAhead { offered, holds }),
+        PushAnswer::Rejected { reason, .. } | PushAnswer::Denied { reason } => {
             anyhow::bail!("refused: {reason}")
         }
     }

@@ -17,6 +17,12 @@ pub async fn apply(cluster: &Cluster, envelope: Envelope) -> PushAnswer {
             protocol: Some(PROTOCOL),
         },
         Err(refusal) => PushAnswer::Rejected {
+            holds: match refusal {
+                AcceptError::NotNewer { current, .. } => Some(current),
+                AcceptError::Unverified(_) | AcceptError::Invalid(_) | AcceptError::Failed(_) => {
+                    None
+                }
+            },
             reason: refusal.to_string(),
         },
     }
@@ -53,7 +59,19 @@ async fn fetch_once(cluster: &Cluster) -> anyhow::Result<()> {
     match frame::read_msg::<_, FetchAnswer>(&mut recv).await? {
         FetchAnswer::Config { envelope } => match cluster.accept(envelope).await {
             // Nothing newer than what this machine holds: up to date.
-            Ok(_) | Err(AcceptError::NotNewer { .. }) => Ok(()),
+            Ok(_) => Ok(()),
+            // The CM is behind what this machine holds (its state.json was
+            // lost or restored): its next push is refused with the version
+            // held here, and it moves past it.
+            Err(AcceptError::NotNewer { offered, current }) => {
+                if offered < current {
+                    tracing::warn!(
+                        malai_cluster = %cluster.alias(), malai_peer = %cluster.cm_id52(),
+                        "the cluster manager offers config version {offered}, but this machine holds {current}: its state was lost or restored; waiting for it to move past"
+                    );
+                }
+                Ok(())
+            }
             Err(e) => anyhow::bail!("could not apply the fetched config: {e}"),
         },
         FetchAnswer::Denied { reason } | FetchAnswer::Rejected { reason } => {

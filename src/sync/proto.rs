@@ -52,8 +52,13 @@ pub enum PushAnswer {
         protocol: Option<u32>,
     },
     /// Understood and refused (not newer, invalid, not signed for it);
-    /// nothing changed.
-    Rejected { reason: String },
+    /// nothing changed. `holds`: refused as not newer, the version this
+    /// machine holds (a CM that lost its state moves past it).
+    Rejected {
+        reason: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        holds: Option<u64>,
+    },
     /// The sender may not push here.
     Denied { reason: String },
 }
