@@ -31,11 +31,11 @@ class NatLab:
 
     def __init__(self, sb, malai, lab_relay, log):
         self.sb, self.log, self.malai = sb, log, malai
-        inet = sb.namespace("inet")
+        inet = sb.namespace("ninet")  # "n": no clash with other phases' roles
         run(["ip", "-n", inet, "link", "add", "br0", "type", "bridge"])
         run(["ip", "-n", inet, "link", "set", "br0", "up"])
         self.inet = inet
-        relay_ns = sb.namespace("relay")
+        relay_ns = sb.namespace("nrelay")
         self._wire(relay_ns, "eth0", "vrelay", RELAY_IP)
         pki = self._pki()
         self.relay = sb.spawn("iroh relay", [
@@ -46,9 +46,9 @@ class NatLab:
             raise RuntimeError("the lab relay did not start")
         self.ca = pki["ca.pem"]
 
-        self.lap = self._home_net("lap", 1, hard=False)
-        srvb = self._home_net("srvb", 2, hard=False)
-        srvc = self._home_net("srvc", 3, hard=True)
+        self.lap = self._home_net("nlap", 1, hard=False)
+        srvb = self._home_net("nsrvb", 2, hard=False)
+        srvc = self._home_net("nsrvc", 3, hard=True)
         self.bus = PrivateBus(sb)
         self.cm = self._home("nat-laptop", self.lap)
         web01 = self._home("nat-web01", srvb)
