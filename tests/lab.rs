@@ -154,33 +154,48 @@ fn on_web01(laptop: &Host, running: &Running, argv: &[&str]) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
-#[test]
-#[ignore = "needs root: network namespaces and NAT routers"]
-fn machines_behind_nat_are_reached_through_the_company_relay_with_no_address() {
-    let mut lab = Lab::new("a");
+/// The lab with its relay running and three homes, cm, web01 and laptop,
+/// behind routers doing `nat`.
+fn three_homes(tag: &str, nat: Nat) -> (Lab, [Host; 3]) {
+    let mut lab = Lab::new(tag);
     lab.start_relay();
-    let cm = lab.home("cm", 1, Nat::Ordinary);
-    let web01 = lab.home("web01", 2, Nat::Ordinary);
-    let laptop = lab.home("laptop", 3, Nat::Ordinary);
-    let running = company(&lab, &cm, &web01, &laptop);
-    // It ran in web01's network namespace, behind its router.
+    let homes = [("cm", 1), ("web01", 2), ("laptop", 3)].map(|(name, n)| lab.home(name, n, nat));
+    (lab, homes)
+}
+
+/// A command run on web01 from the laptop ran in web01's network
+/// namespace, behind its router.
+fn runs_behind_web01s_router(laptop: &Host, running: &Running) {
     let out = on_web01(
-        &laptop,
-        &running,
+        laptop,
+        running,
         &["ip", "-o", "-4", "addr", "show", "dev", "eth0"],
     );
     assert!(out.contains("192.168.2.2/24"), "{out}");
+}
+
+/// `sleep SECS` on web01 from the laptop, running.
+fn sleep_on_web01(laptop: &Host, running: &Running, secs: &str) -> std::process::Child {
+    running
+        .laptop(laptop, &["web01.company", "sleep", secs])
+        .stdin(std::process::Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+#[test]
+#[ignore = "needs root: network namespaces and NAT routers"]
+fn machines_behind_nat_are_reached_through_the_company_relay_with_no_address() {
+    let (mut lab, [cm, web01, laptop]) = three_homes("a", Nat::Ordinary);
+    let running = company(&lab, &cm, &web01, &laptop);
+    runs_behind_web01s_router(&laptop, &running);
 
     // A shell and a running command: their connections start on the relay
     // and go direct (hole punching through both NATs) within 10 s; then
     // the relay stops and both go on.
     let shell = shell_on_web01(&laptop, &running);
     let secs = common::net::sleep_secs(12);
-    let mut sleeping = running
-        .laptop(&laptop, &["web01.company", "sleep", &secs])
-        .stdin(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut sleeping = sleep_on_web01(&laptop, &running, &secs);
     wait_until("web01 reaches the laptop directly", || {
         running.web01_path_to(&web01, "laptop").as_deref() == Some("direct")
     });
@@ -193,25 +208,12 @@ fn machines_behind_nat_are_reached_through_the_company_relay_with_no_address() {
 #[test]
 #[ignore = "needs root: network namespaces and NAT routers"]
 fn behind_hard_nats_everything_goes_through_the_relay() {
-    let mut lab = Lab::new("h");
-    lab.start_relay();
-    let cm = lab.home("cm", 1, Nat::Hard);
-    let web01 = lab.home("web01", 2, Nat::Hard);
-    let laptop = lab.home("laptop", 3, Nat::Hard);
+    let (lab, [cm, web01, laptop]) = three_homes("h", Nat::Hard);
     let running = company(&lab, &cm, &web01, &laptop);
-    let out = on_web01(
-        &laptop,
-        &running,
-        &["ip", "-o", "-4", "addr", "show", "dev", "eth0"],
-    );
-    assert!(out.contains("192.168.2.2/24"), "{out}");
+    runs_behind_web01s_router(&laptop, &running);
     // A running command stays on the relay: no direct path can be punched.
     let secs = common::net::sleep_secs(3);
-    let mut sleeping = running
-        .laptop(&laptop, &["web01.company", "sleep", &secs])
-        .stdin(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut sleeping = sleep_on_web01(&laptop, &running, &secs);
     wait_until("web01 sees the laptop's command", || {
         running
             .web01_path_to(&web01, "laptop")
@@ -237,11 +239,7 @@ impl Drop for Proc {
 #[test]
 #[ignore = "needs root: network namespaces and NAT routers"]
 fn with_the_cm_down_machines_serve_and_forward_and_pushes_resume() {
-    let mut lab = Lab::new("c");
-    lab.start_relay();
-    let cm = lab.home("cm", 1, Nat::Ordinary);
-    let web01 = lab.home("web01", 2, Nat::Ordinary);
-    let laptop = lab.home("laptop", 3, Nat::Ordinary);
+    let (lab, [cm, web01, laptop]) = three_homes("c", Nat::Ordinary);
     // The laptop's daemon forwards 127.0.0.1:18080 to a web server on
     // web01's own loopback, which only web01 can reach.
     let site = tempfile::tempdir().unwrap();
@@ -275,12 +273,7 @@ fn with_the_cm_down_machines_serve_and_forward_and_pushes_resume() {
     // The CM goes down: machines keep serving with the config they hold.
     running.cm.signal(nix::sys::signal::Signal::SIGTERM);
     assert!(running.cm.child.wait().unwrap().success());
-    let out = on_web01(
-        &laptop,
-        &running,
-        &["ip", "-o", "-4", "addr", "show", "dev", "eth0"],
-    );
-    assert!(out.contains("192.168.2.2/24"), "{out}");
+    runs_behind_web01s_router(&laptop, &running);
     let url = "http://127.0.0.1:18080/hello.txt";
     let fetch = || {
         let out = laptop
@@ -311,11 +304,7 @@ fn with_the_cm_down_machines_serve_and_forward_and_pushes_resume() {
 #[test]
 #[ignore = "needs root: network namespaces and NAT routers"]
 fn a_laptop_that_changes_networks_keeps_its_running_command_and_shell() {
-    let mut lab = Lab::new("r");
-    lab.start_relay();
-    let cm = lab.home("cm", 1, Nat::Ordinary);
-    let web01 = lab.home("web01", 2, Nat::Ordinary);
-    let laptop = lab.home("laptop", 3, Nat::Ordinary);
+    let (mut lab, [cm, web01, laptop]) = three_homes("r", Nat::Ordinary);
     lab.second_network(&laptop, "cafe", 4, Nat::Ordinary);
     let running = company(&lab, &cm, &web01, &laptop);
 
