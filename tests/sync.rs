@@ -281,3 +281,47 @@ fn a_cm_that_lost_its_state_moves_past_its_machines_and_a_revocation_lands() {
         "{text}"
     );
 }
+
+/// A member that fetches again and again makes the CM redo its own push
+/// only: the push to an unreachable machine keeps its backoff instead of
+/// starting over at every fetch (each fetch used to restart every push, an
+/// amplifier for any member's key).
+#[test]
+fn fetches_by_a_member_do_not_restart_the_pushes_to_others() {
+    let c = Company::loopback();
+    let mut cm = c.cm.start_daemon_with(&[("MALAI_LOG", "malai=debug")]);
+    let _lap = c.laptop.start_daemon();
+    c.write_cluster_toml("", "", "");
+    c.cm.ok(&["rescan"]);
+    // web01 has no daemon: its push fails and backs off (1 s, 2 s, 4 s...).
+    cm.wait_status("cluster-manager v2, 1/2 machines in sync");
+    let pushes_to_web01 = |cm: &common::net::Daemon| {
+        cm.log_text()
+            .lines()
+            .filter(|l| l.contains("pushing config version 2 to") && l.contains(&c.web_id))
+            .count()
+    };
+    wait_until("a first push to web01", || pushes_to_web01(&cm) >= 1);
+    let before = pushes_to_web01(&cm);
+    let laptop_key = Identity::load(&c.laptop.cluster_dir("company").join("identity.key")).unwrap();
+    let cm_id: Id52 = c.cm_id.parse().unwrap();
+    let cm_addr: SocketAddr = c.cm.socket_addr().parse().unwrap();
+    let fetches = 30;
+    for _ in 0..fetches {
+        let answer: malai::sync::proto::FetchAnswer = common::raw::config_request(
+            &laptop_key,
+            &cm_id,
+            cm_addr,
+            malai::sync::proto::ConfigRequest::Fetch { protocol: None },
+        );
+        assert!(matches!(
+            answer,
+            malai::sync::proto::FetchAnswer::Config { .. }
+        ));
+    }
+    let during = pushes_to_web01(&cm) - before;
+    assert!(
+        during < 8,
+        "{during} pushes to web01 during {fetches} fetches by the laptop: the backoff must hold"
+    );
+}

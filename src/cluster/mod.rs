@@ -85,6 +85,11 @@ pub struct Cluster {
     ledger: Mutex<CmState>,
     /// Wakes the CM's pusher when there is something new to push.
     wake: Notify,
+    /// Machines that fetched since the pusher last looked (at most one
+    /// entry per machine alias). A std `Mutex`: held to insert or take,
+    /// never across an `.await`.
+    returned: Mutex<std::collections::BTreeSet<String>>,
+    returned_wake: Notify,
     /// Wakes the daemon's main loop to re-announce its status.
     changed: Arc<Notify>,
     /// What happened, for whoever listens (D-Bus signals).
@@ -134,6 +139,8 @@ impl Cluster {
             apply: tokio::sync::Mutex::new(()),
             ledger: Mutex::new(ledger),
             wake: Notify::new(),
+            returned: Mutex::default(),
+            returned_wake: Notify::new(),
             changed,
             events: broadcast::channel(64).0,
             identity: c.identity,
@@ -211,10 +218,30 @@ impl Cluster {
         self.wake.notified().await;
     }
 
-    /// Asks the pusher to try every pending machine now (a machine came
-    /// back).
+    /// Asks the pusher to try every pending machine now.
     pub fn wake_pusher(&self) {
         self.wake.notify_one();
+    }
+
+    /// Machine `alias` is back (it fetched): the pusher retries its push
+    /// now, on a fresh connection, and nobody else's (a member that fetches
+    /// again and again makes the CM redo its own push only).
+    pub fn machine_returned(&self, alias: &str) {
+        self.returned
+            .lock()
+            .expect("returned lock")
+            .insert(alias.to_owned());
+        self.returned_wake.notify_one();
+    }
+
+    /// Waits until a machine came back (CM); `take_returned` says which.
+    pub async fn wait_for_returned(&self) {
+        self.returned_wake.notified().await;
+    }
+
+    /// The machines that came back since the last call.
+    pub fn take_returned(&self) -> std::collections::BTreeSet<String> {
+        std::mem::take(&mut *self.returned.lock().expect("returned lock"))
     }
 
     /// CM only: the versions and acknowledgements, now.

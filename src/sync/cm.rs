@@ -64,10 +64,10 @@ pub async fn serve_fetch(cluster: &Cluster, peer: Id52, protocol: u32) -> FetchA
             cluster.record_fetch(&alias, &peer, protocol, &withheld);
             tracing::info!(malai_cluster = %cluster.alias(), malai_peer = %peer, "machine {alias} fetched config version {}", envelope.version);
             // The machine is back, perhaps restarted: a pooled connection to
-            // it may be dead. Dial afresh and retry pending pushes now
-            // rather than at the end of a backoff.
+            // it may be dead. Dial afresh and retry its push now rather
+            // than at the end of a backoff; nobody else's.
             cluster.pool().forget(&peer, CONFIG_ALPN).await;
-            cluster.wake_pusher();
+            cluster.machine_returned(&alias);
             FetchAnswer::Config { envelope }
         }
         None => {
@@ -81,15 +81,18 @@ pub async fn serve_fetch(cluster: &Cluster, peer: Id52, protocol: u32) -> FetchA
 
 /// Pushes until every machine holds the current version, each machine on
 /// its own task so one unreachable machine delays nobody else; retries a
-/// failed machine with exponential backoff. A wake-up (config changed, or a
-/// machine reconnected) restarts every push at once: pushes are idempotent,
-/// and a push stuck on a dead connection must not hold back the new one.
+/// failed machine with exponential backoff. A config change restarts every
+/// push at once (pushes are idempotent, and a push stuck on a dead
+/// connection must not hold back the new one); a machine that fetched
+/// restarts its own push only, so fetching cannot make the CM redo its
+/// work for everyone.
 pub async fn pusher(cluster: Arc<Cluster>) {
     let mut set: JoinSet<(String, bool)> = JoinSet::new();
-    let mut inflight: HashMap<String, tokio::task::Id> = HashMap::new();
+    let mut inflight: HashMap<String, tokio::task::AbortHandle> = HashMap::new();
     let mut retry: HashMap<String, (Instant, Duration)> = HashMap::new();
     loop {
         let woken = cluster.wait_for_work();
+        let returned = cluster.wait_for_returned();
         let now = Instant::now();
         for (alias, id, addrs) in pending_machines(&cluster) {
             if inflight.contains_key(&alias) || retry.get(&alias).is_some_and(|(at, _)| *at > now) {
@@ -117,7 +120,7 @@ pub async fn pusher(cluster: Arc<Cluster>) {
                 let ok = cluster.record_push(&task_alias, &id, result);
                 (task_alias, ok)
             });
-            inflight.insert(alias, handle.id());
+            inflight.insert(alias, handle);
         }
         let next_retry = retry.values().map(|(at, _)| *at).min();
         tokio::select! {
@@ -126,9 +129,17 @@ pub async fn pusher(cluster: Arc<Cluster>) {
                 inflight.clear();
                 retry.clear();
             }
+            _ = returned => {
+                for alias in cluster.take_returned() {
+                    retry.remove(&alias);
+                    if let Some(task) = inflight.remove(&alias) {
+                        task.abort();
+                    }
+                }
+            }
             Some(done) = set.join_next_with_id(), if !set.is_empty() => {
                 if let Ok((task, (alias, ok))) = done
-                    && inflight.get(&alias) == Some(&task)
+                    && inflight.get(&alias).is_some_and(|h| h.id() == task)
                 {
                     inflight.remove(&alias);
                     if ok {
@@ -208,6 +219,7 @@ async fn push_one(
         ..
     } = envelope_for(cluster, id, None).ok_or_else(|| anyhow::anyhow!("no longer a machine"))?;
     let offered = envelope.version;
+    tracing::debug!(malai_cluster = %cluster.alias(), malai_peer = %id, "pushing config version {offered} to {id}");
     let conn = cluster
         .pool()
         .get(cluster.endpoint(), id, addrs, CONFIG_ALPN)
