@@ -6,8 +6,111 @@
 //! shell-quoted and cut at `MAX_ARGV` bytes; a cut argv carries the blake3
 //! of the whole in `malai_argv_hash`, so two long command lines can still
 //! be told apart.
+//!
+//! Denials and refusals are what a peer can cause at will: per peer and
+//! cluster, `DENIAL_BURST` lines per `DENIAL_WINDOW` are written, the rest
+//! counted and the count written with the next one after the window
+//! (`malai_suppressed`), so a flood cannot fill the journal or make
+//! journald's own rate limit drop the lines that matter.
+
+use std::collections::HashMap;
+use std::sync::{LazyLock, Mutex};
+use std::time::{Duration, Instant};
 
 use crate::identity::Id52;
+
+/// Denial lines one peer gets per window in one cluster.
+pub const DENIAL_BURST: u32 = 10;
+pub const DENIAL_WINDOW: Duration = Duration::from_secs(60);
+/// Peers tracked at once (members only reach here: strangers are refused
+/// by the gate, whose lines are limited there).
+const TRACKED: usize = 4096;
+
+#[derive(Debug)]
+struct Window {
+    start: Instant,
+    logged: u32,
+    suppressed: u64,
+}
+
+/// Per (cluster, peer). A std `Mutex`: held to count, never across an
+/// `.await`.
+static DENIALS: LazyLock<Mutex<HashMap<(String, Id52), Window>>> = LazyLock::new(Mutex::default);
+
+/// What to do with a denial line for one peer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Admit {
+    /// Write it, after the count of those held back since the last one.
+    Log { held_back: u64 },
+    /// The burst is used up: say so once, then count.
+    StartCounting,
+    /// Count it.
+    Count,
+}
+
+/// Whether a denial line for `peer` in `cluster` is written now.
+fn admit_denial(cluster: &str, peer: &Id52, now: Instant) -> Admit {
+    let mut denials = DENIALS.lock().expect("denials lock");
+    if denials.len() >= TRACKED {
+        denials.retain(|_, w| now.duration_since(w.start) < DENIAL_WINDOW || w.suppressed > 0);
+    }
+    let window = denials
+        .entry((cluster.to_owned(), *peer))
+        .or_insert(Window {
+            start: now,
+            logged: 0,
+            suppressed: 0,
+        });
+    if now.duration_since(window.start) >= DENIAL_WINDOW {
+        window.start = now;
+        window.logged = 0;
+    }
+    if window.logged < DENIAL_BURST {
+        window.logged += 1;
+        return Admit::Log {
+            held_back: std::mem::take(&mut window.suppressed),
+        };
+    }
+    window.suppressed += 1;
+    if window.suppressed == 1 {
+        Admit::StartCounting
+    } else {
+        Admit::Count
+    }
+}
+
+/// For a denial or refusal: whether to write its line, having written the
+/// count of those held back before it.
+fn limit(who: &Who<'_>, decision: &Decision<'_>) -> bool {
+    let (Decision::Denied(_) | Decision::Refused(_)) = decision else {
+        return true;
+    };
+    match admit_denial(who.cluster, who.peer, Instant::now()) {
+        Admit::Count => false,
+        Admit::StartCounting => {
+            tracing::warn!(
+                malai_cluster = %who.cluster,
+                malai_peer = %who.peer,
+                "{}: {DENIAL_BURST} denied or refused requests within {} s; the rest of this window is counted, not logged",
+                who.peer,
+                DENIAL_WINDOW.as_secs()
+            );
+            false
+        }
+        Admit::Log { held_back: 0 } => true,
+        Admit::Log { held_back } => {
+            tracing::warn!(
+                malai_cluster = %who.cluster,
+                malai_peer = %who.peer,
+                malai_suppressed = held_back,
+                "{}: {held_back} more denied or refused requests were not logged (at most {DENIAL_BURST} lines per peer every {} s)",
+                who.peer,
+                DENIAL_WINDOW.as_secs()
+            );
+            true
+        }
+    }
+}
 
 /// The longest argv text an audit line carries.
 pub const MAX_ARGV: usize = 1024;
@@ -87,6 +190,9 @@ impl Decision<'_> {
 
 /// One line about a command (`argv`; empty: a shell).
 pub fn command(who: Who<'_>, argv: &[String], pty: bool, decision: Decision<'_>) {
+    if !limit(&who, &decision) {
+        return;
+    }
     let (text, hash) = argv_field(argv);
     let detail = decision.detail();
     macro_rules! line {
@@ -114,6 +220,9 @@ pub fn command(who: Who<'_>, argv: &[String], pty: bool, decision: Decision<'_>)
 
 /// One line about a forwarded connection to service `name`.
 pub fn service(who: Who<'_>, name: &str, decision: Decision<'_>) {
+    if !limit(&who, &decision) {
+        return;
+    }
     let detail = decision.detail();
     macro_rules! line {
         ($level:ident) => {
@@ -153,6 +262,30 @@ fn argv_field(argv: &[String]) -> (String, Option<String>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn denials_are_limited_per_peer_and_the_rest_counted() {
+        let peer = crate::identity::Identity::generate().id52();
+        let other = crate::identity::Identity::generate().id52();
+        let t0 = Instant::now();
+        let logged = Admit::Log { held_back: 0 };
+        for _ in 0..DENIAL_BURST {
+            assert_eq!(admit_denial("limits", &peer, t0), logged);
+        }
+        assert_eq!(admit_denial("limits", &peer, t0), Admit::StartCounting);
+        for _ in 0..4 {
+            assert_eq!(admit_denial("limits", &peer, t0), Admit::Count);
+        }
+        assert_eq!(admit_denial("limits", &other, t0), logged, "per peer");
+        assert_eq!(admit_denial("elsewhere", &peer, t0), logged, "per cluster");
+        let later = t0 + DENIAL_WINDOW;
+        assert_eq!(
+            admit_denial("limits", &peer, later),
+            Admit::Log { held_back: 5 },
+            "the count, with the next line"
+        );
+        assert_eq!(admit_denial("limits", &peer, later), logged);
+    }
 
     #[test]
     fn a_long_argv_is_cut_and_hashed() {

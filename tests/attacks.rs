@@ -391,3 +391,45 @@ async fn stranger(to: &Id52, addr: SocketAddr) -> usize {
     ep.close().await;
     refused
 }
+
+/// A member floods denied requests: 1,000 of them grow the daemon's log
+/// (what journald would get) by under 200 KiB, with a line that counts what
+/// was held back, and a real allowed command's audit line is still there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_denials_cannot_flood_the_log() {
+    let lab = Lab::start(
+        r#"[machine.cm.command.hello]
+command = "echo hello-from-the-rule"
+allow_from = "{mallory}"
+"#,
+    );
+    let ep = endpoint(&lab.mallory).await;
+    let conn = p2p::dial(&ep, &lab.cm_id, &p2p::Reach::at(&[lab.addr]), EXEC_ALPN)
+        .await
+        .unwrap();
+    let log_size = || std::fs::metadata(&lab.daemon.log).map_or(0, |m| m.len());
+    let before = log_size();
+    for i in 0..1000 {
+        let (mut send, mut recv) = conn.open_bi().await.unwrap();
+        frame::write_msg(&mut send, &request(&["id", &format!("flood-{i}")], false))
+            .await
+            .unwrap();
+        let answer: HostMsg = frame::read_msg(&mut recv).await.unwrap();
+        assert!(matches!(answer, HostMsg::Denied { .. }), "{answer:?}");
+    }
+    let ran = raw_exec(&ep, &lab.cm_id, lab.addr, request(&["hello"], false)).await;
+    assert_eq!(ran.stdout, "hello-from-the-rule\n", "{ran:?}");
+    wait_until("the allowed command's audit line", || {
+        lab.daemon
+            .log_text()
+            .lines()
+            .any(|l| l.contains("malai_decision=\"allowed\"") && l.contains("hello-from-the-rule"))
+    });
+    let grown = log_size() - before;
+    assert!(grown < 200 * 1024, "the log grew by {grown} bytes");
+    let log = lab.daemon.log_text();
+    assert!(
+        log.contains("the rest of this window is counted, not logged"),
+        "no line saying the rest is counted"
+    );
+}
