@@ -390,3 +390,59 @@ fn config_editing_over_the_bus_with_signals_and_machine_properties() {
         cm.log_text()
     );
 }
+
+/// A user who names no MALAI_HOME finds the system service's daemon on the
+/// bus. When the user's own home has a cluster of the same name, that is
+/// another cluster (another CM, other keys): `cm.company` must run there
+/// with the user's keys, never through the service's `company`.
+#[test]
+fn a_cluster_of_the_users_own_is_not_sent_to_another_homes_daemon() {
+    let bus = PrivateBus::start();
+    // The service's home: its `company` lets nobody run anything on cm.
+    let service = Host::loopback("service", &["company"]);
+    let service_cm = common::net::id52_of(&service.json(&["cluster", "init", "company", "--json"]));
+    std::fs::write(
+        service.cluster_dir("company").join("cluster.toml"),
+        format!(
+            "[cluster-manager]\nid52 = \"{service_cm}\"\n\n[machine.cm]\nid52 = \"{service_cm}\"\n"
+        ),
+    )
+    .unwrap();
+    let _daemon = service.start_daemon_with(&[("MALAI_DBUS_ADDRESS", &bus.address)]);
+    // The user's own home: its `company` lets the user's key run on cm.
+    let own = Host::loopback("own", &["company"]);
+    let own_cm = common::net::id52_of(&own.json(&["cluster", "init", "company", "--json"]));
+    std::fs::write(
+        own.cluster_dir("company").join("cluster.toml"),
+        format!("[cluster-manager]\nid52 = \"{own_cm}\"\n\n[machine.cm]\nid52 = \"{own_cm}\"\nallow_from = \"cm\"\n"),
+    )
+    .unwrap();
+    // No MALAI_HOME: the home comes from STATE_DIRECTORY, and a daemon of
+    // any home will do for what the user's home does not have.
+    let out = own
+        .malai(&["cm.company", "echo", "own-cluster"])
+        .env_remove("MALAI_HOME")
+        .env("STATE_DIRECTORY", own.home.path())
+        .env("MALAI_DBUS_ADDRESS", &bus.address)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).as_ref()
+        ),
+        (Some(0), "own-cluster\n"),
+        "{}",
+        common::stderr(&out)
+    );
+    // The service's status is still what that user sees for the rest.
+    let status = own
+        .malai(&["status", "--json"])
+        .env_remove("MALAI_HOME")
+        .env("STATE_DIRECTORY", own.home.path())
+        .env("MALAI_DBUS_ADDRESS", &bus.address)
+        .output()
+        .unwrap();
+    assert!(status.status.success(), "{}", common::stderr(&status));
+}

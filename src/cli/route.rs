@@ -128,7 +128,8 @@ impl Route<'_> {
             .map_err(|d| Failure::new(EXEC_FAILED, format!("malai.toml is invalid:\n{d}")))?;
         let inv = target::resolve(&local, words).map_err(Failure::usage)?;
         let rt = self.rt;
-        let over_bus = match &self.daemon {
+        let over_bus = match daemon_for(home, &self.daemon, &mut self.skipped, &inv.target.cluster)
+        {
             Some(found) => {
                 rt.block_on(exec_over_bus(home, found, &inv, verbose, &mut self.skipped))
             }
@@ -240,6 +241,29 @@ async fn exec_direct(
     conn.close(0u32.into(), b"done");
     p2p::close_without_waiting(endpoint).await;
     code
+}
+
+/// The daemon to reach `cluster` through: the one found, unless it serves
+/// another MALAI_HOME (the system service, found because the user named
+/// none) while this user's own home has a cluster of that name, which is
+/// another cluster: then none, and the user's own keys go directly.
+fn daemon_for<'a>(
+    home: &Home,
+    daemon: &'a Option<client::Found>,
+    skipped: &mut Vec<String>,
+    cluster: &str,
+) -> Option<&'a client::Found> {
+    let found = daemon.as_ref()?;
+    if !client::same_path(&home.root, found.home.as_ref()) && home.cluster_dir(cluster).exists() {
+        skipped.push(format!(
+            "{}: the daemon there serves {}; cluster {cluster:?} of {} is another one",
+            found.bus,
+            found.home,
+            home.root.display()
+        ));
+        return None;
+    }
+    Some(found)
 }
 
 /// Runs the invocation through `found`, the daemon on a bus: the daemon
@@ -453,7 +477,7 @@ impl Route<'_> {
         call: impl AsyncFnOnce(&client::ClusterProxy<'static>) -> Result<T, crate::dbus::Error>,
     ) -> Option<Result<T, EditError>> {
         use crate::dbus::Error;
-        let found = self.daemon.as_ref()?;
+        let found = daemon_for(self.home, &self.daemon, &mut self.skipped, cluster)?;
         let skipped = &mut self.skipped;
         let home = self.home;
         self.rt.block_on(async {
