@@ -2,7 +2,9 @@
 //! one fixed set of fields (journald's `MALAI_*`): `malai_cluster`,
 //! `malai_peer`, `malai_config_version`, `malai_decision`, `malai_argv` or
 //! `malai_service`, `malai_pty`, `malai_exit` and `malai_uid` (the local
-//! caller, when there is one). The argv is logged once, in its field,
+//! caller, when there is one), and `malai_claimed_uid`/`malai_claimed_user`:
+//! the user on the peer's device the peer says it acts for (its claim, never
+//! what is decided on). The argv is logged once, in its field,
 //! shell-quoted and cut at `MAX_ARGV` bytes; a cut argv carries the blake3
 //! of the whole in `malai_argv_hash`, so two long command lines can still
 //! be told apart.
@@ -125,6 +127,38 @@ pub struct Who<'a> {
     pub config_version: u64,
     /// The local user who asked through the daemon, if one did.
     pub uid: Option<u32>,
+    /// The user on the peer's device the peer says it acts for (its claim,
+    /// logged as `malai_claimed_uid`/`malai_claimed_user`, decided on
+    /// never).
+    pub claimed: Option<&'a crate::exec::proto::OnBehalf>,
+}
+
+impl Who<'_> {
+    fn claimed_uid(&self) -> Option<u32> {
+        self.claimed.map(|c| c.uid)
+    }
+
+    fn claimed_user(&self) -> Option<&str> {
+        self.claimed.and_then(|c| c.user.as_deref())
+    }
+
+    /// " (for uid N, user NAME, on PEER's word)" when the peer says.
+    fn for_whom(&self) -> String {
+        match self.claimed {
+            None => String::new(),
+            Some(c) => {
+                let name = c
+                    .user
+                    .as_deref()
+                    .map(|u| format!(" ({u})"))
+                    .unwrap_or_default();
+                format!(
+                    " on behalf of uid {}{name} on that device, as it claims",
+                    c.uid
+                )
+            }
+        }
+    }
 }
 
 /// What became of a request.
@@ -207,7 +241,9 @@ pub fn command(who: Who<'_>, argv: &[String], pty: bool, decision: Decision<'_>)
                 malai_pty = pty,
                 malai_exit = decision.exit(),
                 malai_uid = who.uid,
-                "{}: {detail}", who.peer
+                malai_claimed_uid = who.claimed_uid(),
+                malai_claimed_user = who.claimed_user(),
+                "{}{}: {detail}", who.peer, who.for_whom()
             )
         };
     }
@@ -233,6 +269,8 @@ pub fn service(who: Who<'_>, name: &str, decision: Decision<'_>) {
                 malai_decision = decision.word(),
                 malai_service = name,
                 malai_uid = who.uid,
+                malai_claimed_uid = who.claimed_uid(),
+                malai_claimed_user = who.claimed_user(),
                 "{} forwarding to service {name:?}: {detail}", who.peer
             )
         };

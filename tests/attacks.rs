@@ -120,6 +120,7 @@ fn request(argv: &[&str], pty: bool) -> ExecRequest {
         argv: argv.iter().map(|s| s.to_string()).collect(),
         env: Vec::new(),
         pty: pty.then_some(WindowSize { rows: 24, cols: 80 }),
+        on_behalf: None,
     }
 }
 
@@ -417,6 +418,14 @@ allow_from = "{mallory}"
         let answer: HostMsg = frame::read_msg(&mut recv).await.unwrap();
         assert!(matches!(answer, HostMsg::Denied { .. }), "{answer:?}");
     }
+    // Claiming to act for root changes nothing: the key decides.
+    let mut as_root = request(&["id"], false);
+    as_root.on_behalf = Some(malai::exec::proto::OnBehalf {
+        uid: 0,
+        user: Some("root".into()),
+    });
+    let ran = raw_exec(&ep, &lab.cm_id, lab.addr, as_root).await;
+    denied_because(&ran, "allow_from");
     let ran = raw_exec(&ep, &lab.cm_id, lab.addr, request(&["hello"], false)).await;
     assert_eq!(ran.stdout, "hello-from-the-rule\n", "{ran:?}");
     wait_until("the allowed command's audit line", || {

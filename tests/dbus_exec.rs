@@ -65,7 +65,7 @@ fn exec_through_the_daemon_uses_the_callers_descriptors_and_no_key() {
     let bus = PrivateBus::start();
     let c = Company::loopback();
     let mut cm = c.cm.start_daemon();
-    let _web = c.web01.start_daemon();
+    let web = c.web01.start_daemon();
     let mut lap = c
         .laptop
         .start_daemon_with(&[("MALAI_DBUS_ADDRESS", &bus.address)]);
@@ -96,6 +96,15 @@ fn exec_through_the_daemon_uses_the_callers_descriptors_and_no_key() {
         "the daemon logs who ran what: {}",
         lap.log_text()
     );
+    // web01 logs which local user of the laptop ran it, as the laptop's
+    // claim beside the peer it authenticated.
+    let uid = nix::unistd::getuid().as_raw();
+    let claimed = format!("malai_claimed_uid={uid}");
+    wait_until("web01's audit line names the laptop's local user", || {
+        web.log_text()
+            .lines()
+            .any(|l| l.contains(&claimed) && l.contains(&c.laptop_id) && l.contains("as it claims"))
+    });
 
     // The device itself: the daemon decides with the ACL and runs it here.
     let out = on_bus(&c.laptop, &bus, &["laptop.company", "hi"])

@@ -188,6 +188,7 @@ impl Route<'_> {
                     peer: &id,
                     config_version: config.received_version.unwrap_or(0),
                     uid: Some(nix::unistd::getuid().as_raw()),
+                    claimed: None,
                 },
                 unprivileged_uid: None,
             };

@@ -101,6 +101,7 @@ pub async fn run(
                 peer: &me,
                 config_version: in_force.version,
                 uid: Some(call.uid),
+                claimed: None,
             },
             unprivileged_uid: (call.uid != 0 && call.uid != nix::unistd::geteuid().as_raw())
                 .then_some(call.uid),
@@ -131,6 +132,7 @@ pub async fn run(
             env,
             pty: call.pty,
             controls,
+            on_behalf: Some(crate::exec::proto::OnBehalf::uid(call.uid)),
         };
         let conn = cluster
             .pool()

@@ -10,7 +10,7 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::mpsc;
 
 use super::ExecError;
-use super::proto::{ClientMsg, ExecRequest, HostMsg, WindowSize, env_allowed};
+use super::proto::{ClientMsg, ExecRequest, HostMsg, OnBehalf, WindowSize, env_allowed};
 use crate::p2p::frame::{self, Kind};
 use crate::p2p::gate;
 
@@ -26,6 +26,8 @@ pub struct Io {
     /// Run on a PTY of this size (an interactive shell).
     pub pty: Option<WindowSize>,
     pub controls: mpsc::Receiver<ClientMsg>,
+    /// The local user this device runs the command for (sent as a claim).
+    pub on_behalf: Option<OnBehalf>,
 }
 
 impl Io {
@@ -60,6 +62,7 @@ impl Io {
             env: process_env(),
             pty,
             controls,
+            on_behalf: Some(OnBehalf::uid(nix::unistd::getuid().as_raw())),
         }
     }
 }
@@ -99,6 +102,7 @@ pub async fn run_with(
         env,
         pty,
         mut controls,
+        on_behalf,
     } = io;
     // A host refuses a stranger right after the handshake: say so, rather
     // than that the connection was lost.
@@ -109,7 +113,13 @@ pub async fn run_with(
         None => ExecError::Lost(format!("{what}: {e}")),
     };
     let (mut send, mut recv) = conn.open_bi().await.map_err(|e| failed(e.to_string()))?;
-    frame::write_msg(&mut send, &ExecRequest { argv, env, pty })
+    let request = ExecRequest {
+        argv,
+        env,
+        pty,
+        on_behalf,
+    };
+    frame::write_msg(&mut send, &request)
         .await
         .map_err(|e| failed(e.to_string()))?;
     let answer: HostMsg = frame::read_msg(&mut recv)

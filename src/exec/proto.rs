@@ -13,6 +13,30 @@ pub struct ExecRequest {
     pub env: Vec<(String, String)>,
     /// Run on a PTY of this size (interactive shells).
     pub pty: Option<WindowSize>,
+    /// The local user on the calling device who asked (through its daemon,
+    /// or running the CLI): that device's claim, logged as such by the host,
+    /// never an identity it decides on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_behalf: Option<OnBehalf>,
+}
+
+/// A local user of the calling device, as that device says.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OnBehalf {
+    pub uid: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+}
+
+impl OnBehalf {
+    /// Local user `uid`, with its name when the system knows it.
+    pub fn uid(uid: u32) -> OnBehalf {
+        let user = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid))
+            .ok()
+            .flatten()
+            .map(|u| u.name);
+        OnBehalf { uid, user }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -72,5 +96,34 @@ mod tests {
         assert!(!env_allowed("LD_PRELOAD"));
         assert!(!env_allowed("PATH"));
         assert!(!env_allowed("BASH_ENV"));
+    }
+
+    /// The first release's request, as its hosts parse what this build
+    /// sends: the claim is an optional field they ignore.
+    #[derive(Debug, Deserialize)]
+    struct FirstRequest {
+        argv: Vec<String>,
+    }
+
+    #[test]
+    fn a_first_release_host_reads_a_request_with_a_claim() {
+        let request = ExecRequest {
+            argv: vec!["id".into()],
+            env: Vec::new(),
+            pty: None,
+            on_behalf: Some(OnBehalf {
+                uid: 1000,
+                user: Some("alice".into()),
+            }),
+        };
+        let json = serde_json::to_value(&request).unwrap();
+        let read: FirstRequest = serde_json::from_value(json).unwrap();
+        assert_eq!(read.argv, ["id"]);
+        let without = ExecRequest {
+            on_behalf: None,
+            ..request
+        };
+        let json = serde_json::to_value(&without).unwrap();
+        assert!(json.get("on_behalf").is_none(), "{json}");
     }
 }

@@ -184,6 +184,7 @@ async fn serve(
         peer: &peer,
         config_version: in_force.version,
         uid: None,
+        claimed: req.on_behalf.as_ref(),
     };
     let decision = match &in_force.config {
         None => Decision::Deny(

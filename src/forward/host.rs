@@ -68,6 +68,7 @@ pub async fn open(cluster: &Cluster, peer: Id52, name: &str) -> Result<Opened, R
         peer: &peer,
         config_version: in_force.version,
         uid: None,
+        claimed: None,
     };
     let Some(config) = in_force.config.clone() else {
         let reason = "this machine has not received its config from the cluster manager yet";
