@@ -293,7 +293,7 @@ fn rescan_check_lists_every_error_of_every_file() {
     }
     fs::write(
         home.path().join("malai.toml"),
-        "[aliases]\nrescan = \"a.one x\"\n",
+        "[aliases]\nweb = \"web01 ps aux\"\n",
     )
     .unwrap();
     let out = home.run(&["rescan", "--check"]);
@@ -312,7 +312,7 @@ fn rescan_check_lists_every_error_of_every_file() {
         );
     }
     assert!(
-        err.contains("malai.toml:2:1: alias \"rescan\" shadows"),
+        err.contains("malai.toml:2:7: ") && err.contains("is not machine.cluster"),
         "{err}"
     );
     // --check changes nothing
@@ -332,4 +332,58 @@ fn rescan_of_one_cluster_ignores_the_others() {
         Some(78)
     );
     assert_eq!(home.run(&["rescan", "--check"]).status.code(), Some(78));
+}
+
+/// An alias named like a subcommand (perhaps one a newer malai added after
+/// the alias was written) is ignored with a warning at its line: the
+/// subcommand runs, `rescan --check` passes, and the daemon starts, where
+/// it used to exit 78 and stay down (RestartPreventExitStatus=78).
+#[test]
+fn an_alias_named_like_a_subcommand_is_a_warning_not_a_failed_start() {
+    let home = TestHome::new();
+    home.init_loopback_cluster("company");
+    let path = home.path().join("malai.toml");
+    let mut text = fs::read_to_string(&path).unwrap();
+    text.push_str("[aliases]\nstatus = \"web01.company uptime\"\nls = \"web01.company ls\"\n");
+    fs::write(&path, text).unwrap();
+
+    let out = home.run(&["rescan", "--check"]);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    for (line, alias) in [(6, "status"), (7, "ls")] {
+        let want = format!(
+            "warning: {}:{line}:1: alias {alias:?} is ignored",
+            path.display()
+        );
+        assert!(err.contains(&want), "expected {want:?} in:\n{err}");
+    }
+    // The subcommand runs, not the alias.
+    let status = home.json(&["status", "--json"]);
+    assert_eq!(status["clusters"][0]["alias"], "company");
+
+    // The daemon starts and says why in its log.
+    let sock_path = home.path().join("notify.sock");
+    let sock = std::os::unix::net::UnixDatagram::bind(&sock_path).unwrap();
+    let daemon = home
+        .cmd()
+        .arg("daemon")
+        .env("MALAI_DBUS_ADDRESS", "disabled")
+        .env("NOTIFY_SOCKET", &sock_path)
+        .stdin(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    common::read_notify_until(&sock, "READY=1");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(daemon.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let out = daemon.wait_with_output().unwrap();
+    assert!(out.status.success());
+    assert!(
+        stderr(&out).contains("alias \"status\" is ignored"),
+        "{}",
+        stderr(&out)
+    );
 }

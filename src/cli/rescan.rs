@@ -18,7 +18,10 @@ pub struct Args {
 
 pub fn run(args: Args) -> anyhow::Result<u8> {
     let home = Home::resolve()?;
-    let (_, clusters, diags) = home::load_all(&home, args.cluster.as_deref());
+    let (local, clusters, diags) = home::load_all(&home, args.cluster.as_deref());
+    for w in local.iter().flat_map(|l| &l.warnings) {
+        eprintln!("warning: {w}");
+    }
     let route = if args.check {
         None
     } else {

@@ -15,8 +15,22 @@ use super::names::name_error;
 
 /// Words an alias may not take, because they are (or will be) subcommands.
 pub const RESERVED_WORDS: &[&str] = &[
-    "cluster", "config", "daemon", "forward", "generate", "help", "identity", "machine", "rescan",
-    "service", "status", "version",
+    "acl",
+    "cluster",
+    "config",
+    "cp",
+    "daemon",
+    "forward",
+    "generate",
+    "help",
+    "identity",
+    "ls",
+    "machine",
+    "recordings",
+    "rescan",
+    "service",
+    "status",
+    "version",
 ];
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -30,6 +44,10 @@ pub struct LocalConfig {
     /// `[http]`: the HTTP-by-name listener, off unless configured (or
     /// passed by systemd as the socket named `http`).
     pub http: Option<HttpListener>,
+    /// What is wrong but does not stop anything (an alias a subcommand
+    /// shadows, perhaps one a newer malai added): shown by `rescan` and
+    /// logged by the daemon.
+    pub warnings: Vec<Diagnostic>,
 }
 
 /// The `FileDescriptorName=` of the HTTP-by-name listener's socket.
@@ -142,7 +160,9 @@ pub fn parse(path: &Path, text: &str) -> Result<LocalConfig, Diagnostics> {
     }
 }
 
-/// `[aliases]`: each a target and words, none shadowing a subcommand.
+/// `[aliases]`: each a target and words. An alias named like a subcommand
+/// is ignored with a warning: the subcommand wins, and a newer malai that
+/// adds a verb never fails to start over an alias written before it.
 fn aliases(
     src: &Source<'_>,
     raw: &BTreeMap<Spanned<String>, Spanned<String>>,
@@ -151,14 +171,14 @@ fn aliases(
 ) {
     for (name, target) in raw {
         if RESERVED_WORDS.contains(&name.get_ref().as_str()) {
-            diags.push(src.diag(
+            config.warnings.push(src.diag(
                 name.span(),
                 format!(
-                    "alias {:?} shadows the subcommand `malai {}`",
+                    "alias {:?} is ignored: `malai {}` is a subcommand",
                     name.get_ref(),
                     name.get_ref()
                 ),
-                "choose another name for the alias",
+                "rename the alias",
             ));
             continue;
         }

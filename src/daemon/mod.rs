@@ -102,6 +102,7 @@ impl Daemon {
                 .context("invalid configuration; the daemon did not start"));
         }
         let local = local.expect("no diagnostics means malai.toml loaded");
+        warn_about(&local);
         let lock = lock::acquire(&home)?;
         let changed = Arc::new(Notify::new());
         let mut clusters = BTreeMap::new();
@@ -226,7 +227,10 @@ impl Daemon {
     pub async fn rescan(&mut self) -> Diagnostics {
         let mut problems = Diagnostics::default();
         match self.home.local_config() {
-            Ok(local) => self.local = local,
+            Ok(local) => {
+                warn_about(&local);
+                self.local = local;
+            }
             Err(d) => problems.extend(d),
         }
         let aliases = self.home.cluster_aliases().unwrap_or_default();
@@ -329,6 +333,13 @@ impl Daemon {
         let running = RunningCluster::start(dir, &self.local.network, self.changed.clone()).await?;
         self.clusters.insert(alias, running);
         Ok(())
+    }
+}
+
+/// Logs what is wrong in malai.toml but stops nothing.
+fn warn_about(local: &crate::config::LocalConfig) {
+    for w in &local.warnings {
+        tracing::warn!("{w}");
     }
 }
 
