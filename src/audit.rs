@@ -19,6 +19,8 @@ use std::collections::HashMap;
 use std::sync::{LazyLock, Mutex};
 use std::time::{Duration, Instant};
 
+use serde::{Deserialize, Serialize};
+
 use crate::identity::Id52;
 
 /// Denial lines one peer gets per window in one cluster.
@@ -117,6 +119,25 @@ fn limit(who: &Who<'_>, decision: &Decision<'_>) -> bool {
 /// The longest argv text an audit line carries.
 pub const MAX_ARGV: usize = 1024;
 
+/// A local user of the calling device, as that device says.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OnBehalf {
+    pub uid: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+}
+
+impl OnBehalf {
+    /// Local user `uid`, with its name when the system knows it.
+    pub fn uid(uid: u32) -> OnBehalf {
+        let user = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid))
+            .ok()
+            .flatten()
+            .map(|u| u.name);
+        OnBehalf { uid, user }
+    }
+}
+
 /// Who asked, where, under which config.
 #[derive(Debug, Clone, Copy)]
 pub struct Who<'a> {
@@ -130,7 +151,7 @@ pub struct Who<'a> {
     /// The user on the peer's device the peer says it acts for (its claim,
     /// logged as `malai_claimed_uid`/`malai_claimed_user`, decided on
     /// never).
-    pub claimed: Option<&'a crate::exec::proto::OnBehalf>,
+    pub claimed: Option<&'a OnBehalf>,
 }
 
 impl Who<'_> {

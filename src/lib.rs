@@ -15,6 +15,7 @@ pub mod forward;
 pub mod fsutil;
 pub mod home;
 pub mod identity;
+pub mod local_users;
 pub mod p2p;
 pub mod personalize;
 pub mod sockets;

@@ -19,6 +19,12 @@ use serde::Serialize;
 use crate::acl;
 use crate::config::{ClusterConfig, Principal};
 
+/// The machine.toml keys this build understands. 1: the first release.
+/// 2: `allow_pty` on command rules, the cluster's `[network]` relay, and
+/// `[received] protocol`. A machine that does not say (a first-release
+/// one) is 1.
+pub const PROTOCOL: u32 = 2;
+
 #[derive(Serialize)]
 struct Out {
     received: OutReceived,
@@ -116,7 +122,7 @@ fn list(principals: &[Principal]) -> String {
 }
 
 /// The machine.toml text for machine `alias` at config `version`, written
-/// for a machine that understands `protocol` (`sync::proto::PROTOCOL`):
+/// for a machine that understands `protocol` (`PROTOCOL`):
 /// keys of a later protocol are left out and named in `withheld`. `None`
 /// when the cluster has no such machine.
 pub fn machine_toml(
@@ -284,9 +290,7 @@ mod tests {
     }
 
     fn received(config: &ClusterConfig, alias: &str) -> ClusterConfig {
-        let text = machine_toml(config, alias, 7, crate::sync::proto::PROTOCOL)
-            .unwrap()
-            .text;
+        let text = machine_toml(config, alias, 7, PROTOCOL).unwrap().text;
         cluster::parse(Path::new("machine.toml"), &text, FileKind::Machine).unwrap()
     }
 

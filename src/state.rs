@@ -72,7 +72,7 @@ impl MachineSync {
 
     /// The protocol to write this machine's config for.
     pub fn protocol(&self) -> u32 {
-        self.protocol.unwrap_or(1).min(crate::sync::proto::PROTOCOL)
+        self.protocol.unwrap_or(1).min(crate::personalize::PROTOCOL)
     }
 }
 

@@ -442,3 +442,66 @@ allow_from = "{mallory}"
         "no line saying the rest is counted"
     );
 }
+
+/// A local user outside group malai connects to the laptop's forward, which
+/// acts with the device's identity: the connection is closed unanswered (the
+/// owner of the connecting socket, from /proc/net/tcp, decides). Root, a
+/// member, is served.
+#[test]
+#[ignore = "needs root: connects as another local user (setpriv)"]
+fn a_local_user_outside_group_malai_gets_nothing_from_a_forward() {
+    common::require_tool("setpriv", "util-linux");
+    common::require_tool("curl", "curl");
+    let c = Company::loopback();
+    let [web_port, listen] = common::net::free_tcp_ports();
+    let site = tempfile::tempdir().unwrap();
+    std::fs::write(site.path().join("hello.txt"), "served\n").unwrap();
+    let mut server = std::process::Command::new("python3")
+        .args([
+            "-m",
+            "http.server",
+            &web_port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--directory",
+        ])
+        .arg(site.path())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let local = c.laptop.home.path().join("malai.toml");
+    let mut text = std::fs::read_to_string(&local).unwrap();
+    text.push_str(&format!(
+        "[forward.web]\nlisten = \"127.0.0.1:{listen}\"\nservice = \"web.company\"\n"
+    ));
+    std::fs::write(&local, text).unwrap();
+    let service = format!(
+        "[service.web]\nmachine = \"web01\"\nprotocol = \"tcp\"\nport = {web_port}\nallow_from = \"laptop\"\n"
+    );
+    let (_cm, _web, lap) = c.start_synced("", "", &service);
+    let url = format!("http://127.0.0.1:{listen}/hello.txt");
+    let curl = |as_nobody: bool| {
+        let mut cmd = if as_nobody {
+            let mut c = std::process::Command::new("setpriv");
+            c.args(["--reuid=65534", "--regid=65534", "--clear-groups", "curl"]);
+            c
+        } else {
+            std::process::Command::new("curl")
+        };
+        cmd.args(["-s", "--max-time", "5", &url]).output().unwrap()
+    };
+    wait_until("root is served through the forward", || {
+        curl(false).stdout == b"served\n"
+    });
+    let out = curl(true);
+    assert!(!out.status.success(), "curl as nobody: {out:?}");
+    assert!(out.stdout.is_empty(), "{out:?}");
+    wait_until("the laptop logs the refusal", || {
+        lap.log_text()
+            .contains("local uid 65534 is not this daemon's user")
+    });
+    let _ = server.kill();
+    let _ = server.wait();
+}

@@ -24,7 +24,7 @@ pub const CLUSTER_IFACE: &str = "sh.malai.Malai1.Cluster";
 /// private `dbus-daemon`); `disabled` turns D-Bus off.
 pub const ADDRESS_ENV: &str = "MALAI_DBUS_ADDRESS";
 /// Members of this group may call the methods that change things.
-pub const ADMIN_GROUP: &str = "malai";
+pub use crate::local_users::ADMIN_GROUP;
 /// Members may also download and upload the cluster config through the
 /// daemon: editing the config grants any right on every machine, so it is
 /// a group of its own (README, "Who may do what on the device").

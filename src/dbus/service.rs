@@ -470,23 +470,7 @@ async fn caller_uid(conn: &Connection, hdr: &Header<'_>) -> Result<u32, Error> {
 
 /// Root, or a member of `group` (primary or supplementary).
 pub fn may_change(uid: u32, group: &str) -> bool {
-    use nix::unistd::{Group, Uid, User, getgrouplist};
-    if uid == 0 {
-        return true;
-    }
-    let Ok(Some(group)) = Group::from_name(group) else {
-        return false;
-    };
-    let Ok(Some(user)) = User::from_uid(Uid::from_raw(uid)) else {
-        return false;
-    };
-    if user.gid == group.gid || group.mem.contains(&user.name) {
-        return true;
-    }
-    let Ok(name) = std::ffi::CString::new(user.name) else {
-        return false;
-    };
-    getgrouplist(&name, user.gid).is_ok_and(|gids| gids.contains(&group.gid))
+    crate::local_users::in_group(uid, group)
 }
 
 #[cfg(test)]

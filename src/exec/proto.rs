@@ -20,24 +20,7 @@ pub struct ExecRequest {
     pub on_behalf: Option<OnBehalf>,
 }
 
-/// A local user of the calling device, as that device says.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct OnBehalf {
-    pub uid: u32,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub user: Option<String>,
-}
-
-impl OnBehalf {
-    /// Local user `uid`, with its name when the system knows it.
-    pub fn uid(uid: u32) -> OnBehalf {
-        let user = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid))
-            .ok()
-            .flatten()
-            .map(|u| u.name);
-        OnBehalf { uid, user }
-    }
-}
+pub use crate::audit::OnBehalf;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WindowSize {

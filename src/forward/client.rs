@@ -179,10 +179,43 @@ pub async fn serve_forward(
                 continue;
             }
         };
+        if !local_user_may_connect(&tcp, from, &name) {
+            continue;
+        }
         let target = target.read().expect("target lock").clone();
         let clusters = clusters.clone();
         let name = name.clone();
         tokio::spawn(async move { forward_one(&name, tcp, from, &target, &clusters).await });
+    }
+}
+
+/// Whether the local user behind `tcp` may use this listener, which acts
+/// with the device's identity (`local_users::may_use_listeners`); a
+/// connection from elsewhere (a non-loopback listen address) has no local
+/// owner and is refused too. A refused connection is closed at once.
+pub fn local_user_may_connect(tcp: &TcpStream, from: SocketAddr, listener: &str) -> bool {
+    let owner = tcp
+        .local_addr()
+        .ok()
+        .and_then(|local| crate::local_users::tcp_peer_uid(local, from));
+    match owner {
+        Some(uid) if crate::local_users::may_use_listeners(uid) => true,
+        Some(uid) => {
+            tracing::warn!(
+                malai_forward = listener,
+                malai_uid = uid,
+                "{listener}: refused a connection from {from}: local uid {uid} is not this daemon's user, root or in group {}",
+                crate::local_users::ADMIN_GROUP
+            );
+            false
+        }
+        None => {
+            tracing::warn!(
+                malai_forward = listener,
+                "{listener}: refused a connection from {from}: not a local user of this device"
+            );
+            false
+        }
     }
 }
 

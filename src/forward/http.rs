@@ -39,6 +39,9 @@ pub async fn serve(listener: TcpListener, clusters: Clusters) {
                 continue;
             }
         };
+        if !super::client::local_user_may_connect(&tcp, from, "http") {
+            continue;
+        }
         let clusters = clusters.clone();
         tokio::spawn(async move {
             if let Err(e) = route(tcp, port, &clusters).await {

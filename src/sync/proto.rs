@@ -10,11 +10,7 @@ use serde::{Deserialize, Serialize};
 use crate::cluster::EditError;
 use crate::cluster::envelope::Envelope;
 
-/// The machine.toml keys this build understands. 1: the first release.
-/// 2: `allow_pty` on command rules, the cluster's `[network]` relay, and
-/// `[received] protocol`. A machine that does not say (a first-release
-/// one) is 1.
-pub const PROTOCOL: u32 = 2;
+pub use crate::personalize::PROTOCOL;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "kebab-case")]
