@@ -195,10 +195,16 @@ fn machines_behind_nat_are_reached_through_the_company_relay_with_no_address() {
     // the relay stops and both go on.
     let shell = shell_on_web01(&laptop, &running);
     let secs = common::net::sleep_secs(12);
+    let started = std::time::Instant::now();
     let mut sleeping = sleep_on_web01(&laptop, &running, &secs);
     wait_until("web01 reaches the laptop directly", || {
         running.web01_path_to(&web01, "laptop").as_deref() == Some("direct")
     });
+    let punched = started.elapsed();
+    assert!(
+        punched < std::time::Duration::from_secs(10),
+        "direct after {punched:?}"
+    );
     lab.stop_relay();
     say(&shell, "NO-RELAY");
     let status = sleeping.wait().unwrap();
