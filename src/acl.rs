@@ -44,6 +44,9 @@ pub struct Grant {
     /// The command rule that allowed it, if one did: a rule runs with
     /// pagers and editors neutralised (see `exec::spawn`).
     pub rule: Option<String>,
+    /// The limits of the command's own control group (the rule's over the
+    /// machine's).
+    pub limits: crate::config::Limits,
     pub reason: String,
 }
 
@@ -75,6 +78,7 @@ pub fn decide(config: &ClusterConfig, host: &Id52, peer: &Id52, request: Request
                     argv: Vec::new(),
                     username: machine.username.clone(),
                     rule: None,
+                    limits: machine.limits.clone(),
                     reason: format!("shell allowed by machine.{alias}.{key} ({p})"),
                 }),
                 None => Decision::Deny(format!(
@@ -129,6 +133,7 @@ fn exec(
             argv: rule.argv.iter().chain(&argv[1..]).cloned().collect(),
             username: rule.username.clone().or_else(|| machine.username.clone()),
             rule: Some(first.clone()),
+            limits: rule.limits.over(&machine.limits),
             reason: format!("command rule machine.{alias}.command.{first} allows {p}"),
         });
     }
@@ -151,6 +156,7 @@ fn exec(
         argv: argv.to_vec(),
         username: machine.username.clone(),
         rule: None,
+        limits: machine.limits.clone(),
         reason,
     })
 }
@@ -162,6 +168,7 @@ pub fn may_edit_config(config: &ClusterConfig, peer: &Id52) -> Decision {
             argv: Vec::new(),
             username: None,
             rule: None,
+            limits: crate::config::Limits::default(),
             reason: format!("cluster-manager.config_editors allows {p}"),
         }),
         None => Decision::Deny("peer is not in cluster-manager.config_editors".into()),
@@ -189,6 +196,7 @@ pub fn may_use_service(config: &ClusterConfig, host: &Id52, peer: &Id52, name: &
             argv: Vec::new(),
             username: None,
             rule: None,
+            limits: crate::config::Limits::default(),
             reason: format!("service.{name}.allow_from allows {p}"),
         }),
         None => Decision::Deny(format!("peer is not in service.{name}.allow_from")),

@@ -15,6 +15,38 @@ use std::path::Path;
 
 use nix::fcntl::OFlag;
 
+/// A home owned by another user that root is writing in, and that user.
+static HANDOVER: std::sync::OnceLock<(std::path::PathBuf, u32, u32)> = std::sync::OnceLock::new();
+
+/// For root working in a home another user owns (the system service's
+/// `/var/lib/malai`, owned by `malai`): every file and directory malai
+/// creates under `root` from now on is given to that user, so the daemon
+/// can read what `malai cluster init` as root made. Nothing for anyone but
+/// root, or a home root owns.
+pub fn hand_over_under(root: &Path) {
+    use std::os::unix::fs::MetadataExt;
+    if !nix::unistd::geteuid().is_root() {
+        return;
+    }
+    if let Ok(meta) = fs::symlink_metadata(root)
+        && meta.is_dir()
+        && meta.uid() != 0
+    {
+        let _ = HANDOVER.set((root.to_path_buf(), meta.uid(), meta.gid()));
+    }
+}
+
+/// Gives `file` (at `path`) to the home's owner, when `hand_over_under`
+/// named a home `path` is in.
+pub fn hand_over(path: &Path, file: &File) -> io::Result<()> {
+    if let Some((root, uid, gid)) = HANDOVER.get()
+        && path.starts_with(root)
+    {
+        std::os::unix::fs::fchown(file, Some(*uid), Some(*gid))?;
+    }
+    Ok(())
+}
+
 /// Writes `bytes` to `path` atomically and durably: a temp file in the same
 /// directory, fsync, rename over `path`, fsync of the directory. `mode` is
 /// set explicitly with fchmod, so the process umask cannot widen it. A
@@ -28,6 +60,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
     // follows a symlink, so even a name swapped meanwhile is harmless).
     let mut tmp = temp_file(dir, name, mode)?;
     let file = tmp.as_file_mut();
+    hand_over(path, file)?;
     file.set_permissions(fs::Permissions::from_mode(mode))?;
     file.write_all(bytes)?;
     file.sync_all()?;
@@ -80,11 +113,12 @@ pub fn create_dir_durable(path: &Path, mode: u32) -> io::Result<()> {
     // The exact mode (mkdir's is narrowed by the umask), set on a descriptor
     // of the directory just made: a symlink swapped in for it meanwhile
     // fails the open (O_NOFOLLOW) instead of having its target chmodded.
-    OpenOptions::new()
+    let dir = OpenOptions::new()
         .read(true)
         .custom_flags((OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW).bits())
-        .open(path)?
-        .set_permissions(fs::Permissions::from_mode(mode))?;
+        .open(path)?;
+    hand_over(path, &dir)?;
+    dir.set_permissions(fs::Permissions::from_mode(mode))?;
     sync_dir(parent_of(path))
 }
 

@@ -24,6 +24,9 @@ pub const SYSTEM_HOME: &str = "/var/lib/malai";
 pub const IDENTITY_FILE: &str = "identity.key";
 pub const CLUSTER_FILE: &str = "cluster.toml";
 pub const MACHINE_FILE: &str = "machine.toml";
+/// The envelope machine.toml came in (CM signature included), kept for the
+/// privileged helper, which trusts no file the daemon could have written.
+pub const ENVELOPE_FILE: &str = "machine.envelope";
 pub const INFO_FILE: &str = "cluster-info.toml";
 pub const STATE_FILE: &str = "state.json";
 
@@ -125,6 +128,9 @@ impl Home {
         } else {
             anyhow::bail!("cannot find a home for malai: set MALAI_HOME");
         };
+        // Root in the unprivileged system service's home: what it creates
+        // there goes to the service's user.
+        crate::fsutil::hand_over_under(&root);
         Ok(Home { root })
     }
 

@@ -13,6 +13,7 @@ pub mod exec;
 pub mod exit;
 pub mod forward;
 pub mod fsutil;
+pub mod helper;
 pub mod home;
 pub mod identity;
 pub mod local_users;

@@ -21,9 +21,10 @@ use crate::config::{ClusterConfig, Principal};
 
 /// The machine.toml keys this build understands. 1: the first release.
 /// 2: `allow_pty` on command rules, the cluster's `[network]` relay, and
-/// `[received] protocol`. A machine that does not say (a first-release
-/// one) is 1.
-pub const PROTOCOL: u32 = 2;
+/// `[received] protocol`. 3: `memory_max`, `tasks_max`, `cpu_quota` on a
+/// machine and its command rules. A machine that does not say (a
+/// first-release one) is 1.
+pub const PROTOCOL: u32 = 3;
 
 #[derive(Serialize)]
 struct Out {
@@ -94,6 +95,42 @@ struct OutMachine {
     username: Option<String>,
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     command: BTreeMap<String, OutCommand>,
+    #[serde(flatten)]
+    limits: OutLimits,
+}
+
+/// `memory_max`, `tasks_max`, `cpu_quota` as written (protocol 3).
+#[derive(Serialize, Default)]
+struct OutLimits {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    memory_max: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tasks_max: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cpu_quota: Option<String>,
+}
+
+/// The limits for a machine that understands `protocol`; below 3 they are
+/// left out and `what` is named in `withheld`.
+fn out_limits(
+    limits: &crate::config::Limits,
+    protocol: u32,
+    what: &str,
+    withheld: &mut Vec<String>,
+) -> OutLimits {
+    if limits.is_empty() {
+        return OutLimits::default();
+    }
+    if protocol < 3 {
+        withheld.push(format!("the limits of {what}"));
+        return OutLimits::default();
+    }
+    let text = |l: &Option<crate::config::Limit>| l.as_ref().map(|l| l.text.clone());
+    OutLimits {
+        memory_max: text(&limits.memory_max),
+        tasks_max: text(&limits.tasks_max),
+        cpu_quota: text(&limits.cpu_quota),
+    }
 }
 
 #[derive(Serialize)]
@@ -106,6 +143,8 @@ struct OutCommand {
     allow_args: bool,
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     allow_pty: bool,
+    #[serde(flatten)]
+    limits: OutLimits,
 }
 
 #[derive(Serialize)]
@@ -179,6 +218,7 @@ pub fn machine_toml(
     own.allow_shell = me.allow_shell.as_deref().map(list);
     own.username = me.username.clone();
     own.command = commands(me, protocol, &mut withheld);
+    own.limits = out_limits(&me.limits, protocol, "the machine", &mut withheld);
 
     let group = referenced
         .into_iter()
@@ -245,6 +285,12 @@ fn commands(
                 username: rule.username.clone(),
                 allow_args: rule.allow_args,
                 allow_pty: rule.allow_pty && protocol >= 2,
+                limits: out_limits(
+                    &rule.limits,
+                    protocol,
+                    &format!("command {name}"),
+                    withheld,
+                ),
             };
             (name.clone(), out)
         })

@@ -59,6 +59,8 @@ config_editors = ""
     fsutil::write_atomic(&path, text.as_bytes(), 0o644)?;
     // Version 1, through the one commit path.
     commit_files(&dir, &id52, &mut CmState::default(), Change::Disk)?;
+    // Root on a device with the privileged helper: it trusts this CM key.
+    crate::helper::pin::pin_new_cluster(&home, cluster)?;
 
     if json {
         super::print_json(&json!({

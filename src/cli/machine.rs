@@ -100,6 +100,8 @@ pub fn run(cmd: MachineCommand) -> anyhow::Result<u8> {
         network,
     };
     home::write_info(&dir, &info)?;
+    // Root on a device with the privileged helper: it trusts this CM key.
+    crate::helper::pin::pin_new_cluster(&home, &cluster)?;
     let id52 = identity.id52();
     let snippet = format!(
         "[machine.{name}]\nid52 = \"{id52}\"\n# addrs = [\"IP:PORT\"]     # where this machine can be reached, if known\n# allow_from = \"admins\"     # who may run commands here\n"

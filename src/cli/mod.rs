@@ -9,6 +9,7 @@ pub mod config;
 pub mod daemon;
 pub mod forward;
 pub mod generate;
+pub mod helper;
 pub mod machine;
 pub mod rescan;
 pub mod route;
@@ -52,6 +53,9 @@ pub enum Command {
     Rescan(rescan::Args),
     /// Show clusters, roles, config versions and sync state.
     Status(status::Args),
+    /// The privileged helper of the system service, and its pins.
+    #[command(subcommand)]
+    Helper(helper::HelperCommand),
     /// Write man pages and shell completions into a directory (packaging).
     #[command(hide = true)]
     Generate(generate::Args),
@@ -71,6 +75,7 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Rescan(args) => rescan::run(args),
         Command::Status(args) => status::run(args),
         Command::Generate(args) => generate::run(args),
+        Command::Helper(cmd) => helper::run(cmd),
         Command::Remote(words) => {
             let home = crate::home::Home::resolve()?;
             route::Route::find(&home)?.exec(&words, cli.verbose)
@@ -99,8 +104,12 @@ pub fn runtime() -> anyhow::Result<&'static tokio::runtime::Runtime> {
 /// -v) for everything else.
 pub fn init_logging(cli: &Cli) {
     use tracing_subscriber::prelude::*;
+    let service = matches!(
+        cli.command,
+        Command::Daemon(_) | Command::Helper(helper::HelperCommand::Serve(_))
+    );
     let default = match (&cli.command, cli.verbose) {
-        (Command::Daemon(_), _) => "info",
+        _ if service => "info",
         (_, 0) => "warn",
         (_, 1) => "info",
         _ => "debug",
@@ -108,8 +117,7 @@ pub fn init_logging(cli: &Cli) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("MALAI_LOG").unwrap_or_else(|_| {
         tracing_subscriber::EnvFilter::new(format!("{default},iroh=warn,noq=warn,noq_proto=warn"))
     });
-    let to_journal =
-        matches!(cli.command, Command::Daemon(_)) && std::env::var_os("JOURNAL_STREAM").is_some();
+    let to_journal = service && std::env::var_os("JOURNAL_STREAM").is_some();
     let journal = if to_journal {
         tracing_journald::layer()
             .map(|l| {

@@ -29,6 +29,19 @@ pub enum AcceptError {
 }
 
 impl Cluster {
+    /// Where the signed envelope of the config in force is kept, for the
+    /// privileged helper (`helper::check`).
+    pub fn envelope_path(&self) -> std::path::PathBuf {
+        self.machine_path().with_file_name(crate::home::ENVELOPE_FILE)
+    }
+
+    fn save_envelope(&self, envelope: &Envelope) -> Result<(), AcceptError> {
+        let path = self.envelope_path();
+        let json = serde_json::to_vec_pretty(envelope).expect("an envelope serializes");
+        fsutil::write_atomic(&path, &json, 0o644)
+            .map_err(|e| AcceptError::Failed(format!("cannot write {}: {e}", path.display())))
+    }
+
     /// Accepts `envelope` from the CM; the version in force after it.
     pub async fn accept(&self, envelope: Envelope) -> Result<u64, AcceptError> {
         let _apply = self.apply.lock().await;
@@ -42,6 +55,12 @@ impl Cluster {
             .ok()
             .map(|b| crate::home::hash_hex(&b));
         if envelope.version == current && current_hash.as_deref() == Some(envelope.hash.as_str()) {
+            // A machine that ran a release before the helper has no
+            // envelope on disk yet: the CM's answer to its first fetch
+            // brings it.
+            if !self.envelope_path().exists() {
+                self.save_envelope(&envelope)?;
+            }
             return Ok(current);
         }
         let path = self.machine_path();
@@ -73,6 +92,9 @@ impl Cluster {
                 "the config does not match its envelope".into(),
             ));
         }
+        // The envelope first: the helper reads only it, and a crash between
+        // the two leaves machine.toml older, which the next fetch repairs.
+        self.save_envelope(&envelope)?;
         fsutil::write_atomic(&path, envelope.config.as_bytes(), 0o644)
             .map_err(|e| AcceptError::Failed(format!("cannot write {}: {e}", path.display())))?;
         {

@@ -11,6 +11,7 @@ use std::path::Path;
 use serde::Deserialize;
 use toml::Spanned;
 
+use super::limits::{self, Limit, Limits};
 use super::diag::{Diagnostic, Diagnostics, Source};
 use super::names::{Principal, looks_like_id52, name_error, split_list, username_ok};
 use crate::identity::Id52;
@@ -53,6 +54,8 @@ pub struct Machine {
     pub allow_shell: Option<Vec<Principal>>,
     pub username: Option<String>,
     pub commands: BTreeMap<String, CommandRule>,
+    /// Limits of each command run here (a rule's own override them).
+    pub limits: Limits,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -67,6 +70,8 @@ pub struct CommandRule {
     /// default: a program on a terminal (a pager, an editor) can open a
     /// shell, which would widen the rule to anything its user may do.
     pub allow_pty: bool,
+    /// Limits of this rule's commands, over the machine's.
+    pub limits: Limits,
 }
 
 /// A service: a port on 127.0.0.1 of one machine, reached by peers over
@@ -178,6 +183,9 @@ struct RawMachine {
     username: Option<Spanned<String>>,
     #[serde(default)]
     command: BTreeMap<Spanned<String>, RawCommand>,
+    memory_max: Option<Spanned<toml::Value>>,
+    tasks_max: Option<Spanned<toml::Value>>,
+    cpu_quota: Option<Spanned<toml::Value>>,
 }
 
 #[derive(Deserialize)]
@@ -190,6 +198,9 @@ struct RawCommand {
     allow_args: bool,
     #[serde(default)]
     allow_pty: bool,
+    memory_max: Option<Spanned<toml::Value>>,
+    tasks_max: Option<Spanned<toml::Value>>,
+    cpu_quota: Option<Spanned<toml::Value>>,
 }
 
 #[derive(Deserialize)]
@@ -453,9 +464,11 @@ impl Validator<'_> {
                     username,
                     allow_args: c.allow_args,
                     allow_pty: c.allow_pty,
+                    limits: self.limits([&c.memory_max, &c.tasks_max, &c.cpu_quota]),
                 },
             );
         }
+        let limits = self.limits([&m.memory_max, &m.tasks_max, &m.cpu_quota]);
         Some(Machine {
             id52: id52?,
             addrs,
@@ -463,6 +476,7 @@ impl Validator<'_> {
             allow_shell,
             username,
             commands,
+            limits,
         })
     }
 
@@ -590,6 +604,43 @@ impl Validator<'_> {
             }
         }
         out
+    }
+
+    /// `memory_max`, `tasks_max`, `cpu_quota`, in that order, checked at
+    /// their values.
+    fn limits(&mut self, [memory, tasks, cpu]: [&Option<Spanned<toml::Value>>; 3]) -> Limits {
+        let mut one = |v: &Option<Spanned<toml::Value>>,
+                       parse: fn(&str) -> Result<u64, String>,
+                       help: &str| {
+            let v = v.as_ref()?;
+            let checked = limits::text_of(v.get_ref())
+                .ok_or_else(|| "a limit is a string or a number".to_owned())
+                .and_then(|text| parse(&text).map(|value| Limit { text, value }));
+            match checked {
+                Ok(limit) => Some(limit),
+                Err(e) => {
+                    self.err(v.span(), e, help);
+                    None
+                }
+            }
+        };
+        Limits {
+            memory_max: one(
+                memory,
+                limits::memory_max,
+                "write a size like memory_max = \"512M\" (K, M, G, T), or \"infinity\"",
+            ),
+            tasks_max: one(
+                tasks,
+                limits::tasks_max,
+                "write a count like tasks_max = 64, or \"infinity\"",
+            ),
+            cpu_quota: one(
+                cpu,
+                limits::cpu_quota,
+                "write a percentage of one CPU like cpu_quota = \"50%\"",
+            ),
+        }
     }
 
     fn username(&mut self, u: &Spanned<String>) -> Option<String> {

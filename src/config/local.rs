@@ -23,6 +23,7 @@ pub const RESERVED_WORDS: &[&str] = &[
     "forward",
     "generate",
     "help",
+    "helper",
     "identity",
     "ls",
     "machine",

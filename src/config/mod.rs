@@ -1,9 +1,10 @@
 //! Config files: the shared diagnostics, the cluster.toml / machine.toml
 //! schema, malai.toml, the grammars of names, principals and
-//! `MACHINE.CLUSTER` targets, and relay URLs and CAs.
+//! `MACHINE.CLUSTER` targets, relay URLs and CAs, and command limits.
 
 pub mod cluster;
 pub mod diag;
+pub mod limits;
 pub mod local;
 pub mod names;
 pub mod relay;
@@ -11,6 +12,7 @@ pub mod target;
 
 pub use cluster::{ClusterConfig, CommandRule, FileKind, Machine, Protocol, Service};
 pub use diag::{Diagnostic, Diagnostics};
+pub use limits::{Limit, Limits};
 pub use local::{LocalConfig, NetworkSettings, Relay};
 pub use names::Principal;
 pub use relay::OwnRelay;

@@ -33,6 +33,7 @@ pub fn acquire(home: &Home) -> anyhow::Result<HomeLock> {
         .custom_flags(OFlag::O_NOFOLLOW.bits())
         .open(&path)
         .with_context(|| format!("opening {}", path.display()))?;
+    crate::fsutil::hand_over(&path, &file)?;
     let mut lock = match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
         Ok(lock) => lock,
         Err((mut file, _)) => {

@@ -10,7 +10,8 @@ use tokio::sync::mpsc;
 
 use super::ExecError;
 use super::proto::{ClientMsg, FORWARDED_SIGNALS};
-use super::spawn::{self, Spec, StdioMode};
+use super::launch::{self, Launch};
+use super::spawn::StdioMode;
 
 /// Who asked.
 pub struct Caller<'a> {
@@ -38,6 +39,7 @@ pub async fn run(
     env: Vec<(String, String)>,
     mut controls: mpsc::Receiver<ClientMsg>,
 ) -> Result<u8, ExecError> {
+    let asked = argv.clone();
     let request = if argv.is_empty() {
         Request::Shell
     } else {
@@ -60,7 +62,7 @@ pub async fn run(
     };
     let username = match (caller.unprivileged_uid, &grant.rule) {
         (Some(uid), None) => Some(user_name(uid).map_err(|e| not_run(format!("{e:#}")))?),
-        (Some(_), Some(_)) | (None, _) => grant.username,
+        (Some(_), Some(_)) | (None, _) => grant.username.clone(),
     };
     let reason = format!(
         "{} (runs as {})",
@@ -74,23 +76,28 @@ pub async fn run(
         crate::audit::Decision::Allowed(&reason),
     );
     let argv = grant.argv.clone();
-    let mut spawned = spawn::spawn(Spec {
-        argv: grant.argv,
+    let mut spawned = launch::start(Launch {
+        cluster: who.cluster,
+        config_version: who.config_version,
+        peer: me,
+        asked: &asked,
+        grant: &grant,
         username,
         env,
         pty: None,
         stdio,
-        rule: grant.rule.is_some(),
+        local_uid: caller.unprivileged_uid,
     })
+    .await
     .map_err(|e| not_run(format!("{e:#}")))?;
     let mut listening = true;
-    let status = loop {
+    let code = loop {
         tokio::select! {
-            status = spawned.child.wait() => break status?,
+            code = spawned.wait() => break code?,
             msg = controls.recv(), if listening => match msg {
                 Some(ClientMsg::Signal { signal }) if FORWARDED_SIGNALS.contains(&signal) => {
                     if let Ok(sig) = nix::sys::signal::Signal::try_from(signal) {
-                        spawn::kill_group(spawned.pgid, sig);
+                        spawned.control.signal(sig);
                     }
                 }
                 Some(_) => {}
@@ -98,7 +105,6 @@ pub async fn run(
             },
         }
     };
-    let code = spawn::exit_code(status);
     crate::audit::command(who, &argv, false, crate::audit::Decision::Exited(code));
     Ok(code)
 }

@@ -1,8 +1,11 @@
 //! Remote exec: the protocol, spawning commands (pipes or a PTY, as another
-//! user when root), the host side that serves peers, and the client side.
+//! user when root, or through the privileged helper), the host side that
+//! serves peers, and the client side.
 
 pub mod client;
+pub mod launch;
 pub mod local;
+pub mod process;
 pub mod proto;
 pub mod server;
 pub mod spawn;

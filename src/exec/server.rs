@@ -17,7 +17,9 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{Notify, mpsc};
 
 use super::proto::{ClientMsg, ExecRequest, FORWARDED_SIGNALS, HostMsg};
-use super::spawn::{self, Spec};
+use super::launch::{self, Launch};
+use super::process::{Control, Process};
+use super::spawn;
 use crate::acl::{self, Decision, Request};
 use crate::audit;
 use crate::cluster::Cluster;
@@ -50,8 +52,8 @@ pub struct Commands {
 #[derive(Debug, Default)]
 struct Running {
     next: u64,
-    /// command id -> (peer, process group)
-    commands: HashMap<u64, (Id52, i32)>,
+    /// command id -> (peer, what kills it once started)
+    commands: HashMap<u64, (Id52, Option<Control>)>,
 }
 
 impl Commands {
@@ -75,9 +77,11 @@ impl Commands {
             }
         }
         let running = self.running.lock().expect("running lock");
-        for (peer, pgid) in running.commands.values().filter(|(_, pgid)| *pgid > 0) {
-            tracing::warn!(malai_cluster = %cluster, malai_peer = %peer, "killing a command still running at shutdown");
-            spawn::kill_session(*pgid, Signal::SIGKILL);
+        for (peer, control) in running.commands.values() {
+            if let Some(control) = control {
+                tracing::warn!(malai_cluster = %cluster, malai_peer = %peer, "killing a command still running at shutdown");
+                control.kill();
+            }
         }
     }
 
@@ -95,13 +99,12 @@ impl Commands {
         }
         r.next += 1;
         let id = r.next;
-        // pgid 0 until spawned: signalling group 0 would hit the daemon, so
-        // `drain` skips it.
-        r.commands.insert(id, (peer, 0));
+        // Nothing to kill until it started.
+        r.commands.insert(id, (peer, None));
         Ok(id)
     }
 
-    fn set_pgid(&self, id: u64, pgid: i32) {
+    fn started(&self, id: u64, control: Control) {
         if let Some(entry) = self
             .running
             .lock()
@@ -109,7 +112,7 @@ impl Commands {
             .commands
             .get_mut(&id)
         {
-            entry.1 = pgid;
+            entry.1 = Some(control);
         }
     }
 
@@ -213,14 +216,19 @@ async fn serve(
             return answer(send, HostMsg::Failed { reason }).await;
         }
     };
-    let spawned = spawn::spawn(Spec {
-        argv: grant.argv.clone(),
-        username: grant.username.clone(),
+    let spawned = launch::start(Launch {
+        cluster: cluster.alias(),
+        config_version: in_force.version,
+        peer: &peer,
+        asked: &req.argv,
+        grant: &grant,
+        username: None,
         env: req.env.clone(),
         pty: req.pty,
         stdio: spawn::StdioMode::Piped,
-        rule: grant.rule.is_some(),
-    });
+        local_uid: None,
+    })
+    .await;
     let spawned = match spawned {
         Ok(s) => s,
         Err(e) => {
@@ -230,14 +238,14 @@ async fn serve(
             return answer(send, HostMsg::Failed { reason }).await;
         }
     };
-    commands.set_pgid(id, spawned.pgid);
+    commands.started(id, spawned.control.clone());
     audit::command(
         who,
         &grant.argv,
         pty,
         audit::Decision::Allowed(&grant.reason),
     );
-    let pgid = spawned.pgid;
+    let control = spawned.control.clone();
     let result = async {
         frame::write_msg(&mut send, &HostMsg::Started).await?;
         pump(spawned, send, recv).await
@@ -247,7 +255,7 @@ async fn serve(
     match &result {
         Ok(code) => audit::command(who, &grant.argv, pty, audit::Decision::Exited(*code)),
         Err(e) => {
-            spawn::kill_session(pgid, Signal::SIGKILL);
+            control.kill();
             let why = format!("{e:#}");
             audit::command(who, &grant.argv, pty, audit::Decision::Abandoned(&why));
         }
@@ -265,7 +273,7 @@ async fn answer(mut send: SendStream, msg: HostMsg) -> anyhow::Result<()> {
 
 /// Moves bytes between the command and the stream until the command exits;
 /// returns its exit code, or an error when the client went away first.
-async fn pump(mut s: spawn::Spawned, mut send: SendStream, recv: RecvStream) -> anyhow::Result<u8> {
+async fn pump(mut s: Process, mut send: SendStream, recv: RecvStream) -> anyhow::Result<u8> {
     let (tx, mut rx) = mpsc::channel::<(Kind, Vec<u8>)>(QUEUE);
     let mut readers = Vec::new();
     let mut stdin_sink: Option<StdinSink> = None;
@@ -277,10 +285,10 @@ async fn pump(mut s: spawn::Spawned, mut send: SendStream, recv: RecvStream) -> 
         readers.push(reader);
         stdin_sink = Some(sink);
     } else {
-        if let Some(out) = s.child.stdout.take() {
+        if let Some(out) = s.stdout.take() {
             readers.push(tokio::spawn(read_into(out, Kind::Stdout, tx.clone())));
         }
-        if let Some(err) = s.child.stderr.take() {
+        if let Some(err) = s.stderr.take() {
             readers.push(tokio::spawn(read_into(err, Kind::Stderr, tx.clone())));
         }
     }
@@ -296,8 +304,8 @@ async fn pump(mut s: spawn::Spawned, mut send: SendStream, recv: RecvStream) -> 
         anyhow::Ok(send)
     });
 
-    let mut child_stdin = s.child.stdin.take();
-    let pgid = s.pgid;
+    let mut child_stdin = s.stdin.take();
+    let control = s.control.clone();
     let input = async move {
         let mut recv = recv;
         let mut buf = Vec::new();
@@ -316,7 +324,7 @@ async fn pump(mut s: spawn::Spawned, mut send: SendStream, recv: RecvStream) -> 
                     Ok(ClientMsg::Eof) => child_stdin = None,
                     Ok(ClientMsg::Signal { signal }) if FORWARDED_SIGNALS.contains(&signal) => {
                         if let Ok(sig) = Signal::try_from(signal) {
-                            spawn::kill_group(pgid, sig);
+                            control.signal(sig);
                         }
                     }
                     Ok(ClientMsg::Resize(size)) => {
@@ -335,11 +343,11 @@ async fn pump(mut s: spawn::Spawned, mut send: SendStream, recv: RecvStream) -> 
         }
     };
 
-    let status = tokio::select! {
-        status = s.child.wait() => status?,
+    let code = tokio::select! {
+        code = s.wait() => code?,
         gone = input => {
-            spawn::kill_session(pgid, Signal::SIGKILL);
-            let _ = s.child.wait().await;
+            s.control.kill();
+            let _ = s.wait().await;
             writer.abort();
             return Err(gone);
         }
@@ -354,7 +362,6 @@ async fn pump(mut s: spawn::Spawned, mut send: SendStream, recv: RecvStream) -> 
             let _ = r.await;
         }
     }
-    let code = spawn::exit_code(status);
     let exit = serde_json::to_vec(&HostMsg::Exit { code })?;
     tx.send((Kind::Control, exit))
         .await

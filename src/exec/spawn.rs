@@ -88,7 +88,22 @@ fn target_user(username: Option<&str>) -> anyhow::Result<(User, bool)> {
     Ok((user, true))
 }
 
-pub fn spawn(spec: Spec) -> anyhow::Result<Spawned> {
+/// What a command runs with, worked out from its `Spec` and the target
+/// user: the in-process spawn and the privileged helper's transient unit
+/// both start exactly this.
+pub struct Prepared {
+    /// argv[0] as given (resolved on `PATH` where it runs).
+    pub argv: Vec<String>,
+    pub env: Vec<(String, String)>,
+    pub user: User,
+    /// The user is not the current one (needs root).
+    pub switch: bool,
+    pub cwd: std::path::PathBuf,
+}
+
+/// The user, argv (the login shell for an empty one), environment and
+/// working directory of `spec`.
+pub fn prepare(spec: &Spec) -> anyhow::Result<Prepared> {
     let (user, switch) = target_user(spec.username.as_deref())?;
     let shell = user.shell.to_string_lossy().into_owned();
     let shell = if shell.is_empty() {
@@ -101,29 +116,59 @@ pub fn spawn(spec: Spec) -> anyhow::Result<Spawned> {
     } else {
         spec.argv.clone()
     };
-
-    let mut cmd = Command::new(&argv[0]);
-    cmd.args(&argv[1..]);
-    cmd.env_clear()
-        .env("PATH", PATH)
-        .env("HOME", &user.dir)
-        .env("USER", &user.name)
-        .env("LOGNAME", &user.name)
-        .env("SHELL", &shell);
-    for (k, v) in spec.env.iter().filter(|(k, _)| env_allowed(k)) {
-        cmd.env(k, v);
-    }
+    let mut env: Vec<(String, String)> = vec![
+        ("PATH".into(), PATH.into()),
+        ("HOME".into(), user.dir.to_string_lossy().into_owned()),
+        ("USER".into(), user.name.clone()),
+        ("LOGNAME".into(), user.name.clone()),
+        ("SHELL".into(), shell),
+    ];
+    env.extend(spec.env.iter().filter(|(k, _)| env_allowed(k)).cloned());
     if spec.pty.is_some() && !spec.env.iter().any(|(k, _)| k == "TERM") {
-        cmd.env("TERM", "xterm-256color");
+        env.push(("TERM".into(), "xterm-256color".into()));
     }
     if spec.rule {
-        cmd.envs(RULE_ENV.iter().copied());
+        env.extend(RULE_ENV.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())));
     }
-    cmd.current_dir(if user.dir.is_dir() {
+    let cwd = if user.dir.is_dir() {
         user.dir.clone()
     } else {
         "/".into()
-    });
+    };
+    Ok(Prepared {
+        argv,
+        env,
+        user,
+        switch,
+        cwd,
+    })
+}
+
+/// The absolute path of `program` on the commands' `PATH` (a name with a
+/// slash is taken as it is).
+pub fn resolve(program: &str) -> Option<std::path::PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let is_exec = |p: &std::path::Path| {
+        p.metadata()
+            .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    };
+    if program.contains('/') {
+        let p = std::path::PathBuf::from(program);
+        return is_exec(&p).then_some(p);
+    }
+    PATH.split(':')
+        .map(|dir| std::path::Path::new(dir).join(program))
+        .find(|p| is_exec(p))
+}
+
+pub fn spawn(spec: Spec) -> anyhow::Result<Spawned> {
+    let prepared = prepare(&spec)?;
+    let (argv, user, switch) = (&prepared.argv, &prepared.user, prepared.switch);
+    let mut cmd = Command::new(&argv[0]);
+    cmd.args(&argv[1..]);
+    cmd.env_clear()
+        .envs(prepared.env.iter().map(|(k, v)| (k, v)))
+        .current_dir(&prepared.cwd);
 
     let inherit = matches!(spec.stdio, StdioMode::Inherit) && spec.pty.is_none();
     let mut pty_master = None;
@@ -226,7 +271,7 @@ fn set_up_child(
     }
 }
 
-fn open_pty(size: WindowSize) -> anyhow::Result<(OwnedFd, OwnedFd)> {
+pub fn open_pty(size: WindowSize) -> anyhow::Result<(OwnedFd, OwnedFd)> {
     let master =
         rustix::pty::openpt(OpenptFlags::RDWR | OpenptFlags::NOCTTY | OpenptFlags::CLOEXEC)
             .context("openpt")?;

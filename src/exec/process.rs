@@ -1,0 +1,123 @@
+//! A command that runs for a peer, wherever it was started: a child of this
+//! process (a user's daemon, the CLI, a root daemon without the helper), or
+//! a transient unit the privileged helper started for an unprivileged
+//! daemon. The exec host streams its pipes or PTY the same way either way,
+//! and signals or kills it through `Control`.
+
+use std::os::fd::OwnedFd;
+
+use nix::sys::signal::Signal;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::{mpsc, oneshot};
+
+use super::spawn::{self, Spawned};
+
+pub type Reader = Box<dyn AsyncRead + Unpin + Send>;
+pub type Writer = Box<dyn AsyncWrite + Unpin + Send>;
+
+/// A running command.
+pub struct Process {
+    pub stdin: Option<Writer>,
+    pub stdout: Option<Reader>,
+    pub stderr: Option<Reader>,
+    /// The PTY's master side, when the command runs on one.
+    pub pty_master: Option<OwnedFd>,
+    pub control: Control,
+    exit: Exit,
+}
+
+enum Exit {
+    Child(tokio::process::Child),
+    /// The helper's answer: the exit code, or why it is unknown.
+    Helper(oneshot::Receiver<Result<u8, String>>),
+}
+
+/// Signals a running command and everything it started.
+#[derive(Debug, Clone)]
+pub enum Control {
+    /// A child of this process: its session id.
+    Session(i32),
+    /// A command of the privileged helper: what goes to it.
+    Helper(mpsc::UnboundedSender<Signal>),
+}
+
+impl Control {
+    /// Delivers a signal the user sent (Ctrl-C...): to the command's process
+    /// group here, to every process of its unit through the helper.
+    pub fn signal(&self, signal: Signal) {
+        match self {
+            Control::Session(pgid) => spawn::kill_group(*pgid, signal),
+            Control::Helper(tx) => {
+                let _ = tx.send(signal);
+            }
+        }
+    }
+
+    /// Kills the command and everything it started (its session here, its
+    /// whole control group through the helper).
+    pub fn kill(&self) {
+        match self {
+            Control::Session(sid) => spawn::kill_session(*sid, Signal::SIGKILL),
+            Control::Helper(tx) => {
+                let _ = tx.send(Signal::SIGKILL);
+            }
+        }
+    }
+}
+
+impl Process {
+    /// A child of this process.
+    pub fn from_child(mut s: Spawned) -> Process {
+        let take = |r: Option<_>| r.map(|r| Box::new(r) as Reader);
+        Process {
+            stdin: s.child.stdin.take().map(|w| Box::new(w) as Writer),
+            stdout: take(s.child.stdout.take()),
+            stderr: s.child.stderr.take().map(|r| Box::new(r) as Reader),
+            pty_master: s.pty_master.take(),
+            control: Control::Session(s.pgid),
+            exit: Exit::Child(s.child),
+        }
+    }
+
+    /// A command the helper runs; `exit` delivers its exit code.
+    pub fn from_helper(
+        pipes: [Option<OwnedFd>; 3],
+        pty_master: Option<OwnedFd>,
+        control: mpsc::UnboundedSender<Signal>,
+        exit: oneshot::Receiver<Result<u8, String>>,
+    ) -> std::io::Result<Process> {
+        let [stdin, stdout, stderr] = pipes;
+        let reader = |fd: Option<OwnedFd>| -> std::io::Result<Option<Reader>> {
+            fd.map(|fd| {
+                tokio::net::unix::pipe::Receiver::from_owned_fd(fd).map(|r| Box::new(r) as Reader)
+            })
+            .transpose()
+        };
+        Ok(Process {
+            stdin: stdin
+                .map(|fd| {
+                    tokio::net::unix::pipe::Sender::from_owned_fd(fd).map(|w| Box::new(w) as Writer)
+                })
+                .transpose()?,
+            stdout: reader(stdout)?,
+            stderr: reader(stderr)?,
+            pty_master,
+            control: Control::Helper(control),
+            exit: Exit::Helper(exit),
+        })
+    }
+
+    /// Waits for the command to end: its exit code, or 128+N for signal N.
+    pub async fn wait(&mut self) -> std::io::Result<u8> {
+        match &mut self.exit {
+            Exit::Child(child) => Ok(spawn::exit_code(child.wait().await?)),
+            Exit::Helper(rx) => match rx.await {
+                Ok(Ok(code)) => Ok(code),
+                Ok(Err(why)) => Err(std::io::Error::other(why)),
+                Err(_) => Err(std::io::Error::other(
+                    "the privileged helper went away before the command ended",
+                )),
+            },
+        }
+    }
+}

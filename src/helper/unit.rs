@@ -1,0 +1,384 @@
+//! Starting a checked command in its own control group. Under systemd
+//! (the package): a transient service unit per command through systemd's
+//! D-Bus API, as `systemd-run` does, with the peer's pipes or a PTY as its
+//! terminal, the rule's limits (`MemoryMax`, `TasksMax`,
+//! `CPUQuotaPerSecUSec`), a name and description an admin can find
+//! (`systemctl list-units 'malai-cmd-*'`), and the whole group killed on
+//! disconnect, `setsid` escapes included. Without systemd (tests, other
+//! init systems): a child of the helper in its own session, as the daemon
+//! would run it.
+
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use anyhow::Context;
+use futures_util::StreamExt;
+use nix::sys::signal::Signal;
+use zbus::proxy::CacheProperties;
+use zbus::{Connection, Proxy, Variant};
+
+use super::check::Checked;
+use crate::config::Limits;
+use crate::exec::process::Process;
+use crate::exec::spawn::{self, StdioMode};
+
+const SYSTEMD: &str = "org.freedesktop.systemd1";
+const MANAGER_PATH: &str = "/org/freedesktop/systemd1";
+const MANAGER: &str = "org.freedesktop.systemd1.Manager";
+
+/// How the helper starts commands.
+pub enum Launcher {
+    /// Transient units of the systemd on this system bus.
+    Systemd(Connection),
+    /// Children of the helper (no systemd here).
+    Direct,
+}
+
+/// Who a command is for, for its unit's name and description.
+pub struct Label<'a> {
+    pub cluster: &'a str,
+    pub peer: &'a str,
+    pub argv: &'a [String],
+}
+
+/// A command the launcher started.
+pub struct Started {
+    /// The unit's name, or `pid N` for a child.
+    pub unit: String,
+    pub pty_master: Option<OwnedFd>,
+    pub running: Running,
+}
+
+pub enum Running {
+    Unit(UnitRun),
+    Child(Process),
+}
+
+static NEXT: AtomicU64 = AtomicU64::new(1);
+
+impl Launcher {
+    /// Transient units when systemd runs this system and its bus answers,
+    /// else children; `direct` forces children.
+    pub async fn detect(direct: bool) -> anyhow::Result<Launcher> {
+        if direct || !std::path::Path::new("/run/systemd/system").exists() {
+            return Ok(Launcher::Direct);
+        }
+        let conn = Connection::system()
+            .await
+            .context("connecting to the system bus to start commands as systemd units")?;
+        // systemd sends unit property changes only to subscribed clients.
+        manager(&conn).await?.call_method("Subscribe", &()).await?;
+        Ok(Launcher::Systemd(conn))
+    }
+
+    pub fn name(&self) -> &'static str {
+        match self {
+            Launcher::Systemd(_) => "transient systemd units",
+            Launcher::Direct => "children of the helper (no systemd)",
+        }
+    }
+
+    /// Starts `checked` with `pipes` (stdin, stdout, stderr; `None` on a PTY).
+    pub async fn start(
+        &self,
+        checked: Checked,
+        pipes: Option<[OwnedFd; 3]>,
+        label: &Label<'_>,
+    ) -> anyhow::Result<Started> {
+        let mut spec = checked.spec;
+        if let Some(fds) = pipes {
+            spec.stdio = StdioMode::Fds(fds);
+        }
+        match self {
+            Launcher::Direct => {
+                let mut process = Process::from_child(spawn::spawn(spec)?);
+                let pty_master = process.pty_master.take();
+                let unit = match &process.control {
+                    crate::exec::process::Control::Session(pid) => format!("pid {pid}"),
+                    crate::exec::process::Control::Helper(_) => unreachable!("a child"),
+                };
+                Ok(Started {
+                    unit,
+                    pty_master,
+                    running: Running::Child(process),
+                })
+            }
+            Launcher::Systemd(conn) => start_unit(conn, spec, &checked.limits, label).await,
+        }
+    }
+}
+
+async fn manager(conn: &Connection) -> zbus::Result<Proxy<'static>> {
+    zbus::proxy::Builder::new(conn)
+        .destination(SYSTEMD)
+        .path(MANAGER_PATH)
+        .interface(MANAGER)
+        .cache_properties(CacheProperties::No)
+        .build()
+        .await
+}
+
+/// A unit's object path: systemd escapes every byte but ASCII letters and
+/// digits (and a leading digit) as `_xx`.
+fn unit_path(name: &str) -> String {
+    let mut path = String::from("/org/freedesktop/systemd1/unit/");
+    for (i, b) in name.bytes().enumerate() {
+        if b.is_ascii_alphabetic() || (b.is_ascii_digit() && i > 0) {
+            path.push(b as char);
+        } else {
+            path.push_str(&format!("_{b:02x}"));
+        }
+    }
+    path
+}
+
+fn limit_properties(limits: &Limits) -> Vec<(&'static str, Variant<'static>)> {
+    let mut props = Vec::new();
+    if let Some(l) = &limits.memory_max {
+        props.push(("MemoryMax", Variant::from(l.value)));
+    }
+    if let Some(l) = &limits.tasks_max {
+        props.push(("TasksMax", Variant::from(l.value)));
+    }
+    if let Some(l) = &limits.cpu_quota {
+        props.push(("CPUQuotaPerSecUSec", Variant::from(l.value)));
+    }
+    props
+}
+
+async fn start_unit(
+    conn: &Connection,
+    spec: spawn::Spec,
+    limits: &Limits,
+    label: &Label<'_>,
+) -> anyhow::Result<Started> {
+    let prepared = spawn::prepare(&spec)?;
+    let exe = spawn::resolve(&prepared.argv[0])
+        .with_context(|| format!("cannot run {:?}: no such program", prepared.argv[0]))?;
+    let name = format!(
+        "malai-cmd-{}-{}-{}-{}.service",
+        label.cluster,
+        &label.peer[..label.peer.len().min(8)],
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    );
+    let what = if label.argv.is_empty() {
+        "a shell".to_owned()
+    } else {
+        shell_words::join(label.argv)
+    };
+    let mut what = what;
+    if what.len() > 200 {
+        what.truncate(what.floor_char_boundary(200));
+        what.push('…');
+    }
+    let description = format!(
+        "malai: {what} for peer {} of cluster {}",
+        label.peer, label.cluster
+    );
+    let env: Vec<String> = prepared
+        .env
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
+    let mut props: Vec<(&str, Variant<'_>)> = vec![
+        ("Description", Variant::from(description)),
+        (
+            "ExecStart",
+            Variant::from(vec![(
+                exe.to_string_lossy().into_owned(),
+                prepared.argv.clone(),
+                false,
+            )]),
+        ),
+        ("Environment", Variant::from(env)),
+        (
+            "WorkingDirectory",
+            Variant::from(prepared.cwd.to_string_lossy().into_owned()),
+        ),
+        ("AddRef", Variant::from(true)),
+        ("CollectMode", Variant::from("inactive-or-failed")),
+        ("IgnoreSIGPIPE", Variant::from(false)),
+        ("KillMode", Variant::from("control-group")),
+        ("SendSIGHUP", Variant::from(true)),
+    ];
+    if prepared.user.uid.as_raw() != 0 {
+        props.push(("User", Variant::from(prepared.user.name.clone())));
+    }
+    props.extend(limit_properties(limits));
+
+    let mut pty_master = None;
+    let mut slave_keep = None;
+    match (&spec.pty, &spec.stdio) {
+        (Some(size), _) => {
+            let (master, slave) = spawn::open_pty(*size)?;
+            let tty = rustix::pty::ptsname(&master, Vec::new()).context("ptsname")?;
+            let tty = tty.to_string_lossy().into_owned();
+            // The user's terminal, as login and sshd make it.
+            rustix::fs::fchown(
+                &slave,
+                Some(rustix::process::Uid::from_raw(prepared.user.uid.as_raw())),
+                None,
+            )
+            .context("giving the terminal to the user")?;
+            rustix::fs::fchmod(&slave, rustix::fs::Mode::from_raw_mode(0o620))?;
+            for key in ["StandardInput", "StandardOutput", "StandardError"] {
+                props.push((key, Variant::from("tty")));
+            }
+            props.push(("TTYPath", Variant::from(tty)));
+            pty_master = Some(master);
+            slave_keep = Some(slave);
+        }
+        (None, StdioMode::Fds([i, o, e])) => {
+            props.push(("StandardInputFileDescriptor", Variant::from(zbus::Fd::from(i.as_fd()))));
+            props.push(("StandardOutputFileDescriptor", Variant::from(zbus::Fd::from(o.as_fd()))));
+            props.push(("StandardErrorFileDescriptor", Variant::from(zbus::Fd::from(e.as_fd()))));
+        }
+        (None, _) => anyhow::bail!("a command without a PTY needs its pipes"),
+    }
+
+    let path = unit_path(&name);
+    let properties = zbus::fdo::PropertiesProxy::builder(conn)
+        .destination(SYSTEMD)
+        .path(path.clone())
+        .cache_properties(CacheProperties::No)
+        .build()
+        .await?;
+    // Subscribed before the unit exists: no change of it is missed.
+    let changes = properties.receive_properties_changed().await?;
+    let aux: Vec<(String, Vec<(String, Variant<'_>)>)> = Vec::new();
+    manager(conn)
+        .await?
+        .call_method("StartTransientUnit", &(name.as_str(), "fail", props, aux))
+        .await
+        .with_context(|| format!("systemd did not start {name}"))?;
+    drop(slave_keep);
+    let unit: Proxy<'static> = zbus::proxy::Builder::new(conn)
+        .destination(SYSTEMD)
+        .path(path.clone())
+        .interface("org.freedesktop.systemd1.Unit")
+        .cache_properties(CacheProperties::No)
+        .build()
+        .await?;
+    let service: Proxy<'static> = zbus::proxy::Builder::new(conn)
+        .destination(SYSTEMD)
+        .path(path)
+        .interface("org.freedesktop.systemd1.Service")
+        .cache_properties(CacheProperties::No)
+        .build()
+        .await?;
+    Ok(Started {
+        unit: name.clone(),
+        pty_master,
+        running: Running::Unit(UnitRun {
+            conn: conn.clone(),
+            name,
+            unit,
+            service,
+            changes,
+        }),
+    })
+}
+
+/// A command in a transient unit.
+pub struct UnitRun {
+    conn: Connection,
+    name: String,
+    unit: Proxy<'static>,
+    service: Proxy<'static>,
+    changes: zbus::fdo::PropertiesChangedStream,
+}
+
+impl UnitRun {
+    /// The exit code once the unit's main process ended (128+N for signal
+    /// N); the unit is then released to be collected.
+    async fn wait(&mut self) -> anyhow::Result<u8> {
+        let code = loop {
+            let state: String = self.unit.get_property("ActiveState").await?;
+            let started: u64 = self
+                .service
+                .get_property("ExecMainStartTimestampMonotonic")
+                .await?;
+            if state == "failed" || (state == "inactive" && started > 0) {
+                let how: i32 = self.service.get_property("ExecMainCode").await?;
+                let status: i32 = self.service.get_property("ExecMainStatus").await?;
+                break match how {
+                    // CLD_EXITED
+                    1 => Ok(status as u8),
+                    // CLD_KILLED, CLD_DUMPED
+                    2 | 3 => Ok((128 + status) as u8),
+                    _ => {
+                        let result: String = self.service.get_property("Result").await?;
+                        Err(anyhow::anyhow!("{} failed to start ({result})", self.name))
+                    }
+                };
+            }
+            if self.changes.next().await.is_none() {
+                anyhow::bail!("the system bus closed while {} ran", self.name);
+            }
+        };
+        let _ = self.unit.call_method("Unref", &()).await;
+        code
+    }
+
+}
+
+impl Running {
+    pub async fn wait(&mut self) -> anyhow::Result<u8> {
+        match self {
+            Running::Unit(u) => u.wait().await,
+            Running::Child(p) => Ok(p.wait().await?),
+        }
+    }
+
+    /// What signals the command while `wait` runs.
+    pub fn signaller(&self) -> Signaller {
+        match self {
+            Running::Unit(u) => Signaller::Unit(u.conn.clone(), u.name.clone()),
+            Running::Child(p) => Signaller::Child(p.control.clone()),
+        }
+    }
+}
+
+/// Signals every process of a command: its unit's control group, or its
+/// session.
+pub enum Signaller {
+    Unit(Connection, String),
+    Child(crate::exec::process::Control),
+}
+
+impl Signaller {
+    pub async fn send(&self, signal: Signal) {
+        match self {
+            Signaller::Unit(conn, name) => {
+                let killed = async {
+                    manager(conn)
+                        .await?
+                        .call_method("KillUnit", &(name.as_str(), "all", signal as i32))
+                        .await
+                }
+                .await;
+                if let Err(e) = killed {
+                    tracing::warn!("cannot signal {name}: {e}");
+                }
+            }
+            Signaller::Child(c) if signal == Signal::SIGKILL => c.kill(),
+            Signaller::Child(c) => c.signal(signal),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn unit_paths_are_escaped_as_systemd_does() {
+        assert_eq!(
+            super::unit_path("malai-cmd-company-1.service"),
+            "/org/freedesktop/systemd1/unit/malai_2dcmd_2dcompany_2d1_2eservice"
+        );
+        assert_eq!(
+            super::unit_path("1a.service"),
+            "/org/freedesktop/systemd1/unit/_31a_2eservice"
+        );
+    }
+}
