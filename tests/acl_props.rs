@@ -150,6 +150,7 @@ fn rule(nm: usize, ng: usize) -> impl Strategy<Value = CommandRule> {
                 username,
                 allow_args,
                 allow_pty,
+                limits: Default::default(),
             },
         )
 }
@@ -173,6 +174,7 @@ fn machine(nm: usize, ng: usize) -> impl Strategy<Value = Machine> {
             allow_shell,
             username,
             commands,
+            limits: Default::default(),
         })
 }
 

@@ -229,18 +229,40 @@ impl Host {
 
     /// Starts `malai daemon` with extra environment (e.g. a private bus).
     pub fn start_daemon_with(&self, env: &[(&str, &str)]) -> Daemon {
+        self.start_daemon_as(None, env)
+    }
+
+    /// Starts `malai daemon` as local user `user` (with `setpriv`, its own
+    /// group and no other; the home must be that user's), or as the test's
+    /// own user.
+    pub fn start_daemon_as(&self, user: Option<&str>, env: &[(&str, &str)]) -> Daemon {
         let dir = self.home.path();
         let sock_path = dir.join(format!("notify-{}.sock", std::process::id()));
         let _ = std::fs::remove_file(&sock_path);
         let notify = UnixDatagram::bind(&sock_path).expect("notify socket");
+        if user.is_some() {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&sock_path, std::fs::Permissions::from_mode(0o777)).unwrap();
+        }
         let log_path = dir.join("daemon.log");
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(&log_path)
             .unwrap();
-        let child = self
-            .malai(&["daemon"])
+        let mut cmd = self.malai(&["daemon"]);
+        if let Some(user) = user {
+            let u = nix::unistd::User::from_name(user).unwrap().expect("the user exists");
+            let mut as_user = self.command("setpriv");
+            as_user
+                .args(["--reuid", &u.uid.to_string(), "--regid", &u.gid.to_string()])
+                .args(["--clear-groups", "--", super::malai_bin(), "daemon"])
+                .env("MALAI_HOME", self.home.path())
+                .env("MALAI_DBUS_ADDRESS", "disabled")
+                .env_remove("MALAI_LOG");
+            cmd = as_user;
+        }
+        let child = cmd
             .env("NOTIFY_SOCKET", &sock_path)
             .envs(env.iter().copied())
             .stdin(Stdio::null())
