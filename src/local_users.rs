@@ -38,12 +38,19 @@ pub fn may_use_listeners(uid: u32) -> bool {
     if uid == me.as_raw() {
         return true;
     }
-    let system = me.is_root()
+    is_system_service() && in_group(uid, ADMIN_GROUP)
+}
+
+/// Whether this process is the system service: root (a daemon run by
+/// hand, or the first release), or the system user `malai` the package's
+/// unit runs it as. It serves on the system bus, and group malai.
+pub fn is_system_service() -> bool {
+    let me = nix::unistd::geteuid();
+    me.is_root()
         || nix::unistd::User::from_uid(me)
             .ok()
             .flatten()
-            .is_some_and(|u| u.name == ADMIN_GROUP);
-    system && in_group(uid, ADMIN_GROUP)
+            .is_some_and(|u| u.name == ADMIN_GROUP)
 }
 
 /// The uid owning the other end of a TCP connection accepted on `local`

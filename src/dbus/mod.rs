@@ -65,13 +65,14 @@ pub enum Bus {
 
 impl Bus {
     /// The bus the daemon serves on: `MALAI_DBUS_ADDRESS`, else the system
-    /// bus for root and the session bus for everyone else. `None`: D-Bus is
+    /// bus for the system service (root, or the user malai) and the session
+    /// bus for everyone else. `None`: D-Bus is
     /// disabled.
     pub fn for_daemon() -> Option<Bus> {
         match address_override() {
             Some(Override::Disabled) => None,
             Some(Override::Address(a)) => Some(Bus::Address(a)),
-            None if nix::unistd::geteuid().is_root() => Some(Bus::System),
+            None if crate::local_users::is_system_service() => Some(Bus::System),
             None => Some(Bus::Session),
         }
     }

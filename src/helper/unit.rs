@@ -295,11 +295,13 @@ impl UnitRun {
     /// N); the unit is then released to be collected.
     async fn wait(&mut self) -> anyhow::Result<u8> {
         let code = loop {
-            let state: String = self.unit.get_property("ActiveState").await?;
+            // The start time first: it is set once, so an "inactive" read
+            // after it is the end of this run, not the moment before it.
             let started: u64 = self
                 .service
                 .get_property("ExecMainStartTimestampMonotonic")
                 .await?;
+            let state: String = self.unit.get_property("ActiveState").await?;
             if state == "failed" || (state == "inactive" && started > 0) {
                 let how: i32 = self.service.get_property("ExecMainCode").await?;
                 let status: i32 = self.service.get_property("ExecMainStatus").await?;
