@@ -42,7 +42,7 @@ pub struct Grant {
     /// Run as this user; `None` means as the daemon's own user.
     pub username: Option<String>,
     /// The command rule that allowed it, if one did: a rule runs with
-    /// pagers and editors neutralised (see `exec::spawn`).
+    /// pagers and editors neutralised (see `command::spawn`).
     pub rule: Option<String>,
     /// The limits of the command's own control group (the rule's over the
     /// machine's).

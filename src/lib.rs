@@ -6,6 +6,7 @@ pub mod acl;
 pub mod audit;
 pub mod cli;
 pub mod cluster;
+pub mod command;
 pub mod config;
 pub mod daemon;
 pub mod dbus;

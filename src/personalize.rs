@@ -285,12 +285,7 @@ fn commands(
                 username: rule.username.clone(),
                 allow_args: rule.allow_args,
                 allow_pty: rule.allow_pty && protocol >= 2,
-                limits: out_limits(
-                    &rule.limits,
-                    protocol,
-                    &format!("command {name}"),
-                    withheld,
-                ),
+                limits: out_limits(&rule.limits, protocol, &format!("command {name}"), withheld),
             };
             (name.clone(), out)
         })

@@ -1,6 +1,6 @@
 //! Privilege separation without systemd: web01's daemon runs as `nobody`
-//! and asks a root `malai helper serve --direct` (children, not units: the
-//! units are tested on a booted systemd by tests/deb/run) to start its
+//! and asks a root `malai helper serve` (no systemd here: plain children; the
+//! control groups and units are tested on a booted systemd by tests/deb/run) to start its
 //! commands. The helper decides again from the CM-signed envelope on disk
 //! and the pinned CM key. The attacker here is another local user, and the
 //! daemon's own user turned hostile (tests/fixtures/helper_client.py speaks
@@ -25,7 +25,7 @@ impl Helper {
         let socket = dir.join("helper.sock");
         let log = dir.join("helper.log");
         let child = Command::new(common::malai_bin())
-            .args(["helper", "serve", "--direct", "--daemon-user", "nobody", "--socket"])
+            .args(["helper", "serve", "--daemon-user", "nobody", "--socket"])
             .arg(&socket)
             .env("MALAI_HOME", home)
             .env("MALAI_HELPER_PINS", pins)
@@ -46,14 +46,27 @@ impl Helper {
     /// daemon's protocol, three pipes attached), or "closed".
     fn ask_as(&self, uid: u32, request: &serde_json::Value) -> String {
         let out = Command::new("setpriv")
-            .args(["--reuid", &uid.to_string(), "--regid", &uid.to_string(), "--clear-groups"])
+            .args([
+                "--reuid",
+                &uid.to_string(),
+                "--regid",
+                &uid.to_string(),
+                "--clear-groups",
+            ])
             .arg("/usr/bin/python3")
-            .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/helper_client.py"))
+            .arg(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/tests/fixtures/helper_client.py"
+            ))
             .arg(&self.socket)
             .arg(request.to_string())
             .output()
             .unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         String::from_utf8(out.stdout).unwrap().trim().to_owned()
     }
 }
@@ -84,7 +97,8 @@ fn chown_to_nobody(path: &Path) {
 #[test]
 #[ignore = "needs root: runs web01's daemon as nobody and the helper as root (./test.sh runs it as root)"]
 #[expect(clippy::too_many_lines, reason = "one scenario, attack by attack")]
-fn an_unprivileged_daemon_runs_commands_only_through_the_helper_and_only_what_the_signed_config_allows() {
+fn an_unprivileged_daemon_runs_commands_only_through_the_helper_and_only_what_the_signed_config_allows()
+ {
     const NOBODY: u32 = 65534;
     let c = Company::loopback();
     let pins = tempfile::tempdir().unwrap();
@@ -102,7 +116,11 @@ fn an_unprivileged_daemon_runs_commands_only_through_the_helper_and_only_what_th
         .env("MALAI_HELPER_PINS", pins.path())
         .output()
         .unwrap();
-    assert!(pinned.status.success(), "{}", String::from_utf8_lossy(&pinned.stderr));
+    assert!(
+        pinned.status.success(),
+        "{}",
+        String::from_utf8_lossy(&pinned.stderr)
+    );
     chown_to_nobody(c.web01.home.path());
     let helper = Helper::start(c.web01.home.path(), pins.path(), run_dir.path());
     let socket = helper.socket.display().to_string();
@@ -126,13 +144,23 @@ fn an_unprivileged_daemon_runs_commands_only_through_the_helper_and_only_what_th
     // The grant runs as root (no username: the system service's user), so
     // the helper, not the daemon, started it.
     assert_eq!(c.laptop.ok(&["web01.company", "id", "-u"]), "0\n");
-    assert!(helper.log_text().contains("started pid"), "{}", helper.log_text());
+    assert!(
+        helper.log_text().contains("started pid"),
+        "{}",
+        helper.log_text()
+    );
 
     // A disconnect kills the command the helper started.
     let marker = sleep_secs(4243);
-    let mut cli = c.laptop.malai(&["web01.company", "sleep", &marker]).spawn().unwrap();
+    let mut cli = c
+        .laptop
+        .malai(&["web01.company", "sleep", &marker])
+        .spawn()
+        .unwrap();
     let needle = format!("sleep {marker}");
-    wait_until("the remote sleep runs", || !pids_matching(&needle).is_empty());
+    wait_until("the remote sleep runs", || {
+        !pids_matching(&needle).is_empty()
+    });
     assert_eq!(uid_of(pids_matching(&needle)[0]), 0);
     cli.kill().unwrap();
     let _ = cli.wait();
@@ -149,9 +177,14 @@ fn an_unprivileged_daemon_runs_commands_only_through_the_helper_and_only_what_th
     };
     let planted = run_dir.path().join("pwned");
     let touch = ["touch", planted.to_str().unwrap()];
-    assert_eq!(helper.ask_as(4242, &request(&c.laptop_id, &["id"])), "closed");
+    assert_eq!(
+        helper.ask_as(4242, &request(&c.laptop_id, &["id"])),
+        "closed"
+    );
     assert!(
-        helper.log_text().contains("refused a connection from uid 4242"),
+        helper
+            .log_text()
+            .contains("refused a connection from uid 4242"),
         "{}",
         helper.log_text()
     );
@@ -163,7 +196,10 @@ fn an_unprivileged_daemon_runs_commands_only_through_the_helper_and_only_what_th
         let answer = helper.ask_as(NOBODY, &request(peer, &touch));
         assert!(answer.contains("\"refused\""), "{answer}");
     }
-    assert!(!planted.exists(), "the helper ran a command the config does not allow");
+    assert!(
+        !planted.exists(),
+        "the helper ran a command the config does not allow"
+    );
     assert!(
         helper
             .log_text()
@@ -174,7 +210,11 @@ fn an_unprivileged_daemon_runs_commands_only_through_the_helper_and_only_what_th
     // No path outside the home through the cluster name.
     let mut escape = request(&c.laptop_id, &["id"]);
     escape["cluster"] = "../../etc".into();
-    assert!(helper.ask_as(NOBODY, &escape).contains("invalid cluster name"));
+    assert!(
+        helper
+            .ask_as(NOBODY, &escape)
+            .contains("invalid cluster name")
+    );
 
     // The daemon's user owns machine.envelope: a config it rewrote (here
     // granting the laptop anything) fails the CM's signature, and the
@@ -192,7 +232,14 @@ fn an_unprivileged_daemon_runs_commands_only_through_the_helper_and_only_what_th
     assert!(answer.contains("\"refused\""), "{answer}");
     assert!(!planted.exists());
     let answer = helper.ask_as(NOBODY, &request(&c.laptop_id, &["id"]));
-    assert!(answer.contains("\"refused\"") && answer.contains("hash"), "{answer}");
+    assert!(
+        answer.contains("\"refused\"") && answer.contains("hash"),
+        "{answer}"
+    );
     std::fs::write(&envelope_path, genuine).unwrap();
-    assert!(helper.ask_as(NOBODY, &request(&c.laptop_id, &["id"])).contains("\"started\""));
+    assert!(
+        helper
+            .ask_as(NOBODY, &request(&c.laptop_id, &["id"]))
+            .contains("\"started\"")
+    );
 }

@@ -34,10 +34,11 @@ pub struct ServeArgs {
     /// The daemon's user: the only one besides root that may ask.
     #[arg(long, value_name = "USER", default_value = "malai")]
     daemon_user: String,
-    /// Start commands as children of the helper even where systemd runs
-    /// (no unit, no limits).
+    /// Run each command in a control group of the subtree systemd
+    /// delegated to this service (`Delegate=yes`); without it, commands
+    /// with limits run as transient units, others as plain children.
     #[arg(long)]
-    direct: bool,
+    delegated: bool,
 }
 
 pub fn run(cmd: HelperCommand) -> anyhow::Result<u8> {
@@ -61,7 +62,10 @@ fn pin_(clusters: Vec<String>) -> anyhow::Result<u8> {
     for cluster in clusters {
         let p = pin::pin_cluster(&home, &dir, &cluster)
             .with_context(|| format!("pinning cluster {cluster}"))?;
-        println!("{cluster}: CM {} (this device {}), version {}", p.cm, p.me, p.version);
+        println!(
+            "{cluster}: CM {} (this device {}), version {}",
+            p.cm, p.me, p.version
+        );
     }
     Ok(0)
 }
@@ -90,7 +94,7 @@ fn serve_(args: ServeArgs) -> anyhow::Result<u8> {
                 tokio::net::UnixListener::from_std(l)?
             }
         };
-        let launcher = Launcher::detect(args.direct).await?;
+        let launcher = Launcher::detect(args.delegated).await?;
         let helper = serve::Helper {
             home,
             pins: pin::dir(),

@@ -12,7 +12,7 @@ use nix::unistd::Pid;
 use crate::cluster::EditError;
 use crate::dbus::client;
 use crate::exec::ExecError;
-use crate::exec::spawn::StdioMode;
+use crate::command::spawn::StdioMode;
 use crate::exit::{EXEC_FAILED, Failure, USAGE};
 use crate::home::Home;
 use crate::p2p::{self, EXEC_ALPN};

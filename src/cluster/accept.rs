@@ -32,7 +32,8 @@ impl Cluster {
     /// Where the signed envelope of the config in force is kept, for the
     /// privileged helper (`helper::check`).
     pub fn envelope_path(&self) -> std::path::PathBuf {
-        self.machine_path().with_file_name(crate::home::ENVELOPE_FILE)
+        self.machine_path()
+            .with_file_name(crate::home::ENVELOPE_FILE)
     }
 
     fn save_envelope(&self, envelope: &Envelope) -> Result<(), AcceptError> {

@@ -11,8 +11,8 @@ use std::path::Path;
 use serde::Deserialize;
 use toml::Spanned;
 
-use super::limits::{self, Limit, Limits};
 use super::diag::{Diagnostic, Diagnostics, Source};
+use super::limits::{self, Limit, Limits};
 use super::names::{Principal, looks_like_id52, name_error, split_list, username_ok};
 use crate::identity::Id52;
 

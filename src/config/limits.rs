@@ -90,9 +90,7 @@ pub fn cpu_quota(text: &str) -> Result<u64, String> {
     };
     match percent.parse::<u64>() {
         Ok(p) if p > 0 && p <= 100_000 => Ok(p * 10_000),
-        _ => Err(format!(
-            "cpu_quota {text:?} is not a percentage above 0"
-        )),
+        _ => Err(format!("cpu_quota {text:?} is not a percentage above 0")),
     }
 }
 

@@ -20,7 +20,7 @@ use crate::cluster::Cluster;
 use crate::exec::ExecError;
 use crate::exec::client::{Io, run_with};
 use crate::exec::proto::{ClientMsg, WindowSize};
-use crate::exec::spawn::StdioMode;
+use crate::command::spawn::StdioMode;
 use crate::p2p::EXEC_ALPN;
 
 /// The running execs of one cluster object, by (caller, token): where that

@@ -7,9 +7,9 @@ use crate::acl::Grant;
 use crate::helper::{self, client, proto::Request};
 use crate::identity::Id52;
 
-use super::process::Process;
+use crate::command::process::Process;
 use super::proto::WindowSize;
-use super::spawn::{self, Spec, StdioMode};
+use crate::command::spawn::{self, Spec, StdioMode};
 
 /// A command the ACL allowed, and what the helper needs to decide it again.
 pub struct Launch<'a> {
@@ -56,6 +56,7 @@ pub async fn start(l: Launch<'_>) -> anyhow::Result<Process> {
         pty: l.pty,
         stdio: l.stdio,
         rule: l.grant.rule.is_some(),
+        cgroup: None,
     })?;
     Ok(Process::from_child(spawned))
 }

@@ -9,9 +9,9 @@ use crate::config::ClusterConfig;
 use tokio::sync::mpsc;
 
 use super::ExecError;
-use super::proto::{ClientMsg, FORWARDED_SIGNALS};
 use super::launch::{self, Launch};
-use super::spawn::StdioMode;
+use super::proto::{ClientMsg, FORWARDED_SIGNALS};
+use crate::command::spawn::StdioMode;
 
 /// Who asked.
 pub struct Caller<'a> {

@@ -1,14 +1,12 @@
-//! Remote exec: the protocol, spawning commands (pipes or a PTY, as another
-//! user when root, or through the privileged helper), the host side that
-//! serves peers, and the client side.
+//! Remote exec: the protocol, where a granted command starts (here, or
+//! through the privileged helper), the host side that serves peers, and the
+//! client side. Spawning itself is `command`.
 
 pub mod client;
 pub mod launch;
 pub mod local;
-pub mod process;
 pub mod proto;
 pub mod server;
-pub mod spawn;
 
 /// Why a command did not run to its end. The CLI ends with 255 for each but
 /// `Local` (as ssh does, malai's own failure), D-Bus names each

@@ -22,11 +22,7 @@ pub struct ExecRequest {
 
 pub use crate::audit::OnBehalf;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct WindowSize {
-    pub rows: u16,
-    pub cols: u16,
-}
+pub use crate::command::{WindowSize, env_allowed};
 
 /// Control messages from the host.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -58,11 +54,6 @@ pub enum ClientMsg {
         signal: i32,
     },
     Resize(WindowSize),
-}
-
-/// Whether an environment variable may pass from client to command.
-pub fn env_allowed(name: &str) -> bool {
-    name == "TERM" || name == "LANG" || name == "COLORTERM" || name.starts_with("LC_")
 }
 
 /// Signals a client may deliver; anything else is ignored.

@@ -16,10 +16,10 @@ use nix::sys::signal::Signal;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{Notify, mpsc};
 
-use super::proto::{ClientMsg, ExecRequest, FORWARDED_SIGNALS, HostMsg};
 use super::launch::{self, Launch};
-use super::process::{Control, Process};
-use super::spawn;
+use crate::command::process::{Control, Process};
+use super::proto::{ClientMsg, ExecRequest, FORWARDED_SIGNALS, HostMsg};
+use crate::command::spawn;
 use crate::acl::{self, Decision, Request};
 use crate::audit;
 use crate::cluster::Cluster;

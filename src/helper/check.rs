@@ -10,7 +10,7 @@ use std::path::Path;
 use crate::acl::{self, Decision, Request as AclRequest};
 use crate::cluster::envelope::Envelope;
 use crate::config::{ClusterConfig, FileKind, Limits, cluster};
-use crate::exec::spawn::{Spec, StdioMode};
+use crate::command::spawn::{Spec, StdioMode};
 use crate::home::{CLUSTER_FILE, ENVELOPE_FILE, Home};
 use crate::identity::Id52;
 
@@ -51,8 +51,14 @@ fn trusted_config(
 ) -> Result<(ClusterConfig, Id52, u64), Refusal> {
     let no = |e: String| Refusal::NoConfig(e);
     let pin = pin::read(pins, cluster).map_err(|e| no(format!("{e:#}")))?;
-    let me: Id52 = pin.me.parse().map_err(|_| no("the pin's own id52 is invalid".into()))?;
-    let cm: Id52 = pin.cm.parse().map_err(|_| no("the pin's CM id52 is invalid".into()))?;
+    let me: Id52 = pin
+        .me
+        .parse()
+        .map_err(|_| no("the pin's own id52 is invalid".into()))?;
+    let cm: Id52 = pin
+        .cm
+        .parse()
+        .map_err(|_| no("the pin's CM id52 is invalid".into()))?;
     let dir = home.cluster_dir(cluster);
     if cm == me {
         let path = dir.join(CLUSTER_FILE);
@@ -133,6 +139,7 @@ pub fn check(home: &Home, pins: &Path, req: &Request) -> Result<Checked, Refusal
             pty: req.pty,
             stdio: StdioMode::Piped,
             rule: grant.rule.is_some(),
+            cgroup: None,
         },
         limits: grant.limits,
         version,

@@ -11,7 +11,7 @@ use tokio::net::UnixStream;
 use tokio::sync::{mpsc, oneshot};
 
 use super::proto::{self, Answer, Control, Receiver, Request};
-use crate::exec::process::Process;
+use crate::command::process::Process;
 
 /// Why the helper did not start a command.
 #[derive(Debug, thiserror::Error)]
@@ -56,7 +56,10 @@ pub async fn start(socket: &Path, req: &Request, stdio: Stdio) -> Result<Process
             let pipes = (|| Ok::<_, std::io::Error>((pipe()?, pipe()?, pipe()?)))()
                 .map_err(|e| failed("no pipes for", e))?;
             let ((in_r, in_w), (out_r, out_w), (err_r, err_w)) = pipes;
-            (vec![in_r, out_w, err_w], [Some(in_w), Some(out_r), Some(err_r)])
+            (
+                vec![in_r, out_w, err_w],
+                [Some(in_w), Some(out_r), Some(err_r)],
+            )
         }
     };
     let borrowed: Vec<_> = send_fds.iter().map(AsFd::as_fd).collect();
@@ -86,13 +89,14 @@ pub async fn start(socket: &Path, req: &Request, stdio: Stdio) -> Result<Process
             ));
         }
     }
-    let pty_master = if req.pty.is_some() {
-        Some(fds.pop().ok_or_else(|| {
-            HelperError::Failed("the privileged helper sent no terminal".into())
-        })?)
-    } else {
-        None
-    };
+    let pty_master =
+        if req.pty.is_some() {
+            Some(fds.pop().ok_or_else(|| {
+                HelperError::Failed("the privileged helper sent no terminal".into())
+            })?)
+        } else {
+            None
+        };
     let (control_tx, control_rx) = mpsc::unbounded_channel();
     let (exit_tx, exit_rx) = oneshot::channel();
     tokio::spawn(watch(stream, rx, control_rx, exit_tx));

@@ -4,15 +4,18 @@
 //! its user may use (`SO_PEERCRED`). The helper decides again, from the
 //! signed config on disk and the CM key pinned by root, so a compromised
 //! daemon can run only what the config allows some peer; then it starts the
-//! command in a transient systemd unit of its own (its own control group,
-//! the rule's limits, killed whole on disconnect).
+//! command in a control group of its own (the rule's limits, killed whole
+//! on disconnect).
 //!
 //! `proto`: the messages and descriptors on the socket. `pin`: the CM key
 //! and highest version per cluster, in a directory only root writes.
-//! `check`: the helper's own decision. `unit`: transient units through
-//! systemd's D-Bus API (or a plain child where no systemd runs). `serve`:
+//! `check`: the helper's own decision. `cgroup`: a control group per
+//! command in the helper's delegated subtree. `unit`: starting a command
+//! there, or as a transient unit through systemd's D-Bus API where the
+//! subtree cannot apply its limits (or as a plain child: no systemd). `serve`:
 //! the helper's loop. `client`: the daemon's side.
 
+pub mod cgroup;
 pub mod check;
 pub mod client;
 pub mod pin;

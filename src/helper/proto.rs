@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize, de::DeserializeOwned};
 use tokio::io::Interest;
 use tokio::net::UnixStream;
 
-use crate::exec::proto::WindowSize;
+use crate::command::WindowSize;
 
 /// The largest frame: a request carries at most an argv the exec host
 /// took (256 KiB) and a short environment.

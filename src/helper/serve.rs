@@ -82,6 +82,7 @@ async fn one(helper: &Helper, stream: UnixStream) -> anyhow::Result<()> {
     else {
         return Ok(());
     };
+    let received = std::time::Instant::now();
     let pipes: Option<[OwnedFd; 3]> = match (req.pty.is_some(), <[OwnedFd; 3]>::try_from(fds)) {
         (true, Ok(_)) => anyhow::bail!("a PTY request came with pipes"),
         (true, Err(fds)) if fds.is_empty() => None,
@@ -107,6 +108,7 @@ async fn one(helper: &Helper, stream: UnixStream) -> anyhow::Result<()> {
         }
     };
     let (version, reason) = (checked.version, checked.reason.clone());
+    let check_us = received.elapsed().as_micros();
     let label = Label {
         cluster: &req.cluster,
         peer: &req.peer,
@@ -130,7 +132,8 @@ async fn one(helper: &Helper, stream: UnixStream) -> anyhow::Result<()> {
         malai_cluster = %req.cluster, malai_peer = %req.peer,
         malai_argv = %shell_words::join(&req.argv), malai_config_version = version,
         malai_unit = %unit,
-        "malai helper: started {unit} ({reason}, config version {version})"
+        "malai helper: started {unit} ({reason}, config version {version}; checked in {check_us} µs, started in {} µs)",
+        received.elapsed().as_micros() - check_us
     );
     let master_fd = pty_master.as_ref().map(|m| m.as_fd());
     let attach: Vec<_> = master_fd.into_iter().collect();

@@ -9,6 +9,7 @@
 //! would run it.
 
 use std::os::fd::{AsFd, OwnedFd};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use anyhow::Context;
@@ -17,24 +18,25 @@ use nix::sys::signal::Signal;
 use zbus::proxy::CacheProperties;
 use zbus::{Connection, Proxy, Variant};
 
+use super::cgroup::{Group, Tree};
 use super::check::Checked;
 use crate::config::Limits;
-use crate::exec::process::Process;
-use crate::exec::spawn::{self, StdioMode};
+use crate::command::process::Process;
+use crate::command::spawn::{self, StdioMode};
 
 const SYSTEMD: &str = "org.freedesktop.systemd1";
 const MANAGER_PATH: &str = "/org/freedesktop/systemd1";
 const MANAGER: &str = "org.freedesktop.systemd1.Manager";
 
-/// How the helper starts commands.
-pub enum Launcher {
-    /// Transient units of the systemd on this system bus.
-    Systemd(Connection),
-    /// Children of the helper (no systemd here).
-    Direct,
+/// How the helper starts commands: in groups of its delegated subtree
+/// (`cgroup`), in transient units for what the subtree cannot limit, or as
+/// plain children where neither is there (no systemd).
+pub struct Launcher {
+    tree: Option<Tree>,
+    systemd: Option<Connection>,
 }
 
-/// Who a command is for, for its unit's name and description.
+/// Who a command is for, for its group's or unit's name and description.
 pub struct Label<'a> {
     pub cluster: &'a str,
     pub peer: &'a str,
@@ -43,38 +45,55 @@ pub struct Label<'a> {
 
 /// A command the launcher started.
 pub struct Started {
-    /// The unit's name, or `pid N` for a child.
+    /// Its control group, unit, or `pid N`.
     pub unit: String,
     pub pty_master: Option<OwnedFd>,
     pub running: Running,
 }
 
+#[expect(
+    clippy::large_enum_variant,
+    reason = "one per running command, never moved in a loop"
+)]
 pub enum Running {
     Unit(UnitRun),
-    Child(Process),
+    Child(Process, Option<Arc<Group>>),
 }
 
 static NEXT: AtomicU64 = AtomicU64::new(1);
 
 impl Launcher {
-    /// Transient units when systemd runs this system and its bus answers,
-    /// else children; `direct` forces children.
-    pub async fn detect(direct: bool) -> anyhow::Result<Launcher> {
-        if direct || !std::path::Path::new("/run/systemd/system").exists() {
-            return Ok(Launcher::Direct);
-        }
-        let conn = Connection::system()
-            .await
-            .context("connecting to the system bus to start commands as systemd units")?;
-        // systemd sends unit property changes only to subscribed clients.
-        manager(&conn).await?.call_method("Subscribe", &()).await?;
-        Ok(Launcher::Systemd(conn))
+    /// With `delegated`, the subtree systemd delegated to this process
+    /// (an error if there is none); transient units when systemd runs
+    /// this system and its bus answers; else children.
+    pub async fn detect(delegated: bool) -> anyhow::Result<Launcher> {
+        let tree = if delegated {
+            Some(Tree::adopt().context("taking over the delegated control group (Delegate=yes)")?)
+        } else {
+            None
+        };
+        let systemd = if std::path::Path::new("/run/systemd/system").exists() {
+            let conn = Connection::system()
+                .await
+                .context("connecting to the system bus to start commands as systemd units")?;
+            // systemd sends unit property changes only to subscribed clients.
+            manager(&conn).await?.call_method("Subscribe", &()).await?;
+            Some(conn)
+        } else {
+            None
+        };
+        Ok(Launcher { tree, systemd })
     }
 
-    pub fn name(&self) -> &'static str {
-        match self {
-            Launcher::Systemd(_) => "transient systemd units",
-            Launcher::Direct => "children of the helper (no systemd)",
+    pub fn name(&self) -> String {
+        match (&self.tree, &self.systemd) {
+            (Some(t), Some(_)) => format!(
+                "control groups under {} (transient units for limits it cannot apply)",
+                t.base().display()
+            ),
+            (Some(t), None) => format!("control groups under {}", t.base().display()),
+            (None, Some(_)) => "transient systemd units".into(),
+            (None, None) => "children of the helper (no systemd, no limits)".into(),
         }
     }
 
@@ -89,22 +108,52 @@ impl Launcher {
         if let Some(fds) = pipes {
             spec.stdio = StdioMode::Fds(fds);
         }
-        match self {
-            Launcher::Direct => {
-                let mut process = Process::from_child(spawn::spawn(spec)?);
-                let pty_master = process.pty_master.take();
-                let unit = match &process.control {
-                    crate::exec::process::Control::Session(pid) => format!("pid {pid}"),
-                    crate::exec::process::Control::Helper(_) => unreachable!("a child"),
-                };
-                Ok(Started {
-                    unit,
-                    pty_master,
-                    running: Running::Child(process),
-                })
+        let name = format!(
+            "cmd-{}-{}-{}",
+            label.cluster,
+            &label.peer[..label.peer.len().min(8)],
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        );
+        let group = match (&self.tree, &self.systemd) {
+            (Some(tree), _) if tree.supports(&checked.limits) => {
+                let (group, procs) = tree.create(&name, &checked.limits)?;
+                spec.cgroup = Some(procs);
+                Some(Arc::new(group))
             }
-            Launcher::Systemd(conn) => start_unit(conn, spec, &checked.limits, label).await,
-        }
+            (_, Some(conn)) => {
+                let unit = format!("malai-{name}-{}.service", std::process::id());
+                return start_unit(conn, unit, spec, &checked.limits, label).await;
+            }
+            (_, None) => {
+                if !checked.limits.is_empty() {
+                    tracing::warn!(
+                        "malai helper: no control groups here: {name} runs without its limits"
+                    );
+                }
+                None
+            }
+        };
+        let spawned = match spawn::spawn(spec) {
+            Ok(s) => s,
+            Err(e) => {
+                if let Some(g) = group.and_then(Arc::into_inner) {
+                    g.remove().await;
+                }
+                return Err(e);
+            }
+        };
+        let mut process = Process::from_child(spawned);
+        let pty_master = process.pty_master.take();
+        let unit = match (&group, &process.control) {
+            (Some(g), _) => g.name(),
+            (None, crate::command::process::Control::Session(pid)) => format!("pid {pid}"),
+            (None, crate::command::process::Control::Helper(_)) => unreachable!("a child"),
+        };
+        Ok(Started {
+            unit,
+            pty_master,
+            running: Running::Child(process, group),
+        })
     }
 }
 
@@ -146,28 +195,19 @@ fn limit_properties(limits: &Limits) -> Vec<(&'static str, Variant<'static>)> {
     props
 }
 
-async fn start_unit(
-    conn: &Connection,
-    spec: spawn::Spec,
+/// The properties of the unit that runs `prepared` (`exe` is its resolved
+/// argv[0]), without its terminal or descriptors.
+fn unit_properties(
+    prepared: &spawn::Prepared,
+    exe: &std::path::Path,
     limits: &Limits,
     label: &Label<'_>,
-) -> anyhow::Result<Started> {
-    let prepared = spawn::prepare(&spec)?;
-    let exe = spawn::resolve(&prepared.argv[0])
-        .with_context(|| format!("cannot run {:?}: no such program", prepared.argv[0]))?;
-    let name = format!(
-        "malai-cmd-{}-{}-{}-{}.service",
-        label.cluster,
-        &label.peer[..label.peer.len().min(8)],
-        std::process::id(),
-        NEXT.fetch_add(1, Ordering::Relaxed)
-    );
-    let what = if label.argv.is_empty() {
+) -> Vec<(&'static str, Variant<'static>)> {
+    let mut what = if label.argv.is_empty() {
         "a shell".to_owned()
     } else {
         shell_words::join(label.argv)
     };
-    let mut what = what;
     if what.len() > 200 {
         what.truncate(what.floor_char_boundary(200));
         what.push('…');
@@ -206,7 +246,20 @@ async fn start_unit(
         props.push(("User", Variant::from(prepared.user.name.clone())));
     }
     props.extend(limit_properties(limits));
+    props
+}
 
+async fn start_unit(
+    conn: &Connection,
+    name: String,
+    spec: spawn::Spec,
+    limits: &Limits,
+    label: &Label<'_>,
+) -> anyhow::Result<Started> {
+    let prepared = spawn::prepare(&spec)?;
+    let exe = spawn::resolve(&prepared.argv[0])
+        .with_context(|| format!("cannot run {:?}: no such program", prepared.argv[0]))?;
+    let mut props = unit_properties(&prepared, &exe, limits, label);
     let mut pty_master = None;
     let mut slave_keep = None;
     match (&spec.pty, &spec.stdio) {
@@ -231,9 +284,18 @@ async fn start_unit(
             slave_keep = Some(slave);
         }
         (None, StdioMode::Fds([i, o, e])) => {
-            props.push(("StandardInputFileDescriptor", Variant::from(zbus::Fd::from(i.as_fd()))));
-            props.push(("StandardOutputFileDescriptor", Variant::from(zbus::Fd::from(o.as_fd()))));
-            props.push(("StandardErrorFileDescriptor", Variant::from(zbus::Fd::from(e.as_fd()))));
+            props.push((
+                "StandardInputFileDescriptor",
+                Variant::from(zbus::Fd::from(i.as_fd())),
+            ));
+            props.push((
+                "StandardOutputFileDescriptor",
+                Variant::from(zbus::Fd::from(o.as_fd())),
+            ));
+            props.push((
+                "StandardErrorFileDescriptor",
+                Variant::from(zbus::Fd::from(e.as_fd())),
+            ));
         }
         (None, _) => anyhow::bail!("a command without a PTY needs its pipes"),
     }
@@ -323,14 +385,21 @@ impl UnitRun {
         let _ = self.unit.call_method("Unref", &()).await;
         code
     }
-
 }
 
 impl Running {
+    /// The exit code; a command's group goes with it (what it left
+    /// running is killed, as a unit's would be).
     pub async fn wait(&mut self) -> anyhow::Result<u8> {
         match self {
             Running::Unit(u) => u.wait().await,
-            Running::Child(p) => Ok(p.wait().await?),
+            Running::Child(p, group) => {
+                let code = p.wait().await?;
+                if let Some(g) = group.take().and_then(Arc::into_inner) {
+                    tokio::spawn(g.remove());
+                }
+                Ok(code)
+            }
         }
     }
 
@@ -338,16 +407,18 @@ impl Running {
     pub fn signaller(&self) -> Signaller {
         match self {
             Running::Unit(u) => Signaller::Unit(u.conn.clone(), u.name.clone()),
-            Running::Child(p) => Signaller::Child(p.control.clone()),
+            Running::Child(_, Some(g)) => Signaller::Group(g.clone()),
+            Running::Child(p, None) => Signaller::Child(p.control.clone()),
         }
     }
 }
 
-/// Signals every process of a command: its unit's control group, or its
+/// Signals every process of a command: its unit's or group's, or its
 /// session.
 pub enum Signaller {
     Unit(Connection, String),
-    Child(crate::exec::process::Control),
+    Group(Arc<Group>),
+    Child(crate::command::process::Control),
 }
 
 impl Signaller {
@@ -365,6 +436,7 @@ impl Signaller {
                     tracing::warn!("cannot signal {name}: {e}");
                 }
             }
+            Signaller::Group(g) => g.signal(signal),
             Signaller::Child(c) if signal == Signal::SIGKILL => c.kill(),
             Signaller::Child(c) => c.signal(signal),
         }

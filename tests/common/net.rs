@@ -252,7 +252,9 @@ impl Host {
             .unwrap();
         let mut cmd = self.malai(&["daemon"]);
         if let Some(user) = user {
-            let u = nix::unistd::User::from_name(user).unwrap().expect("the user exists");
+            let u = nix::unistd::User::from_name(user)
+                .unwrap()
+                .expect("the user exists");
             let mut as_user = self.command("setpriv");
             as_user
                 .args(["--reuid", &u.uid.to_string(), "--regid", &u.gid.to_string()])

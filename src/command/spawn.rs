@@ -13,7 +13,7 @@ use rustix::fs::{Mode, OFlags};
 use rustix::pty::OpenptFlags;
 use tokio::process::{Child, Command};
 
-use super::proto::{WindowSize, env_allowed};
+use super::{WindowSize, env_allowed};
 
 /// What to run, as decided by the ACL.
 pub struct Spec {
@@ -26,6 +26,9 @@ pub struct Spec {
     /// A command rule's argv: pagers and editors are neutralised, so that
     /// the rule cannot be widened into a shell (`RULE_ENV`).
     pub rule: bool,
+    /// The `cgroup.procs` of the command's own control group (the
+    /// privileged helper's): the child moves itself in before exec.
+    pub cgroup: Option<OwnedFd>,
 }
 
 /// Where a command's stdin, stdout and stderr go (ignored on a PTY).
@@ -128,7 +131,11 @@ pub fn prepare(spec: &Spec) -> anyhow::Result<Prepared> {
         env.push(("TERM".into(), "xterm-256color".into()));
     }
     if spec.rule {
-        env.extend(RULE_ENV.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())));
+        env.extend(
+            RULE_ENV
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned())),
+        );
     }
     let cwd = if user.dir.is_dir() {
         user.dir.clone()
@@ -208,7 +215,19 @@ pub fn spawn(spec: Spec) -> anyhow::Result<Spawned> {
         None
     };
     let with_pty = spec.pty.is_some();
-    set_up_child(&mut cmd, !inherit, with_pty, ids);
+    if let (Some(slave), true) = (&slave_for_child, switch) {
+        // The user's terminal, as login and sshd make it (the mode first:
+        // after the chown only its owner could change it).
+        rustix::fs::fchmod(slave, rustix::fs::Mode::from_raw_mode(0o620))?;
+        rustix::fs::fchown(
+            slave,
+            Some(rustix::process::Uid::from_raw(user.uid.as_raw())),
+            None,
+        )
+        .context("giving the terminal to the user")?;
+    }
+    let cgroup = spec.cgroup.as_ref().map(std::os::fd::AsRawFd::as_raw_fd);
+    set_up_child(&mut cmd, !inherit, with_pty, ids, cgroup);
 
     let child = cmd
         .spawn()
@@ -222,7 +241,8 @@ pub fn spawn(spec: Spec) -> anyhow::Result<Spawned> {
     })
 }
 
-/// In the child, between fork and exec: every inherited descriptor above
+/// In the child, between fork and exec: into its own control group when it
+/// has one, every inherited descriptor above
 /// stderr marked close-on-exec, a new session (so the command and
 /// everything it starts can be killed together; not for a command that
 /// keeps the caller's terminal), the PTY as controlling terminal, then the
@@ -233,13 +253,20 @@ fn set_up_child(
     new_session: bool,
     with_pty: bool,
     ids: Option<(Uid, Gid, Vec<Gid>)>,
+    cgroup: Option<std::os::fd::RawFd>,
 ) {
     // SAFETY: the closure runs in the forked child before exec and only makes
-    // system calls (close_range, setsid, ioctl, setgroups, setgid, setuid)
-    // on values prepared before the fork; it allocates nothing and takes no
-    // locks.
+    // system calls (write, close_range, setsid, ioctl, setgroups, setgid,
+    // setuid) on values prepared before the fork; it allocates nothing and
+    // takes no locks.
     unsafe {
         cmd.pre_exec(move || {
+            // First, while still root: "0" moves the writer, this child.
+            if let Some(fd) = cgroup
+                && libc::write(fd, b"0".as_ptr().cast(), 1) != 1
+            {
+                return Err(std::io::Error::last_os_error());
+            }
             // Every descriptor above stderr closes at exec, whatever flag it
             // was received or opened with: a second guard behind
             // close-on-exec on each descriptor the daemon takes in (D-Bus
