@@ -10,9 +10,9 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
 use crate::cluster::EditError;
+use crate::command::spawn::StdioMode;
 use crate::dbus::client;
 use crate::exec::ExecError;
-use crate::command::spawn::StdioMode;
 use crate::exit::{EXEC_FAILED, Failure, USAGE};
 use crate::home::Home;
 use crate::p2p::{self, EXEC_ALPN};

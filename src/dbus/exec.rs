@@ -17,10 +17,10 @@ use zbus::names::UniqueName;
 
 use super::Error;
 use crate::cluster::Cluster;
+use crate::command::spawn::StdioMode;
 use crate::exec::ExecError;
 use crate::exec::client::{Io, run_with};
 use crate::exec::proto::{ClientMsg, WindowSize};
-use crate::command::spawn::StdioMode;
 use crate::p2p::EXEC_ALPN;
 
 /// The running execs of one cluster object, by (caller, token): where that

@@ -7,8 +7,8 @@ use crate::acl::Grant;
 use crate::helper::{self, client, proto::Request};
 use crate::identity::Id52;
 
-use crate::command::process::Process;
 use super::proto::WindowSize;
+use crate::command::process::Process;
 use crate::command::spawn::{self, Spec, StdioMode};
 
 /// A command the ACL allowed, and what the helper needs to decide it again.

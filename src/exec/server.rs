@@ -17,12 +17,12 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{Notify, mpsc};
 
 use super::launch::{self, Launch};
-use crate::command::process::{Control, Process};
 use super::proto::{ClientMsg, ExecRequest, FORWARDED_SIGNALS, HostMsg};
-use crate::command::spawn;
 use crate::acl::{self, Decision, Request};
 use crate::audit;
 use crate::cluster::Cluster;
+use crate::command::process::{Control, Process};
+use crate::command::spawn;
 use crate::identity::Id52;
 use crate::p2p::frame::{self, Kind};
 

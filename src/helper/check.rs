@@ -9,8 +9,8 @@ use std::path::Path;
 
 use crate::acl::{self, Decision, Request as AclRequest};
 use crate::cluster::envelope::Envelope;
-use crate::config::{ClusterConfig, FileKind, Limits, cluster};
 use crate::command::spawn::{Spec, StdioMode};
+use crate::config::{ClusterConfig, FileKind, Limits, cluster};
 use crate::home::{CLUSTER_FILE, ENVELOPE_FILE, Home};
 use crate::identity::Id52;
 

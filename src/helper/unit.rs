@@ -20,9 +20,9 @@ use zbus::{Connection, Proxy, Variant};
 
 use super::cgroup::{Group, Tree};
 use super::check::Checked;
-use crate::config::Limits;
 use crate::command::process::Process;
 use crate::command::spawn::{self, StdioMode};
+use crate::config::Limits;
 
 const SYSTEMD: &str = "org.freedesktop.systemd1";
 const MANAGER_PATH: &str = "/org/freedesktop/systemd1";
