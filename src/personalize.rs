@@ -400,4 +400,31 @@ mod tests {
         assert!(!first.text.contains("protocol"), "{}", first.text);
         assert_eq!(first.withheld, ["the cluster's relay ([network])"]);
     }
+
+    #[test]
+    fn limits_reach_machines_that_understand_them_and_are_named_for_others() {
+        let cm = Identity::generate().id52();
+        let text = format!(
+            "[cluster-manager]\nid52 = \"{cm}\"\n[machine.cm]\nid52 = \"{cm}\"\n\
+             tasks_max = 64\nmemory_max = \"1G\"\n\
+             [machine.cm.command.build]\ncommand = \"make\"\nallow_from = \"cm\"\ncpu_quota = \"50%\"\n"
+        );
+        let config = cluster::parse(Path::new("cluster.toml"), &text, FileKind::Cluster).unwrap();
+        let now = machine_toml(&config, "cm", 3, PROTOCOL).unwrap();
+        assert!(now.withheld.is_empty(), "{:?}", now.withheld);
+        let got = cluster::parse(Path::new("machine.toml"), &now.text, FileKind::Machine).unwrap();
+        assert_eq!(got.machines["cm"].limits, config.machines["cm"].limits);
+        assert_eq!(
+            got.machines["cm"].commands["build"].limits,
+            config.machines["cm"].commands["build"].limits
+        );
+        // A protocol-2 machine would refuse the keys: left out, and named.
+        let older = machine_toml(&config, "cm", 3, 2).unwrap();
+        assert!(!older.text.contains("tasks_max"), "{}", older.text);
+        assert!(!older.text.contains("cpu_quota"), "{}", older.text);
+        assert_eq!(
+            older.withheld,
+            ["the limits of command build", "the limits of the machine"]
+        );
+    }
 }

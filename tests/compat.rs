@@ -65,7 +65,8 @@ fn a_first_release_machine_gets_only_what_it_understands_until_upgraded() {
         std::fs::read_to_string(&machine_toml).is_ok_and(|t| t.contains("allow_pty = true"))
     });
     let now = std::fs::read_to_string(&machine_toml).unwrap();
-    assert!(now.contains("protocol = 2"), "{now}");
+    let current = format!("protocol = {}", malai::personalize::PROTOCOL);
+    assert!(now.contains(&current), "{now}");
     web.wait_status("company: machine v2");
     wait_until("the CM no longer lists web01 as needing an upgrade", || {
         needs(&c).is_null()

@@ -55,6 +55,9 @@ pub fn memory_max(text: &str) -> Result<u64, String> {
         Some((i, c)) if c.is_ascii_alphabetic() => (&text[..i], Some(c.to_ascii_uppercase())),
         _ => (text, None),
     };
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("memory_max {text:?} is not a size"))?;
     let shift = match unit {
         None => 0,
         Some('K') => 10,
@@ -63,9 +66,6 @@ pub fn memory_max(text: &str) -> Result<u64, String> {
         Some('T') => 40,
         Some(c) => return Err(format!("unknown unit {c:?} in memory_max {text:?}")),
     };
-    let n: u64 = digits
-        .parse()
-        .map_err(|_| format!("memory_max {text:?} is not a size"))?;
     n.checked_mul(1 << shift)
         .filter(|&b| b > 0)
         .ok_or_else(|| format!("memory_max {text:?} is out of range"))
