@@ -4,7 +4,8 @@
 //! commands. The helper decides again from the CM-signed envelope on disk
 //! and the pinned CM key. The attacker here is another local user, and the
 //! daemon's own user turned hostile (tests/fixtures/helper_client.py speaks
-//! the helper's protocol as a compromised daemon would).
+//! the helper's protocol as a compromised daemon would). A command, a
+//! shell on a PTY and a disconnect go through the helper too.
 
 mod common;
 
@@ -132,7 +133,7 @@ fn an_unprivileged_daemon_runs_commands_only_through_the_helper_and_only_what_th
     let _lap = c.laptop.start_daemon();
     assert_eq!(uid_of(web.pid()), NOBODY, "web01's daemon runs as nobody");
     c.write_cluster_toml(
-        "[machine.web01.command.id]\ncommand = \"id\"\nallow_from = \"laptop\"\nallow_args = true\n\
+        "allow_shell = \"laptop\"\n[machine.web01.command.id]\ncommand = \"id\"\nallow_from = \"laptop\"\nallow_args = true\n\
          [machine.web01.command.sleep]\ncommand = \"sleep\"\nallow_from = \"laptop\"\nallow_args = true",
         "",
         "",
@@ -166,6 +167,27 @@ fn an_unprivileged_daemon_runs_commands_only_through_the_helper_and_only_what_th
     let _ = cli.wait();
     wait_until("the helper killed the abandoned sleep", || {
         pids_matching(&needle).is_empty()
+    });
+
+    // A shell on a PTY the helper made: root's, its terminal root's too.
+    let scratch = tempfile::tempdir().unwrap();
+    let exit_file = scratch.path().join("exit");
+    let term = common::tmux::Tmux::start(
+        100,
+        30,
+        &format!(
+            "env -u MALAI_LOG MALAI_DBUS_ADDRESS=disabled MALAI_HOME={} {} web01.company; echo EXIT=$? > {}; sleep 600",
+            c.laptop.home.path().display(),
+            common::malai_bin(),
+            exit_file.display()
+        ),
+    );
+    term.wait_screen("the remote shell's prompt", |s| !s.trim().is_empty());
+    term.type_line("echo ID-$(id -u)-$(stat -c %u $(tty))-$((6*7))");
+    term.wait_screen("the shell to answer", |s| s.contains("ID-0-0-42"));
+    term.type_line("exit 3");
+    wait_until("the shell's exit code reaches the client", || {
+        std::fs::read_to_string(&exit_file).is_ok_and(|t| t.trim() == "EXIT=3")
     });
 
     // Another local user: refused before anything is read.
