@@ -121,6 +121,9 @@ pub fn check(home: &Home, pins: &Path, req: &Request) -> Result<Checked, Refusal
         Decision::Deny(reason) => return Err(Refusal::Denied(reason)),
         Decision::Allow(grant) => grant,
     };
+    // The daemon's word for who the local caller is: the helper cannot see
+    // the D-Bus caller, so a compromised daemon can pick any local user
+    // for what this device itself may run (README, "Privilege separation").
     let username = match (req.local_uid, &grant.rule) {
         (Some(uid), None) => Some(
             nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid))
