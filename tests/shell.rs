@@ -177,6 +177,19 @@ fn shell_exit_with_a_background_job_returns() {
     wait_until("web01 logs the shell's exit", || {
         web.log_text().contains("exited with 3")
     });
+    // Nothing of web01's daemon waits on the PTY the job still holds: no
+    // reader, no descriptor of its master side.
+    let ptmx = || {
+        std::fs::read_dir(format!("/proc/{}/fd", web.pid()))
+            .unwrap()
+            .flatten()
+            .filter(|fd| {
+                std::fs::read_link(fd.path())
+                    .is_ok_and(|target| target.to_string_lossy().ends_with("ptmx"))
+            })
+            .count()
+    };
+    wait_until("web01 let go of the shell's PTY", || ptmx() == 0);
 }
 
 /// Brings up the company on loopback with `web_rules` for web01 and

@@ -5,6 +5,8 @@
 //! and signals or kills it through `Control`.
 
 use std::os::fd::OwnedFd;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use nix::sys::signal::Signal;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -35,8 +37,9 @@ enum Exit {
 /// Signals a running command and everything it started.
 #[derive(Debug, Clone)]
 pub enum Control {
-    /// A child of this process: its session id.
-    Session(i32),
+    /// A child of this process: its session id, and whether it was reaped
+    /// (its pid may then be another process's).
+    Session(i32, Arc<AtomicBool>),
     /// A command of the privileged helper: what goes to it.
     Helper(mpsc::UnboundedSender<Signal>),
 }
@@ -46,7 +49,13 @@ impl Control {
     /// group here, to every process of its unit through the helper.
     pub fn signal(&self, signal: Signal) {
         match self {
-            Control::Session(pgid) => spawn::kill_group(*pgid, signal),
+            Control::Session(pgid, reaped) if !reaped.load(Ordering::SeqCst) => {
+                spawn::kill_group(*pgid, signal);
+            }
+            // Reaped: its pid (the session and group id) may be a new
+            // process's now; what it left running is no longer ours here
+            // (the helper's control group takes it).
+            Control::Session(..) => {}
             Control::Helper(tx) => {
                 let _ = tx.send(signal);
             }
@@ -57,7 +66,10 @@ impl Control {
     /// whole control group through the helper).
     pub fn kill(&self) {
         match self {
-            Control::Session(sid) => spawn::kill_session(*sid, Signal::SIGKILL),
+            Control::Session(sid, reaped) if !reaped.load(Ordering::SeqCst) => {
+                spawn::kill_session(*sid, Signal::SIGKILL);
+            }
+            Control::Session(..) => {}
             Control::Helper(tx) => {
                 let _ = tx.send(Signal::SIGKILL);
             }
@@ -74,7 +86,7 @@ impl Process {
             stdout: take(s.child.stdout.take()),
             stderr: s.child.stderr.take().map(|r| Box::new(r) as Reader),
             pty_master: s.pty_master.take(),
-            control: Control::Session(s.pgid),
+            control: Control::Session(s.pgid, Arc::default()),
             exit: Exit::Child(s.child),
         }
     }
@@ -110,7 +122,13 @@ impl Process {
     /// Waits for the command to end: its exit code, or 128+N for signal N.
     pub async fn wait(&mut self) -> std::io::Result<u8> {
         match &mut self.exit {
-            Exit::Child(child) => Ok(spawn::exit_code(child.wait().await?)),
+            Exit::Child(child) => {
+                let status = child.wait().await?;
+                if let Control::Session(_, reaped) = &self.control {
+                    reaped.store(true, Ordering::SeqCst);
+                }
+                Ok(spawn::exit_code(status))
+            }
             Exit::Helper(rx) => match rx.await {
                 Ok(Ok(code)) => Ok(code),
                 Ok(Err(why)) => Err(std::io::Error::other(why)),
@@ -119,5 +137,50 @@ impl Process {
                 )),
             },
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::command::spawn::{Spec, StdioMode};
+
+    /// Once a command is reaped its pid may be reused: signals and kills
+    /// through its `Control` go nowhere (a stand-in for the reused pid, a
+    /// process of this test's own, survives them).
+    #[tokio::test]
+    async fn a_reaped_command_is_never_signalled_again() {
+        let spec = |argv: &[&str]| Spec {
+            argv: argv.iter().map(|s| (*s).to_owned()).collect(),
+            username: None,
+            env: Vec::new(),
+            pty: None,
+            stdio: StdioMode::Piped,
+            rule: false,
+            cgroup: None,
+        };
+        let mut done = Process::from_child(spawn::spawn(spec(&["true"])).unwrap());
+        assert_eq!(done.wait().await.unwrap(), 0);
+        let mut victim = Process::from_child(spawn::spawn(spec(&["sleep", "1000"])).unwrap());
+        let Control::Session(victim_pid, _) = victim.control.clone() else {
+            unreachable!("a child")
+        };
+        let Control::Session(_, reaped) = done.control.clone() else {
+            unreachable!("a child")
+        };
+        // The reaped command's Control, as if its pid were the victim's.
+        let reused = Control::Session(victim_pid, reaped);
+        reused.signal(Signal::SIGTERM);
+        reused.kill();
+        // Signals are sent at once; a victim hit by one would be gone well
+        // within this bound.
+        let still =
+            tokio::time::timeout(std::time::Duration::from_millis(200), victim.wait()).await;
+        assert!(
+            still.is_err(),
+            "the process behind a reused pid was signalled"
+        );
+        victim.control.kill();
+        assert_eq!(victim.wait().await.unwrap(), 128 + 9);
     }
 }

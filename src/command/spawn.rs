@@ -333,7 +333,8 @@ pub fn kill_group(pgid: i32, signal: nix::sys::signal::Signal) {
 
 /// Sends `signal` to every process of the session `sid` (the command and
 /// everything it started, background jobs of a shell included, which live in
-/// process groups of their own).
+/// process groups of their own). Only while the leader is not reaped: its
+/// pid may be another process's after that (`process::Control`).
 pub fn kill_session(sid: i32, signal: nix::sys::signal::Signal) {
     kill_group(sid, signal);
     let Ok(entries) = std::fs::read_dir("/proc") else {

@@ -6,7 +6,6 @@
 //! to finish.
 
 use std::collections::HashMap;
-use std::io::{Read, Write};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -312,8 +311,8 @@ async fn pump(mut s: Process, mut send: SendStream, recv: RecvStream) -> anyhow:
         loop {
             match frame::read(&mut recv, &mut buf).await {
                 Ok(Some(Kind::Stdin)) => {
-                    if let Some(sink) = stdin_sink.as_mut() {
-                        let _ = sink(std::mem::take(&mut buf)).await;
+                    if let Some(sink) = stdin_sink.as_ref() {
+                        let _ = sink.write_all(&buf).await;
                     } else if let Some(stdin) = child_stdin.as_mut()
                         && stdin.write_all(&buf).await.is_err()
                     {
@@ -352,12 +351,13 @@ async fn pump(mut s: Process, mut send: SendStream, recv: RecvStream) -> anyhow:
             return Err(gone);
         }
     };
-    for r in readers {
+    for mut r in readers {
         if on_pty {
             // What the shell wrote before exiting is in the PTY already; a
             // background job that keeps the PTY open must not hold the exit
-            // back (ssh returns at once too).
-            let _ = tokio::time::timeout(PTY_DRAIN, r).await;
+            // back (ssh returns at once too), nor the reader stay behind.
+            let _ = tokio::time::timeout(PTY_DRAIN, &mut r).await;
+            r.abort();
         } else {
             let _ = r.await;
         }
@@ -372,35 +372,61 @@ async fn pump(mut s: Process, mut send: SendStream, recv: RecvStream) -> anyhow:
     Ok(code)
 }
 
-/// A command on a PTY: a blocking reader of the master side that sends its
-/// output to `tx`, and the sink its stdin goes to.
+/// A command on a PTY: the master side, non-blocking, read by a task that
+/// sends its output to `tx` (no thread waits on it, so a background job that
+/// keeps the PTY open after the shell exited holds nothing of the daemon's
+/// once that task is aborted), and the sink its stdin goes to.
+#[allow(unsafe_code)]
 fn pty_io(
     master: &std::os::fd::OwnedFd,
     tx: mpsc::Sender<(Kind, Vec<u8>)>,
 ) -> anyhow::Result<(tokio::task::JoinHandle<()>, StdinSink)> {
-    let mut reader = std::fs::File::from(master.try_clone()?);
-    let read = tokio::task::spawn_blocking(move || {
+    let fd = master.try_clone()?;
+    let flags = rustix::fs::fcntl_getfl(&fd)?;
+    rustix::fs::fcntl_setfl(&fd, flags | rustix::fs::OFlags::NONBLOCK)?;
+    // SAFETY: the AsyncFd owns `fd` (an OwnedFd: open until the AsyncFd is
+    // dropped, its raw descriptor never changes).
+    let pty = Arc::new(
+        unsafe { tokio::io::unix::AsyncFd::register(fd) }.map_err(|e| anyhow::anyhow!("{e}"))?,
+    );
+    let reading = pty.clone();
+    let read = tokio::spawn(async move {
         let mut buf = vec![0u8; CHUNK];
-        // EIO once every process has closed the PTY's other side.
-        while let Ok(n) = reader.read(&mut buf) {
-            if n == 0 || tx.blocking_send((Kind::Stdout, buf[..n].to_vec())).is_err() {
+        loop {
+            let Ok(mut ready) = reading.readable().await else {
                 break;
+            };
+            match ready.try_io(|fd| rustix::io::read(fd.get_ref(), &mut buf).map_err(Into::into)) {
+                // EIO once every process has closed the PTY's other side.
+                Ok(Ok(0) | Err(_)) => break,
+                Ok(Ok(n)) => {
+                    if tx.send((Kind::Stdout, buf[..n].to_vec())).await.is_err() {
+                        break;
+                    }
+                }
+                Err(_would_block) => {}
             }
         }
     });
-    let writer = Arc::new(Mutex::new(std::fs::File::from(master.try_clone()?)));
-    let sink: StdinSink = Box::new(move |bytes: Vec<u8>| {
-        let writer = writer.clone();
-        tokio::task::spawn_blocking(move || {
-            writer.lock().expect("pty writer").write_all(&bytes).is_ok()
-        })
-    });
-    Ok((read, sink))
+    Ok((read, StdinSink(pty)))
 }
 
-/// Where stdin goes when the command runs on a PTY: a blocking write to the
-/// master side, off the async threads.
-type StdinSink = Box<dyn FnMut(Vec<u8>) -> tokio::task::JoinHandle<bool> + Send>;
+/// Where stdin goes when the command runs on a PTY: the master side.
+struct StdinSink(Arc<tokio::io::unix::AsyncFd<std::os::fd::OwnedFd>>);
+
+impl StdinSink {
+    async fn write_all(&self, mut bytes: &[u8]) -> std::io::Result<()> {
+        while !bytes.is_empty() {
+            let mut ready = self.0.writable().await?;
+            match ready.try_io(|fd| rustix::io::write(fd.get_ref(), bytes).map_err(Into::into)) {
+                Ok(Ok(n)) => bytes = &bytes[n..],
+                Ok(Err(e)) => return Err(e),
+                Err(_would_block) => {}
+            }
+        }
+        Ok(())
+    }
+}
 
 async fn read_into<R: AsyncRead + Unpin>(mut r: R, kind: Kind, tx: mpsc::Sender<(Kind, Vec<u8>)>) {
     let mut buf = vec![0u8; CHUNK];

@@ -146,7 +146,7 @@ impl Launcher {
         let pty_master = process.pty_master.take();
         let unit = match (&group, &process.control) {
             (Some(g), _) => g.name(),
-            (None, crate::command::process::Control::Session(pid)) => format!("pid {pid}"),
+            (None, crate::command::process::Control::Session(pid, _)) => format!("pid {pid}"),
             (None, crate::command::process::Control::Helper(_)) => unreachable!("a child"),
         };
         Ok(Started {
