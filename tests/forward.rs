@@ -956,6 +956,69 @@ fn a_connection_header_naming_ours_does_not_remove_the_identity() {
     let _ = (&w.cm, &w.web, &w.lap);
 }
 
+/// A page of another site, open in a browser on the laptop, cannot make
+/// that browser act on a service through the HTTP listener (CSRF, DNS
+/// rebinding): an unsafe request it sends is refused before the service
+/// sees it; the same device's pages and plain reads pass.
+#[test]
+fn a_page_of_another_site_cannot_make_the_browser_act_through_the_listener() {
+    require_tools(&[("curl", "curl"), ("python3", "python3")]);
+    let w = web_company(LAPTOP_HTTP, "");
+    let c = &w.c;
+    let http = w.ports.lap_http;
+    let url = |path: &str| format!("http://admin.company.localhost:{http}{path}");
+    let status = |args: &[&str]| {
+        let out = curl(
+            &c.laptop,
+            &[&["-o", "/dev/null", "-w", "%{http_code}"][..], args].concat(),
+        );
+        text(&out)
+    };
+    let here = format!("Origin: http://admin.company.localhost:{http}");
+    let cases: [(&[&str], &str, &str); 5] = [
+        (
+            &[
+                "-X",
+                "POST",
+                "-H",
+                "Origin: https://evil.example",
+                "-d",
+                "x",
+            ],
+            "/evil-origin",
+            "403",
+        ),
+        (
+            &["-X", "DELETE", "-H", "Sec-Fetch-Site: cross-site"],
+            "/evil-fetch-site",
+            "403",
+        ),
+        (
+            &["-X", "POST", "-H", "Origin: null", "-d", "x"],
+            "/evil-null",
+            "403",
+        ),
+        (
+            &["-X", "POST", "-H", &here, "-d", "x"],
+            "/same-device",
+            "200",
+        ),
+        (&["-H", "Origin: https://evil.example"], "/a-read", "200"),
+    ];
+    for (args, path, want) in cases {
+        let got = status(&[args, &[url(path).as_str()][..]].concat());
+        assert_eq!(got, want, "{args:?} {path}");
+    }
+    let seen: Vec<String> = w
+        .requests()
+        .iter()
+        .map(|r| r["path"].as_str().unwrap().to_owned())
+        .collect();
+    assert!(!seen.iter().any(|p| p.starts_with("/evil")), "{seen:?}");
+    assert!(seen.contains(&"/same-device".to_owned()) && seen.contains(&"/a-read".to_owned()));
+    let _ = (&w.cm, &w.web, &w.lap);
+}
+
 #[test]
 fn only_a_websocket_upgrade_switches_protocols() {
     require_tools(&[("curl", "curl"), ("python3", "python3")]);

@@ -29,6 +29,14 @@
 //! a WebSocket upgrade with `Upgrade: websocket` is answered 502, never
 //! piped.
 //!
+//! A request that looks like a web page of another site making this
+//! device's browser act (cross-site request forgery, DNS rebinding) is
+//! answered 403 and never reaches the service: an unsafe method (anything
+//! but GET, HEAD, OPTIONS, TRACE), or a WebSocket handshake (which CORS
+//! does not guard), sent with `Sec-Fetch-Site: cross-site` or with an
+//! `Origin` that is neither this device (`localhost`, `*.localhost`, a
+//! loopback address) nor the request's own `Host`.
+//!
 //! A request the service's connection closed under (an idle keep-alive
 //! connection it dropped just then) is sent once more on a new connection
 //! when it never left or has no body and a safe method.
@@ -147,6 +155,10 @@ impl Upstream {
 
 impl Proxy {
     async fn handle(&self, mut req: Request<Incoming>) -> Response<Body> {
+        if let Some(why) = cross_site(&req) {
+            tracing::info!("http: refused {} {}: {why}", req.method(), req.uri().path());
+            return error_page(StatusCode::FORBIDDEN, &why);
+        }
         let websocket = rewrite_request(req.headers_mut(), self.inject.as_deref());
         let client_upgrade = websocket.then(|| hyper::upgrade::on(&mut req));
         let replay = replayable(&req);
@@ -326,6 +338,56 @@ fn strip_hop_by_hop(headers: &mut HeaderMap, websocket: bool) {
     }
 }
 
+/// Why `req` looks sent by a page of another site (the module's header),
+/// if it does.
+fn cross_site<B>(req: &Request<B>) -> Option<String> {
+    let headers = req.headers();
+    let unsafe_method = !matches!(
+        *req.method(),
+        hyper::Method::GET | hyper::Method::HEAD | hyper::Method::OPTIONS | hyper::Method::TRACE
+    );
+    if !unsafe_method && !wants_websocket(headers) {
+        return None;
+    }
+    let fetch_site = headers
+        .get("sec-fetch-site")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if fetch_site.eq_ignore_ascii_case("cross-site") {
+        return Some("a page of another site sent it (Sec-Fetch-Site: cross-site)".into());
+    }
+    let origin = headers.get(hyper::header::ORIGIN)?;
+    let host = headers
+        .get(hyper::header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let origin_host = origin
+        .to_str()
+        .ok()
+        .and_then(|o| o.split_once("://"))
+        .map(|(_, rest)| rest.trim_end_matches('/'))
+        .unwrap_or("");
+    let name = match origin_host.rsplit_once(':') {
+        Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) => name,
+        _ => origin_host,
+    }
+    .trim_start_matches('[')
+    .trim_end_matches(']')
+    .to_ascii_lowercase();
+    let this_device = name == "localhost"
+        || name.ends_with(".localhost")
+        || name
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback());
+    if this_device || (!origin_host.is_empty() && origin_host.eq_ignore_ascii_case(host)) {
+        return None;
+    }
+    Some(format!(
+        "a page of another site sent it (Origin: {})",
+        String::from_utf8_lossy(origin.as_bytes())
+    ))
+}
+
 fn error_page(status: StatusCode, message: &str) -> Response<Body> {
     let body = format!("{status}: {message}\n");
     let mut resp = Response::new(full_body(Bytes::from(body)));
@@ -340,6 +402,47 @@ fn error_page(status: StatusCode, message: &str) -> Response<Body> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn unsafe_requests_from_another_site_are_refused_and_the_rest_pass() {
+        let req = |method: &str, pairs: &[(&str, &str)]| {
+            let mut b = Request::builder()
+                .method(method)
+                .uri("/")
+                .header("host", "admin.company.localhost:8080");
+            for (k, v) in pairs {
+                b = b.header(*k, *v);
+            }
+            b.body(()).unwrap()
+        };
+        let evil = ("origin", "https://evil.example");
+        let refused = [
+            req("POST", &[evil]),
+            req("DELETE", &[("origin", "null")]),
+            req("PUT", &[("sec-fetch-site", "cross-site")]),
+            req("POST", &[("origin", "http://192.168.1.9")]),
+            req(
+                "GET",
+                &[evil, ("connection", "Upgrade"), ("upgrade", "websocket")],
+            ),
+        ];
+        for r in &refused {
+            assert!(cross_site(r).is_some(), "{r:?}");
+        }
+        let passed = [
+            req("GET", &[evil]),
+            req("HEAD", &[("sec-fetch-site", "cross-site")]),
+            req("POST", &[]),
+            req("POST", &[("origin", "http://admin.company.localhost:8080")]),
+            req("POST", &[("origin", "http://app.company.localhost:8080")]),
+            req("POST", &[("origin", "http://127.0.0.1:3000")]),
+            req("POST", &[("origin", "http://[::1]:3000")]),
+            req("POST", &[("sec-fetch-site", "same-site")]),
+        ];
+        for r in &passed {
+            assert_eq!(cross_site(r), None, "{r:?}");
+        }
+    }
 
     #[test]
     fn client_sent_headers_are_stripped_under_any_spelling() {
