@@ -159,7 +159,7 @@ impl Group {
     }
 
     /// Kills what is left in the group and removes it once it is empty.
-    pub async fn remove(self) {
+    pub async fn remove(&self) {
         for _ in 0..100 {
             self.signal(nix::sys::signal::Signal::SIGKILL);
             if std::fs::remove_dir(&self.path).is_ok() {

@@ -133,10 +133,16 @@ impl Launcher {
                 None
             }
         };
-        let spawned = match spawn::spawn(spec) {
+        let t0 = std::time::Instant::now();
+        let spawned = spawn::spawn(spec);
+        tracing::debug!(
+            "malai helper: {name}: fork and exec took {} µs",
+            t0.elapsed().as_micros()
+        );
+        let spawned = match spawned {
             Ok(s) => s,
             Err(e) => {
-                if let Some(g) = group.and_then(Arc::into_inner) {
+                if let Some(g) = group {
                     g.remove().await;
                 }
                 return Err(e);
@@ -395,8 +401,10 @@ impl Running {
             Running::Unit(u) => u.wait().await,
             Running::Child(p, group) => {
                 let code = p.wait().await?;
-                if let Some(g) = group.take().and_then(Arc::into_inner) {
-                    tokio::spawn(g.remove());
+                // The group goes even while a Signaller still holds it: what
+                // the command left running dies with it.
+                if let Some(g) = group.take() {
+                    tokio::spawn(async move { g.remove().await });
                 }
                 Ok(code)
             }
