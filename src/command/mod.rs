@@ -3,6 +3,7 @@
 //! and the running `Process`, whether this process or the privileged
 //! helper started it. Below both the exec host and the helper.
 
+pub mod clone;
 pub mod process;
 pub mod spawn;
 

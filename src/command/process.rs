@@ -32,6 +32,8 @@ enum Exit {
     Child(tokio::process::Child),
     /// The helper's answer: the exit code, or why it is unknown.
     Helper(oneshot::Receiver<Result<u8, String>>),
+    /// A child started in its control group (`clone::spawn_in`): its pidfd.
+    Pidfd(tokio::io::unix::AsyncFd<OwnedFd>),
 }
 
 /// Signals a running command and everything it started.
@@ -91,6 +93,23 @@ impl Process {
         }
     }
 
+    /// A child started in its control group.
+    #[allow(unsafe_code)]
+    pub fn from_clone(c: super::clone::Cloned) -> std::io::Result<Process> {
+        // SAFETY: the AsyncFd owns the pidfd (an OwnedFd: open until it is
+        // dropped, its raw descriptor never changes).
+        let pidfd = unsafe { tokio::io::unix::AsyncFd::register(c.pidfd) }
+            .map_err(|e| std::io::Error::other(e.to_string()))?;
+        Ok(Process {
+            stdin: None,
+            stdout: None,
+            stderr: None,
+            pty_master: c.pty_master,
+            control: Control::Session(c.pid, Arc::default()),
+            exit: Exit::Pidfd(pidfd),
+        })
+    }
+
     /// A command the helper runs; `exit` delivers its exit code.
     pub fn from_helper(
         pipes: [Option<OwnedFd>; 3],
@@ -129,6 +148,19 @@ impl Process {
                 }
                 Ok(spawn::exit_code(status))
             }
+            Exit::Pidfd(pidfd) => {
+                let code = loop {
+                    let mut ready = pidfd.readable().await?;
+                    match ready.try_io(|fd| waitid_exited(fd.get_ref())) {
+                        Ok(result) => break result?,
+                        Err(_would_block) => {}
+                    }
+                };
+                if let Control::Session(_, reaped) = &self.control {
+                    reaped.store(true, Ordering::SeqCst);
+                }
+                Ok(code)
+            }
             Exit::Helper(rx) => match rx.await {
                 Ok(Ok(code)) => Ok(code),
                 Ok(Err(why)) => Err(std::io::Error::other(why)),
@@ -137,6 +169,29 @@ impl Process {
                 )),
             },
         }
+    }
+}
+
+/// Reaps the exited child of `pidfd`: its exit code, or 128+N for signal
+/// N; `WouldBlock` while it runs.
+#[allow(unsafe_code)]
+fn waitid_exited(pidfd: &OwnedFd) -> std::io::Result<u8> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: waitid fills `info`, a plain C struct; the pidfd is open.
+    unsafe {
+        let mut info: libc::siginfo_t = std::mem::zeroed();
+        let id = libc::id_t::try_from(pidfd.as_raw_fd()).map_err(std::io::Error::other)?;
+        if libc::waitid(libc::P_PIDFD, id, &mut info, libc::WEXITED | libc::WNOHANG) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        if info.si_pid() == 0 {
+            return Err(std::io::ErrorKind::WouldBlock.into());
+        }
+        let status = info.si_status();
+        Ok(match info.si_code {
+            libc::CLD_EXITED => status as u8,
+            _ => (128 + status) as u8,
+        })
     }
 }
 
@@ -157,7 +212,6 @@ mod tests {
             pty: None,
             stdio: StdioMode::Piped,
             rule: false,
-            cgroup: None,
         };
         let mut done = Process::from_child(spawn::spawn(spec(&["true"])).unwrap());
         assert_eq!(done.wait().await.unwrap(), 0);

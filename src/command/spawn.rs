@@ -26,9 +26,6 @@ pub struct Spec {
     /// A command rule's argv: pagers and editors are neutralised, so that
     /// the rule cannot be widened into a shell (`RULE_ENV`).
     pub rule: bool,
-    /// The `cgroup.procs` of the command's own control group (the
-    /// privileged helper's): the child moves itself in before exec.
-    pub cgroup: Option<OwnedFd>,
 }
 
 /// Where a command's stdin, stdout and stderr go (ignored on a PTY).
@@ -226,8 +223,7 @@ pub fn spawn(spec: Spec) -> anyhow::Result<Spawned> {
         )
         .context("giving the terminal to the user")?;
     }
-    let cgroup = spec.cgroup.as_ref().map(std::os::fd::AsRawFd::as_raw_fd);
-    set_up_child(&mut cmd, !inherit, with_pty, ids, cgroup);
+    set_up_child(&mut cmd, !inherit, with_pty, ids);
 
     let child = cmd
         .spawn()
@@ -241,8 +237,7 @@ pub fn spawn(spec: Spec) -> anyhow::Result<Spawned> {
     })
 }
 
-/// In the child, between fork and exec: into its own control group when it
-/// has one, every inherited descriptor above
+/// In the child, between fork and exec: every inherited descriptor above
 /// stderr marked close-on-exec, a new session (so the command and
 /// everything it starts can be killed together; not for a command that
 /// keeps the caller's terminal), the PTY as controlling terminal, then the
@@ -253,20 +248,13 @@ fn set_up_child(
     new_session: bool,
     with_pty: bool,
     ids: Option<(Uid, Gid, Vec<Gid>)>,
-    cgroup: Option<std::os::fd::RawFd>,
 ) {
     // SAFETY: the closure runs in the forked child before exec and only makes
-    // system calls (write, close_range, setsid, ioctl, setgroups, setgid,
-    // setuid) on values prepared before the fork; it allocates nothing and
-    // takes no locks.
+    // system calls (close_range, setsid, ioctl, setgroups, setgid, setuid)
+    // on values prepared before the fork; it allocates nothing and takes no
+    // locks.
     unsafe {
         cmd.pre_exec(move || {
-            // First, while still root: "0" moves the writer, this child.
-            if let Some(fd) = cgroup
-                && libc::write(fd, b"0".as_ptr().cast(), 1) != 1
-            {
-                return Err(std::io::Error::last_os_error());
-            }
             // Every descriptor above stderr closes at exec, whatever flag it
             // was received or opened with: a second guard behind
             // close-on-exec on each descriptor the daemon takes in (D-Bus

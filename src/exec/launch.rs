@@ -56,7 +56,6 @@ pub async fn start(l: Launch<'_>) -> anyhow::Result<Process> {
         pty: l.pty,
         stdio: l.stdio,
         rule: l.grant.rule.is_some(),
-        cgroup: None,
     })?;
     Ok(Process::from_child(spawned))
 }

@@ -2,11 +2,11 @@
 //! delegated subtree (`Delegate=yes` in malai-helper.service): the helper
 //! moves itself into a leaf (`supervisor`), enables for its children the
 //! controllers systemd delegated (pids, memory, cpu), makes one group per
-//! command with its limits, and the command's child moves itself into it
-//! before exec (`cgroup.procs`, from `pre_exec`). `cgroup.kill` then ends
-//! the whole group, double forks and `setsid` escapes included. About a
-//! tenth of a millisecond per command, against ~10 ms for a transient unit
-//! (measured in tests/deb/run); where a limit's controller is not
+//! command with its limits, and starts the command in it
+//! (`command::clone`, `CLONE_INTO_CGROUP`). `cgroup.kill` then ends
+//! the whole group, double forks and `setsid` escapes included. Under a
+//! millisecond per command, against ~10 ms for a transient unit
+//! (docs/BENCHMARKS.md); where a limit's controller is not
 //! delegated (a host whose controllers are on cgroup v1), the launcher
 //! falls back to a transient unit for commands with limits.
 
@@ -97,8 +97,8 @@ impl Tree {
             && (limits.cpu_quota.is_none() || has("cpu"))
     }
 
-    /// A new group `name` with `limits`, and the descriptor of its
-    /// `cgroup.procs` for the child to move itself in with.
+    /// A new group `name` with `limits`, and its directory open, for
+    /// `clone3` to start the command in.
     pub fn create(&self, name: &str, limits: &Limits) -> io::Result<(Group, OwnedFd)> {
         let path = self.base.join(name);
         std::fs::create_dir(&path)?;
@@ -123,10 +123,8 @@ impl Tree {
                 &format!("{} 100000", l.value / 10),
             )?;
         }
-        let procs = std::fs::OpenOptions::new()
-            .write(true)
-            .open(group.path.join("cgroup.procs"))?;
-        Ok((group, procs.into()))
+        let dir = std::fs::File::open(&group.path)?;
+        Ok((group, dir.into()))
     }
 }
 

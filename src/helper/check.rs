@@ -142,7 +142,6 @@ pub fn check(home: &Home, pins: &Path, req: &Request) -> Result<Checked, Refusal
             pty: req.pty,
             stdio: StdioMode::Piped,
             rule: grant.rule.is_some(),
-            cgroup: None,
         },
         limits: grant.limits,
         version,

@@ -20,6 +20,7 @@ use zbus::{Connection, Proxy, Variant};
 
 use super::cgroup::{Group, Tree};
 use super::check::Checked;
+use crate::command::clone;
 use crate::command::process::Process;
 use crate::command::spawn::{self, StdioMode};
 use crate::config::Limits;
@@ -114,11 +115,10 @@ impl Launcher {
             &label.peer[..label.peer.len().min(8)],
             NEXT.fetch_add(1, Ordering::Relaxed)
         );
-        let group = match (&self.tree, &self.systemd) {
+        let (group, cgroup_dir) = match (&self.tree, &self.systemd) {
             (Some(tree), _) if tree.supports(&checked.limits) => {
-                let (group, procs) = tree.create(&name, &checked.limits)?;
-                spec.cgroup = Some(procs);
-                Some(Arc::new(group))
+                let (group, dir) = tree.create(&name, &checked.limits)?;
+                (Some(Arc::new(group)), Some(dir))
             }
             (_, Some(conn)) => {
                 let unit = format!("malai-{name}-{}.service", std::process::id());
@@ -130,17 +130,20 @@ impl Launcher {
                         "malai helper: no control groups here: {name} runs without its limits"
                     );
                 }
-                None
+                (None, None)
             }
         };
         let t0 = std::time::Instant::now();
-        let spawned = spawn::spawn(spec);
+        let spawned = match &cgroup_dir {
+            Some(dir) => clone::spawn_in(spec, dir).and_then(|c| Ok(Process::from_clone(c)?)),
+            None => spawn::spawn(spec).map(Process::from_child),
+        };
         tracing::debug!(
             "malai helper: {name}: fork and exec took {} µs",
             t0.elapsed().as_micros()
         );
-        let spawned = match spawned {
-            Ok(s) => s,
+        let mut process = match spawned {
+            Ok(p) => p,
             Err(e) => {
                 if let Some(g) = group {
                     g.remove().await;
@@ -148,7 +151,6 @@ impl Launcher {
                 return Err(e);
             }
         };
-        let mut process = Process::from_child(spawned);
         let pty_master = process.pty_master.take();
         let unit = match (&group, &process.control) {
             (Some(g), _) => g.name(),
