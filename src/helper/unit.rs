@@ -1,12 +1,15 @@
-//! Starting a checked command in its own control group. Under systemd
-//! (the package): a transient service unit per command through systemd's
-//! D-Bus API, as `systemd-run` does, with the peer's pipes or a PTY as its
-//! terminal, the rule's limits (`MemoryMax`, `TasksMax`,
-//! `CPUQuotaPerSecUSec`), a name and description an admin can find
-//! (`systemctl list-units 'malai-cmd-*'`), and the whole group killed on
-//! disconnect, `setsid` escapes included. Without systemd (tests, other
-//! init systems): a child of the helper in its own session, as the daemon
-//! would run it.
+//! Starting a checked command in its own control group. In the package
+//! (`--delegated`): a group of the helper's delegated subtree
+//! (`helper::cgroup`), the child cloned straight into it
+//! (`command::clone`). A command with limits that subtree cannot apply (a
+//! host whose controllers are on cgroup v1) runs instead as a transient
+//! service unit through systemd's D-Bus API, as `systemd-run` does, with
+//! the peer's pipes or a PTY as its terminal, the rule's limits
+//! (`MemoryMax`, `TasksMax`, `CPUQuotaPerSecUSec`) and a description an
+//! admin can find (`systemctl list-units 'malai-cmd-*'`). Either way the
+//! whole group is killed on disconnect, `setsid` escapes included. Without
+//! systemd (tests, other init systems): a child of the helper in its own
+//! session, as the daemon would run it.
 
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Arc;
