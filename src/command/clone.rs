@@ -160,12 +160,7 @@ fn child_stdio(
         (Some(size), _) => {
             let (master, slave) = spawn::open_pty(size)?;
             if prepared.switch {
-                rustix::fs::fchmod(&slave, rustix::fs::Mode::from_raw_mode(0o620))?;
-                rustix::fs::fchown(
-                    &slave,
-                    Some(rustix::process::Uid::from_raw(prepared.user.uid.as_raw())),
-                    None,
-                )?;
+                spawn::give_terminal(&slave, prepared.user.uid)?;
             }
             Ok((
                 [slave.try_clone()?, slave.try_clone()?, slave],
@@ -201,13 +196,7 @@ unsafe fn child(
                 fail();
             }
         }
-        if libc::syscall(
-            libc::SYS_close_range,
-            3 as libc::c_uint,
-            libc::c_uint::MAX,
-            libc::CLOSE_RANGE_CLOEXEC,
-        ) != 0
-        {
+        if !spawn::cloexec_above_stderr() {
             fail();
         }
         if libc::setsid() < 0 {

@@ -213,15 +213,7 @@ pub fn spawn(spec: Spec) -> anyhow::Result<Spawned> {
     };
     let with_pty = spec.pty.is_some();
     if let (Some(slave), true) = (&slave_for_child, switch) {
-        // The user's terminal, as login and sshd make it (the mode first:
-        // after the chown only its owner could change it).
-        rustix::fs::fchmod(slave, rustix::fs::Mode::from_raw_mode(0o620))?;
-        rustix::fs::fchown(
-            slave,
-            Some(rustix::process::Uid::from_raw(user.uid.as_raw())),
-            None,
-        )
-        .context("giving the terminal to the user")?;
+        give_terminal(slave, user.uid)?;
     }
     set_up_child(&mut cmd, !inherit, with_pty, ids);
 
@@ -255,19 +247,9 @@ fn set_up_child(
     // locks.
     unsafe {
         cmd.pre_exec(move || {
-            // Every descriptor above stderr closes at exec, whatever flag it
-            // was received or opened with: a second guard behind
-            // close-on-exec on each descriptor the daemon takes in (D-Bus
-            // callers' stdio, terminals). Not closed here: the standard
-            // library still needs its own close-on-exec pipe to report a
-            // failed exec.
-            if libc::syscall(
-                libc::SYS_close_range,
-                3 as libc::c_uint,
-                libc::c_uint::MAX,
-                libc::CLOSE_RANGE_CLOEXEC,
-            ) != 0
-            {
+            // Not closed here: the standard library still needs its own
+            // close-on-exec pipe to report a failed exec.
+            if !cloexec_above_stderr() {
                 return Err(std::io::Error::last_os_error());
             }
             if new_session {
@@ -284,6 +266,38 @@ fn set_up_child(
             Ok(())
         });
     }
+}
+
+/// Every descriptor above stderr closes at exec, whatever flag it was
+/// received or opened with: a second guard behind close-on-exec on each
+/// descriptor the daemon or the helper takes in (D-Bus callers' stdio,
+/// terminals, a peer's pipes). Between fork and exec: one raw system call,
+/// async-signal-safe; `false` with errno set when it failed.
+#[allow(unsafe_code)]
+pub fn cloexec_above_stderr() -> bool {
+    // SAFETY: close_range(2) with CLOSE_RANGE_CLOEXEC only sets flags on
+    // this process's descriptors.
+    unsafe {
+        libc::syscall(
+            libc::SYS_close_range,
+            3 as libc::c_uint,
+            libc::c_uint::MAX,
+            libc::CLOSE_RANGE_CLOEXEC,
+        ) == 0
+    }
+}
+
+/// Gives a PTY's slave side to the user who runs on it, as login and sshd
+/// do (the mode first: after the chown only its owner could change it).
+pub fn give_terminal(slave: &OwnedFd, uid: Uid) -> anyhow::Result<()> {
+    rustix::fs::fchmod(slave, rustix::fs::Mode::from_raw_mode(0o620))?;
+    rustix::fs::fchown(
+        slave,
+        Some(rustix::process::Uid::from_raw(uid.as_raw())),
+        None,
+    )
+    .context("giving the terminal to the user")?;
+    Ok(())
 }
 
 pub fn open_pty(size: WindowSize) -> anyhow::Result<(OwnedFd, OwnedFd)> {

@@ -278,15 +278,7 @@ async fn start_unit(
             let (master, slave) = spawn::open_pty(*size)?;
             let tty = rustix::pty::ptsname(&master, Vec::new()).context("ptsname")?;
             let tty = tty.to_string_lossy().into_owned();
-            // The user's terminal, as login and sshd make it (the mode
-            // first: after the chown only its owner could change it).
-            rustix::fs::fchmod(&slave, rustix::fs::Mode::from_raw_mode(0o620))?;
-            rustix::fs::fchown(
-                &slave,
-                Some(rustix::process::Uid::from_raw(prepared.user.uid.as_raw())),
-                None,
-            )
-            .context("giving the terminal to the user")?;
+            spawn::give_terminal(&slave, prepared.user.uid)?;
             for key in ["StandardInput", "StandardOutput", "StandardError"] {
                 props.push((key, Variant::from("tty")));
             }
