@@ -87,6 +87,13 @@ fn hex(addr: SocketAddr) -> String {
     format!("{ip}:{:04X}", addr.port())
 }
 
+/// The name of local user `uid`.
+pub fn user_name(uid: u32) -> anyhow::Result<String> {
+    let user = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid))?
+        .ok_or_else(|| anyhow::anyhow!("uid {uid} has no user name on this machine"))?;
+    Ok(user.name)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -61,7 +61,9 @@ pub async fn run(
         reason,
     };
     let username = match (caller.unprivileged_uid, &grant.rule) {
-        (Some(uid), None) => Some(user_name(uid).map_err(|e| not_run(format!("{e:#}")))?),
+        (Some(uid), None) => {
+            Some(crate::local_users::user_name(uid).map_err(|e| not_run(format!("{e:#}")))?)
+        }
         (Some(_), Some(_)) | (None, _) => grant.username.clone(),
     };
     let reason = format!(
@@ -107,11 +109,4 @@ pub async fn run(
     };
     crate::audit::command(who, &argv, false, crate::audit::Decision::Exited(code));
     Ok(code)
-}
-
-/// The name of local user `uid`.
-fn user_name(uid: u32) -> anyhow::Result<String> {
-    let user = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid))?
-        .ok_or_else(|| anyhow::anyhow!("uid {uid} has no user name on this machine"))?;
-    Ok(user.name)
 }

@@ -126,11 +126,7 @@ pub fn check(home: &Home, pins: &Path, req: &Request) -> Result<Checked, Refusal
     // for what this device itself may run (README, "Privilege separation").
     let username = match (req.local_uid, &grant.rule) {
         (Some(uid), None) => Some(
-            nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid))
-                .ok()
-                .flatten()
-                .ok_or_else(|| Refusal::Denied(format!("uid {uid} has no user name here")))?
-                .name,
+            crate::local_users::user_name(uid).map_err(|e| Refusal::Denied(format!("{e:#}")))?,
         ),
         _ => grant.username.clone(),
     };

@@ -27,9 +27,6 @@ pub mod unit;
 /// (set by malai.service); unset, the daemon starts commands itself.
 pub const SOCKET_ENV: &str = "MALAI_HELPER";
 
-/// The helper's socket in the package (malai-helper.socket).
-pub const SOCKET_PATH: &str = "/run/malai-helper.sock";
-
 /// The helper's socket, when the daemon is to use one.
 pub fn socket() -> Option<std::path::PathBuf> {
     std::env::var_os(SOCKET_ENV)
