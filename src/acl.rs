@@ -10,6 +10,7 @@
 //! any other argv, both `allow_from` and `allow_shell`, because a program on
 //! a terminal (a pager, an editor) can start a shell. A service (`[service.NAME]`) is
 //! reached by the peers of its `allow_from`, on the machine that hosts it.
+//! A key in `[revoked]` is refused everything, whatever the rules say.
 
 use std::collections::BTreeSet;
 
@@ -65,6 +66,9 @@ impl Decision {
 
 /// Decides whether `peer` may do `request` on the machine `host`.
 pub fn decide(config: &ClusterConfig, host: &Id52, peer: &Id52, request: Request) -> Decision {
+    if let Some(denied) = revoked(config, peer) {
+        return denied;
+    }
     let Some((alias, machine)) = config.machine_by_id52(host) else {
         return Decision::Deny(
             "this device is not listed as a machine of the cluster, so it runs nothing".into(),
@@ -163,6 +167,9 @@ fn exec(
 
 /// Whether `peer` may download and upload the cluster config.
 pub fn may_edit_config(config: &ClusterConfig, peer: &Id52) -> Decision {
+    if let Some(denied) = revoked(config, peer) {
+        return denied;
+    }
     match matching(config, &config.config_editors, peer) {
         Some(p) => Decision::Allow(Grant {
             argv: Vec::new(),
@@ -178,6 +185,9 @@ pub fn may_edit_config(config: &ClusterConfig, peer: &Id52) -> Decision {
 /// Whether `peer` may reach the service `name` on this device `host`: the
 /// service must exist, be hosted here, and admit the peer.
 pub fn may_use_service(config: &ClusterConfig, host: &Id52, peer: &Id52, name: &str) -> Decision {
+    if let Some(denied) = revoked(config, peer) {
+        return denied;
+    }
     let Some(service) = config.services.get(name) else {
         return Decision::Deny(format!("no service {name:?} in this machine's config"));
     };
@@ -201,6 +211,14 @@ pub fn may_use_service(config: &ClusterConfig, host: &Id52, peer: &Id52, name: &
         }),
         None => Decision::Deny(format!("peer is not in service.{name}.allow_from")),
     }
+}
+
+/// The denial of a revoked key, which no rule can allow.
+fn revoked(config: &ClusterConfig, peer: &Id52) -> Option<Decision> {
+    config
+        .revoked
+        .contains(peer)
+        .then(|| Decision::Deny("this key is revoked ([revoked] in the cluster's config)".into()))
 }
 
 /// The first principal of `list` that includes `peer`, if any.

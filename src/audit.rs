@@ -197,6 +197,8 @@ pub enum Decision<'a> {
     Exited(u8),
     /// Its client went away; it was killed. Why.
     Abandoned(&'a str),
+    /// A config put in force no longer allows it; it was ended. Why.
+    Revoked(&'a str),
 }
 
 impl Decision<'_> {
@@ -208,6 +210,7 @@ impl Decision<'_> {
             Decision::Failed(_) => "failed",
             Decision::Exited(_) => "exited",
             Decision::Abandoned(_) => "abandoned",
+            Decision::Revoked(_) => "revoked",
         }
     }
 
@@ -229,6 +232,7 @@ impl Decision<'_> {
             Decision::Abandoned(r) => {
                 format!("client went away ({r}); killed its process group")
             }
+            Decision::Revoked(r) => format!("ended: {r}"),
         }
     }
 
@@ -237,7 +241,8 @@ impl Decision<'_> {
             Decision::Denied(_)
             | Decision::Refused(_)
             | Decision::Failed(_)
-            | Decision::Abandoned(_) => true,
+            | Decision::Abandoned(_)
+            | Decision::Revoked(_) => true,
             Decision::Allowed(_) | Decision::Exited(_) => false,
         }
     }

@@ -48,7 +48,8 @@ pub fn code_of(err: &anyhow::Error) -> u8 {
                 ExecError::Denied { .. }
                 | ExecError::NotRun { .. }
                 | ExecError::Unreachable(_)
-                | ExecError::Lost(_) => EXEC_FAILED,
+                | ExecError::Lost(_)
+                | ExecError::Revoked { .. } => EXEC_FAILED,
                 ExecError::Local(_) => FAILURE,
             };
         }

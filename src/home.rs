@@ -374,19 +374,53 @@ fn read_info(path: &Path) -> Result<ClusterInfo, Diagnostics> {
         .map_err(|d| Diagnostics(vec![d]))
 }
 
+/// The role `identity list` shows for a directory that holds only an
+/// imported key: no cluster yet, and no daemon loads it.
+pub const KEY_ONLY: &str = "key only";
+
+/// Whether `dir` holds a key and nothing of a cluster (an `identity
+/// import` waiting for `machine init`).
+pub fn is_key_only(dir: &Path) -> bool {
+    dir.join(IDENTITY_FILE).exists()
+        && [CLUSTER_FILE, MACHINE_FILE, INFO_FILE]
+            .iter()
+            .all(|f| !dir.join(f).exists())
+}
+
+/// Creates the directory of cluster `alias` for a key to be imported into.
+pub fn create_key_only_dir(home: &Home, alias: &str) -> anyhow::Result<PathBuf> {
+    use anyhow::Context;
+    if let Some(why) = config::names::name_error(alias) {
+        return Err(InvalidClusterName(format!("invalid cluster name {alias:?}: {why}")).into());
+    }
+    if !home.clusters_dir().exists() {
+        fsutil::create_dir_durable(&home.clusters_dir(), 0o755)
+            .with_context(|| format!("creating {}", home.clusters_dir().display()))?;
+    }
+    let dir = home.cluster_dir(alias);
+    fsutil::create_dir_durable(&dir, 0o700)
+        .with_context(|| format!("creating {}", dir.display()))?;
+    Ok(dir)
+}
+
 /// A cluster name that is not one (a usage error for the CLI).
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
 pub struct InvalidClusterName(pub String);
 
-/// Creates a new cluster directory with a fresh identity; refuses to touch
-/// one that exists.
+/// Creates a new cluster directory with a fresh identity, or takes the key
+/// `identity import` left in one (`is_key_only`); refuses to touch any
+/// other that exists.
 pub fn create_cluster_dir(home: &Home, alias: &str) -> anyhow::Result<(PathBuf, Identity)> {
     use anyhow::Context;
     if let Some(why) = config::names::name_error(alias) {
         return Err(InvalidClusterName(format!("invalid cluster name {alias:?}: {why}")).into());
     }
     let dir = home.cluster_dir(alias);
+    if is_key_only(&dir) {
+        let identity = Identity::load(&dir.join(IDENTITY_FILE))?;
+        return Ok((dir, identity));
+    }
     if dir.exists() {
         anyhow::bail!(
             "{} already exists; malai never overwrites a cluster directory (remove it yourself if you mean to start over)",
@@ -435,6 +469,10 @@ pub fn load_all(
     };
     let mut clusters = Vec::new();
     for alias in aliases {
+        if only.is_none() && is_key_only(&home.cluster_dir(&alias)) {
+            // An imported key, not a cluster yet (`identity list` shows it).
+            continue;
+        }
         match home.load_cluster(&alias) {
             Ok(c) => clusters.push(c),
             Err(d) => diags.extend(d),

@@ -150,10 +150,16 @@ impl Identity {
         })
     }
 
-    /// Writes the key file atomically with mode 0600, whatever the umask.
-    pub fn store(&self, path: &Path) -> Result<(), KeyFileError> {
+    /// The key file's text: the secret key in hex, and a newline.
+    pub fn to_text(&self) -> String {
         let mut text = data_encoding::HEXLOWER.encode(&self.secret.to_bytes());
         text.push('\n');
+        text
+    }
+
+    /// Writes the key file atomically with mode 0600, whatever the umask.
+    pub fn store(&self, path: &Path) -> Result<(), KeyFileError> {
+        let text = self.to_text();
         fsutil::write_atomic(path, text.as_bytes(), 0o600).map_err(|source| KeyFileError::Io {
             path: path.to_owned(),
             source,

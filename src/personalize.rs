@@ -10,7 +10,8 @@
 //! the latter, `allow_from` is written as the machine's own alias: it learns
 //! that it may reach the service, not who else may.
 //!
-//! The cluster's relay (`[network]`) goes to every machine as it is.
+//! The cluster's relay (`[network]`), `[revoked]` and `max_config_age` go
+//! to every machine as they are.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -22,12 +23,15 @@ use crate::config::{ClusterConfig, Principal};
 /// The machine.toml keys this build understands. 1: the first release.
 /// 2: `allow_pty` on command rules, the cluster's `[network]` relay, and
 /// `[received] protocol`. 3: `memory_max`, `tasks_max`, `cpu_quota` on a
-/// machine and its command rules. A machine that does not say (a
-/// first-release one) is 1.
-pub const PROTOCOL: u32 = 3;
+/// machine and its command rules. 4: `[revoked]` and `max_config_age`.
+/// A machine that does not say (a first-release one) is 1.
+pub const PROTOCOL: u32 = 4;
 
 #[derive(Serialize)]
 struct Out {
+    /// A top-level key: before every table.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    max_config_age: Option<String>,
     received: OutReceived,
     #[serde(rename = "cluster-manager")]
     cluster_manager: OutCm,
@@ -38,6 +42,16 @@ struct Out {
     service: BTreeMap<String, OutService>,
     #[serde(skip_serializing_if = "Option::is_none")]
     network: Option<OutNetwork>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    revoked: Option<OutRevoked>,
+}
+
+#[derive(Serialize)]
+struct OutRevoked {
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    id52s: Vec<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    unrevoked: Vec<String>,
 }
 
 /// The cluster's relay, which every member uses.
@@ -236,7 +250,10 @@ pub fn machine_toml(
     if config.relay.is_some() && protocol < 2 {
         withheld.push("the cluster's relay ([network])".to_owned());
     }
+    let (max_config_age, revoked) = trust(config, protocol, &mut withheld);
     let out = Out {
+        max_config_age,
+        revoked,
         received: OutReceived {
             version,
             protocol: (protocol >= 2).then_some(protocol),
@@ -264,6 +281,33 @@ pub fn machine_toml(
         ),
         withheld,
     })
+}
+
+/// `max_config_age` and `[revoked]` for a machine that understands
+/// `protocol`; below 4 they are left out and named in `withheld`.
+fn trust(
+    config: &ClusterConfig,
+    protocol: u32,
+    withheld: &mut Vec<String>,
+) -> (Option<String>, Option<OutRevoked>) {
+    let has_revoked = !config.revoked.is_empty() || !config.unrevoked.is_empty();
+    if protocol < 4 {
+        if has_revoked {
+            withheld.push("the [revoked] keys".to_owned());
+        }
+        if config.max_config_age.is_some() {
+            withheld.push("max_config_age".to_owned());
+        }
+        return (None, None);
+    }
+    let ids = |set: &BTreeSet<crate::identity::Id52>| set.iter().map(ToString::to_string).collect();
+    (
+        config.max_config_age.map(crate::config::duration::format),
+        has_revoked.then(|| OutRevoked {
+            id52s: ids(&config.revoked),
+            unrevoked: ids(&config.unrevoked),
+        }),
+    )
 }
 
 /// The machine's command rules, written for `protocol`; `allow_pty` is
@@ -426,5 +470,38 @@ mod tests {
             older.withheld,
             ["the limits of command build", "the limits of the machine"]
         );
+    }
+
+    #[test]
+    fn revoked_keys_and_the_config_age_reach_machines_that_understand_them() {
+        let (cm, lost, back) = (
+            Identity::generate().id52(),
+            Identity::generate().id52(),
+            Identity::generate().id52(),
+        );
+        let text = format!(
+            "max_config_age = \"90m\"\n\
+             [revoked]\nid52s = [\"{lost}\"]\nunrevoked = [\"{back}\"]\n\
+             [cluster-manager]\nid52 = \"{cm}\"\n[machine.cm]\nid52 = \"{cm}\"\n"
+        );
+        let config = cluster::parse(Path::new("cluster.toml"), &text, FileKind::Cluster).unwrap();
+        let now = machine_toml(&config, "cm", 3, PROTOCOL).unwrap();
+        assert!(now.withheld.is_empty(), "{:?}", now.withheld);
+        let got = cluster::parse(Path::new("machine.toml"), &now.text, FileKind::Machine).unwrap();
+        assert_eq!(got.revoked, [lost].into());
+        assert_eq!(got.unrevoked, [back].into());
+        assert_eq!(
+            got.max_config_age,
+            Some(std::time::Duration::from_secs(5400))
+        );
+        assert!(
+            !got.known_peers().contains(&lost),
+            "a revoked key is a stranger"
+        );
+
+        let older = machine_toml(&config, "cm", 3, 3).unwrap();
+        assert!(!older.text.contains("revoked"), "{}", older.text);
+        assert!(!older.text.contains("max_config_age"), "{}", older.text);
+        assert_eq!(older.withheld, ["the [revoked] keys", "max_config_age"]);
     }
 }

@@ -43,6 +43,10 @@ pub struct ClusterStatus {
     /// Daemon only: every peer this identity talked to, and how.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub peers: Option<Vec<PeerStatus>>,
+    /// Daemon, machine only: why the config in force allows nothing now
+    /// (`max_config_age` passed without word from the CM).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expired: Option<String>,
 }
 
 /// A peer a cluster identity talked to.
@@ -94,6 +98,7 @@ pub fn cluster_status(c: &ClusterDir, state: Option<&CmState>) -> ClusterStatus 
         error: None,
         relay: None,
         peers: None,
+        expired: None,
     };
     match c.role {
         Role::Waiting => {}
@@ -176,6 +181,7 @@ pub fn from_files(home: &Home) -> anyhow::Result<Status> {
                     error: Some(diags.to_string()),
                     relay: None,
                     peers: None,
+                    expired: None,
                 });
             }
         }
@@ -227,6 +233,9 @@ pub fn render(status: &Status) -> String {
             && (c.role == "machine" || c.role == "waiting")
         {
             let _ = writeln!(out, "  cluster manager: {cm}");
+        }
+        if let Some(why) = &c.expired {
+            let _ = writeln!(out, "  REFUSING EVERYONE BUT THE CLUSTER MANAGER: {why}");
         }
         if let Some(e) = &c.error {
             for line in e.lines() {

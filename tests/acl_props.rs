@@ -193,10 +193,11 @@ fn config_with(min_machines: usize, acyclic: bool) -> impl Strategy<Value = Clus
                 Just((0..NAMED).collect::<Vec<_>>()).prop_shuffle(),
                 0..NAMED,
                 principals(nm, ng),
+                prop::collection::btree_set(0..NAMED, 0..=2),
             )
         })
         .prop_map(
-            |(groups, machines, ids, cm, config_editors)| ClusterConfig {
+            |(groups, machines, ids, cm, config_editors, revoked)| ClusterConfig {
                 cluster_manager: IDS[cm],
                 cm_addrs: Vec::new(),
                 config_editors,
@@ -219,6 +220,14 @@ fn config_with(min_machines: usize, acyclic: bool) -> impl Strategy<Value = Clus
                 services: BTreeMap::new(),
                 received_version: None,
                 relay: None,
+                // Any key but the CM's (validation refuses that one).
+                revoked: revoked
+                    .into_iter()
+                    .filter(|i| *i != cm)
+                    .map(|i| IDS[i])
+                    .collect(),
+                unrevoked: Default::default(),
+                max_config_age: None,
                 received_protocol: None,
             },
         )
@@ -355,7 +364,10 @@ fn ref_answer(
     groups: &BTreeMap<String, BTreeSet<Id52>>,
     q: Question,
 ) -> Outcome {
-    let has = |list: &[Principal], peer: usize| ref_list(config, groups, list).contains(&IDS[peer]);
+    // A revoked key is refused everything.
+    let has = |list: &[Principal], peer: usize| {
+        !config.revoked.contains(&IDS[peer]) && ref_list(config, groups, list).contains(&IDS[peer])
+    };
     let (host, peer, req) = match q {
         Question::Edit { peer } => {
             return has(&config.config_editors, peer).then(|| (Vec::new(), None));
@@ -545,6 +557,9 @@ proptest! {
             services: BTreeMap::new(),
             received_version: None,
             relay: None,
+            revoked: Default::default(),
+            unrevoked: Default::default(),
+            max_config_age: None,
             received_protocol: None,
         };
         for (q, out) in answers(&config) {

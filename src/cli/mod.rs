@@ -10,6 +10,7 @@ pub mod daemon;
 pub mod forward;
 pub mod generate;
 pub mod helper;
+pub mod identity;
 pub mod machine;
 pub mod rescan;
 pub mod route;
@@ -46,6 +47,9 @@ pub enum Command {
     Config(config::ConfigCommand),
     /// Run the daemon in the foreground (as systemd does).
     Daemon(daemon::Args),
+    /// List, export and import this device's cluster identities.
+    #[command(subcommand)]
+    Identity(identity::IdentityCommand),
     /// Show what is forwarded where (local listeners to cluster services).
     #[command(subcommand)]
     Forward(forward::ForwardCommand),
@@ -72,6 +76,7 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Config(cmd) => config::run(cmd),
         Command::Daemon(args) => daemon::run(args),
         Command::Forward(cmd) => forward::run(cmd),
+        Command::Identity(cmd) => identity::run(cmd),
         Command::Rescan(args) => rescan::run(args),
         Command::Status(args) => status::run(args),
         Command::Generate(args) => generate::run(args),

@@ -85,7 +85,7 @@ impl Cluster {
                 current,
             });
         }
-        let config = parsed.map_err(|d| AcceptError::Invalid(d.to_string()))?;
+        let mut config = parsed.map_err(|d| AcceptError::Invalid(d.to_string()))?;
         if config.received_version != Some(envelope.version)
             || config.cluster_manager != self.cm_id52
         {
@@ -93,6 +93,8 @@ impl Cluster {
                 "the config does not match its envelope".into(),
             ));
         }
+        super::revoked::keep(&self.dir, &mut config)
+            .map_err(|e| AcceptError::Failed(format!("{e:#}")))?;
         // The envelope first: the helper reads only it, and a crash between
         // the two leaves machine.toml older, which the next fetch repairs.
         self.save_envelope(&envelope)?;

@@ -35,6 +35,9 @@ pub enum Change {
     /// restored from an old copy; every machine would refuse anything
     /// lower as "not newer", forever.
     PastMachine { machine: String, holds: u64 },
+    /// cluster.toml as it is on disk with `text` appended (a machine that
+    /// joined by invite); validated before anything is written.
+    Append { text: String },
 }
 
 /// What a commit put in force.
@@ -129,6 +132,18 @@ pub fn commit_files(
             }
             (config, previous_hash.clone())
         }
+        Change::Append { text } => {
+            let mut whole = String::from_utf8_lossy(&current).into_owned();
+            if !whole.is_empty() && !whole.ends_with('\n') {
+                whole.push('\n');
+            }
+            whole.push('\n');
+            whole.push_str(&text);
+            let config = validate(&path, &whole, cm)?;
+            fsutil::write_atomic(&path, whole.as_bytes(), 0o644)
+                .map_err(|e| EditError::Failed(format!("cannot write {}: {e}", path.display())))?;
+            (config, hash_hex(whole.as_bytes()))
+        }
         Change::Upload {
             text,
             base_hash,
@@ -176,7 +191,7 @@ fn validate(path: &Path, text: &str, cm: &Id52) -> Result<ClusterConfig, EditErr
 }
 
 /// An exclusive lock on the directory `dir`, until dropped.
-fn lock_dir(dir: &Path) -> std::io::Result<Flock<std::fs::File>> {
+pub fn lock_dir(dir: &Path) -> std::io::Result<Flock<std::fs::File>> {
     Flock::lock(std::fs::File::open(dir)?, FlockArg::LockExclusive)
         .map_err(|(_, errno)| std::io::Error::from(errno))
 }

@@ -11,6 +11,9 @@
 mod accept;
 mod commit;
 pub mod envelope;
+mod freshness;
+mod revocation;
+pub mod revoked;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -20,7 +23,8 @@ use iroh::Endpoint;
 use tokio::sync::{Notify, broadcast, watch};
 
 pub use accept::AcceptError;
-pub use commit::{Change, Committed, EditError, commit_files};
+pub use commit::{Change, Committed, EditError, commit_files, lock_dir};
+pub use revocation::Revoked;
 
 use crate::config::ClusterConfig;
 use crate::home::{self, ClusterDir, Role};
@@ -41,6 +45,24 @@ pub struct InForce {
     pub config: Option<Arc<ClusterConfig>>,
     /// Its version (0: none).
     pub version: u64,
+    /// Why it allows nothing now but to the CM: no word from the CM for
+    /// longer than its `max_config_age` (`freshness`).
+    pub expired: Option<String>,
+}
+
+impl InForce {
+    /// The config to decide a request of `peer` with, or why every request
+    /// of `peer` is refused now: no config yet, or an expired one (the CM
+    /// `cm` is still served, so it can bring the next).
+    pub fn for_peer(&self, peer: &Id52, cm: &Id52) -> Result<&Arc<ClusterConfig>, String> {
+        let config = self.config.as_ref().ok_or_else(|| {
+            "this machine has not received its config from the cluster manager yet".to_owned()
+        })?;
+        match &self.expired {
+            Some(why) if peer != cm => Err(why.clone()),
+            _ => Ok(config),
+        }
+    }
 }
 
 /// Something that happened to a cluster, announced as it happens.
@@ -90,6 +112,10 @@ pub struct Cluster {
     /// never across an `.await`.
     returned: Mutex<std::collections::BTreeSet<String>>,
     returned_wake: Notify,
+    /// When the CM last answered with or pushed a config (`freshness`). A
+    /// std `Mutex`: held to read or set, never across an `.await`.
+    heard: Mutex<std::time::Instant>,
+    heard_wake: Notify,
     /// Wakes the daemon's main loop to re-announce its status.
     changed: Arc<Notify>,
     /// What happened, for whoever listens (D-Bus signals).
@@ -120,10 +146,17 @@ impl Cluster {
         };
         let in_force = match c.role {
             Role::ClusterManager => InForce::default(),
-            Role::Machine | Role::Waiting => InForce {
-                config: c.config.clone().map(Arc::new),
-                version,
-            },
+            Role::Machine | Role::Waiting => {
+                let mut config = c.config.clone();
+                if let Some(config) = &mut config {
+                    revoked::keep(&c.dir, config)?;
+                }
+                InForce {
+                    config: config.map(Arc::new),
+                    version,
+                    expired: None,
+                }
+            }
         };
         gate.set_config(in_force.config.as_deref());
         let cluster = Arc::new(Cluster {
@@ -141,6 +174,8 @@ impl Cluster {
             wake: Notify::new(),
             returned: Mutex::default(),
             returned_wake: Notify::new(),
+            heard: Mutex::new(std::time::Instant::now()),
+            heard_wake: Notify::new(),
             changed,
             events: broadcast::channel(64).0,
             identity: c.identity,
@@ -267,6 +302,7 @@ impl Cluster {
         self.in_force.send_replace(InForce {
             config: config.map(Arc::new),
             version,
+            expired: None,
         });
         let _ = self.events.send(Event::ConfigApplied { version, hash });
         self.changed.notify_one();
@@ -357,6 +393,7 @@ impl Cluster {
     /// every peer talked to with its path.
     pub fn status(&self) -> ClusterStatus {
         let mut status = self.config_status();
+        status.expired = self.in_force().expired;
         let config = self.config();
         status.relay = Some(self.pool.relay_name());
         status.peers = Some(
@@ -443,7 +480,14 @@ impl Cluster {
                     machines.len()
                 )
             }
-            Role::Machine => format!("{}: machine v{}", self.alias, self.version()),
+            Role::Machine => match self.in_force().expired {
+                Some(_) => format!(
+                    "{}: machine v{}, config expired (no word from the cluster manager)",
+                    self.alias,
+                    self.version()
+                ),
+                None => format!("{}: machine v{}", self.alias, self.version()),
+            },
             Role::Waiting => format!("{}: waiting for config", self.alias),
         }
     }

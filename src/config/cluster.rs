@@ -42,6 +42,15 @@ pub struct ClusterConfig {
     /// `[network] relay` and `relay_ca`: the cluster's own relay, which
     /// every member uses unless its malai.toml says otherwise.
     pub relay: Option<super::OwnRelay>,
+    /// `[revoked] id52s`: keys refused everywhere, over every rule. On a
+    /// machine, also every key an earlier config revoked and no config has
+    /// listed in `unrevoked` since (`cluster::revoked`).
+    pub revoked: BTreeSet<Id52>,
+    /// `[revoked] unrevoked`: keys a machine stops refusing.
+    pub unrevoked: BTreeSet<Id52>,
+    /// `max_config_age`: a machine that has not heard from its CM for
+    /// longer refuses everyone but the CM.
+    pub max_config_age: Option<std::time::Duration>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -110,7 +119,8 @@ impl Protocol {
 
 impl ClusterConfig {
     /// Every key this config names: the cluster manager, the machines, and
-    /// each id52 written in a principal list. Anyone else is a stranger.
+    /// each id52 written in a principal list, less the revoked ones. Anyone
+    /// else is a stranger.
     pub fn known_peers(&self) -> BTreeSet<Id52> {
         let lists = self
             .machines
@@ -130,6 +140,7 @@ impl ClusterConfig {
         std::iter::once(self.cluster_manager)
             .chain(self.machines.values().map(|m| m.id52))
             .chain(named)
+            .filter(|id| !self.revoked.contains(id))
             .collect()
     }
 
@@ -154,6 +165,17 @@ struct RawFile {
     service: BTreeMap<Spanned<String>, RawService>,
     received: Option<Spanned<RawReceived>>,
     network: Option<Spanned<RawClusterNetwork>>,
+    revoked: Option<Spanned<RawRevoked>>,
+    max_config_age: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRevoked {
+    #[serde(default)]
+    id52s: Vec<Spanned<String>>,
+    #[serde(default)]
+    unrevoked: Vec<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -386,6 +408,21 @@ impl Validator<'_> {
         }
 
         let relay = raw.network.as_ref().and_then(|n| self.relay(n));
+        let (revoked, unrevoked) = match &raw.revoked {
+            Some(r) => self.revoked(r.get_ref(), cluster_manager.as_ref()),
+            None => Default::default(),
+        };
+        let max_config_age = raw.max_config_age.as_ref().and_then(|age| {
+            super::duration::parse(age.get_ref())
+                .map_err(|e| {
+                    self.err(
+                        age.span(),
+                        format!("max_config_age: {e}"),
+                        "write how long a machine may go without word from its cluster manager, like max_config_age = \"1h\"",
+                    )
+                })
+                .ok()
+        });
 
         let mut services = BTreeMap::new();
         for (name, s) in &raw.service {
@@ -407,7 +444,48 @@ impl Validator<'_> {
             received_version,
             received_protocol,
             relay,
+            revoked,
+            unrevoked,
+            max_config_age,
         })
+    }
+
+    /// `[revoked]`: two lists of id52s, neither naming the cluster manager
+    /// (its key is replaced by rotation, never revoked), no key in both.
+    fn revoked(&mut self, raw: &RawRevoked, cm: Option<&Id52>) -> (BTreeSet<Id52>, BTreeSet<Id52>) {
+        let mut read = |list: &[Spanned<String>], key: &str| {
+            let mut out: BTreeMap<Id52, std::ops::Range<usize>> = BTreeMap::new();
+            for text in list {
+                let Some(id) = self.id52(text, &format!("an entry of revoked.{key}")) else {
+                    continue;
+                };
+                if Some(&id) == cm {
+                    self.err(
+                        text.span(),
+                        format!("revoked.{key} names the cluster manager's own key"),
+                        "the cluster manager's key is replaced with `malai identity rotate`, not revoked; see the README on a stolen CM key",
+                    );
+                    continue;
+                }
+                out.insert(id, text.span());
+            }
+            out
+        };
+        let revoked = read(&raw.id52s, "id52s");
+        let unrevoked = read(&raw.unrevoked, "unrevoked");
+        for (id, span) in &unrevoked {
+            if revoked.contains_key(id) {
+                self.err(
+                    span.clone(),
+                    format!("{id} is in both revoked.id52s and revoked.unrevoked"),
+                    "keep it in id52s to refuse it, or only in unrevoked to admit it again",
+                );
+            }
+        }
+        (
+            revoked.into_keys().collect(),
+            unrevoked.into_keys().collect(),
+        )
     }
 
     /// Validates the rules of one machine; `None` when its id52 did not parse.

@@ -1,9 +1,11 @@
 //! Config files: the shared diagnostics, the cluster.toml / machine.toml
 //! schema, malai.toml, the grammars of names, principals and
-//! `MACHINE.CLUSTER` targets, relay URLs and CAs, and command limits.
+//! `MACHINE.CLUSTER` targets, relay URLs and CAs, command limits and
+//! durations.
 
 pub mod cluster;
 pub mod diag;
+pub mod duration;
 pub mod limits;
 pub mod local;
 pub mod names;

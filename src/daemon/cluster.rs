@@ -1,7 +1,7 @@
 //! One cluster identity running in the daemon: its endpoint with the gate
 //! of its cluster, the `Cluster` handle, its router (one handler per ALPN:
-//! exec, config, forward) and its role's config-sync task (the CM's pusher,
-//! or a machine's first fetch).
+//! exec, config, forward) and its role's config-sync tasks (the CM's
+//! pusher, or a machine's fetches and the watch on its config's age).
 
 use std::sync::Arc;
 
@@ -24,7 +24,7 @@ pub struct RunningCluster {
     /// The relay its endpoint was bound with; another one needs a restart.
     pub relay: RelayChoice,
     router: Router,
-    task: JoinHandle<()>,
+    tasks: Vec<JoinHandle<()>>,
 }
 
 impl RunningCluster {
@@ -61,10 +61,14 @@ impl RunningCluster {
                 },
             )
             .spawn();
-        let task = match role {
-            Role::ClusterManager => tokio::spawn(sync::cm::pusher(cluster.clone())),
+        let tasks = match role {
+            Role::ClusterManager => vec![tokio::spawn(sync::cm::pusher(cluster.clone()))],
             Role::Machine | Role::Waiting => {
-                tokio::spawn(sync::machine::fetch_on_start(cluster.clone()))
+                let ages = cluster.clone();
+                vec![
+                    tokio::spawn(sync::machine::follow_cm(cluster.clone())),
+                    tokio::spawn(async move { ages.watch_config_age().await }),
+                ]
             }
         };
         tracing::info!(
@@ -80,14 +84,16 @@ impl RunningCluster {
             port,
             relay,
             router,
-            task,
+            tasks,
         })
     }
 
     /// Stops accepting, lets running commands finish (the exec handler's
     /// shutdown), closes the endpoint.
     pub async fn stop(self) {
-        self.task.abort();
+        for task in &self.tasks {
+            task.abort();
+        }
         let _ = self.router.shutdown().await;
     }
 }

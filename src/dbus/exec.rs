@@ -62,6 +62,7 @@ pub async fn run(
     let in_force = cluster.in_force();
     let config = in_force
         .config
+        .clone()
         .ok_or_else(|| Error::Failed(format!("cluster {:?} has no config yet", cluster.alias())))?;
     let machine = config.machines.get(&call.machine).ok_or_else(|| {
         let known: Vec<&str> = config.machines.keys().map(String::as_str).collect();
@@ -94,7 +95,12 @@ pub async fn run(
     let gone = caller_gone(bus, call.caller.clone());
     let env: Vec<(String, String)> = call.env.into_iter().collect();
     let result = if id == me {
-        // The device itself: decide here, run with the caller's descriptors.
+        // The device itself: decide here (not with an expired config), run
+        // with the caller's descriptors.
+        if let Err(why) = in_force.for_peer(&me, &cluster.cm_id52()) {
+            sessions.0.lock().expect("sessions").remove(&key);
+            return Err(Error::Denied(format!("{what} denied the command: {why}")));
+        }
         let caller = crate::exec::local::Caller {
             who: crate::audit::Who {
                 cluster: cluster.alias(),
@@ -160,9 +166,10 @@ impl From<ExecError> for Error {
         match e {
             ExecError::Denied { .. } => Error::Denied(message),
             ExecError::Unreachable(_) => Error::Unreachable(message),
-            ExecError::NotRun { .. } | ExecError::Lost(_) | ExecError::Local(_) => {
-                Error::Failed(message)
-            }
+            ExecError::NotRun { .. }
+            | ExecError::Lost(_)
+            | ExecError::Revoked { .. }
+            | ExecError::Local(_) => Error::Failed(message),
         }
     }
 }

@@ -125,26 +125,7 @@ pub async fn run_with(
     let answer: HostMsg = frame::read_msg(&mut recv)
         .await
         .map_err(|e| failed(format!("no answer: {e}")))?;
-    match answer {
-        HostMsg::Started => {}
-        HostMsg::Denied { reason } => {
-            return Err(ExecError::Denied {
-                target: what.to_owned(),
-                reason,
-            });
-        }
-        HostMsg::Failed { reason } => {
-            return Err(ExecError::NotRun {
-                target: what.to_owned(),
-                reason,
-            });
-        }
-        HostMsg::Exit { .. } => {
-            return Err(ExecError::Lost(format!(
-                "{what}: protocol error: exit before start"
-            )));
-        }
-    }
+    started(answer, what)?;
 
     // Everything the client sends goes through one writer task.
     let (tx, mut rx) = mpsc::channel::<(Kind, Vec<u8>)>(8);
@@ -183,17 +164,45 @@ pub async fn run_with(
             }
             Ok(Some(Kind::Control)) => match serde_json::from_slice::<HostMsg>(&buf) {
                 Ok(HostMsg::Exit { code }) => break Ok(code),
+                Ok(HostMsg::Revoked { reason }) => {
+                    break Err(ExecError::Revoked {
+                        target: what.to_owned(),
+                        reason,
+                    });
+                }
                 _ => continue,
             },
             Ok(Some(Kind::Stdin)) => continue,
-            Ok(None) => break Err(format!("{what}: connection ended before the command did")),
-            Err(e) => break Err(format!("{what}: connection lost: {e}")),
+            Ok(None) => {
+                break Err(ExecError::Lost(format!(
+                    "{what}: connection ended before the command did"
+                )));
+            }
+            Err(e) => break Err(ExecError::Lost(format!("{what}: connection lost: {e}"))),
         }
     };
     stdin_task.abort();
     control_task.abort();
     let _ = writer.await;
-    outcome.map_err(ExecError::Lost)
+    outcome
+}
+
+/// The host's first answer: the command started, or why it did not.
+fn started(answer: HostMsg, what: &str) -> Result<(), ExecError> {
+    match answer {
+        HostMsg::Started => Ok(()),
+        HostMsg::Denied { reason } => Err(ExecError::Denied {
+            target: what.to_owned(),
+            reason,
+        }),
+        HostMsg::Failed { reason } => Err(ExecError::NotRun {
+            target: what.to_owned(),
+            reason,
+        }),
+        HostMsg::Exit { .. } | HostMsg::Revoked { .. } => Err(ExecError::Lost(format!(
+            "{what}: protocol error: an end before the start"
+        ))),
+    }
 }
 
 /// Sends what `input` yields as stdin frames, then the EOF.

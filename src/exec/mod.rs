@@ -25,6 +25,9 @@ pub enum ExecError {
     /// The connection went away before the command ended.
     #[error("{0}")]
     Lost(String),
+    /// It ran, until a config put in force took away the right to run it.
+    #[error("{target} ended the command: {reason}")]
+    Revoked { target: String, reason: String },
     /// This end's own input or output failed (a closed stdout...).
     #[error(transparent)]
     Local(#[from] std::io::Error),

@@ -41,6 +41,11 @@ pub enum HostMsg {
     Exit {
         code: u8,
     },
+    /// A config put in force took away the right to run it; it was
+    /// killed. The reason names the config version.
+    Revoked {
+        reason: String,
+    },
 }
 
 /// Control messages from the client.

@@ -2,8 +2,9 @@
 //! the ACL (the peer is the id52 iroh authenticated, never a field of the
 //! request), log the decision, run the command and stream its output with
 //! backpressure. A client that goes away takes the whole process group with
-//! it. Stopping the router drains: running commands get `SHUTDOWN_BOUND`
-//! to finish.
+//! it. A config put in force that no longer allows a running command ends
+//! it (`Cluster::revoked`). Stopping the router drains: running commands
+//! get `SHUTDOWN_BOUND` to finish.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -19,7 +20,7 @@ use super::launch::{self, Launch};
 use super::proto::{ClientMsg, ExecRequest, FORWARDED_SIGNALS, HostMsg};
 use crate::acl::{self, Decision, Request};
 use crate::audit;
-use crate::cluster::Cluster;
+use crate::cluster::{Cluster, InForce, Revoked};
 use crate::command::process::{Control, Process};
 use crate::command::spawn;
 use crate::identity::Id52;
@@ -188,20 +189,18 @@ async fn serve(
         uid: None,
         claimed: req.on_behalf.as_ref(),
     };
-    let decision = match &in_force.config {
-        None => Decision::Deny(
-            "this machine has not received its config from the cluster manager yet".into(),
-        ),
-        Some(config) => {
-            let request = match (req.argv.is_empty(), pty) {
-                (true, _) => Request::Shell,
-                (false, true) => Request::PtyExec(&req.argv),
-                (false, false) => Request::Exec(&req.argv),
-            };
-            acl::decide(config, &cluster.id52(), &peer, request)
-        }
+    let request = match (req.argv.is_empty(), pty) {
+        (true, _) => Request::Shell,
+        (false, true) => Request::PtyExec(&req.argv),
+        (false, false) => Request::Exec(&req.argv),
     };
-    let grant = match decision {
+    // The one decision, taken now and again with each config put in force.
+    let (me, cm) = (cluster.id52(), cluster.cm_id52());
+    let decide = |f: &InForce| match f.for_peer(&peer, &cm) {
+        Err(reason) => Decision::Deny(reason),
+        Ok(config) => acl::decide(config, &me, &peer, request),
+    };
+    let grant = match decide(&in_force) {
         Decision::Deny(reason) => {
             audit::command(who, &req.argv, pty, audit::Decision::Denied(&reason));
             return answer(send, HostMsg::Denied { reason }).await;
@@ -247,12 +246,22 @@ async fn serve(
     let control = spawned.control.clone();
     let result = async {
         frame::write_msg(&mut send, &HostMsg::Started).await?;
-        pump(spawned, send, recv).await
+        pump(spawned, send, recv, cluster.revoked(decide)).await
     }
     .await;
     commands.unregister(id);
     match &result {
-        Ok(code) => audit::command(who, &grant.argv, pty, audit::Decision::Exited(*code)),
+        Ok(Ended::Exited(code)) => {
+            audit::command(who, &grant.argv, pty, audit::Decision::Exited(*code));
+        }
+        Ok(Ended::Revoked(revoked)) => {
+            let who = audit::Who {
+                config_version: revoked.version,
+                ..who
+            };
+            let why = revoked.to_string();
+            audit::command(who, &grant.argv, pty, audit::Decision::Revoked(&why));
+        }
         Err(e) => {
             control.kill();
             let why = format!("{e:#}");
@@ -260,6 +269,15 @@ async fn serve(
         }
     }
     result.map(|_| ())
+}
+
+/// How a running command ended, for the audit line.
+enum Ended {
+    /// It exited with this code (128+N for signal N).
+    Exited(u8),
+    /// A config put in force took away the right to run it: it was killed
+    /// and the client told.
+    Revoked(Revoked),
 }
 
 /// Answers a request that will not run, and ends the stream.
@@ -270,9 +288,15 @@ async fn answer(mut send: SendStream, msg: HostMsg) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Moves bytes between the command and the stream until the command exits;
-/// returns its exit code, or an error when the client went away first.
-async fn pump(mut s: Process, mut send: SendStream, recv: RecvStream) -> anyhow::Result<u8> {
+/// Moves bytes between the command and the stream until the command exits
+/// (its exit code) or `revoked` resolves (the command killed, the client
+/// told why); an error when the client went away first.
+async fn pump(
+    mut s: Process,
+    mut send: SendStream,
+    recv: RecvStream,
+    revoked: impl std::future::Future<Output = Revoked>,
+) -> anyhow::Result<Ended> {
     let (tx, mut rx) = mpsc::channel::<(Kind, Vec<u8>)>(QUEUE);
     let mut readers = Vec::new();
     let mut stdin_sink: Option<StdinSink> = None;
@@ -350,6 +374,16 @@ async fn pump(mut s: Process, mut send: SendStream, recv: RecvStream) -> anyhow:
             writer.abort();
             return Err(gone);
         }
+        revoked = revoked => {
+            s.control.kill();
+            let _ = s.wait().await;
+            for r in readers {
+                r.abort();
+            }
+            let msg = HostMsg::Revoked { reason: revoked.to_string() };
+            end_with(&tx, writer, &msg).await?;
+            return Ok(Ended::Revoked(revoked));
+        }
     };
     for mut r in readers {
         if on_pty {
@@ -362,14 +396,24 @@ async fn pump(mut s: Process, mut send: SendStream, recv: RecvStream) -> anyhow:
             let _ = r.await;
         }
     }
-    let exit = serde_json::to_vec(&HostMsg::Exit { code })?;
-    tx.send((Kind::Control, exit))
+    end_with(&tx, writer, &HostMsg::Exit { code }).await?;
+    Ok(Ended::Exited(code))
+}
+
+/// Queues `last` after the output, lets the writer send it all, and ends
+/// the stream.
+async fn end_with(
+    tx: &mpsc::Sender<(Kind, Vec<u8>)>,
+    writer: tokio::task::JoinHandle<anyhow::Result<SendStream>>,
+    last: &HostMsg,
+) -> anyhow::Result<()> {
+    tx.send((Kind::Control, serde_json::to_vec(last)?))
         .await
         .map_err(|_| anyhow::anyhow!("output writer ended early"))?;
     let mut send = writer.await??;
     send.finish()?;
     let _ = send.stopped().await;
-    Ok(code)
+    Ok(())
 }
 
 /// A command on a PTY: the master side, non-blocking, read by a task that

@@ -2,7 +2,8 @@
 //! the service up in this machine's own config, decide with its
 //! `allow_from` (the peer is the id52 iroh authenticated; default deny),
 //! log the decision, connect to 127.0.0.1:port and carry the bytes: piped
-//! as they are for tcp, proxied request by request for http (`proxy`).
+//! as they are for tcp, proxied request by request for http (`proxy`). A
+//! config put in force that no longer allows the peer ends the connection.
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
@@ -15,7 +16,7 @@ use super::proto::{Answer, HANDSHAKE_TIMEOUT, Open};
 use super::{pipe, proxy};
 use crate::acl::{self, Decision};
 use crate::audit;
-use crate::cluster::Cluster;
+use crate::cluster::{Cluster, InForce};
 use crate::config::{Protocol, Service};
 use crate::identity::Id52;
 use crate::p2p::frame;
@@ -70,18 +71,18 @@ pub async fn open(cluster: &Cluster, peer: Id52, name: &str) -> Result<Opened, R
         uid: None,
         claimed: None,
     };
-    let Some(config) = in_force.config.clone() else {
-        let reason = "this machine has not received its config from the cluster manager yet";
-        audit::service(who, name, audit::Decision::Denied(reason));
-        return Err(Refusal::Denied(reason.into()));
-    };
-    let grant = match acl::may_use_service(&config, &cluster.id52(), &peer, name) {
+    let grant = match decide(cluster, peer, name, &in_force) {
         Decision::Deny(reason) => {
             audit::service(who, name, audit::Decision::Denied(&reason));
             return Err(Refusal::Denied(reason));
         }
         Decision::Allow(grant) => grant,
     };
+    // Allowed: there is a usable config, and it hosts the service here.
+    let config = in_force
+        .config
+        .clone()
+        .expect("an allowed request has a config");
     let service = config.services[name].clone();
     let addr: SocketAddr = (Ipv4Addr::LOCALHOST, service.port).into();
     let upstream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, TcpStream::connect(addr)).await {
@@ -112,6 +113,15 @@ pub async fn open(cluster: &Cluster, peer: Id52, name: &str) -> Result<Opened, R
         service,
         upstream,
     })
+}
+
+/// Whether `peer` may reach service `name` here under the config `f`: when
+/// a forward opens, and again with each config put in force.
+fn decide(cluster: &Cluster, peer: Id52, name: &str, f: &InForce) -> Decision {
+    match f.for_peer(&peer, &cluster.cm_id52()) {
+        Err(reason) => Decision::Deny(reason),
+        Ok(config) => acl::may_use_service(config, &cluster.id52(), &peer, name),
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -160,20 +170,39 @@ async fn serve(
     };
     frame::write_msg(&mut send, &Answer::Ok).await?;
     let name = opened.name.clone();
-    match opened.service.protocol {
-        Protocol::Tcp => {
-            let upstream = opened.upstream;
-            let moved = pipe::tcp_quic(upstream, send, recv).await?;
-            tracing::debug!(
-                malai_cluster = %cluster.alias(), malai_peer = %peer, malai_service = name,
-                "forward to {name:?} closed: {} bytes up, {} down", moved.up, moved.down
-            );
+    let carry = async {
+        match opened.service.protocol {
+            Protocol::Tcp => {
+                let upstream = opened.upstream;
+                let moved = pipe::tcp_quic(upstream, send, recv).await?;
+                tracing::debug!(
+                    malai_cluster = %cluster.alias(), malai_peer = %peer, malai_service = name,
+                    "forward to {name:?} closed: {} bytes up, {} down", moved.up, moved.down
+                );
+            }
+            Protocol::Http => {
+                proxy::serve(opened, tokio::io::join(recv, send)).await?;
+            }
         }
-        Protocol::Http => {
-            proxy::serve(opened, tokio::io::join(recv, send)).await?;
+        anyhow::Ok(())
+    };
+    // A config that no longer allows the peer here ends the connection:
+    // dropping `carry` resets the stream and closes the upstream socket.
+    tokio::select! {
+        carried = carry => carried,
+        revoked = cluster.revoked(|f| decide(cluster, peer, &req.service, f)) => {
+            let who = audit::Who {
+                cluster: cluster.alias(),
+                peer: &peer,
+                config_version: revoked.version,
+                uid: None,
+                claimed: None,
+            };
+            let why = revoked.to_string();
+            audit::service(who, &req.service, audit::Decision::Revoked(&why));
+            Ok(())
         }
     }
-    Ok(())
 }
 
 /// Carries a connection of this device to a service it hosts itself (a

@@ -6,6 +6,11 @@
 //! Members get a bounded number of connections and of streams in flight,
 //! per peer and in total. Refusals are logged, at most a few lines per
 //! window, so a flood of strangers cannot flood the journal.
+//!
+//! The one door for strangers: on a cluster manager with joins open, a
+//! connection for `malai/join/1` (and nothing else: a connection carries
+//! one protocol) is admitted, one per key and `MAX_JOIN_CONNECTIONS` in
+//! all; the join handler decides the rest.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, RwLock};
@@ -28,6 +33,9 @@ pub const MAX_CONNECTIONS: usize = 1024;
 pub const MAX_STREAMS_PER_PEER: usize = 256;
 /// Streams all peers together may have in flight on one cluster identity.
 pub const MAX_STREAMS: usize = 4096;
+
+/// Strangers' join connections held open at once, all keys together.
+pub const MAX_JOIN_CONNECTIONS: usize = 64;
 
 /// The QUIC close code for a refused connection; its reason says why.
 pub const REFUSED: u32 = 403;
@@ -54,6 +62,9 @@ struct Shared {
     known: RwLock<Arc<BTreeSet<Id52>>>,
     connections: Counter,
     streams: Counter,
+    /// Strangers' join connections (one per key), when joins are open.
+    joins: Counter,
+    joins_open: std::sync::atomic::AtomicBool,
     /// Every connection completed, dialled or accepted, for status.
     links: super::links::Links,
     log: Mutex<RateLimit>,
@@ -70,6 +81,8 @@ impl Gate {
                 known: RwLock::new(Arc::new(BTreeSet::new())),
                 connections: Counter::new(MAX_CONNECTIONS_PER_PEER, MAX_CONNECTIONS),
                 streams: Counter::new(MAX_STREAMS_PER_PEER, MAX_STREAMS),
+                joins: Counter::new(1, MAX_JOIN_CONNECTIONS),
+                joins_open: std::sync::atomic::AtomicBool::new(false),
                 links: super::links::Links::default(),
                 log: Mutex::new(RateLimit::default()),
             }),
@@ -83,6 +96,13 @@ impl Gate {
         let mut known = config.map(ClusterConfig::known_peers).unwrap_or_default();
         known.insert(self.shared.cm);
         *self.shared.known.write().expect("known lock") = Arc::new(known);
+    }
+
+    /// Admits strangers' `malai/join/1` connections from now on (a CM).
+    pub fn open_joins(&self) {
+        self.shared
+            .joins_open
+            .store(true, std::sync::atomic::Ordering::SeqCst);
     }
 
     /// Whether `peer` is a member of the cluster as the config in force says.
@@ -122,7 +142,8 @@ impl Gate {
         GateHooks { gate: self.clone() }
     }
 
-    fn refused(&self, peer: Id52, why: &str) {
+    /// Logs a refusal of `peer`, at most `LOG_BURST` lines per window.
+    pub fn refused(&self, peer: Id52, why: &str) {
         let suppressed = match self
             .shared
             .log
@@ -155,6 +176,10 @@ impl EndpointHooks for GateHooks {
             return AfterHandshakeOutcome::Accept;
         }
         let peer = Id52::from_public_key(conn.remote_id());
+        let joining = conn.alpn() == super::JOIN_ALPN;
+        if joining && !self.gate.admits(&peer) {
+            return self.gate.admit_join(conn, peer);
+        }
         if !self.gate.admits(&peer) {
             self.gate.refused(peer, "not a member of this cluster");
             return reject(REFUSED, "not a member of this cluster");
@@ -164,6 +189,31 @@ impl EndpointHooks for GateHooks {
             return reject(OVER_CAP, "too many connections");
         };
         self.gate.shared.links.record(conn);
+        let closed = conn.weak_handle().closed();
+        tokio::spawn(async move {
+            closed.await;
+            drop(permit);
+        });
+        AfterHandshakeOutcome::Accept
+    }
+}
+
+impl Gate {
+    /// A stranger's join connection: admitted only where joins are open,
+    /// one per key and `MAX_JOIN_CONNECTIONS` in all.
+    fn admit_join(&self, conn: &Connection, peer: Id52) -> AfterHandshakeOutcome {
+        if !self
+            .shared
+            .joins_open
+            .load(std::sync::atomic::Ordering::SeqCst)
+        {
+            self.refused(peer, "a join, but this device is not the cluster manager");
+            return reject(REFUSED, "not a member of this cluster");
+        }
+        let Some(permit) = self.shared.joins.take(peer) else {
+            self.refused(peer, "too many joins at once");
+            return reject(OVER_CAP, "too many joins at once; try again");
+        };
         let closed = conn.weak_handle().closed();
         tokio::spawn(async move {
             closed.await;

@@ -25,6 +25,9 @@ pub const EXEC_ALPN: &[u8] = b"malai/exec/1";
 pub const CONFIG_ALPN: &[u8] = b"malai/config/1";
 /// Service forwarding: one bidirectional stream per forwarded connection.
 pub const FORWARD_ALPN: &[u8] = b"malai/forward/1";
+/// Joining a cluster with an invite (`join`): the one protocol a cluster
+/// manager serves to keys it does not know.
+pub const JOIN_ALPN: &[u8] = b"malai/join/1";
 
 /// How long a dial may take before we call the peer unreachable (iroh's own
 /// limit for a dead address is about 30 s).

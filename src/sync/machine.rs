@@ -1,5 +1,7 @@
 //! The machine side of config distribution: answer the CM's pushes with
-//! `Cluster::accept`, and ask the CM for the latest config on start.
+//! `Cluster::accept`, ask the CM for the latest config on start, and, when
+//! the config sets `max_config_age`, ask again often enough that it stays
+//! fresh while the CM answers (`Cluster::heard_from_cm`).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,7 +13,11 @@ use crate::p2p::{CONFIG_ALPN, frame};
 
 /// Applies a config the CM sent (`Cluster::accept`), as the answer to send.
 pub async fn apply(cluster: &Cluster, envelope: Envelope) -> PushAnswer {
-    match cluster.accept(envelope).await {
+    let accepted = cluster.accept(envelope).await;
+    if accepted.is_ok() {
+        cluster.heard_from_cm();
+    }
+    match accepted {
         Ok(version) => PushAnswer::Ack {
             version,
             protocol: Some(PROTOCOL),
@@ -28,19 +34,58 @@ pub async fn apply(cluster: &Cluster, envelope: Envelope) -> PushAnswer {
     }
 }
 
+/// How often a machine whose config sets `max_config_age` asks its CM,
+/// as a fraction of that age: three tries before it expires.
+const REFRESHES_PER_AGE: u32 = 4;
+
 /// On start, ask the CM for the latest config, retrying with backoff until
-/// it answers once; pushes do the rest.
-pub async fn fetch_on_start(cluster: Arc<Cluster>) {
+/// it answers; pushes do the rest. With `max_config_age`, keep asking every
+/// quarter of it (and retry at least that often), so that the config
+/// expires only when the CM has been out of reach for that long. Runs for
+/// the life of the cluster, beside `Cluster::watch_config_age`.
+pub async fn follow_cm(cluster: Arc<Cluster>) {
+    let mut in_force = cluster.subscribe();
     let mut delay = Duration::from_millis(500);
     loop {
-        match fetch_once(&cluster).await {
-            Ok(()) => return,
+        let answered = match fetch_once(&cluster).await {
+            Ok(()) => true,
             Err(e) => {
-                tracing::info!(malai_cluster = %cluster.alias(), "cannot fetch config from the cluster manager yet: {e:#}");
+                tracing::info!(malai_cluster = %cluster.alias(), "cannot fetch config from the cluster manager: {e:#}");
+                false
+            }
+        };
+        let refresh = in_force
+            .borrow_and_update()
+            .config
+            .as_ref()
+            .and_then(|c| c.max_config_age)
+            .map(|age| age / REFRESHES_PER_AGE);
+        if answered {
+            delay = Duration::from_millis(500);
+        }
+        let wait = match (answered, refresh) {
+            (true, None) => None,
+            (true, Some(refresh)) => Some(refresh),
+            (false, refresh) => Some(refresh.map_or(delay, |r| r.min(delay))),
+        };
+        if !answered {
+            delay = (delay * 2).min(Duration::from_secs(60));
+        }
+        match wait {
+            Some(wait) => {
+                tokio::select! {
+                    () = tokio::time::sleep(wait) => {}
+                    // A config that sets or changes the age is looked at
+                    // again at once.
+                    _ = in_force.changed() => {}
+                }
+            }
+            None => {
+                if in_force.changed().await.is_err() {
+                    return;
+                }
             }
         }
-        tokio::time::sleep(delay).await;
-        delay = (delay * 2).min(Duration::from_secs(60));
     }
 }
 
@@ -59,11 +104,15 @@ async fn fetch_once(cluster: &Cluster) -> anyhow::Result<()> {
     match frame::read_msg::<_, FetchAnswer>(&mut recv).await? {
         FetchAnswer::Config { envelope } => match cluster.accept(envelope).await {
             // Nothing newer than what this machine holds: up to date.
-            Ok(_) => Ok(()),
+            Ok(_) => {
+                cluster.heard_from_cm();
+                Ok(())
+            }
             // The CM is behind what this machine holds (its state.json was
             // lost or restored): its next push is refused with the version
             // held here, and it moves past it.
             Err(AcceptError::NotNewer { offered, current }) => {
+                cluster.heard_from_cm();
                 if offered < current {
                     tracing::warn!(
                         malai_cluster = %cluster.alias(), malai_peer = %cluster.cm_id52(),

@@ -1,0 +1,187 @@
+//! `malai identity list|export|import`: this device's cluster identities.
+//! A key leaves only into a new 0600 file or a pipe, never onto a
+//! terminal; a key comes in only from a file no one else may read, and
+//! never replaces a key a cluster already knows this device by. A key
+//! imported for a cluster this device has not joined waits in its own
+//! directory until `malai machine init` takes it (`home::KEY_ONLY`).
+
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::PathBuf;
+
+use clap::Subcommand;
+use serde_json::json;
+
+use crate::exit::{FAILURE, Failure, OK};
+use crate::fsutil;
+use crate::home::{self, Home};
+use crate::identity::Identity;
+
+#[derive(Debug, Subcommand)]
+pub enum IdentityCommand {
+    /// Every cluster identity of this device: cluster, role, id52.
+    List {
+        /// Print one JSON object on stdout.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Write a cluster's secret key to FILE (created, mode 0600) or to
+    /// stdout when it is not a terminal: a backup, or a move to new hardware.
+    Export {
+        cluster: String,
+        /// The file to create; it must not exist.
+        #[arg(short, long, value_name = "FILE")]
+        output: Option<PathBuf>,
+    },
+    /// Take a key written by `export` as this device's identity for
+    /// CLUSTER: a cluster that lost its key, or one to join with it.
+    Import {
+        cluster: String,
+        /// The key file; only its owner may read it (chmod 600).
+        file: PathBuf,
+    },
+}
+
+pub fn run(cmd: IdentityCommand) -> anyhow::Result<u8> {
+    let home = Home::resolve()?;
+    match cmd {
+        IdentityCommand::List { json } => list(&home, json),
+        IdentityCommand::Export { cluster, output } => export(&home, &cluster, output),
+        IdentityCommand::Import { cluster, file } => import(&home, &cluster, &file),
+    }
+}
+
+fn list(home: &Home, as_json: bool) -> anyhow::Result<u8> {
+    let mut rows = Vec::new();
+    for alias in home.cluster_aliases()? {
+        let (role, id52) = match home.load_cluster(&alias) {
+            Ok(c) => (c.role.as_str().to_owned(), Some(c.identity.id52())),
+            Err(_) => {
+                let key = Identity::load(&home.cluster_dir(&alias).join(home::IDENTITY_FILE));
+                let role = if home::is_key_only(&home.cluster_dir(&alias)) {
+                    home::KEY_ONLY
+                } else {
+                    "invalid"
+                };
+                (role.to_owned(), key.ok().map(|k| k.id52()))
+            }
+        };
+        rows.push((alias, role, id52));
+    }
+    if as_json {
+        let identities: Vec<_> = rows
+            .iter()
+            .map(|(alias, role, id)| {
+                json!({"alias": alias, "role": role, "id52": id.map(|i| i.to_string())})
+            })
+            .collect();
+        super::print_json(&json!({ "identities": identities }));
+    } else if rows.is_empty() {
+        eprintln!("no cluster identities in {}", home.root.display());
+    } else {
+        for (alias, role, id) in rows {
+            let id = id.map_or_else(|| "(key unreadable)".to_owned(), |i| i.to_string());
+            println!("{alias:<16} {role:<16} {id}");
+        }
+    }
+    Ok(OK)
+}
+
+fn export(home: &Home, cluster: &str, output: Option<PathBuf>) -> anyhow::Result<u8> {
+    let path = home.cluster_dir(cluster).join(home::IDENTITY_FILE);
+    if !path.exists() {
+        return Err(Failure::new(
+            FAILURE,
+            format!(
+                "no identity for cluster {cluster:?} in {}",
+                home.root.display()
+            ),
+        )
+        .into());
+    }
+    let identity = Identity::load(&path)?;
+    let text = identity.to_text();
+    match output {
+        Some(file) => {
+            // A new file only: an existing one, or a link planted in its
+            // place, is refused rather than written through.
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&file)
+                .map_err(|e| {
+                    Failure::new(
+                        FAILURE,
+                        format!("{}: {e} (export writes a new file only)", file.display()),
+                    )
+                })?;
+            f.write_all(text.as_bytes())?;
+            f.sync_all()?;
+            if let Some(dir) = file.parent().filter(|d| !d.as_os_str().is_empty()) {
+                let _ = fsutil::sync_dir(dir);
+            }
+            eprintln!(
+                "wrote the key of {} ({cluster}) to {} (mode 0600); whoever holds it is this device in the cluster",
+                identity.id52(),
+                file.display()
+            );
+        }
+        None => {
+            if rustix::termios::isatty(std::io::stdout()) {
+                return Err(Failure::usage(
+                    "refusing to print a secret key on a terminal: write it to a file with -o FILE, or pipe it",
+                )
+                .into());
+            }
+            let mut out = std::io::stdout().lock();
+            out.write_all(text.as_bytes())?;
+            out.flush()?;
+        }
+    }
+    Ok(OK)
+}
+
+fn import(home: &Home, cluster: &str, file: &std::path::Path) -> anyhow::Result<u8> {
+    // Checks the mode (owner only) and that it is a key.
+    let identity = Identity::load(file).map_err(|e| Failure::new(FAILURE, e.to_string()))?;
+    let dir = home.cluster_dir(cluster);
+    let key_path = dir.join(home::IDENTITY_FILE);
+    if let Ok(held) = Identity::load(&key_path) {
+        if held.id52() == identity.id52() {
+            eprintln!(
+                "cluster {cluster:?} already has this identity: {}",
+                held.id52()
+            );
+            return Ok(OK);
+        }
+        return Err(Failure::new(
+            FAILURE,
+            format!(
+                "cluster {cluster:?} knows this device as {}; importing {} would replace that key. \
+                 To replace it anyway, move {} away first (the cluster must then learn the new id52)",
+                held.id52(),
+                identity.id52(),
+                key_path.display()
+            ),
+        )
+        .into());
+    }
+    let joined = dir.exists();
+    if !joined {
+        home::create_key_only_dir(home, cluster)?;
+    }
+    identity.store(&key_path)?;
+    if joined {
+        eprintln!(
+            "cluster {cluster:?}: identity {} restored; restart or rescan the daemon to use it",
+            identity.id52()
+        );
+    } else {
+        eprintln!(
+            "cluster {cluster:?}: identity {} imported; join with `malai machine init CM-ID52 {cluster} ...`, which keeps it",
+            identity.id52()
+        );
+    }
+    Ok(OK)
+}

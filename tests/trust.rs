@@ -1,0 +1,338 @@
+//! Trust that changes while things run: real daemons (cm, web01, laptop) on
+//! loopback. A config put in force ends the laptop's running command, its
+//! shell and its forwarded connection once they are no longer allowed;
+//! `[revoked]` refuses a key over every rule and web01 keeps refusing it
+//! until a config unrevokes it; `max_config_age` makes web01 refuse the
+//! laptop while the CM is away, and serve it again when the CM is back.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+use common::net::{Company, Daemon, Host, free_tcp_ports, wait_until};
+
+/// Appends `text` to a host's malai.toml before its daemon starts.
+fn add_local(host: &Host, text: &str) {
+    let path = host.home.path().join("malai.toml");
+    let mut f = std::fs::OpenOptions::new().append(true).open(path).unwrap();
+    writeln!(f, "\n{text}").unwrap();
+}
+
+fn wait_log(d: &Daemon, needles: &[&str]) -> String {
+    wait_until(&format!("the log shows {needles:?}"), || {
+        d.log_text()
+            .lines()
+            .any(|l| needles.iter().all(|n| l.contains(n)))
+    });
+    d.log_text()
+        .lines()
+        .find(|l| needles.iter().all(|n| l.contains(n)))
+        .unwrap()
+        .to_owned()
+}
+
+/// A TCP server on web01's 127.0.0.1 that greets each connection and
+/// echoes what it gets; its port.
+fn echo_server() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { break };
+            std::thread::spawn(move || {
+                let _ = conn.write_all(b"hello\n");
+                let mut buf = [0u8; 4096];
+                while let Ok(n) = conn.read(&mut buf) {
+                    if n == 0 || conn.write_all(&buf[..n]).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    port
+}
+
+/// `malai ARGS` on `host`, running in the background with its stdin
+/// open (a pipe the test holds) and its output captured.
+fn spawn_malai(host: &Host, args: &[&str]) -> Child {
+    host.malai(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// Waits for `child` to exit; its exit code and stderr.
+fn finished(mut child: Child) -> (Option<i32>, String) {
+    wait_until("the command ended", || child.try_wait().unwrap().is_some());
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn service(port: u16, allow_from: &str) -> String {
+    format!(
+        "[service.db]\nmachine = \"web01\"\nprotocol = \"tcp\"\nport = {port}\nallow_from = \"{allow_from}\"\n"
+    )
+}
+
+#[test]
+fn a_config_that_takes_rights_away_ends_the_command_the_shell_and_the_forward() {
+    let c = Company::loopback();
+    let [forward] = free_tcp_ports();
+    add_local(
+        &c.laptop,
+        &format!("[forward.db]\nlisten = \"127.0.0.1:{forward}\"\nservice = \"db.company\"\n"),
+    );
+    let db = echo_server();
+    let (cm, web, _lap) = c.start_synced("allow_from = \"laptop\"", "", &service(db, "laptop"));
+
+    // The three things the laptop holds: a long command, a shell reading
+    // its stdin, and a connection through the forward.
+    let command = spawn_malai(&c.laptop, &["web01.company", "sleep", "1000"]);
+    let mut shell = spawn_malai(&c.laptop, &["web01.company"]);
+    let shell_in = shell.stdin.as_mut().unwrap();
+    shell_in.write_all(b"echo shell-is-up\n").unwrap();
+    let mut shell_out = shell.stdout.take().unwrap();
+    let mut line = [0u8; 12];
+    shell_out.read_exact(&mut line).unwrap();
+    assert_eq!(&line, b"shell-is-up\n");
+    wait_until("the forward listens", || {
+        TcpStream::connect(("127.0.0.1", forward)).is_ok()
+    });
+    let mut conn = TcpStream::connect(("127.0.0.1", forward)).unwrap();
+    conn.set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
+    let mut hello = [0u8; 6];
+    conn.read_exact(&mut hello).unwrap();
+    assert_eq!(&hello, b"hello\n");
+    wait_log(
+        &web,
+        &["malai_decision=\"allowed\"", "malai_argv=sleep 1000 "],
+    );
+
+    // The laptop leaves web01's allow_from and the service's.
+    c.write_cluster_toml("", "", &service(db, "web01"));
+    c.cm.ok(&["rescan"]);
+    let rescanned = Instant::now();
+    let mut cm = cm;
+    cm.wait_status("v3");
+
+    let (code, stderr) = finished(command);
+    assert_eq!(code, Some(255), "{stderr}");
+    assert!(stderr.contains("revoked by config v3"), "{stderr}");
+    assert!(
+        stderr.contains("allow_from"),
+        "the reason names the rule: {stderr}"
+    );
+    let command_ended = rescanned.elapsed();
+
+    let (code, stderr) = finished(shell);
+    assert_eq!(code, Some(255), "{stderr}");
+    assert!(stderr.contains("revoked by config v3"), "{stderr}");
+
+    let mut rest = Vec::new();
+    let read = conn.read_to_end(&mut rest);
+    assert!(
+        read.is_ok() || rest.is_empty(),
+        "the forwarded connection is closed: {read:?}"
+    );
+    assert!(rest.is_empty(), "nothing more of the service: {rest:?}");
+    eprintln!(
+        "measured: the command ended {command_ended:?} after the rescan returned, all three by {:?}",
+        rescanned.elapsed()
+    );
+
+    // web01's audit log says what ended and why.
+    let sleep = wait_log(
+        &web,
+        &["malai_decision=\"revoked\"", "malai_argv=sleep 1000 "],
+    );
+    assert!(sleep.contains("malai_config_version=3"), "{sleep}");
+    wait_log(&web, &["malai_decision=\"revoked\"", "malai_argv= "]);
+    wait_log(
+        &web,
+        &["malai_decision=\"revoked\"", "malai_service=\"db\""],
+    );
+
+    // A new attempt is refused like any denial.
+    let out = c.laptop.run(&["web01.company", "true"]);
+    assert_eq!(out.status.code(), Some(255));
+}
+
+#[test]
+fn a_revoked_key_is_refused_over_every_rule_until_a_config_unrevokes_it() {
+    let c = Company::loopback();
+    let rules = "allow_from = \"laptop\"";
+    let (mut cm, mut web, _lap) = c.start_synced(rules, "", "");
+    c.laptop.ok(&["web01.company", "true"]);
+
+    // Revoked while web01's allow_from still names the laptop.
+    let revoked = format!("[revoked]\nid52s = [\"{}\"]\n", c.laptop_id);
+    c.write_cluster_toml(rules, "", &revoked);
+    c.cm.ok(&["rescan"]);
+    cm.wait_status("v3, 2/2 machines in sync");
+    let out = c.laptop.run(&["web01.company", "true"]);
+    assert_eq!(out.status.code(), Some(255));
+    let err = common::stderr(&out);
+    assert!(err.contains("refused"), "{err}");
+
+    // A config that merely drops the [revoked] table does not admit it
+    // again: web01 keeps what it was told.
+    c.write_cluster_toml(rules, "", "");
+    c.cm.ok(&["rescan"]);
+    cm.wait_status("v4, 2/2 machines in sync");
+    web.wait_status("company: machine v4");
+    let out = c.laptop.run(&["web01.company", "true"]);
+    assert_eq!(out.status.code(), Some(255), "{}", common::stderr(&out));
+    let kept =
+        std::fs::read_to_string(c.web01.cluster_dir("company").join("revoked.json")).unwrap();
+    assert!(kept.contains(&c.laptop_id), "{kept}");
+
+    // Listed in unrevoked: served again.
+    let unrevoked = format!("[revoked]\nunrevoked = [\"{}\"]\n", c.laptop_id);
+    c.write_cluster_toml(rules, "", &unrevoked);
+    c.cm.ok(&["rescan"]);
+    cm.wait_status("v5, 2/2 machines in sync");
+    web.wait_status("company: machine v5");
+    c.laptop.ok(&["web01.company", "true"]);
+
+    // The CM's own key cannot be revoked: a validation error at its line.
+    c.write_cluster_toml(
+        rules,
+        "",
+        &format!("[revoked]\nid52s = [\"{}\"]\n", c.cm_id),
+    );
+    let out = c.cm.run(&["rescan", "--check"]);
+    assert_eq!(out.status.code(), Some(78));
+    let err = common::stderr(&out);
+    assert!(
+        err.contains("cluster.toml:") && err.contains("cluster manager"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_machine_cut_off_from_its_cm_past_max_config_age_refuses_peers_until_it_returns() {
+    let c = Company::loopback();
+    let rules = "allow_from = \"laptop\"";
+    // A top-level key: before the first table.
+    let path = c.cm.cluster_dir("company").join("cluster.toml");
+    let (cm, mut web, _lap) = {
+        let mut cm = c.cm.start_daemon();
+        let mut web = c.web01.start_daemon();
+        let lap = c.laptop.start_daemon();
+        c.write_cluster_toml(rules, "", "");
+        let text = std::fs::read_to_string(&path).unwrap();
+        std::fs::write(&path, format!("max_config_age = \"5s\"\n{text}")).unwrap();
+        c.cm.ok(&["rescan"]);
+        cm.wait_status("2/2 machines in sync");
+        web.wait_status("company: machine v2");
+        (cm, web, lap)
+    };
+    c.laptop.ok(&["web01.company", "true"]);
+    // Heard from the CM every quarter of the age: still fresh after it.
+    let fresh_until = Instant::now() + Duration::from_secs(7);
+    while Instant::now() < fresh_until {
+        c.laptop.ok(&["web01.company", "true"]);
+    }
+
+    // The CM goes away: past 5 s, web01 refuses the laptop and says why.
+    cm.stop();
+    web.wait_status("config expired");
+    let out = c.laptop.run(&["web01.company", "true"]);
+    assert_eq!(out.status.code(), Some(255));
+    let err = common::stderr(&out);
+    assert!(err.contains("config expired"), "{err}");
+    wait_log(&web, &["config expired", "max_config_age = 5s"]);
+
+    // The CM is back (same home, same port): web01 hears from it and
+    // serves again.
+    let _cm = c.cm.start_daemon();
+    while web.status.contains("expired") {
+        web.wait_notify("STATUS=");
+    }
+    wait_until("web01 serves the laptop again", || {
+        c.laptop.run(&["web01.company", "true"]).status.success()
+    });
+    wait_log(&web, &["heard from the cluster manager again"]);
+}
+
+// ---------------------------------------------------------------------------
+// Identity commands.
+
+#[test]
+fn an_exported_key_imported_on_a_fresh_home_is_the_same_identity_and_joins_with_it() {
+    let old = common::TestHome::new();
+    let cm = common::net::id52_of(&old.init_loopback_cluster("company"));
+    let listed = old.json(&["identity", "list", "--json"]);
+    assert_eq!(listed["identities"][0]["alias"], "company");
+    assert_eq!(listed["identities"][0]["role"], "cluster-manager");
+    assert_eq!(listed["identities"][0]["id52"], cm.as_str());
+
+    let outside = tempfile::tempdir().unwrap();
+    let key = outside.path().join("k");
+    old.ok(&["identity", "export", "company", "-o", key.to_str().unwrap()]);
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&key).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    // Never over a file that exists, nor through a link planted there.
+    let out = old.run(&["identity", "export", "company", "-o", key.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    let victim = outside.path().join("victim");
+    std::fs::write(&victim, "precious").unwrap();
+    let link = outside.path().join("link");
+    std::os::unix::fs::symlink(&victim, &link).unwrap();
+    let out = old.run(&[
+        "identity",
+        "export",
+        "company",
+        "-o",
+        link.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious");
+    // To a pipe: the same key text.
+    let piped = old.ok(&["identity", "export", "company"]);
+    assert_eq!(piped, std::fs::read_to_string(&key).unwrap());
+
+    // A fresh home: the same id52, shown as a key waiting to join; the
+    // daemon starts beside it.
+    let new = common::TestHome::new();
+    new.ok(&["identity", "import", "company", key.to_str().unwrap()]);
+    let listed = new.json(&["identity", "list", "--json"]);
+    assert_eq!(listed["identities"][0]["id52"], cm.as_str());
+    assert_eq!(listed["identities"][0]["role"], "key only");
+    new.ok(&["rescan", "--check"]);
+    // machine init keeps it.
+    let joined = new.json(&["machine", "init", &cm, "company", "--json"]);
+    assert_eq!(joined["id52"], cm.as_str());
+
+    // A key others may read is refused; so is replacing the key a cluster
+    // knows this device by.
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let out = new.run(&["identity", "import", "other", key.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        common::stderr(&out).contains("chmod 600"),
+        "{}",
+        common::stderr(&out)
+    );
+    let second = common::TestHome::new();
+    second.init_loopback_cluster("company");
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let out = second.run(&["identity", "import", "company", key.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        common::stderr(&out).contains("would replace"),
+        "{}",
+        common::stderr(&out)
+    );
+}
