@@ -17,6 +17,7 @@ pub mod fsutil;
 pub mod helper;
 pub mod home;
 pub mod identity;
+pub mod join;
 pub mod local_users;
 pub mod p2p;
 pub mod personalize;

@@ -1,5 +1,6 @@
 //! `malai cluster init <cluster>`: this device becomes the cluster manager of
-//! a new cluster.
+//! a new cluster. `malai cluster invite <cluster>`: tickets that let a new
+//! device join it (`join`), and the invites' list, revocation and approval.
 
 use clap::Subcommand;
 use serde_json::json;
@@ -19,11 +20,50 @@ pub enum ClusterCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Make an invite: a ticket a new device joins with (`malai machine
+    /// join TICKET`); or list, revoke or approve invites.
+    Invite(InviteArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct InviteArgs {
+    /// The cluster this device manages.
+    pub cluster: String,
+    /// The machine name the joining device gets (default: its host name).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// How long the ticket is valid: 30m, 1h, 7d.
+    #[arg(long, default_value = "1h", value_name = "DURATION")]
+    pub expires: String,
+    /// How many devices may join with it.
+    #[arg(long, default_value_t = 1)]
+    pub uses: u32,
+    /// Each join waits until approved with --approve.
+    #[arg(long)]
+    pub pending: bool,
+    /// An address the cluster manager can be reached at, for the ticket
+    /// (besides [cluster-manager] addrs and this cluster's fixed port);
+    /// repeat for several.
+    #[arg(long = "addr", value_name = "IP:PORT")]
+    pub addr: Vec<std::net::SocketAddr>,
+    /// List the invites and the joins waiting for approval.
+    #[arg(long, conflicts_with_all = ["revoke", "approve"])]
+    pub list: bool,
+    /// Refuse every later join with invite ID.
+    #[arg(long, value_name = "ID", conflicts_with = "approve")]
+    pub revoke: Option<String>,
+    /// Let the waiting join ID in.
+    #[arg(long, value_name = "ID")]
+    pub approve: Option<String>,
+    /// Print one JSON object on stdout.
+    #[arg(long)]
+    pub json: bool,
 }
 
 pub fn run(cmd: ClusterCommand) -> anyhow::Result<u8> {
     match cmd {
         ClusterCommand::Init { cluster, json } => init(&cluster, json),
+        ClusterCommand::Invite(args) => super::invite::run(args),
     }
 }
 

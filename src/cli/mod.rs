@@ -11,6 +11,7 @@ pub mod forward;
 pub mod generate;
 pub mod helper;
 pub mod identity;
+pub mod invite;
 pub mod machine;
 pub mod rescan;
 pub mod route;

@@ -1,6 +1,6 @@
 //! One cluster identity running in the daemon: its endpoint with the gate
 //! of its cluster, the `Cluster` handle, its router (one handler per ALPN:
-//! exec, config, forward) and its role's config-sync tasks (the CM's
+//! exec, config, forward, and join on a CM) and its role's config-sync tasks (the CM's
 //! pusher, or a machine's fetches and the watch on its config's age).
 
 use std::sync::Arc;
@@ -14,8 +14,9 @@ use crate::config::NetworkSettings;
 use crate::exec::server::ExecHandler;
 use crate::forward::host::ForwardHandler;
 use crate::home::{ClusterDir, Role};
+use crate::join::server::JoinHandler;
 use crate::p2p::gate::Gate;
-use crate::p2p::{self, CONFIG_ALPN, EXEC_ALPN, FORWARD_ALPN, Pool, RelayChoice};
+use crate::p2p::{self, CONFIG_ALPN, EXEC_ALPN, FORWARD_ALPN, JOIN_ALPN, Pool, RelayChoice};
 use crate::sync;
 
 pub struct RunningCluster {
@@ -34,19 +35,28 @@ impl RunningCluster {
         changed: Arc<Notify>,
     ) -> anyhow::Result<RunningCluster> {
         let port = net.ports.get(&c.alias).copied().unwrap_or(0);
-        let alpns = vec![
+        let mut alpns = vec![
             EXEC_ALPN.to_vec(),
             CONFIG_ALPN.to_vec(),
             FORWARD_ALPN.to_vec(),
         ];
         let gate = Gate::new(&c.alias, c.cm_id52, None);
+        // A CM lets strangers join with an invite (and do nothing else).
+        if c.role == Role::ClusterManager {
+            alpns.push(JOIN_ALPN.to_vec());
+            gate.open_joins();
+        }
         let relay = RelayChoice::resolve(net, c.relay.as_ref());
         let endpoint = p2p::bind(&c.identity, net, &relay, port, alpns, Some(&gate)).await?;
         let role = c.role;
         let alias = c.alias.clone();
         let pool = Pool::new(&relay);
         let cluster = Cluster::start(c, endpoint.clone(), pool, gate, changed).await?;
-        let router = Router::builder(endpoint)
+        let mut router = Router::builder(endpoint);
+        if role == Role::ClusterManager {
+            router = router.accept(JOIN_ALPN, JoinHandler::new(cluster.clone()));
+        }
+        let router = router
             .accept(EXEC_ALPN, ExecHandler::new(cluster.clone()))
             .accept(
                 FORWARD_ALPN,

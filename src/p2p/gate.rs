@@ -35,7 +35,7 @@ pub const MAX_STREAMS_PER_PEER: usize = 256;
 pub const MAX_STREAMS: usize = 4096;
 
 /// Strangers' join connections held open at once, all keys together.
-pub const MAX_JOIN_CONNECTIONS: usize = 64;
+pub const MAX_JOIN_CONNECTIONS: usize = 16;
 
 /// The QUIC close code for a refused connection; its reason says why.
 pub const REFUSED: u32 = 403;

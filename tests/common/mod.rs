@@ -135,3 +135,10 @@ pub fn rss_kib(pid: i32) -> u64 {
 pub fn hwm_kib(pid: i32) -> u64 {
     proc_status_kib(pid, "VmHWM:")
 }
+
+/// The anonymous resident memory of `pid` now (heap and stacks, without the
+/// binary's code pages, which a debug build has 30 MB of and faults in as
+/// new paths run), in KiB.
+pub fn rss_anon_kib(pid: i32) -> u64 {
+    proc_status_kib(pid, "RssAnon:")
+}

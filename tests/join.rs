@@ -1,0 +1,265 @@
+//! Joining by invite, end to end on loopback: a real CM daemon, fresh homes
+//! that run `malai machine join TICKET` with their own daemons, and, for
+//! the flood, 200 fresh keys speaking `malai/join/1` from the library.
+
+mod common;
+
+use std::path::Path;
+use std::process::Stdio;
+use std::time::Instant;
+
+use common::net::{Daemon, Host, wait_until};
+use malai::identity::Identity;
+use malai::join::ticket::Ticket;
+use malai::join::{JoinAnswer, JoinRequest};
+use malai::p2p::{self, JOIN_ALPN, frame};
+
+/// A CM with cluster `company` and its daemon.
+fn cm() -> (Host, Daemon) {
+    let cm = Host::loopback("cm", &["company"]);
+    cm.ok(&["cluster", "init", "company"]);
+    let d = cm.start_daemon();
+    (cm, d)
+}
+
+/// A fresh device with a daemon and no cluster.
+fn device(name: &str) -> (Host, Daemon) {
+    let h = Host::loopback(name, &["company"]);
+    let d = h.start_daemon();
+    (h, d)
+}
+
+fn invite(cm: &Host, args: &[&str]) -> (String, String) {
+    let mut all = vec!["cluster", "invite", "company", "--json"];
+    all.extend_from_slice(args);
+    let v = cm.json(&all);
+    (
+        v["id"].as_str().unwrap().to_owned(),
+        v["ticket"].as_str().unwrap().to_owned(),
+    )
+}
+
+fn cluster_toml(cm: &Host) -> String {
+    std::fs::read_to_string(cm.cluster_dir("company").join("cluster.toml")).unwrap()
+}
+
+#[test]
+fn a_fresh_device_joins_with_a_ticket_and_a_bad_ticket_changes_nothing() {
+    let (cm, mut cmd) = cm();
+    let (web, _webd) = device("web01");
+    let (id, ticket) = invite(&cm, &["--name", "web01"]);
+
+    let started = Instant::now();
+    let joined = web.json(&["machine", "join", &ticket, "--json"]);
+    assert_eq!(joined["machine"], "web01");
+    assert_eq!(joined["config_version"], 2);
+    cmd.wait_status("v2, 1/1 machines in sync");
+    eprintln!(
+        "measured: joined and in sync {:?} after the join started",
+        started.elapsed()
+    );
+    let text = cluster_toml(&cm);
+    assert!(
+        text.contains(&format!("# Joined with invite {id}.\n[machine.web01]")),
+        "{text}"
+    );
+    assert!(text.contains(joined["id52"].as_str().unwrap()), "{text}");
+    let status = cm.json(&["status", "--json"]);
+    let machines = &status["clusters"][0]["machines"];
+    assert_eq!(machines[0]["alias"], "web01");
+
+    // A second use of a one-use ticket, a revoked one, an expired one and
+    // one with a wrong secret: refused with exit 77, logged with the
+    // invite's id, cluster.toml untouched, nothing left on the device.
+    let before = cluster_toml(&cm);
+    let (other, _otherd) = device("other");
+    let refused = |ticket: &str, why: &str| {
+        let out = other.run(&["machine", "join", ticket]);
+        assert_eq!(out.status.code(), Some(77), "{}", common::stderr(&out));
+        assert!(
+            common::stderr(&out).contains(why),
+            "{}",
+            common::stderr(&out)
+        );
+        assert!(
+            !other.cluster_dir("company").exists(),
+            "a refused join leaves nothing"
+        );
+    };
+    refused(&ticket, "used up");
+
+    let (revoked_id, revoked) = invite(&cm, &[]);
+    cm.ok(&["cluster", "invite", "company", "--revoke", &revoked_id]);
+    refused(&revoked, "revoked");
+
+    let (expired_id, expired) = invite(&cm, &[]);
+    // The invite's record as time would leave it: its expiry in the past.
+    let invites = cm.cluster_dir("company").join("invites.json");
+    let mut all: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&invites).unwrap()).unwrap();
+    for i in all["invites"].as_array_mut().unwrap() {
+        if i["id"] == expired_id.as_str() {
+            i["expires"] = 1.into();
+        }
+    }
+    std::fs::write(&invites, serde_json::to_vec(&all).unwrap()).unwrap();
+    refused(&expired, "expired");
+
+    let (wrong_id, good) = invite(&cm, &[]);
+    let mut forged = Ticket::decode(&good).unwrap();
+    forged.secret = "00".repeat(32);
+    refused(&forged.encode(), "wrong secret");
+    assert_eq!(cluster_toml(&cm), before);
+    for id in [&revoked_id, &expired_id, &wrong_id] {
+        wait_until(&format!("the CM logs invite {id}"), || {
+            cmd.log_text()
+                .lines()
+                .any(|l| l.contains("join refused") && l.contains(id.as_str()))
+        });
+    }
+    // The secret is nowhere on the CM.
+    let stored = std::fs::read_to_string(&invites).unwrap();
+    assert!(!stored.contains(&forged.secret));
+    assert!(!stored.contains(&Ticket::decode(&good).unwrap().secret));
+}
+
+#[test]
+fn a_pending_invite_waits_until_approved() {
+    let (cm, mut cmd) = cm();
+    let (db, _dbd) = device("db01");
+    let (_, ticket) = invite(&cm, &["--pending", "--name", "db01"]);
+    let before = cluster_toml(&cm);
+    let mut join = db
+        .malai(&["machine", "join", &ticket])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let approval = {
+        let mut found = None;
+        wait_until("the CM lists the waiting join", || {
+            let v = cm.json(&["cluster", "invite", "company", "--list", "--json"]);
+            found = v["pending"][0]["id"].as_str().map(str::to_owned);
+            found.is_some()
+        });
+        found.unwrap()
+    };
+    assert!(join.try_wait().unwrap().is_none(), "the join waits");
+    assert_eq!(cluster_toml(&cm), before, "nothing added before approval");
+    cm.ok(&["cluster", "invite", "company", "--approve", &approval]);
+    wait_until("the join ends", || join.try_wait().unwrap().is_some());
+    let out = join.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("waiting for approval"), "{err}");
+    assert!(cluster_toml(&cm).contains("[machine.db01]"));
+    cmd.wait_status("1/1 machines in sync");
+}
+
+#[test]
+fn two_hundred_strangers_hammering_the_join_door_neither_grow_the_cm_nor_keep_a_valid_ticket_out() {
+    let (cm, mut cmd) = cm();
+    let (web, _webd) = device("web01");
+    let (id, ticket) = invite(&cm, &["--name", "web01"]);
+    let t = Ticket::decode(&ticket).unwrap();
+    let cm_id = t.cm_id52();
+    let addr = t.addrs[0];
+    let (idle, idle_anon) = (common::rss_kib(cmd.pid()), common::rss_anon_kib(cmd.pid()));
+
+    let settings = "[network]\nrelay = \"disabled\"\ndiscovery = false\nbind = \"127.0.0.1\"\n";
+    let network = malai::config::local::parse(Path::new("malai.toml"), settings)
+        .unwrap()
+        .network;
+    let hammer = std::thread::spawn(move || {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        rt.block_on(async move {
+            // 200 keys, 50 at a time.
+            let at_once = std::sync::Arc::new(tokio::sync::Semaphore::new(50));
+            let mut tasks = Vec::new();
+            for _ in 0..200 {
+                let (network, id, at_once) = (network.clone(), id.clone(), at_once.clone());
+                tasks.push(tokio::spawn(async move {
+                    let _slot = at_once.acquire_owned().await.unwrap();
+                    let me = Identity::generate();
+                    let ep = p2p::bind(
+                        &me,
+                        &network,
+                        &p2p::RelayChoice::Disabled,
+                        0,
+                        Vec::new(),
+                        None,
+                    )
+                    .await
+                    .unwrap();
+                    let mut answers = Vec::new();
+                    if let Ok(conn) =
+                        p2p::dial(&ep, &cm_id, &p2p::Reach::at(&[addr]), JOIN_ALPN).await
+                    {
+                        for _ in 0..5 {
+                            let Ok((mut send, mut recv)) = conn.open_bi().await else {
+                                break;
+                            };
+                            let ask = JoinRequest {
+                                invite: id.clone(),
+                                secret: "11".repeat(32),
+                                name: "intruder".into(),
+                                addrs: Vec::new(),
+                            };
+                            if frame::write_msg(&mut send, &ask).await.is_err() {
+                                break;
+                            }
+                            let _ = send.finish();
+                            match frame::read_msg::<_, JoinAnswer>(&mut recv).await {
+                                Ok(a) => answers.push(a),
+                                Err(_) => break,
+                            }
+                        }
+                    }
+                    ep.close().await;
+                    answers
+                }));
+            }
+            let mut all = Vec::new();
+            for t in tasks {
+                all.extend(t.await.unwrap());
+            }
+            all
+        })
+    });
+    // Meanwhile, the real device joins.
+    let joined = web.json(&["machine", "join", &ticket, "--json"]);
+    assert_eq!(joined["machine"], "web01");
+    let answers = hammer.join().unwrap();
+    let peak = common::hwm_kib(cmd.pid());
+    let (now, now_anon) = (common::rss_kib(cmd.pid()), common::rss_anon_kib(cmd.pid()));
+    assert!(
+        answers
+            .iter()
+            .all(|a| !matches!(a, JoinAnswer::Joined { .. })),
+        "no stranger joined"
+    );
+    let refused = answers
+        .iter()
+        .filter(|a| matches!(a, JoinAnswer::Refused { .. }))
+        .count();
+    let busy = answers
+        .iter()
+        .filter(|a| matches!(a, JoinAnswer::Busy { .. }))
+        .count();
+    eprintln!(
+        "measured: {} answers ({refused} refused, {busy} busy); CM RSS idle {idle} KiB, peak {peak} KiB, \
+         after {now} KiB; of it anonymous (heap, stacks): idle {idle_anon} KiB, after {now_anon} KiB",
+        answers.len()
+    );
+    // The heap is what a flood could grow; the debug binary's code pages
+    // that the handshakes fault in are not (the release binary is a
+    // fraction of it).
+    assert!(
+        now_anon < idle_anon + 20 * 1024,
+        "anonymous RSS grew from {idle_anon} to {now_anon} KiB"
+    );
+    cmd.wait_status("1/1 machines in sync");
+    let text = cluster_toml(&cm);
+    assert!(!text.contains("intruder"), "{text}");
+}
