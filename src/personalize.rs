@@ -283,6 +283,33 @@ pub fn machine_toml(
     })
 }
 
+/// The config a machine removed from the cluster receives at `version`:
+/// the cluster manager and nothing else, so that it runs nothing and
+/// admits nobody but the CM. Written in the first release's keys, which
+/// every machine understands.
+pub fn farewell_toml(config: &ClusterConfig, version: u64) -> String {
+    let out = Out {
+        max_config_age: None,
+        received: OutReceived {
+            version,
+            protocol: None,
+        },
+        cluster_manager: OutCm {
+            id52: config.cluster_manager.to_string(),
+            addrs: config.cm_addrs.iter().map(ToString::to_string).collect(),
+        },
+        machine: BTreeMap::new(),
+        group: BTreeMap::new(),
+        service: BTreeMap::new(),
+        network: None,
+        revoked: None,
+    };
+    let body = toml::to_string(&out).expect("a farewell serializes");
+    format!(
+        "# Sent by the cluster manager: this machine was removed from the cluster.\n# It runs nothing for anyone until it is added again.\n\n{body}"
+    )
+}
+
 /// `max_config_age` and `[revoked]` for a machine that understands
 /// `protocol`; below 4 they are left out and named in `withheld`.
 fn trust(

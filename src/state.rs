@@ -23,6 +23,67 @@ pub struct CmState {
     /// The last time the version had to jump past what a machine held.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub moved_past: Option<MovedPast>,
+    /// Machines removed from the cluster, by id52: each is sent a signed
+    /// farewell (a config that names no machine, so it grants nothing)
+    /// until it acknowledges one.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub departed: BTreeMap<String, Departed>,
+}
+
+/// A machine the cluster no longer lists.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Departed {
+    /// Its alias when it was removed.
+    pub alias: String,
+    #[serde(default)]
+    pub addrs: Vec<std::net::SocketAddr>,
+    /// The config version that removed it.
+    pub removed_in: u64,
+    /// The farewell version it acknowledged (0: none yet).
+    #[serde(default)]
+    pub acked_version: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+}
+
+impl CmState {
+    /// Notes the machines of `before` that `after` no longer lists (the CM
+    /// `me` aside) as departed at `version`, and forgets the departure of
+    /// any listed again. Returns whether anything changed.
+    pub fn note_departures(
+        &mut self,
+        before: Option<&crate::config::ClusterConfig>,
+        after: &crate::config::ClusterConfig,
+        version: u64,
+        me: &crate::identity::Id52,
+    ) -> bool {
+        let listed: std::collections::BTreeSet<String> = after
+            .machines
+            .values()
+            .map(|m| m.id52.to_string())
+            .collect();
+        let before_len = self.departed.len();
+        self.departed.retain(|id, _| !listed.contains(id));
+        let mut changed = self.departed.len() != before_len;
+        for (alias, m) in before.iter().flat_map(|b| &b.machines) {
+            let id = m.id52.to_string();
+            if m.id52 == *me || listed.contains(&id) || self.departed.contains_key(&id) {
+                continue;
+            }
+            self.departed.insert(
+                id,
+                Departed {
+                    alias: alias.clone(),
+                    addrs: m.addrs.clone(),
+                    removed_in: version,
+                    acked_version: 0,
+                    last_error: None,
+                },
+            );
+            changed = true;
+        }
+        changed
+    }
 }
 
 /// The version jumped from `from` to `to` because machine `machine` held a

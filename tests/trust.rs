@@ -336,3 +336,99 @@ fn an_exported_key_imported_on_a_fresh_home_is_the_same_identity_and_joins_with_
         common::stderr(&out)
     );
 }
+
+#[test]
+fn a_machine_removed_from_the_cluster_is_told_and_grants_nothing_until_added_again() {
+    let c = Company::loopback();
+    let rules = "allow_from = \"laptop\"";
+    let (cm, mut web, lap) = c.start_synced(rules, "", "");
+    let command = spawn_malai(&c.laptop, &["web01.company", "sleep", "1000"]);
+    wait_log(
+        &web,
+        &["malai_decision=\"allowed\"", "malai_argv=sleep 1000 "],
+    );
+    // The laptop's daemon stops: its files keep the directory of v2, which
+    // still lists web01 and where it is.
+    drop(lap);
+
+    // web01 leaves cluster.toml.
+    let path = c.cm.cluster_dir("company").join("cluster.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[cluster-manager]\nid52 = \"{}\"\n\n[machine.laptop]\nid52 = \"{}\"\naddrs = [\"{}\"]\n",
+            c.cm_id,
+            c.laptop_id,
+            c.laptop.socket_addr()
+        ),
+    )
+    .unwrap();
+    c.cm.ok(&["rescan"]);
+    web.wait_status("removed from the cluster");
+    wait_log(
+        &cm,
+        &["removed from the cluster, acknowledged its farewell"],
+    );
+    let (code, stderr) = finished(command);
+    assert_eq!(code, Some(255), "{stderr}");
+    assert!(stderr.contains("revoked by config v3"), "{stderr}");
+    let text =
+        std::fs::read_to_string(c.web01.cluster_dir("company").join("machine.toml")).unwrap();
+    assert!(
+        !text.contains("[machine."),
+        "the farewell lists no machine:\n{text}"
+    );
+
+    // The laptop still knows where web01 is: web01 refuses it.
+    let out = c.laptop.run(&["web01.company", "true"]);
+    assert_eq!(out.status.code(), Some(255));
+    assert!(
+        common::stderr(&out).contains("refused"),
+        "{}",
+        common::stderr(&out)
+    );
+
+    // Added again: served again.
+    c.write_cluster_toml(rules, "", "");
+    c.cm.ok(&["rescan"]);
+    web.wait_status("company: machine v4");
+    assert!(!web.status.contains("removed"), "{}", web.status);
+    c.laptop.ok(&["web01.company", "true"]);
+}
+
+#[test]
+fn a_rotated_machine_key_keeps_the_machine_working_and_the_old_key_is_refused() {
+    let c = Company::loopback();
+    let (mut cm, mut web, mut lap) = c.start_synced("allow_from = \"laptop\"", "", "");
+    c.laptop.ok(&["web01.company", "true"]);
+    let key_path = c.web01.cluster_dir("company").join("identity.key");
+    let old = malai::identity::Identity::load(&key_path).unwrap();
+
+    c.web01.ok(&["identity", "rotate", "company"]);
+    let new = malai::identity::Identity::load(&key_path).unwrap();
+    assert_ne!(new.id52(), old.id52());
+    let text = std::fs::read_to_string(c.cm.cluster_dir("company").join("cluster.toml")).unwrap();
+    assert!(text.contains(&new.id52().to_string()) && !text.contains(&old.id52().to_string()));
+    cm.wait_status("v3, 2/2 machines in sync");
+    web.wait_status("company: machine v3");
+    lap.wait_status("company: machine v3");
+    let listed = c.web01.json(&["identity", "list", "--json"]);
+    assert_eq!(
+        listed["identities"][0]["id52"],
+        new.id52().to_string().as_str()
+    );
+
+    // The laptop still runs commands there, with the new key in its
+    // directory.
+    c.laptop.ok(&["web01.company", "true"]);
+    // The old key is a stranger to the CM.
+    let cm_id: malai::identity::Id52 = c.cm_id.parse().unwrap();
+    let asked = common::raw::try_config_request::<malai::sync::proto::FetchAnswer>(
+        &old,
+        &cm_id,
+        c.cm.socket_addr().parse().unwrap(),
+        malai::sync::proto::ConfigRequest::Fetch { protocol: Some(4) },
+    );
+    let err = asked.expect_err("the old key is refused");
+    assert!(err.contains("not a member"), "{err}");
+}

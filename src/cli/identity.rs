@@ -1,9 +1,11 @@
-//! `malai identity list|export|import`: this device's cluster identities.
+//! `malai identity list|export|import|rotate`: this device's cluster
+//! identities.
 //! A key leaves only into a new 0600 file or a pipe, never onto a
 //! terminal; a key comes in only from a file no one else may read, and
 //! never replaces a key a cluster already knows this device by. A key
 //! imported for a cluster this device has not joined waits in its own
-//! directory until `malai machine init` takes it (`home::KEY_ONLY`).
+//! directory until `malai machine init` takes it (`home::KEY_ONLY`). A
+//! machine's rotation proves both keys to its CM (`sync::rotate`).
 
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
@@ -16,6 +18,7 @@ use crate::exit::{FAILURE, Failure, OK};
 use crate::fsutil;
 use crate::home::{self, Home};
 use crate::identity::Identity;
+use crate::sync::rotate::RotateError;
 
 #[derive(Debug, Subcommand)]
 pub enum IdentityCommand {
@@ -40,6 +43,9 @@ pub enum IdentityCommand {
         /// The key file; only its owner may read it (chmod 600).
         file: PathBuf,
     },
+    /// Replace this machine's key for CLUSTER: the cluster manager learns
+    /// the new one (proven by both keys) and refuses the old one.
+    Rotate { cluster: String },
 }
 
 pub fn run(cmd: IdentityCommand) -> anyhow::Result<u8> {
@@ -48,6 +54,74 @@ pub fn run(cmd: IdentityCommand) -> anyhow::Result<u8> {
         IdentityCommand::List { json } => list(&home, json),
         IdentityCommand::Export { cluster, output } => export(&home, &cluster, output),
         IdentityCommand::Import { cluster, file } => import(&home, &cluster, &file),
+        IdentityCommand::Rotate { cluster } => rotate(&home, &cluster),
+    }
+}
+
+/// Where a rotation keeps the new key until the CM has it: a run that was
+/// cut off resumes with the same key.
+const NEXT_KEY: &str = "identity.key.next";
+
+fn rotate(home: &Home, cluster: &str) -> anyhow::Result<u8> {
+    let c = home.load_cluster(cluster)?;
+    match c.role {
+        home::Role::Machine => {}
+        home::Role::Waiting => {
+            return Err(Failure::usage(format!(
+                "{cluster:?} has no config from its cluster manager yet: nothing knows this key to replace"
+            ))
+            .into());
+        }
+        home::Role::ClusterManager => {
+            return Err(Failure::usage(
+                "the cluster manager's own key is not rotated by this command (see the README on a stolen CM key)",
+            )
+            .into());
+        }
+    }
+    let next_path = c.dir.join(NEXT_KEY);
+    let new = if next_path.exists() {
+        Identity::load(&next_path)?
+    } else {
+        let key = Identity::generate();
+        key.store(&next_path)?;
+        key
+    };
+    let local = home
+        .local_config()
+        .map_err(|d| Failure::new(crate::exit::CONFIG, format!("malai.toml is invalid:\n{d}")))?;
+    let asked = super::runtime()?.block_on(crate::sync::rotate::ask(&c, &new, &local.network));
+    match asked {
+        Ok(version) => {
+            std::fs::rename(&next_path, c.dir.join(home::IDENTITY_FILE))?;
+            fsutil::sync_dir(&c.dir)?;
+            eprintln!(
+                "cluster {cluster:?}: {} -> {} (config version {version}); the old key is refused from now on",
+                c.identity.id52(),
+                new.id52()
+            );
+            match super::route::Route::find(home).and_then(|r| r.rescan()) {
+                Ok(super::route::RescanRoute::Files) => {
+                    eprintln!("No daemon runs here: start it to serve with the new key.");
+                }
+                Ok(_) => eprintln!("The daemon here serves with the new key now."),
+                Err(e) => eprintln!("warning: could not ask the daemon to rescan: {e:#}"),
+            }
+            Ok(OK)
+        }
+        Err(RotateError::Refused(reason)) => {
+            let _ = std::fs::remove_file(&next_path);
+            Err(Failure::new(
+                crate::exit::DENIED,
+                format!("the cluster manager refused the rotation: {reason}"),
+            )
+            .into())
+        }
+        Err(RotateError::Unreachable(why)) => Err(Failure::new(
+            crate::exit::UNAVAILABLE,
+            format!("cannot ask the cluster manager: {why}"),
+        )
+        .into()),
     }
 }
 

@@ -38,6 +38,9 @@ pub enum Change {
     /// cluster.toml as it is on disk with `text` appended (a machine that
     /// joined by invite); validated before anything is written.
     Append { text: String },
+    /// cluster.toml as it is on disk with every `old` id52 written as
+    /// `new` (a machine that rotated its key); validated first.
+    Rename { old: Id52, new: Id52 },
 }
 
 /// What a commit put in force.
@@ -72,9 +75,25 @@ impl Cluster {
     /// Commits `change` (CM only) and puts the result in force.
     pub async fn commit(&self, change: Change) -> Result<Committed, EditError> {
         let _apply = self.apply.lock().await;
+        let before = self.config();
+        // A rotated key is replaced, not removed: no farewell to the old one.
+        let rotation = matches!(change, Change::Rename { .. });
         let (config, committed) = {
             let mut ledger = self.ledger.lock().expect("ledger lock");
-            commit_files(&self.dir, &self.id52(), &mut ledger, change)?
+            let (config, committed) = commit_files(&self.dir, &self.id52(), &mut ledger, change)?;
+            // A machine the new config drops gets a farewell (`sync::cm`).
+            if !rotation
+                && ledger.note_departures(
+                    before.as_deref(),
+                    &config,
+                    committed.version,
+                    &self.id52(),
+                )
+                && let Err(e) = ledger.save(&self.state_path())
+            {
+                tracing::error!(malai_cluster = %self.alias, "cannot record the removed machines: {e:#}");
+            }
+            (config, committed)
         };
         if committed.hash != committed.previous_hash || self.version() != committed.version {
             tracing::info!(
@@ -139,10 +158,12 @@ pub fn commit_files(
             }
             whole.push('\n');
             whole.push_str(&text);
-            let config = validate(&path, &whole, cm)?;
-            fsutil::write_atomic(&path, whole.as_bytes(), 0o644)
-                .map_err(|e| EditError::Failed(format!("cannot write {}: {e}", path.display())))?;
-            (config, hash_hex(whole.as_bytes()))
+            write_validated(&path, cm, &whole)?
+        }
+        Change::Rename { old, new } => {
+            let whole =
+                String::from_utf8_lossy(&current).replace(&old.to_string(), &new.to_string());
+            write_validated(&path, cm, &whole)?
         }
         Change::Upload {
             text,
@@ -174,6 +195,19 @@ pub fn commit_files(
             previous_hash,
         },
     ))
+}
+
+/// Validates `text` and writes it as cluster.toml at `path`; the config
+/// and the hash of the text.
+fn write_validated(
+    path: &Path,
+    cm: &Id52,
+    text: &str,
+) -> Result<(ClusterConfig, String), EditError> {
+    let config = validate(path, text, cm)?;
+    fsutil::write_atomic(path, text.as_bytes(), 0o644)
+        .map_err(|e| EditError::Failed(format!("cannot write {}: {e}", path.display())))?;
+    Ok((config, hash_hex(text.as_bytes())))
 }
 
 /// Validates `text` as the cluster.toml of the CM `cm`.

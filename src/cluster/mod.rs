@@ -308,6 +308,15 @@ impl Cluster {
         self.changed.notify_one();
     }
 
+    /// Machine: the config in force does not list this device (its CM
+    /// removed it and sent a farewell).
+    pub fn removed(&self) -> bool {
+        self.role() == Role::Machine
+            && self
+                .config()
+                .is_some_and(|c| c.machine_by_id52(&self.id52()).is_none())
+    }
+
     /// CM: the protocol to write machine `alias` (`id`)'s config for.
     pub fn machine_protocol(&self, alias: &str, id: &Id52) -> u32 {
         let ledger = self.ledger.lock().expect("ledger lock");
@@ -385,6 +394,35 @@ impl Cluster {
         }
         drop(ledger);
         self.changed.notify_one();
+        ok
+    }
+
+    /// CM: records the outcome of a farewell to the removed machine `alias`
+    /// (`id`); true when it acknowledged one.
+    pub fn record_farewell(&self, alias: &str, id: &Id52, result: Result<u64, String>) -> bool {
+        let mut ledger = self.ledger.lock().expect("ledger lock");
+        let Some(entry) = ledger.departed.get_mut(&id.to_string()) else {
+            return true;
+        };
+        let ok = match result {
+            Ok(version) => {
+                entry.acked_version = version;
+                entry.last_error = None;
+                tracing::warn!(
+                    malai_cluster = %self.alias, malai_peer = %id, malai_config_version = version,
+                    "machine {alias} ({id}), removed from the cluster, acknowledged its farewell: it grants nothing now"
+                );
+                true
+            }
+            Err(e) => {
+                tracing::info!(malai_cluster = %self.alias, malai_peer = %id, "farewell to removed machine {alias} failed: {e}");
+                entry.last_error = Some(e);
+                false
+            }
+        };
+        if let Err(e) = ledger.save(&self.state_path()) {
+            tracing::error!(malai_cluster = %self.alias, "cannot record sync state: {e:#}");
+        }
         ok
     }
 
@@ -480,6 +518,11 @@ impl Cluster {
                     machines.len()
                 )
             }
+            Role::Machine if self.removed() => format!(
+                "{}: machine v{}, removed from the cluster",
+                self.alias,
+                self.version()
+            ),
             Role::Machine => match self.in_force().expired {
                 Some(_) => format!(
                     "{}: machine v{}, config expired (no word from the cluster manager)",

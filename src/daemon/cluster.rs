@@ -47,7 +47,7 @@ impl RunningCluster {
             gate.open_joins();
         }
         let relay = RelayChoice::resolve(net, c.relay.as_ref());
-        let endpoint = p2p::bind(&c.identity, net, &relay, port, alpns, Some(&gate)).await?;
+        let endpoint = bind_retrying(&c, net, &relay, port, alpns, &gate).await?;
         let role = c.role;
         let alias = c.alias.clone();
         let pool = Pool::new(&relay);
@@ -105,5 +105,37 @@ impl RunningCluster {
             task.abort();
         }
         let _ = self.router.shutdown().await;
+    }
+}
+
+/// How long a cluster restarted on its fixed port (a new key, role or
+/// relay) waits for the endpoint it replaces to let go of the port: that
+/// endpoint's socket closes when its last handle (a task, a D-Bus object
+/// that still held the cluster) is dropped, moments after it stopped.
+const PORT_RELEASE: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// `p2p::bind`, retried while a fixed port is still held by the endpoint
+/// this one replaces.
+async fn bind_retrying(
+    c: &ClusterDir,
+    net: &NetworkSettings,
+    relay: &RelayChoice,
+    port: u16,
+    alpns: Vec<Vec<u8>>,
+    gate: &Gate,
+) -> anyhow::Result<iroh::Endpoint> {
+    let deadline = tokio::time::Instant::now() + PORT_RELEASE;
+    loop {
+        match p2p::bind(&c.identity, net, relay, port, alpns.clone(), Some(gate)).await {
+            Ok(endpoint) => return Ok(endpoint),
+            Err(e)
+                if port != 0
+                    && tokio::time::Instant::now() < deadline
+                    && format!("{e:#}").contains("Address already in use") =>
+            {
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+            Err(e) => return Err(e),
+        }
     }
 }

@@ -328,6 +328,10 @@ impl Daemon {
             }
             let old = self.clusters.remove(&alias).expect("present");
             tracing::info!(malai_cluster = %alias, "cluster {alias} changed identity, role, port or relay; restarting it");
+            // Whoever follows the clusters (D-Bus objects, listeners) lets
+            // go of the old one, so its endpoint frees a fixed port for the
+            // new one (`cluster::bind_retrying` waits for that).
+            self.published.send_replace(by_alias(&self.clusters));
             old.stop().await;
         }
         let running = RunningCluster::start(dir, &self.local.network, self.changed.clone()).await?;

@@ -1,7 +1,9 @@
 //! The CM side of config distribution: personalize and sign each machine's
 //! config, push it to every machine that has not acknowledged the current
 //! version (all at once, retrying the unreachable with backoff), answer
-//! fetches; `Cluster::record_push` keeps the acknowledgements.
+//! fetches; `Cluster::record_push` keeps the acknowledgements. A machine
+//! removed from the cluster is sent a signed farewell (a config naming no
+//! machine) until it acknowledges one.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -94,6 +96,29 @@ pub async fn pusher(cluster: Arc<Cluster>) {
         let woken = cluster.wait_for_work();
         let returned = cluster.wait_for_returned();
         let now = Instant::now();
+        for (alias, id, addrs) in departed_machines(&cluster) {
+            // Keyed apart from the members' aliases.
+            let key = format!("departed {id}");
+            if inflight.contains_key(&key) || retry.get(&key).is_some_and(|(at, _)| *at > now) {
+                continue;
+            }
+            let task_cluster = cluster.clone();
+            let task_key = key.clone();
+            let handle = set.spawn(async move {
+                let cluster = task_cluster;
+                let sent = tokio::time::timeout(PUSH_TIMEOUT, farewell(&cluster, &id, &addrs));
+                let result = match sent.await {
+                    Ok(result) => result.map_err(|e| format!("{e:#}")),
+                    Err(_) => Err(format!("no answer within {} s", PUSH_TIMEOUT.as_secs())),
+                };
+                if result.is_err() {
+                    cluster.pool().forget(&id, CONFIG_ALPN).await;
+                }
+                let ok = cluster.record_farewell(&alias, &id, result);
+                (task_key, ok)
+            });
+            inflight.insert(key, handle);
+        }
         for (alias, id, addrs) in pending_machines(&cluster) {
             if inflight.contains_key(&alias) || retry.get(&alias).is_some_and(|(at, _)| *at > now) {
                 continue;
@@ -175,6 +200,50 @@ fn pending_machines(cluster: &Cluster) -> Vec<(String, Id52, Vec<std::net::Socke
         })
         .map(|(alias, m)| (alias.clone(), m.id52, m.addrs.clone()))
         .collect()
+}
+
+/// Machines removed from the cluster that have not acknowledged a
+/// farewell yet: alias, id52, address hints.
+fn departed_machines(cluster: &Cluster) -> Vec<(String, Id52, Vec<std::net::SocketAddr>)> {
+    cluster
+        .ledger()
+        .departed
+        .iter()
+        .filter(|(_, d)| d.acked_version == 0)
+        .filter_map(|(id, d)| Some((d.alias.clone(), id.parse().ok()?, d.addrs.clone())))
+        .collect()
+}
+
+/// Sends machine `id`, removed from the cluster, the signed farewell at the
+/// current version; the version it acknowledged.
+async fn farewell(
+    cluster: &Cluster,
+    id: &Id52,
+    addrs: &[std::net::SocketAddr],
+) -> anyhow::Result<u64> {
+    let in_force = cluster.in_force();
+    let config = in_force
+        .config
+        .ok_or_else(|| anyhow::anyhow!("no config in force"))?;
+    let text = personalize::farewell_toml(&config, in_force.version);
+    let envelope = Envelope::seal(cluster.identity(), id, in_force.version, text);
+    let conn = cluster
+        .pool()
+        .get(cluster.endpoint(), id, addrs, CONFIG_ALPN)
+        .await?;
+    let (mut send, mut recv) = conn.open_bi().await?;
+    frame::write_msg(&mut send, &ConfigRequest::Push { envelope }).await?;
+    send.finish()?;
+    match frame::read_msg::<_, PushAnswer>(&mut recv).await? {
+        PushAnswer::Ack { version, .. } => Ok(version),
+        // It holds a later farewell already.
+        PushAnswer::Rejected {
+            holds: Some(holds), ..
+        } if holds >= in_force.version => Ok(holds),
+        PushAnswer::Rejected { reason, .. } | PushAnswer::Denied { reason } => {
+            anyhow::bail!("refused: {reason}")
+        }
+    }
 }
 
 /// How a push that got an answer ended.

@@ -47,6 +47,14 @@ pub async fn follow_cm(cluster: Arc<Cluster>) {
     let mut in_force = cluster.subscribe();
     let mut delay = Duration::from_millis(500);
     loop {
+        if cluster.removed() {
+            // The CM said farewell: it refuses this key now. A config that
+            // lists it again arrives by push.
+            if in_force.changed().await.is_err() {
+                return;
+            }
+            continue;
+        }
         let answered = match fetch_once(&cluster).await {
             Ok(()) => true,
             Err(e) => {

@@ -9,6 +9,7 @@ pub mod cm;
 pub mod edit;
 pub mod machine;
 pub mod proto;
+pub mod rotate;
 
 pub use crate::cluster::envelope;
 
@@ -22,7 +23,8 @@ use crate::home::Role;
 use crate::identity::Id52;
 use crate::p2p::frame;
 use proto::{
-    Answer, ConfigRequest, DownloadAnswer, FetchAnswer, PushAnswer, Unreadable, UploadAnswer,
+    Answer, ConfigRequest, DownloadAnswer, FetchAnswer, PushAnswer, RotateAnswer, Unreadable,
+    UploadAnswer,
 };
 
 #[derive(Debug, Clone)]
@@ -105,6 +107,14 @@ async fn answer(cluster: &Cluster, peer: Id52, req: ConfigRequest) -> Answer {
                     .into()
             }
             Role::Machine | Role::Waiting => UploadAnswer::Denied {
+                reason: not_cm.into(),
+            },
+        }),
+        // Only a machine listed in cluster.toml may rotate its own key, on
+        // the CM, proving the new key.
+        ConfigRequest::Rotate { new_id52, proof } => Answer::Rotate(match role {
+            Role::ClusterManager => rotate::rotate(cluster, peer, &new_id52, &proof).await,
+            Role::Machine | Role::Waiting => RotateAnswer::Denied {
                 reason: not_cm.into(),
             },
         }),

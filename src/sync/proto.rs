@@ -31,6 +31,33 @@ pub enum ConfigRequest {
         base_hash: String,
         force: bool,
     },
+    /// Machine -> CM, on a connection authenticated with its current key:
+    /// from now on I am `new_id52`; `proof` is the new key's signature of
+    /// `rotation_message` (so nobody can move a machine to a key it lacks).
+    Rotate { new_id52: String, proof: String },
+}
+
+/// What a rotating machine's new key signs: the cluster manager, the old
+/// key and the new one.
+pub fn rotation_message(cm: &str, old: &str, new: &str) -> Vec<u8> {
+    format!("malai rotate 1\ncm {cm}\nold {old}\nnew {new}\n").into_bytes()
+}
+
+/// The answer to a `Rotate`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "kebab-case")]
+pub enum RotateAnswer {
+    /// cluster.toml names the new key instead of the old one, in force as
+    /// `version`; the old key is a stranger from now on.
+    Rotated {
+        version: u64,
+    },
+    Rejected {
+        reason: String,
+    },
+    Denied {
+        reason: String,
+    },
 }
 
 // One answer type per request kind. They share the JSON form of the one
@@ -136,6 +163,7 @@ pub enum Answer {
     Fetch(FetchAnswer),
     Download(DownloadAnswer),
     Upload(UploadAnswer),
+    Rotate(RotateAnswer),
     Unreadable(Unreadable),
 }
 
