@@ -47,6 +47,23 @@ pub struct ClusterStatus {
     /// (`max_config_age` passed without word from the CM).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expired: Option<String>,
+    /// CM only: machines the config no longer lists, and whether each
+    /// acknowledged its farewell.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub removed: Vec<RemovedMachine>,
+}
+
+/// A machine removed from the cluster (CM).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RemovedMachine {
+    pub alias: String,
+    pub id52: String,
+    /// The config version that removed it.
+    pub removed_in: u64,
+    /// The farewell version it acknowledged; 0: not delivered yet.
+    pub farewell_acked: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
 }
 
 /// A peer a cluster identity talked to.
@@ -99,6 +116,7 @@ pub fn cluster_status(c: &ClusterDir, state: Option<&CmState>) -> ClusterStatus 
         relay: None,
         peers: None,
         expired: None,
+        removed: Vec::new(),
     };
     match c.role {
         Role::Waiting => {}
@@ -112,6 +130,17 @@ pub fn cluster_status(c: &ClusterDir, state: Option<&CmState>) -> ClusterStatus 
             s.config_hash = Some(state.hash.clone());
             s.pending_rescan = state.hash != c.config_hash();
             s.moved_past.clone_from(&state.moved_past);
+            s.removed = state
+                .departed
+                .iter()
+                .map(|(id, d)| RemovedMachine {
+                    alias: d.alias.clone(),
+                    id52: id.clone(),
+                    removed_in: d.removed_in,
+                    farewell_acked: d.acked_version,
+                    last_error: d.last_error.clone(),
+                })
+                .collect();
             let config = c.config.as_ref().expect("a CM has its cluster.toml");
             let machines = config
                 .machines
@@ -182,6 +211,7 @@ pub fn from_files(home: &Home) -> anyhow::Result<Status> {
                     relay: None,
                     peers: None,
                     expired: None,
+                    removed: Vec::new(),
                 });
             }
         }
@@ -256,6 +286,18 @@ pub fn render(status: &Status) -> String {
                     m.needs_upgrade.join(", ")
                 );
             }
+        }
+        for r in &c.removed {
+            let farewell = match (r.farewell_acked, &r.last_error) {
+                (0, Some(e)) => format!("farewell not delivered yet ({e})"),
+                (0, None) => "farewell not delivered yet".to_owned(),
+                (v, _) => format!("farewell acknowledged (v{v}): it grants nothing"),
+            };
+            let _ = writeln!(
+                out,
+                "  {:<16} {}  removed in v{}  {farewell}",
+                r.alias, r.id52, r.removed_in
+            );
         }
         if let Some(relay) = &c.relay {
             let _ = writeln!(out, "  relay: {relay}");

@@ -369,6 +369,10 @@ fn a_machine_removed_from_the_cluster_is_told_and_grants_nothing_until_added_aga
         &cm,
         &["removed from the cluster, acknowledged its farewell"],
     );
+    let status = c.cm.json(&["status", "--json"]);
+    let removed = &status["clusters"][0]["removed"][0];
+    assert_eq!(removed["alias"], "web01", "{status}");
+    assert_eq!(removed["farewell_acked"], 3, "{status}");
     let (code, stderr) = finished(command);
     assert_eq!(code, Some(255), "{stderr}");
     assert!(stderr.contains("revoked by config v3"), "{stderr}");
