@@ -121,6 +121,75 @@ fn a_fresh_device_joins_with_a_ticket_and_a_bad_ticket_changes_nothing() {
     let stored = std::fs::read_to_string(&invites).unwrap();
     assert!(!stored.contains(&forged.secret));
     assert!(!stored.contains(&Ticket::decode(&good).unwrap().secret));
+
+    // Only a CM opens the join door: web01 does not even speak
+    // malai/join/1 (the TLS handshake finds no common protocol).
+    let web_id: malai::identity::Id52 = joined["id52"].as_str().unwrap().parse().unwrap();
+    let web_addr = web.socket_addr().parse().unwrap();
+    let answer = ask_as(
+        &Identity::generate(),
+        &web_id,
+        web_addr,
+        &forged.invite,
+        &forged.secret,
+    );
+    let err = answer.expect_err("a machine serves no join");
+    assert!(err.contains("doesn't support any known protocol"), "{err}");
+}
+
+/// One join ask to `to` at `addr` as `from`: its answer, or what closed the
+/// connection.
+fn ask_as(
+    from: &Identity,
+    to: &malai::identity::Id52,
+    addr: std::net::SocketAddr,
+    invite: &str,
+    secret: &str,
+) -> Result<JoinAnswer, String> {
+    let settings = "[network]\nrelay = \"disabled\"\ndiscovery = false\nbind = \"127.0.0.1\"\n";
+    let network = malai::config::local::parse(Path::new("malai.toml"), settings)
+        .unwrap()
+        .network;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let ep = p2p::bind(
+            from,
+            &network,
+            &p2p::RelayChoice::Disabled,
+            0,
+            Vec::new(),
+            None,
+        )
+        .await
+        .unwrap();
+        let answer = async {
+            let conn = p2p::dial(&ep, to, &p2p::Reach::at(&[addr]), JOIN_ALPN)
+                .await
+                .map_err(|e| format!("{e:#}"))?;
+            let exchange = async {
+                let (mut send, mut recv) = conn.open_bi().await?;
+                let ask = JoinRequest {
+                    invite: invite.to_owned(),
+                    secret: secret.to_owned(),
+                    name: "intruder".into(),
+                    addrs: Vec::new(),
+                };
+                frame::write_msg(&mut send, &ask).await?;
+                send.finish()?;
+                anyhow::Ok(frame::read_msg::<_, JoinAnswer>(&mut recv).await?)
+            };
+            exchange.await.map_err(|e| match conn.close_reason() {
+                Some(reason) => format!("{reason}"),
+                None => format!("{e:#}"),
+            })
+        }
+        .await;
+        ep.close().await;
+        answer
+    })
 }
 
 #[test]

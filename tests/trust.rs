@@ -436,3 +436,54 @@ fn a_rotated_machine_key_keeps_the_machine_working_and_the_old_key_is_refused() 
     let err = asked.expect_err("the old key is refused");
     assert!(err.contains("not a member"), "{err}");
 }
+
+#[test]
+fn a_rotation_needs_both_keys_and_cannot_take_another_machines_place() {
+    use malai::sync::proto::{ConfigRequest, RotateAnswer, rotation_message};
+    let c = Company::loopback();
+    let (_cm, _web, _lap) = c.start_synced("allow_from = \"laptop\"", "", "");
+    let path = c.cm.cluster_dir("company").join("cluster.toml");
+    let before = std::fs::read_to_string(&path).unwrap();
+    let laptop =
+        malai::identity::Identity::load(&c.laptop.cluster_dir("company").join("identity.key"))
+            .unwrap();
+    let cm_id: malai::identity::Id52 = c.cm_id.parse().unwrap();
+    let cm_addr = c.cm.socket_addr().parse().unwrap();
+    let ask = |from: &malai::identity::Identity, new: &str, signer: &malai::identity::Identity| {
+        let message = rotation_message(&c.cm_id, &from.id52().to_string(), new);
+        let proof = data_encoding::HEXLOWER.encode(&signer.sign(&message));
+        common::raw::try_config_request::<RotateAnswer>(
+            from,
+            &cm_id,
+            cm_addr,
+            ConfigRequest::Rotate {
+                new_id52: new.to_owned(),
+                proof,
+            },
+        )
+    };
+
+    // A new key the laptop does not hold: the proof is someone else's.
+    let claimed = malai::identity::Identity::generate();
+    let other = malai::identity::Identity::generate();
+    let answer = ask(&laptop, &claimed.id52().to_string(), &other).unwrap();
+    assert!(
+        matches!(&answer, RotateAnswer::Rejected { reason } if reason.contains("does not verify")),
+        "{answer:?}"
+    );
+    // web01's id52 as the laptop's "new" key: already named.
+    let answer = ask(&laptop, &c.web_id, &other).unwrap();
+    assert!(
+        matches!(&answer, RotateAnswer::Rejected { reason } if reason.contains("already named")),
+        "{answer:?}"
+    );
+    // A stranger is closed out before it can ask.
+    let stranger = malai::identity::Identity::generate();
+    let err = ask(&stranger, &claimed.id52().to_string(), &claimed).unwrap_err();
+    assert!(err.contains("not a member"), "{err}");
+    assert_eq!(
+        std::fs::read_to_string(&path).unwrap(),
+        before,
+        "nothing changed"
+    );
+}
