@@ -173,6 +173,13 @@ fn a_revoked_key_is_refused_over_every_rule_until_a_config_unrevokes_it() {
     let rules = "allow_from = \"laptop\"";
     let (mut cm, mut web, _lap) = c.start_synced(rules, "", "");
     c.laptop.ok(&["web01.company", "true"]);
+    let fetches = |cm: &Daemon| {
+        cm.log_text()
+            .lines()
+            .filter(|l| l.contains("machine web01 fetched config"))
+            .count()
+    };
+    let fetched_at_start = fetches(&cm);
 
     // Revoked while web01's allow_from still names the laptop.
     let revoked = format!("[revoked]\nid52s = [\"{}\"]\n", c.laptop_id);
@@ -203,6 +210,12 @@ fn a_revoked_key_is_refused_over_every_rule_until_a_config_unrevokes_it() {
     cm.wait_status("v5, 2/2 machines in sync");
     web.wait_status("company: machine v5");
     c.laptop.ok(&["web01.company", "true"]);
+    // Three pushes, and web01 asked for none of them again.
+    assert_eq!(
+        fetches(&cm),
+        fetched_at_start,
+        "a pushed config needs no fetch"
+    );
 
     // The CM's own key cannot be revoked: a validation error at its line.
     c.write_cluster_toml(

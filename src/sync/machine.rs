@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use super::envelope::Envelope;
 use super::proto::{ConfigRequest, FetchAnswer, PROTOCOL, PushAnswer};
-use crate::cluster::{AcceptError, Cluster};
+use crate::cluster::{AcceptError, Cluster, InForce};
 use crate::p2p::{CONFIG_ALPN, frame};
 
 /// Applies a config the CM sent (`Cluster::accept`), as the answer to send.
@@ -45,15 +45,19 @@ const REFRESHES_PER_AGE: u32 = 4;
 /// the life of the cluster, beside `Cluster::watch_config_age`.
 pub async fn follow_cm(cluster: Arc<Cluster>) {
     let mut in_force = cluster.subscribe();
+    let me = cluster.id52();
+    // The CM said farewell: it refuses this key now (a config that lists
+    // it again arrives by push).
+    let removed = |f: &InForce| {
+        f.config
+            .as_ref()
+            .is_some_and(|c| c.received_version.is_some() && c.machine_by_id52(&me).is_none())
+    };
+    let max_age = |f: &InForce| f.config.as_ref().and_then(|c| c.max_config_age);
     let mut delay = Duration::from_millis(500);
     loop {
-        if cluster.removed() {
-            // The CM said farewell: it refuses this key now. A config that
-            // lists it again arrives by push.
-            if in_force.changed().await.is_err() {
-                return;
-            }
-            continue;
+        if in_force.wait_for(|f| !removed(f)).await.is_err() {
+            return;
         }
         let answered = match fetch_once(&cluster).await {
             Ok(()) => true,
@@ -62,12 +66,8 @@ pub async fn follow_cm(cluster: Arc<Cluster>) {
                 false
             }
         };
-        let refresh = in_force
-            .borrow_and_update()
-            .config
-            .as_ref()
-            .and_then(|c| c.max_config_age)
-            .map(|age| age / REFRESHES_PER_AGE);
+        let age = max_age(&in_force.borrow_and_update());
+        let refresh = age.map(|age| age / REFRESHES_PER_AGE);
         if answered {
             delay = Duration::from_millis(500);
         }
@@ -79,20 +79,19 @@ pub async fn follow_cm(cluster: Arc<Cluster>) {
         if !answered {
             delay = (delay * 2).min(Duration::from_secs(60));
         }
-        match wait {
-            Some(wait) => {
-                tokio::select! {
-                    () = tokio::time::sleep(wait) => {}
-                    // A config that sets or changes the age is looked at
-                    // again at once.
-                    _ = in_force.changed() => {}
-                }
-            }
-            None => {
-                if in_force.changed().await.is_err() {
-                    return;
-                }
-            }
+        // A config that sets, changes or drops the age, or says farewell,
+        // is looked at again at once; any other came by push and needs no
+        // fetch.
+        let looked_again = in_force.wait_for(|f| max_age(f) != age || removed(f));
+        let gone = match wait {
+            Some(wait) => tokio::select! {
+                () = tokio::time::sleep(wait) => false,
+                r = looked_again => r.is_err(),
+            },
+            None => looked_again.await.is_err(),
+        };
+        if gone {
+            return;
         }
     }
 }
