@@ -455,3 +455,49 @@ fn a_cluster_of_the_users_own_is_not_sent_to_another_homes_daemon() {
         .unwrap();
     assert!(status.status.success(), "{}", common::stderr(&status));
 }
+
+#[test]
+fn a_command_on_the_device_itself_ends_when_a_config_takes_its_rule_away() {
+    let bus = PrivateBus::start();
+    let c = Company::loopback();
+    let mut cm = c.cm.start_daemon();
+    let _web = c.web01.start_daemon();
+    let mut lap = c
+        .laptop
+        .start_daemon_with(&[("MALAI_DBUS_ADDRESS", &bus.address)]);
+    let rule = "[machine.laptop.command.hold]\ncommand = \"sleep 4747\"\nallow_from = \"laptop\"";
+    c.write_cluster_toml("", rule, "");
+    c.cm.ok(&["rescan"]);
+    cm.wait_status("2/2 machines in sync");
+    lap.wait_status("company: machine v2");
+
+    let child = on_bus(&c.laptop, &bus, &["laptop.company", "hold"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_until("sleep 4747 runs on the laptop", || {
+        !pids_matching("sleep 4747").is_empty()
+    });
+
+    // The rule goes.
+    c.write_cluster_toml("", "", "");
+    c.cm.ok(&["rescan"]);
+    let mut child = child;
+    wait_until("the command ended", || child.try_wait().unwrap().is_some());
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(255), "{err}");
+    assert!(err.contains("revoked by config v3"), "{err}");
+    wait_until("sleep 4747 is gone", || {
+        pids_matching("sleep 4747").is_empty()
+    });
+    assert!(
+        lap.log_text()
+            .lines()
+            .any(|l| l.contains("malai_decision=\"revoked\"") && l.contains("sleep 4747")),
+        "{}",
+        lap.log_text()
+    );
+}

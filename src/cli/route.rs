@@ -200,6 +200,8 @@ impl Route<'_> {
                 StdioMode::Inherit,
                 crate::exec::client::process_env(),
                 tokio::sync::mpsc::channel(1).1,
+                // No daemon: nothing puts a new config in force meanwhile.
+                std::future::pending(),
             ));
             return Ok(result?);
         }

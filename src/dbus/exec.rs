@@ -112,6 +112,20 @@ pub async fn run(
             unprivileged_uid: (call.uid != 0 && call.uid != nix::unistd::geteuid().as_raw())
                 .then_some(call.uid),
         };
+        // Decided again with each config put in force, as for a peer.
+        let argv = call.argv.clone();
+        let cm = cluster.cm_id52();
+        let decide = |f: &crate::cluster::InForce| {
+            let request = if argv.is_empty() {
+                crate::acl::Request::Shell
+            } else {
+                crate::acl::Request::Exec(&argv)
+            };
+            match f.for_peer(&me, &cm) {
+                Err(reason) => crate::acl::Decision::Deny(reason),
+                Ok(config) => crate::acl::decide(config, &me, &me, request),
+            }
+        };
         let run = crate::exec::local::run(
             &config,
             &caller,
@@ -120,6 +134,7 @@ pub async fn run(
             StdioMode::Fds(call.fds),
             env,
             controls,
+            cluster.revoked(decide),
         );
         tokio::pin!(run);
         tokio::select! {

@@ -4,6 +4,7 @@
 //! runs the grant here with the caller's terminal or descriptors.
 
 use crate::acl::{self, Decision, Request};
+use crate::cluster::Revoked;
 use crate::config::ClusterConfig;
 
 use tokio::sync::mpsc;
@@ -29,7 +30,10 @@ pub struct Caller<'a> {
 
 /// Decides and runs `argv` here with `stdio`; `controls` delivers the
 /// user's signals to the command's process group (a command with the
-/// caller's own terminal gets them from the terminal instead).
+/// caller's own terminal gets them from the terminal instead). When
+/// `revoked` resolves (the daemon: a config put in force took the right
+/// away) the command is killed.
+#[allow(clippy::too_many_arguments)]
 pub async fn run(
     config: &ClusterConfig,
     caller: &Caller<'_>,
@@ -38,6 +42,7 @@ pub async fn run(
     stdio: StdioMode,
     env: Vec<(String, String)>,
     mut controls: mpsc::Receiver<ClientMsg>,
+    revoked: impl std::future::Future<Output = Revoked>,
 ) -> Result<u8, ExecError> {
     let asked = argv.clone();
     let request = if argv.is_empty() {
@@ -93,9 +98,24 @@ pub async fn run(
     .await
     .map_err(|e| not_run(format!("{e:#}")))?;
     let mut listening = true;
+    tokio::pin!(revoked);
     let code = loop {
         tokio::select! {
             code = spawned.wait() => break code?,
+            revoked = &mut revoked => {
+                spawned.control.kill();
+                let _ = spawned.wait().await;
+                let why = revoked.to_string();
+                let who = crate::audit::Who {
+                    config_version: revoked.version,
+                    ..who
+                };
+                crate::audit::command(who, &argv, false, crate::audit::Decision::Revoked(&why));
+                return Err(ExecError::Revoked {
+                    target: what.to_owned(),
+                    reason: why,
+                });
+            }
             msg = controls.recv(), if listening => match msg {
                 Some(ClientMsg::Signal { signal }) if FORWARDED_SIGNALS.contains(&signal) => {
                     if let Ok(sig) = nix::sys::signal::Signal::try_from(signal) {
