@@ -113,19 +113,8 @@ pub async fn run(
                 .then_some(call.uid),
         };
         // Decided again with each config put in force, as for a peer.
-        let argv = call.argv.clone();
-        let cm = cluster.cm_id52();
-        let decide = |f: &crate::cluster::InForce| {
-            let request = if argv.is_empty() {
-                crate::acl::Request::Shell
-            } else {
-                crate::acl::Request::Exec(&argv)
-            };
-            match f.for_peer(&me, &cm) {
-                Err(reason) => crate::acl::Decision::Deny(reason),
-                Ok(config) => crate::acl::decide(config, &me, &me, request),
-            }
-        };
+        let (argv, cm) = (call.argv.clone(), cluster.cm_id52());
+        let decide = |f: &crate::cluster::InForce| decide_here(f, &me, &cm, &argv);
         let run = crate::exec::local::run(
             &config,
             &caller,
@@ -172,6 +161,25 @@ pub async fn run(
     };
     sessions.0.lock().expect("sessions").remove(&key);
     Ok(result?)
+}
+
+/// Whether the device `me` may still run `argv` (empty: a shell) on
+/// itself under the config `f` of the cluster managed by `cm`.
+fn decide_here(
+    f: &crate::cluster::InForce,
+    me: &crate::identity::Id52,
+    cm: &crate::identity::Id52,
+    argv: &[String],
+) -> crate::acl::Decision {
+    let request = if argv.is_empty() {
+        crate::acl::Request::Shell
+    } else {
+        crate::acl::Request::Exec(argv)
+    };
+    match f.for_peer(me, cm) {
+        Err(reason) => crate::acl::Decision::Deny(reason),
+        Ok(config) => crate::acl::decide(config, me, me, request),
+    }
 }
 
 /// An exec error as its named D-Bus error: the one place that says which.
