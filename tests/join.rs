@@ -4,7 +4,6 @@
 
 mod common;
 
-use std::path::Path;
 use std::process::Stdio;
 use std::time::Instant;
 
@@ -146,50 +145,13 @@ fn ask_as(
     invite: &str,
     secret: &str,
 ) -> Result<JoinAnswer, String> {
-    let settings = "[network]\nrelay = \"disabled\"\ndiscovery = false\nbind = \"127.0.0.1\"\n";
-    let network = malai::config::local::parse(Path::new("malai.toml"), settings)
-        .unwrap()
-        .network;
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
-        let ep = p2p::bind(
-            from,
-            &network,
-            &p2p::RelayChoice::Disabled,
-            0,
-            Vec::new(),
-            None,
-        )
-        .await
-        .unwrap();
-        let answer = async {
-            let conn = p2p::dial(&ep, to, &p2p::Reach::at(&[addr]), JOIN_ALPN)
-                .await
-                .map_err(|e| format!("{e:#}"))?;
-            let exchange = async {
-                let (mut send, mut recv) = conn.open_bi().await?;
-                let ask = JoinRequest {
-                    invite: invite.to_owned(),
-                    secret: secret.to_owned(),
-                    name: "intruder".into(),
-                    addrs: Vec::new(),
-                };
-                frame::write_msg(&mut send, &ask).await?;
-                send.finish()?;
-                anyhow::Ok(frame::read_msg::<_, JoinAnswer>(&mut recv).await?)
-            };
-            exchange.await.map_err(|e| match conn.close_reason() {
-                Some(reason) => format!("{reason}"),
-                None => format!("{e:#}"),
-            })
-        }
-        .await;
-        ep.close().await;
-        answer
-    })
+    let ask = JoinRequest {
+        invite: invite.to_owned(),
+        secret: secret.to_owned(),
+        name: "intruder".into(),
+        addrs: Vec::new(),
+    };
+    common::raw::try_request(from, to, addr, JOIN_ALPN, &ask)
 }
 
 #[test]
@@ -236,10 +198,7 @@ fn two_hundred_strangers_hammering_the_join_door_neither_grow_the_cm_nor_keep_a_
     let addr = t.addrs[0];
     let (idle, idle_anon) = (common::rss_kib(cmd.pid()), common::rss_anon_kib(cmd.pid()));
 
-    let settings = "[network]\nrelay = \"disabled\"\ndiscovery = false\nbind = \"127.0.0.1\"\n";
-    let network = malai::config::local::parse(Path::new("malai.toml"), settings)
-        .unwrap()
-        .network;
+    let network = common::raw::loopback_network();
     let hammer = std::thread::spawn(move || {
         let rt = tokio::runtime::Runtime::new().unwrap();
         rt.block_on(async move {

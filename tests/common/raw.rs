@@ -1,6 +1,7 @@
-//! A raw `malai/config/1` client built from the library: one request as
-//! any key (a stranger's, a member's, the CM's), on loopback, to see what a
-//! daemon answers to what the CLI would never send.
+//! A raw client built from the library: one request as any key (a
+//! stranger's, a member's, the CM's), on loopback, on `malai/config/1` or
+//! any other protocol, to see what a daemon answers to what the CLI would
+//! never send.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -9,7 +10,17 @@ use malai::identity::{Id52, Identity};
 use malai::p2p::{self, CONFIG_ALPN, frame};
 use malai::sync::envelope::Envelope;
 use malai::sync::proto::{ConfigRequest, PushAnswer};
+use serde::Serialize;
 use serde::de::DeserializeOwned;
+
+/// The network settings of a test client on loopback: no relay, no
+/// discovery.
+pub fn loopback_network() -> malai::config::NetworkSettings {
+    let settings = "[network]\nrelay = \"disabled\"\ndiscovery = false\nbind = \"127.0.0.1\"\n";
+    malai::config::local::parse(Path::new("malai.toml"), settings)
+        .unwrap_or_else(|d| panic!("{d}"))
+        .network
+}
 
 /// One request to `to` at `addr`, as `from`; the answer, of the type that
 /// answers the request's kind.
@@ -35,10 +46,20 @@ pub fn try_config_request<A: DeserializeOwned>(
     addr: SocketAddr,
     request: ConfigRequest,
 ) -> Result<A, String> {
-    let settings = "[network]\nrelay = \"disabled\"\ndiscovery = false\nbind = \"127.0.0.1\"\n";
-    let network = malai::config::local::parse(Path::new("malai.toml"), settings)
-        .unwrap_or_else(|d| panic!("{d}"))
-        .network;
+    try_request(from, to, addr, CONFIG_ALPN, &request)
+}
+
+/// One `request` on protocol `alpn` to `to` at `addr`, as `from`: its
+/// answer, or what went wrong on the connection (the host's close reason
+/// when it refused), as text.
+pub fn try_request<R: Serialize, A: DeserializeOwned>(
+    from: &Identity,
+    to: &Id52,
+    addr: SocketAddr,
+    alpn: &[u8],
+    request: &R,
+) -> Result<A, String> {
+    let network = loopback_network();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -55,12 +76,12 @@ pub fn try_config_request<A: DeserializeOwned>(
         .await
         .unwrap();
         let answer = async {
-            let conn = p2p::dial(&endpoint, to, &p2p::Reach::at(&[addr]), CONFIG_ALPN)
+            let conn = p2p::dial(&endpoint, to, &p2p::Reach::at(&[addr]), alpn)
                 .await
                 .map_err(|e| format!("{e:#}"))?;
             let exchange = async {
                 let (mut send, mut recv) = conn.open_bi().await?;
-                frame::write_msg(&mut send, &request).await?;
+                frame::write_msg(&mut send, request).await?;
                 send.finish()?;
                 anyhow::Ok(frame::read_msg::<_, A>(&mut recv).await?)
             };
