@@ -270,7 +270,14 @@ impl Home {
         let info_relay = info_relay(&info, &info_path)?;
         let (role, config, bytes) = if has_machine {
             let (config, bytes) = read_config(&machine_path, FileKind::Machine)?;
-            if config.cluster_manager != cm_id52 {
+            // A config from an earlier CM key this machine followed a
+            // handover from stays in force until the new key sends one.
+            let handed_over = || {
+                crate::handover::read(&dir).is_ok_and(|chain| {
+                    crate::handover::leads_to(&chain, &config.cluster_manager, &cm_id52)
+                })
+            };
+            if config.cluster_manager != cm_id52 && !handed_over() {
                 return Err(whole(
                     &machine_path,
                     format!(
@@ -361,7 +368,8 @@ fn read_config(path: &Path, kind: FileKind) -> Result<(ClusterConfig, Vec<u8>), 
     Ok((config, bytes))
 }
 
-fn read_info(path: &Path) -> Result<ClusterInfo, Diagnostics> {
+/// cluster-info.toml at `path`.
+pub fn read_info(path: &Path) -> Result<ClusterInfo, Diagnostics> {
     let text = fs::read_to_string(path).map_err(|e| {
         Diagnostics(vec![Diagnostic::whole(
             path,

@@ -14,6 +14,7 @@ pub mod exec;
 pub mod exit;
 pub mod forward;
 pub mod fsutil;
+pub mod handover;
 pub mod helper;
 pub mod home;
 pub mod identity;

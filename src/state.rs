@@ -122,6 +122,10 @@ pub struct MachineSync {
     /// it (it needs an upgrade for these to take effect).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub withheld: Vec<String>,
+    /// The cluster manager key it last acknowledged a config from (none:
+    /// recorded before the CM's key could rotate, so its first key).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cm: Option<String>,
 }
 
 impl MachineSync {

@@ -5,7 +5,8 @@
 //! never replaces a key a cluster already knows this device by. A key
 //! imported for a cluster this device has not joined waits in its own
 //! directory until `malai machine init` takes it (`home::KEY_ONLY`). A
-//! machine's rotation proves both keys to its CM (`sync::rotate`).
+//! machine's rotation proves both keys to its CM (`sync::rotate`); the
+//! CM's own is a handover its machines follow (`sync::handover`).
 
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
@@ -43,8 +44,10 @@ pub enum IdentityCommand {
         /// The key file; only its owner may read it (chmod 600).
         file: PathBuf,
     },
-    /// Replace this machine's key for CLUSTER: the cluster manager learns
-    /// the new one (proven by both keys) and refuses the old one.
+    /// Replace this device's key for CLUSTER. A machine's: the cluster
+    /// manager learns the new one (proven by both keys) and refuses the
+    /// old one. The cluster manager's: the old key signs a handover to the
+    /// new one, which every machine follows when it is next reached.
     Rotate { cluster: String },
 }
 
@@ -63,6 +66,11 @@ pub fn run(cmd: IdentityCommand) -> anyhow::Result<u8> {
 const NEXT_KEY: &str = "identity.key.next";
 
 fn rotate(home: &Home, cluster: &str) -> anyhow::Result<u8> {
+    // Before loading: a CM rotation cut off between its writes leaves a
+    // directory that does not load, and is finished here.
+    if home.cluster_dir(cluster).join(home::CLUSTER_FILE).exists() {
+        return rotate_cm(home, cluster);
+    }
     let c = home.load_cluster(cluster)?;
     match c.role {
         home::Role::Machine => {}
@@ -72,12 +80,7 @@ fn rotate(home: &Home, cluster: &str) -> anyhow::Result<u8> {
             ))
             .into());
         }
-        home::Role::ClusterManager => {
-            return Err(Failure::usage(
-                "the cluster manager's own key is not rotated by this command (see the README on a stolen CM key)",
-            )
-            .into());
-        }
+        home::Role::ClusterManager => return rotate_cm(home, cluster),
     }
     let next_path = c.dir.join(NEXT_KEY);
     let new = if next_path.exists() {
@@ -123,6 +126,64 @@ fn rotate(home: &Home, cluster: &str) -> anyhow::Result<u8> {
         )
         .into()),
     }
+}
+
+/// The cluster manager's rotation, each step safe to run again: the new
+/// key waits in `identity.key.next`; the old key signs the handover
+/// (`handovers.json`) and is kept in `retired/`, to reach the machines
+/// that know only it; cluster.toml names the new key wherever it named the
+/// old one (the one commit path, which bumps the version); then the new
+/// key becomes `identity.key` and the daemon restarts the cluster on it.
+/// Its pusher hands each machine over as the old key before its next push
+/// (`sync::handover`).
+fn rotate_cm(home: &Home, cluster: &str) -> anyhow::Result<u8> {
+    use crate::handover::{self, Link};
+    let dir = home.cluster_dir(cluster);
+    let old = Identity::load(&dir.join(home::IDENTITY_FILE))?;
+    let next_path = dir.join(NEXT_KEY);
+    let new = if next_path.exists() {
+        Identity::load(&next_path)?
+    } else {
+        let key = Identity::generate();
+        key.store(&next_path)?;
+        key
+    };
+    let (old_id, new_id) = (old.id52(), new.id52());
+    let mut chain = handover::read(&dir)?;
+    let link = Link::sign(&old, &new_id);
+    if !chain.iter().any(|l| l.from == link.from && l.to == link.to) {
+        chain.push(link);
+        handover::write(&dir, &chain)?;
+    }
+    handover::retire(&dir, &old)?;
+    let state_path = dir.join(home::STATE_FILE);
+    let mut ledger = crate::state::CmState::load(&state_path)?;
+    let change = crate::cluster::Change::Rename {
+        old: old_id,
+        new: new_id,
+    };
+    let (_, committed) = crate::cluster::commit_files(&dir, &new_id, &mut ledger, change)
+        .map_err(|e| Failure::new(crate::exit::CONFIG, format!("cannot rotate: {e}")))?;
+    std::fs::rename(&next_path, dir.join(home::IDENTITY_FILE))?;
+    fsutil::sync_dir(&dir)?;
+    eprintln!(
+        "cluster {cluster:?}: cluster manager key {old_id} -> {new_id} (config version {}).\n\
+         The old key signed the handover and is kept in {} to tell the machines that know only it;\n\
+         each follows the handover when it is next reached.",
+        committed.version,
+        handover::retired_path(&dir, &old_id).display()
+    );
+    match super::route::Route::find(home).and_then(|r| r.rescan()) {
+        Ok(super::route::RescanRoute::Files) => {
+            eprintln!("No daemon runs here: start it to serve with the new key.");
+        }
+        Ok(_) => eprintln!("The daemon here serves with the new key now."),
+        Err(e) => eprintln!("warning: could not ask the daemon to rescan: {e:#}"),
+    }
+    if let Some(pin) = crate::helper::pin::pin_new_cluster(home, cluster)? {
+        eprintln!("Pinned the new key for the privileged helper ({}).", pin.cm);
+    }
+    Ok(OK)
 }
 
 fn list(home: &Home, as_json: bool) -> anyhow::Result<u8> {

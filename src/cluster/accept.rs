@@ -1,13 +1,16 @@
 //! The one way a machine puts a config in force: an envelope its CM
 //! signed for it, verified, strictly newer than the config in force (the
 //! same version with the same bytes is acknowledged again), valid, then
-//! written atomically and put in force.
+//! written atomically and put in force. And the one way a machine changes
+//! the CM key it trusts: a handover chain from the key it knows.
 
 use super::Cluster;
 use super::envelope::Envelope;
 use crate::config::{FileKind, cluster};
 use crate::fsutil;
-use crate::home::Role;
+use crate::handover::{self, Link};
+use crate::home::{self, Role};
+use crate::identity::Id52;
 
 /// Why a machine refused a config.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -115,5 +118,54 @@ impl Cluster {
             "applied config version {} from the cluster manager (was {current})", envelope.version
         );
         Ok(envelope.version)
+    }
+}
+
+impl Cluster {
+    /// Machine: the CM, as the key this machine knows, hands the cluster
+    /// over along `chain`. Every link from the known key is checked; they
+    /// are kept in handovers.json (the privileged helper follows them from
+    /// its pin), cluster-info.toml names the newest key, and the daemon
+    /// restarts this cluster on it (`handed_over`, once the answer is
+    /// sent). The key it reaches from then on.
+    pub async fn take_handover(&self, chain: &[Link]) -> Result<Id52, String> {
+        let _apply = self.apply.lock().await;
+        let known = self.cm_id52;
+        let links = handover::follow(chain, &known)?;
+        let Some((newest, _)) = links.last() else {
+            return Err(format!(
+                "no handover leaves {known}, the cluster manager this machine knows"
+            ));
+        };
+        let newest = *newest;
+        let mut kept = handover::read(&self.dir).map_err(|e| format!("{e:#}"))?;
+        for (_, link) in links {
+            if !kept.contains(&link) {
+                kept.push(link);
+            }
+        }
+        handover::write(&self.dir, &kept).map_err(|e| format!("{e:#}"))?;
+        let info_path = self.dir.join(home::INFO_FILE);
+        let mut info = home::read_info(&info_path).map_err(|d| d.to_string())?;
+        info.cluster_manager.id52 = newest.to_string();
+        home::write_info(&self.dir, &info).map_err(|e| format!("{e:#}"))?;
+        *self.handed_over.lock().expect("handover lock") = Some(newest);
+        tracing::warn!(
+            malai_cluster = %self.alias, malai_peer = %known,
+            "the cluster manager's key moved: {known} -> {newest}; following it"
+        );
+        Ok(newest)
+    }
+
+    /// Machine: the CM key a handover moved this cluster to, which the
+    /// daemon restarts it on.
+    pub fn handed_over(&self) -> Option<Id52> {
+        *self.handed_over.lock().expect("handover lock")
+    }
+
+    /// Tells the daemon to look at this cluster again (after a handover's
+    /// answer was sent).
+    pub fn ask_daemon_to_look(&self) {
+        self.changed.notify_one();
     }
 }

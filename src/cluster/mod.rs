@@ -118,6 +118,8 @@ pub struct Cluster {
     heard_wake: Notify,
     /// Wakes the daemon's main loop to re-announce its status.
     changed: Arc<Notify>,
+    /// Machine: the CM key a handover moved it to (`take_handover`).
+    handed_over: Mutex<Option<Id52>>,
     /// What happened, for whoever listens (D-Bus signals).
     events: broadcast::Sender<Event>,
 }
@@ -177,6 +179,7 @@ impl Cluster {
             heard: Mutex::new(std::time::Instant::now()),
             heard_wake: Notify::new(),
             changed,
+            handed_over: Mutex::new(None),
             events: broadcast::channel(64).0,
             identity: c.identity,
         });
@@ -284,6 +287,11 @@ impl Cluster {
         self.ledger.lock().expect("ledger lock").clone()
     }
 
+    /// The cluster's directory.
+    pub fn dir(&self) -> &std::path::Path {
+        &self.dir
+    }
+
     pub fn machine_path(&self) -> PathBuf {
         self.dir.join(home::MACHINE_FILE)
     }
@@ -331,12 +339,18 @@ impl Cluster {
     /// understands `protocol`; what that config left out is `withheld`.
     pub fn record_fetch(&self, alias: &str, id: &Id52, protocol: u32, withheld: &[String]) {
         let mut ledger = self.ledger.lock().expect("ledger lock");
+        let me = self.id52().to_string();
         let entry = ledger_entry(&mut ledger, alias, id);
-        if entry.protocol == Some(protocol) && entry.withheld == withheld {
+        // It dialed this key: it knows it.
+        if entry.protocol == Some(protocol)
+            && entry.withheld == withheld
+            && entry.cm.as_ref() == Some(&me)
+        {
             return;
         }
         entry.protocol = Some(protocol);
         entry.withheld = withheld.to_vec();
+        entry.cm = Some(me);
         if let Err(e) = ledger.save(&self.state_path()) {
             tracing::error!(malai_cluster = %self.alias, "cannot record sync state: {e:#}");
         }
@@ -368,6 +382,7 @@ impl Cluster {
                 }
                 entry.withheld.clone_from(withheld);
                 entry.acked_version = *version;
+                entry.cm = Some(self.id52().to_string());
                 entry.last_contact = Some(now);
                 entry.unreachable_since = None;
                 entry.last_error = None;

@@ -72,7 +72,13 @@ impl RunningCluster {
             )
             .spawn();
         let tasks = match role {
-            Role::ClusterManager => vec![tokio::spawn(sync::cm::pusher(cluster.clone()))],
+            Role::ClusterManager => {
+                let dialer = sync::handover::Dialer {
+                    net: net.clone(),
+                    relay: relay.clone(),
+                };
+                vec![tokio::spawn(sync::cm::pusher(cluster.clone(), dialer))]
+            }
             Role::Machine | Role::Waiting => {
                 let ages = cluster.clone();
                 vec![

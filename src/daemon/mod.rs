@@ -176,7 +176,7 @@ impl Daemon {
             tokio::select! {
                 _ = ping.tick(), if watchdog.is_some() => notify(&[NotifyState::Watchdog]),
                 _ = self.changed.notified() => {
-                    self.follow_relays().await;
+                    self.restart_moved().await;
                     notify(&[NotifyState::Status(&self.status_line())]);
                 }
                 () = &mut shutdown => break,
@@ -278,12 +278,16 @@ impl Daemon {
     /// an upload on the CM): a cluster whose relay changed is restarted on
     /// the new one, so its endpoint and its dials use it. (A config that
     /// stops naming a relay keeps the one the cluster started with until
-    /// the next rescan.)
-    async fn follow_relays(&mut self) {
+    /// the next rescan.) So is a machine its CM handed over to a new key.
+    async fn restart_moved(&mut self) {
         let moved: Vec<String> = self
             .clusters
             .iter()
             .filter(|(_, running)| {
+                // A machine whose CM key moved dials the new one.
+                if running.cluster.handed_over().is_some() {
+                    return true;
+                }
                 let Some(named) = running.cluster.config().and_then(|c| c.relay.clone()) else {
                     return false;
                 };
@@ -315,7 +319,7 @@ impl Daemon {
         let port = self.local.network.ports.get(&alias).copied().unwrap_or(0);
         if let Some(running) = self.clusters.get(&alias) {
             let c = &running.cluster;
-            let same_identity = c.id52() == dir.identity.id52();
+            let same_identity = c.id52() == dir.identity.id52() && c.cm_id52() == dir.cm_id52;
             let was_cm = c.role() == Role::ClusterManager;
             let is_cm = dir.role == Role::ClusterManager;
             let relay = crate::p2p::RelayChoice::resolve(&self.local.network, dir.relay.as_ref());
@@ -327,7 +331,7 @@ impl Daemon {
                 return Ok(());
             }
             let old = self.clusters.remove(&alias).expect("present");
-            tracing::info!(malai_cluster = %alias, "cluster {alias} changed identity, role, port or relay; restarting it");
+            tracing::info!(malai_cluster = %alias, "cluster {alias} changed identity (its own or its cluster manager's), role, port or relay; restarting it");
             // Whoever follows the clusters (D-Bus objects, listeners) lets
             // go of the old one, so its endpoint frees a fixed port for the
             // new one (`cluster::bind_retrying` waits for that).

@@ -88,7 +88,10 @@ pub async fn serve_fetch(cluster: &Cluster, peer: Id52, protocol: u32) -> FetchA
 /// connection must not hold back the new one); a machine that fetched
 /// restarts its own push only, so fetching cannot make the CM redo its
 /// work for everyone.
-pub async fn pusher(cluster: Arc<Cluster>) {
+///
+/// A machine that last heard from a key the CM retired is handed over
+/// first (`super::handover`), as that key, through `dialer`.
+pub async fn pusher(cluster: Arc<Cluster>, dialer: super::handover::Dialer) {
     let mut set: JoinSet<(String, bool)> = JoinSet::new();
     let mut inflight: HashMap<String, tokio::task::AbortHandle> = HashMap::new();
     let mut retry: HashMap<String, (Instant, Duration)> = HashMap::new();
@@ -125,9 +128,14 @@ pub async fn pusher(cluster: Arc<Cluster>) {
             }
             let task_cluster = cluster.clone();
             let task_alias = alias.clone();
+            let dialer = dialer.clone();
             let handle = set.spawn(async move {
                 let cluster = task_cluster;
-                let pushed = tokio::time::timeout(PUSH_TIMEOUT, push_one(&cluster, &id, &addrs));
+                let delivered = async {
+                    hand_over_first(&cluster, &dialer, &task_alias, &id, &addrs).await;
+                    push_one(&cluster, &id, &addrs).await
+                };
+                let pushed = tokio::time::timeout(PUSH_TIMEOUT, delivered);
                 let result = match pushed.await {
                     Ok(Ok(Landed::Acked(p))) => Ok(p),
                     Ok(Ok(Landed::MachineAhead { offered, holds })) => {
@@ -177,6 +185,35 @@ pub async fn pusher(cluster: Arc<Cluster>) {
             }
             _ = tokio::time::sleep_until(next_retry.unwrap_or(now).into()), if next_retry.is_some() => {}
         }
+    }
+}
+
+/// Hands machine `alias` over to this CM's key when it last heard from a
+/// retired one. A failure is only logged: the push that follows fails too
+/// if the machine still knows only the old key, and is retried; it
+/// succeeds if an earlier handover landed and its answer was lost.
+async fn hand_over_first(
+    cluster: &Cluster,
+    dialer: &super::handover::Dialer,
+    alias: &str,
+    id: &Id52,
+    addrs: &[std::net::SocketAddr],
+) {
+    let chain = match crate::handover::read(cluster.dir()) {
+        Ok(chain) => chain,
+        Err(e) => {
+            tracing::error!(malai_cluster = %cluster.alias(), "cannot read the handovers: {e:#}");
+            return;
+        }
+    };
+    let Some(from) = super::handover::known_key(cluster, &chain, alias, id) else {
+        return;
+    };
+    if let Err(e) = super::handover::send(cluster, dialer, &chain, &from, id, addrs).await {
+        tracing::info!(
+            malai_cluster = %cluster.alias(), malai_peer = %id,
+            "handover to machine {alias} as {from} failed: {e:#}"
+        );
     }
 }
 

@@ -7,6 +7,7 @@
 
 pub mod cm;
 pub mod edit;
+pub mod handover;
 pub mod machine;
 pub mod proto;
 pub mod rotate;
@@ -23,8 +24,8 @@ use crate::home::Role;
 use crate::identity::Id52;
 use crate::p2p::frame;
 use proto::{
-    Answer, ConfigRequest, DownloadAnswer, FetchAnswer, PushAnswer, RotateAnswer, Unreadable,
-    UploadAnswer,
+    Answer, ConfigRequest, DownloadAnswer, FetchAnswer, HandoverAnswer, PushAnswer, RotateAnswer,
+    Unreadable, UploadAnswer,
 };
 
 #[derive(Debug, Clone)]
@@ -53,6 +54,11 @@ impl ProtocolHandler for ConfigHandler {
                 if frame::write_msg(&mut send, &answer).await.is_ok() {
                     let _ = send.finish();
                     let _ = send.stopped().await;
+                }
+                // Handed over: the daemon restarts this cluster on the new
+                // key, now that the old one has its answer.
+                if matches!(answer, Answer::Handover(HandoverAnswer::Accepted { .. })) {
+                    cluster.ask_daemon_to_look();
                 }
             });
         }
@@ -116,6 +122,34 @@ async fn answer(cluster: &Cluster, peer: Id52, req: ConfigRequest) -> Answer {
             Role::ClusterManager => rotate::rotate(cluster, peer, &new_id52, &proof).await,
             Role::Machine | Role::Waiting => RotateAnswer::Denied {
                 reason: not_cm.into(),
+            },
+        }),
+        // Only the CM key this machine knows may hand the cluster over to
+        // another key, along links each signed by the key it leaves.
+        ConfigRequest::Handover { chain } => Answer::Handover(match role {
+            Role::Machine | Role::Waiting if peer == cluster.cm_id52() => {
+                match cluster.take_handover(&chain).await {
+                    Ok(cm) => HandoverAnswer::Accepted { cm: cm.to_string() },
+                    Err(reason) => {
+                        tracing::warn!(
+                            malai_cluster = %cluster.alias(), malai_peer = %peer,
+                            "refused a handover of the cluster manager's key: {reason}"
+                        );
+                        HandoverAnswer::Rejected { reason }
+                    }
+                }
+            }
+            Role::Machine | Role::Waiting => {
+                tracing::warn!(
+                    malai_cluster = %cluster.alias(), malai_peer = %peer,
+                    "refused a handover from {peer}: not the cluster manager {}", cluster.cm_id52()
+                );
+                HandoverAnswer::Denied {
+                    reason: "only the cluster manager may hand the cluster over".into(),
+                }
+            }
+            Role::ClusterManager => HandoverAnswer::Denied {
+                reason: "this device is the cluster manager".into(),
             },
         }),
         // Only a machine listed in cluster.toml may fetch, and only its own.

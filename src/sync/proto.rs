@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::cluster::EditError;
 use crate::cluster::envelope::Envelope;
+use crate::handover::Link;
 
 pub use crate::personalize::PROTOCOL;
 
@@ -35,6 +36,27 @@ pub enum ConfigRequest {
     /// from now on I am `new_id52`; `proof` is the new key's signature of
     /// `rotation_message` (so nobody can move a machine to a key it lacks).
     Rotate { new_id52: String, proof: String },
+    /// CM -> machine, as a CM key the machine knows (a retired one after a
+    /// rotation): the cluster manager's key moved along `chain`, each link
+    /// signed by the key it leaves.
+    Handover { chain: Vec<Link> },
+}
+
+/// The answer to a `Handover`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "kebab-case")]
+pub enum HandoverAnswer {
+    /// The machine trusts `cm` as its cluster manager from now on (and
+    /// restarts its side of the cluster to dial it).
+    Accepted {
+        cm: String,
+    },
+    Rejected {
+        reason: String,
+    },
+    Denied {
+        reason: String,
+    },
 }
 
 /// What a rotating machine's new key signs: the cluster manager, the old
@@ -164,6 +186,7 @@ pub enum Answer {
     Download(DownloadAnswer),
     Upload(UploadAnswer),
     Rotate(RotateAnswer),
+    Handover(HandoverAnswer),
     Unreadable(Unreadable),
 }
 
