@@ -24,8 +24,12 @@ use crate::config::{ClusterConfig, Principal};
 /// 2: `allow_pty` on command rules, the cluster's `[network]` relay, and
 /// `[received] protocol`. 3: `memory_max`, `tasks_max`, `cpu_quota` on a
 /// machine and its command rules. 4: `[revoked]` and `max_config_age`.
+/// 5: no new key; the machine follows a handover of the CM's key (a
+/// `handover` request), which `identity rotate` on the CM checks for.
 /// A machine that does not say (a first-release one) is 1.
-pub const PROTOCOL: u32 = 4;
+pub const PROTOCOL: u32 = 5;
+/// The first protocol whose machines follow a handover of the CM's key.
+pub const FOLLOWS_HANDOVERS: u32 = 5;
 
 #[derive(Serialize)]
 struct Out {

@@ -4,6 +4,8 @@
 //! `[revoked]` refuses a key over every rule and web01 keeps refusing it
 //! until a config unrevokes it; `max_config_age` makes web01 refuse the
 //! laptop while the CM is away, and serve it again when the CM is back.
+//! The CM's own key rotation is followed by web01 at once and by the
+//! laptop when it returns.
 
 mod common;
 
@@ -499,4 +501,87 @@ fn a_rotation_needs_both_keys_and_cannot_take_another_machines_place() {
         before,
         "nothing changed"
     );
+}
+
+#[test]
+fn a_rotated_cm_key_is_followed_by_every_machine_and_one_offline_catches_up() {
+    use malai::handover::Link;
+    use malai::identity::{Id52, Identity};
+    use malai::sync::proto::{ConfigRequest, HandoverAnswer};
+    let c = Company::loopback();
+    let (mut cm, mut web, lap) = c.start_synced("allow_from = \"laptop\"", "", "");
+    // The laptop is away while the cluster manager rotates its key.
+    drop(lap);
+    let cm_dir = c.cm.cluster_dir("company");
+
+    // A machine that said it runs a malai too old to follow stops the
+    // rotation, unless forced; nothing is written.
+    let state_path = cm_dir.join("state.json");
+    let mut state: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&state_path).unwrap()).unwrap();
+    state["machines"]["laptop"]["protocol"] = 4.into();
+    std::fs::write(&state_path, state.to_string()).unwrap();
+    let out = c.cm.run(&["identity", "rotate", "company"]);
+    assert_eq!(out.status.code(), Some(1), "{}", common::stderr(&out));
+    assert!(
+        common::stderr(&out).contains("laptop (protocol 4)"),
+        "{}",
+        common::stderr(&out)
+    );
+    assert!(!cm_dir.join("handovers.json").exists() && !cm_dir.join("identity.key.next").exists());
+
+    let started = Instant::now();
+    c.cm.ok(&["identity", "rotate", "company", "--force"]);
+    let new = Identity::load(&cm_dir.join("identity.key"))
+        .unwrap()
+        .id52()
+        .to_string();
+    assert_ne!(new, c.cm_id);
+    let text = std::fs::read_to_string(cm_dir.join("cluster.toml")).unwrap();
+    assert!(text.contains(&new) && !text.contains(&c.cm_id), "{text}");
+
+    // web01 follows the handover and takes version 3 from the new key.
+    web.wait_status("company: machine v3");
+    println!("web01 on the new key after {:?}", started.elapsed());
+    let info =
+        std::fs::read_to_string(c.web01.cluster_dir("company").join("cluster-info.toml")).unwrap();
+    assert!(info.contains(&new), "{info}");
+    wait_log(&cm, &["followed the handover", &c.web_id]);
+    // Only the laptop is behind.
+    cm.wait_status("v3, 1/2 machines in sync");
+
+    // The laptop comes back knowing only the old key: the CM reaches it as
+    // that key, it follows, and takes version 3.
+    let back = Instant::now();
+    let mut lap = c.laptop.start_daemon();
+    lap.wait_status("company: machine v3");
+    println!("laptop caught up {:?} after it started", back.elapsed());
+    wait_log(&cm, &["followed the handover", &c.laptop_id]);
+    cm.wait_status("v3, 2/2 machines in sync");
+    let info =
+        std::fs::read_to_string(c.laptop.cluster_dir("company").join("cluster-info.toml")).unwrap();
+    assert!(info.contains(&new), "{info}");
+    c.laptop.ok(&["web01.company", "true"]);
+    let downloaded = c.laptop.ok(&["config", "show", "company"]);
+    assert!(downloaded.contains(&new), "{downloaded}");
+
+    // Whoever holds the retired key now is a stranger to web01: it cannot
+    // hand web01 over to a key of its own.
+    let old_id: Id52 = c.cm_id.parse().unwrap();
+    let retired = Identity::load(&cm_dir.join("retired").join(format!("{old_id}.key"))).unwrap();
+    let evil = Identity::generate();
+    let web_id: Id52 = c.web_id.parse().unwrap();
+    let err = common::raw::try_config_request::<HandoverAnswer>(
+        &retired,
+        &web_id,
+        c.web01.socket_addr().parse().unwrap(),
+        ConfigRequest::Handover {
+            chain: vec![Link::sign(&retired, &evil.id52())],
+        },
+    )
+    .expect_err("the retired key is refused");
+    assert!(err.contains("not a member"), "{err}");
+    let info =
+        std::fs::read_to_string(c.web01.cluster_dir("company").join("cluster-info.toml")).unwrap();
+    assert!(info.contains(&new), "unchanged: {info}");
 }

@@ -48,7 +48,13 @@ pub enum IdentityCommand {
     /// manager learns the new one (proven by both keys) and refuses the
     /// old one. The cluster manager's: the old key signs a handover to the
     /// new one, which every machine follows when it is next reached.
-    Rotate { cluster: String },
+    Rotate {
+        cluster: String,
+        /// On the cluster manager: rotate even though some machines run a
+        /// malai too old to follow (they must join again afterwards).
+        #[arg(long)]
+        force: bool,
+    },
 }
 
 pub fn run(cmd: IdentityCommand) -> anyhow::Result<u8> {
@@ -57,7 +63,7 @@ pub fn run(cmd: IdentityCommand) -> anyhow::Result<u8> {
         IdentityCommand::List { json } => list(&home, json),
         IdentityCommand::Export { cluster, output } => export(&home, &cluster, output),
         IdentityCommand::Import { cluster, file } => import(&home, &cluster, &file),
-        IdentityCommand::Rotate { cluster } => rotate(&home, &cluster),
+        IdentityCommand::Rotate { cluster, force } => rotate(&home, &cluster, force),
     }
 }
 
@@ -65,11 +71,11 @@ pub fn run(cmd: IdentityCommand) -> anyhow::Result<u8> {
 /// cut off resumes with the same key.
 const NEXT_KEY: &str = "identity.key.next";
 
-fn rotate(home: &Home, cluster: &str) -> anyhow::Result<u8> {
+fn rotate(home: &Home, cluster: &str, force: bool) -> anyhow::Result<u8> {
     // Before loading: a CM rotation cut off between its writes leaves a
     // directory that does not load, and is finished here.
     if home.cluster_dir(cluster).join(home::CLUSTER_FILE).exists() {
-        return rotate_cm(home, cluster);
+        return rotate_cm(home, cluster, force);
     }
     let c = home.load_cluster(cluster)?;
     match c.role {
@@ -80,7 +86,7 @@ fn rotate(home: &Home, cluster: &str) -> anyhow::Result<u8> {
             ))
             .into());
         }
-        home::Role::ClusterManager => return rotate_cm(home, cluster),
+        home::Role::ClusterManager => return rotate_cm(home, cluster, force),
     }
     let next_path = c.dir.join(NEXT_KEY);
     let new = if next_path.exists() {
@@ -136,11 +142,35 @@ fn rotate(home: &Home, cluster: &str) -> anyhow::Result<u8> {
 /// key becomes `identity.key` and the daemon restarts the cluster on it.
 /// Its pusher hands each machine over as the old key before its next push
 /// (`sync::handover`).
-fn rotate_cm(home: &Home, cluster: &str) -> anyhow::Result<u8> {
+fn rotate_cm(home: &Home, cluster: &str, force: bool) -> anyhow::Result<u8> {
     use crate::handover::{self, Link};
     let dir = home.cluster_dir(cluster);
     let old = Identity::load(&dir.join(home::IDENTITY_FILE))?;
+    let state_path = dir.join(home::STATE_FILE);
+    let mut ledger = crate::state::CmState::load(&state_path)?;
     let next_path = dir.join(NEXT_KEY);
+    let cluster_path = dir.join(home::CLUSTER_FILE);
+    let text = std::fs::read_to_string(&cluster_path)?;
+    let config =
+        crate::config::cluster::parse(&cluster_path, &text, crate::config::FileKind::Cluster)
+            .map_err(|d| {
+                Failure::new(
+                    crate::exit::CONFIG,
+                    format!("cluster.toml is invalid:\n{d}"),
+                )
+            })?;
+    let too_old = cannot_follow(&ledger, &config);
+    if !too_old.is_empty() && !force && !next_path.exists() {
+        return Err(Failure::new(
+            crate::exit::FAILURE,
+            format!(
+                "these machines run a malai too old to follow a new cluster manager key: {}.\n\
+                 Upgrade them first, or pass --force and join them again afterwards.",
+                too_old.join(", ")
+            ),
+        )
+        .into());
+    }
     let new = if next_path.exists() {
         Identity::load(&next_path)?
     } else {
@@ -156,8 +186,6 @@ fn rotate_cm(home: &Home, cluster: &str) -> anyhow::Result<u8> {
         handover::write(&dir, &chain)?;
     }
     handover::retire(&dir, &old)?;
-    let state_path = dir.join(home::STATE_FILE);
-    let mut ledger = crate::state::CmState::load(&state_path)?;
     let change = crate::cluster::Change::Rename {
         old: old_id,
         new: new_id,
@@ -184,6 +212,28 @@ fn rotate_cm(home: &Home, cluster: &str) -> anyhow::Result<u8> {
         eprintln!("Pinned the new key for the privileged helper ({}).", pin.cm);
     }
     Ok(OK)
+}
+
+/// The machines of `config` that told `ledger` they speak a protocol
+/// older than handovers (`alias (protocol N)`); a machine never heard from
+/// is not known to be old.
+fn cannot_follow(
+    ledger: &crate::state::CmState,
+    config: &crate::config::ClusterConfig,
+) -> Vec<String> {
+    ledger
+        .machines
+        .iter()
+        .filter(|(alias, m)| {
+            config
+                .machines
+                .get(*alias)
+                .is_some_and(|c| c.id52.to_string() == m.id52)
+        })
+        .filter(|(_, m)| m.acked_version > 0 || m.protocol.is_some())
+        .filter(|(_, m)| m.protocol.unwrap_or(1) < crate::personalize::FOLLOWS_HANDOVERS)
+        .map(|(alias, m)| format!("{alias} (protocol {})", m.protocol.unwrap_or(1)))
+        .collect()
 }
 
 fn list(home: &Home, as_json: bool) -> anyhow::Result<u8> {

@@ -132,11 +132,18 @@ pub async fn pusher(cluster: Arc<Cluster>, dialer: super::handover::Dialer) {
             let handle = set.spawn(async move {
                 let cluster = task_cluster;
                 let delivered = async {
-                    hand_over_first(&cluster, &dialer, &task_alias, &id, &addrs).await;
+                    if hand_over_first(&cluster, &dialer, &task_alias, &id, &addrs).await {
+                        return Ok(Landed::HandedOver);
+                    }
                     push_one(&cluster, &id, &addrs).await
                 };
                 let pushed = tokio::time::timeout(PUSH_TIMEOUT, delivered);
                 let result = match pushed.await {
+                    // It restarts on this key and fetches (`machine_returned`
+                    // retries its push at once); a dial now would find it
+                    // between endpoints. Retried after the first backoff
+                    // if it does not.
+                    Ok(Ok(Landed::HandedOver)) => return (task_alias, false),
                     Ok(Ok(Landed::Acked(p))) => Ok(p),
                     Ok(Ok(Landed::MachineAhead { offered, holds })) => {
                         move_past(&cluster, &task_alias, offered, holds).await;
@@ -189,31 +196,36 @@ pub async fn pusher(cluster: Arc<Cluster>, dialer: super::handover::Dialer) {
 }
 
 /// Hands machine `alias` over to this CM's key when it last heard from a
-/// retired one. A failure is only logged: the push that follows fails too
-/// if the machine still knows only the old key, and is retried; it
-/// succeeds if an earlier handover landed and its answer was lost.
+/// retired one; whether it did. A failure is only logged: the push that
+/// follows fails too if the machine still knows only the old key, and is
+/// retried; it succeeds if an earlier handover landed and its answer was
+/// lost.
 async fn hand_over_first(
     cluster: &Cluster,
     dialer: &super::handover::Dialer,
     alias: &str,
     id: &Id52,
     addrs: &[std::net::SocketAddr],
-) {
+) -> bool {
     let chain = match crate::handover::read(cluster.dir()) {
         Ok(chain) => chain,
         Err(e) => {
             tracing::error!(malai_cluster = %cluster.alias(), "cannot read the handovers: {e:#}");
-            return;
+            return false;
         }
     };
     let Some(from) = super::handover::known_key(cluster, &chain, alias, id) else {
-        return;
+        return false;
     };
-    if let Err(e) = super::handover::send(cluster, dialer, &chain, &from, id, addrs).await {
-        tracing::info!(
-            malai_cluster = %cluster.alias(), malai_peer = %id,
-            "handover to machine {alias} as {from} failed: {e:#}"
-        );
+    match super::handover::send(cluster, dialer, &chain, &from, id, addrs).await {
+        Ok(()) => true,
+        Err(e) => {
+            tracing::info!(
+                malai_cluster = %cluster.alias(), malai_peer = %id,
+                "handover to machine {alias} as {from} failed: {e:#}"
+            );
+            false
+        }
     }
 }
 
@@ -285,6 +297,8 @@ async fn farewell(
 
 /// How a push that got an answer ended.
 enum Landed {
+    /// Told to follow a handover to this CM's key: no push yet.
+    HandedOver,
     Acked(Pushed),
     /// Refused as not newer: the machine holds `holds` >= `offered`, which
     /// this CM's state.json does not know.

@@ -65,7 +65,9 @@ pub async fn send(
         super::edit::ask_cm::<HandoverAnswer>(&conn, &request).await
     }
     .await;
-    p2p::close_without_waiting(ep).await;
+    // A daemon closes it whole (a CLI's `close_without_waiting` would
+    // leave its socket behind).
+    ep.close().await;
     match answer? {
         HandoverAnswer::Accepted { cm } => {
             tracing::info!(
