@@ -270,23 +270,7 @@ impl Home {
         let info_relay = info_relay(&info, &info_path)?;
         let (role, config, bytes) = if has_machine {
             let (config, bytes) = read_config(&machine_path, FileKind::Machine)?;
-            // A config from an earlier CM key this machine followed a
-            // handover from stays in force until the new key sends one.
-            let handed_over = || {
-                crate::handover::read(&dir).is_ok_and(|chain| {
-                    crate::handover::leads_to(&chain, &config.cluster_manager, &cm_id52)
-                })
-            };
-            if config.cluster_manager != cm_id52 && !handed_over() {
-                return Err(whole(
-                    &machine_path,
-                    format!(
-                        "sent for cluster manager {}, but this cluster's manager is {cm_id52}",
-                        config.cluster_manager
-                    ),
-                    "delete machine.toml; the cluster manager sends it again",
-                ));
-            }
+            check_sender(&dir, &machine_path, &config, &cm_id52)?;
             for a in &config.cm_addrs {
                 if !cm_addrs.contains(a) {
                     cm_addrs.push(*a);
@@ -320,6 +304,29 @@ impl ClusterDir {
     pub fn config_hash(&self) -> String {
         hash_hex(&self.config_bytes)
     }
+}
+
+/// machine.toml at `path` in `dir` must come from the cluster manager
+/// `cm`, or from an earlier key of it that handed over to `cm`: that
+/// config stays in force until the new key sends one.
+fn check_sender(
+    dir: &Path,
+    path: &Path,
+    config: &ClusterConfig,
+    cm: &Id52,
+) -> Result<(), Diagnostics> {
+    let sender = config.cluster_manager;
+    if sender == *cm
+        || crate::handover::read(dir)
+            .is_ok_and(|chain| crate::handover::leads_to(&chain, &sender, cm))
+    {
+        return Ok(());
+    }
+    Err(Diagnostics(vec![Diagnostic::whole(
+        path,
+        format!("sent for cluster manager {sender}, but this cluster's manager is {cm}"),
+        "delete machine.toml; the cluster manager sends it again",
+    )]))
 }
 
 /// The relay `machine init --relay` wrote in cluster-info.toml, checked.
