@@ -12,6 +12,7 @@ pub mod daemon;
 pub mod dbus;
 pub mod exec;
 pub mod exit;
+pub mod fanout;
 pub mod forward;
 pub mod fsutil;
 pub mod handover;

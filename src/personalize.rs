@@ -26,8 +26,10 @@ use crate::config::{ClusterConfig, Principal};
 /// machine and its command rules. 4: `[revoked]` and `max_config_age`.
 /// 5: no new key; the machine follows a handover of the CM's key (a
 /// `handover` request), which `identity rotate` on the CM checks for.
+/// 6: `[rights.MACHINE]` and `[machine_groups]`, this device's own rights
+/// on the other machines (fan-out `@all` and `@GROUP`).
 /// A machine that does not say (a first-release one) is 1.
-pub const PROTOCOL: u32 = 5;
+pub const PROTOCOL: u32 = 6;
 /// The first protocol whose machines follow a handover of the CM's key.
 pub const FOLLOWS_HANDOVERS: u32 = 5;
 
@@ -48,6 +50,23 @@ struct Out {
     network: Option<OutNetwork>,
     #[serde(skip_serializing_if = "Option::is_none")]
     revoked: Option<OutRevoked>,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    rights: BTreeMap<String, OutRights>,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    machine_groups: BTreeMap<String, Vec<String>>,
+}
+
+/// This device's rights on another machine (protocol 6).
+#[derive(Serialize)]
+struct OutRights {
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    any_command: bool,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    shell: bool,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    commands: Vec<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    services: Vec<String>,
 }
 
 #[derive(Serialize)]
@@ -255,9 +274,12 @@ pub fn machine_toml(
         withheld.push("the cluster's relay ([network])".to_owned());
     }
     let (max_config_age, revoked) = trust(config, protocol, &mut withheld);
+    let (rights, machine_groups) = projection_for(config, alias, protocol, &mut withheld);
     let out = Out {
         max_config_age,
         revoked,
+        rights,
+        machine_groups,
         received: OutReceived {
             version,
             protocol: (protocol >= 2).then_some(protocol),
@@ -287,6 +309,87 @@ pub fn machine_toml(
     })
 }
 
+/// `projection`, for a machine that understands `protocol`.
+#[allow(clippy::type_complexity)]
+fn projection_for(
+    config: &ClusterConfig,
+    alias: &str,
+    protocol: u32,
+    withheld: &mut Vec<String>,
+) -> (BTreeMap<String, OutRights>, BTreeMap<String, Vec<String>>) {
+    let projected = projection(config, alias);
+    if protocol >= 6 {
+        return projected;
+    }
+    if !projected.0.is_empty() {
+        withheld
+            .push("this device's rights on other machines (fan-out @all and @GROUP)".to_owned());
+    }
+    Default::default()
+}
+
+/// What machine `alias` may do on each other machine, as the ACL decides
+/// it (never the rules themselves), and each group's machines among them.
+fn projection(
+    config: &ClusterConfig,
+    alias: &str,
+) -> (BTreeMap<String, OutRights>, BTreeMap<String, Vec<String>>) {
+    let Some(me) = config.machines.get(alias).map(|m| m.id52) else {
+        return Default::default();
+    };
+    let mut rights = BTreeMap::new();
+    for (other, m) in config.machines.iter().filter(|(a, _)| *a != alias) {
+        let r = rights_on(config, &me, other, m);
+        if r.any_command || r.shell || !r.commands.is_empty() || !r.services.is_empty() {
+            rights.insert(other.clone(), r);
+        }
+    }
+    let mut groups = BTreeMap::new();
+    for name in config.groups.keys() {
+        let ids = acl::expand(config, &[Principal::Group(name.clone())]);
+        let members: Vec<String> = config
+            .machines
+            .iter()
+            .filter(|(a, m)| ids.contains(&m.id52) && (rights.contains_key(*a) || *a == alias))
+            .map(|(a, _)| a.clone())
+            .collect();
+        if !members.is_empty() {
+            groups.insert(name.clone(), members);
+        }
+    }
+    (rights, groups)
+}
+
+/// What `me` may do on machine `alias` (`m`).
+fn rights_on(
+    config: &ClusterConfig,
+    me: &crate::identity::Id52,
+    alias: &str,
+    m: &crate::config::Machine,
+) -> OutRights {
+    let shell = acl::decide(config, &m.id52, me, acl::Request::Shell).is_allowed();
+    let revoked = config.revoked.contains(me);
+    let commands = m
+        .commands
+        .iter()
+        .filter(|(_, r)| !revoked && acl::matching(config, &r.allow_from, me).is_some())
+        .map(|(name, _)| name.clone())
+        .collect();
+    let services = config
+        .services
+        .iter()
+        .filter(|(_, s)| s.machine == alias)
+        .filter(|(name, _)| acl::may_use_service(config, &m.id52, me, name).is_allowed())
+        .map(|(name, _)| name.clone())
+        .collect();
+    OutRights {
+        any_command: !revoked && acl::matching(config, &m.allow_from, me).is_some(),
+        shell,
+        commands,
+        services,
+    }
+}
+
 /// The config a machine removed from the cluster receives at `version`:
 /// the cluster manager and nothing else, so that it runs nothing and
 /// admits nobody but the CM. Written in the first release's keys, which
@@ -307,6 +410,8 @@ pub fn farewell_toml(config: &ClusterConfig, version: u64) -> String {
         service: BTreeMap::new(),
         network: None,
         revoked: None,
+        rights: BTreeMap::new(),
+        machine_groups: BTreeMap::new(),
     };
     let body = toml::to_string(&out).expect("a farewell serializes");
     format!(

@@ -12,17 +12,122 @@ pub struct Invocation {
     pub argv: Vec<String>,
 }
 
+/// Several machines of one cluster: `web01,web02.company`, `@all.company`
+/// (every machine where this device may run the command) or
+/// `@GROUP.company` (the machines of a group, likewise).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Selection {
+    pub cluster: String,
+    pub pick: Pick,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Pick {
+    /// These machines, in this order, each once.
+    Named(Vec<String>),
+    All,
+    Group(String),
+}
+
+impl Selection {
+    /// `None` when `text` is not a fan-out target (no ',', no leading '@').
+    pub fn parse(text: &str) -> Option<Result<Selection, String>> {
+        if !text.contains(',') && !text.starts_with('@') {
+            return None;
+        }
+        Some(Selection::parse_fan_out(text))
+    }
+
+    fn parse_fan_out(text: &str) -> Result<Selection, String> {
+        let Some((machines, cluster)) = text.rsplit_once('.') else {
+            return Err(format!(
+                "{text:?}: expected MACHINE,MACHINE.CLUSTER, @all.CLUSTER or @GROUP.CLUSTER"
+            ));
+        };
+        let bad = |what: &str, name: &str, why: &str| format!("bad {what} name {name:?}: {why}");
+        if let Some(why) = crate::config::names::name_error(cluster) {
+            return Err(bad("cluster", cluster, why));
+        }
+        let pick = if let Some(group) = machines.strip_prefix('@') {
+            if let Some(why) = crate::config::names::name_error(group) {
+                return Err(bad("group", group, why));
+            }
+            if group == "all" {
+                Pick::All
+            } else {
+                Pick::Group(group.to_owned())
+            }
+        } else {
+            let mut named: Vec<String> = Vec::new();
+            for m in machines.split(',') {
+                if let Some(why) = crate::config::names::name_error(m) {
+                    return Err(bad("machine", m, why));
+                }
+                if !named.iter().any(|n| n == m) {
+                    named.push(m.to_owned());
+                }
+            }
+            Pick::Named(named)
+        };
+        Ok(Selection {
+            cluster: cluster.to_owned(),
+            pick,
+        })
+    }
+}
+
+impl std::fmt::Display for Selection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.pick {
+            Pick::Named(m) => write!(f, "{}.{}", m.join(","), self.cluster),
+            Pick::All => write!(f, "@all.{}", self.cluster),
+            Pick::Group(g) => write!(f, "@{g}.{}", self.cluster),
+        }
+    }
+}
+
+/// What `malai <words>...` asks for: one machine, or a fan-out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Resolved {
+    One(Invocation),
+    Many(Selection, Vec<String>),
+}
+
+/// `resolve`, where the target may also be a fan-out (`Selection`).
+pub fn resolve_any(local: &LocalConfig, words: &[String]) -> Result<Resolved, String> {
+    let expanded = expand(local, words)?;
+    if let Some(selection) = Selection::parse(&expanded[0]) {
+        return Ok(Resolved::Many(selection?, arguments(&expanded)));
+    }
+    resolve(local, words).map(Resolved::One)
+}
+
+/// The words with an alias in front expanded, the user's arguments after.
+fn expand(local: &LocalConfig, words: &[String]) -> Result<Vec<String>, String> {
+    let (first, rest) = words
+        .split_first()
+        .ok_or_else(|| "no target given".to_string())?;
+    Ok(match local.aliases.get(first) {
+        Some(alias) => alias.iter().chain(rest).cloned().collect(),
+        None => words.to_vec(),
+    })
+}
+
+/// The argv after the target, without a leading `--`.
+fn arguments(expanded: &[String]) -> Vec<String> {
+    let mut argv = expanded[1..].to_vec();
+    if argv.first().is_some_and(|a| a == "--") {
+        argv.remove(0);
+    }
+    argv
+}
+
 /// Resolves `malai <words>...`: an alias expands to its words with the
 /// user's arguments appended; otherwise the first word must be a target.
 /// A leading `--` among the arguments is dropped, as ssh users expect.
 pub fn resolve(local: &LocalConfig, words: &[String]) -> Result<Invocation, String> {
-    let (first, rest) = words
-        .split_first()
-        .ok_or_else(|| "no target given".to_string())?;
-    let expanded: Vec<String> = match local.aliases.get(first) {
-        Some(alias) => alias.iter().chain(rest).cloned().collect(),
-        None => words.to_vec(),
-    };
+    let expanded = expand(local, words)?;
+    let first = &words[0];
     let target = Target::parse(&expanded[0]).map_err(|e| {
         if local.aliases.contains_key(first) {
             format!("alias {first:?}: {e}")
@@ -30,11 +135,10 @@ pub fn resolve(local: &LocalConfig, words: &[String]) -> Result<Invocation, Stri
             format!("{first:?} is neither a subcommand, an alias in malai.toml nor a target: {e}")
         }
     })?;
-    let mut argv = expanded[1..].to_vec();
-    if argv.first().is_some_and(|a| a == "--") {
-        argv.remove(0);
-    }
-    Ok(Invocation { target, argv })
+    Ok(Invocation {
+        target,
+        argv: arguments(&expanded),
+    })
 }
 
 #[cfg(test)]
@@ -68,6 +172,30 @@ mod tests {
         let inv = resolve(&local, &words("web -ef")).unwrap();
         assert_eq!(inv.target.to_string(), "web01.company");
         assert_eq!(inv.argv, words("ps aux -ef"));
+    }
+
+    #[test]
+    fn fan_out_targets() {
+        let local = LocalConfig::default();
+        let many = resolve_any(&local, &words("web01,web02,web01.company -- uptime")).unwrap();
+        let Resolved::Many(sel, argv) = many else {
+            panic!("a fan-out")
+        };
+        assert_eq!(sel.pick, Pick::Named(vec!["web01".into(), "web02".into()]));
+        assert_eq!(sel.cluster, "company");
+        assert_eq!(argv, words("uptime"));
+        let all = Selection::parse("@all.company").unwrap().unwrap();
+        assert_eq!(all.pick, Pick::All);
+        assert_eq!(all.to_string(), "@all.company");
+        let group = Selection::parse("@web.company").unwrap().unwrap();
+        assert_eq!(group.pick, Pick::Group("web".into()));
+        assert!(Selection::parse("web01.company").is_none());
+        assert!(Selection::parse("web01,.company").unwrap().is_err());
+        assert!(Selection::parse("@all").unwrap().is_err());
+        assert!(matches!(
+            resolve_any(&local, &words("web01.company true")),
+            Ok(Resolved::One(_))
+        ));
     }
 
     #[test]

@@ -228,6 +228,8 @@ fn config_with(min_machines: usize, acyclic: bool) -> impl Strategy<Value = Clus
                     .collect(),
                 unrevoked: Default::default(),
                 max_config_age: None,
+                rights: Default::default(),
+                machine_groups: Default::default(),
                 received_protocol: None,
             },
         )
@@ -560,6 +562,8 @@ proptest! {
             revoked: Default::default(),
             unrevoked: Default::default(),
             max_config_age: None,
+            rights: Default::default(),
+            machine_groups: Default::default(),
             received_protocol: None,
         };
         for (q, out) in answers(&config) {

@@ -24,12 +24,27 @@ pub mod status;
     about = "Run commands on, and reach services of, your machines over an encrypted peer-to-peer network",
     long_about = None,
     allow_external_subcommands = true,
-    after_help = "Remote commands:\n  malai <machine>.<cluster> [--] <cmd> [args]...   run a command\n  malai <machine>.<cluster>                        open a shell\n  malai <alias> [args]...                          an alias from malai.toml"
+    after_help = "Remote commands:\n  malai <machine>.<cluster> [--] <cmd> [args]...   run a command\n  malai <machine>.<cluster>                        open a shell\n  malai <alias> [args]...                          an alias from malai.toml\n  malai [-j N] [--timeout 30s] [--json] <m1>,<m2>.<cluster> <cmd>...\n                                                   one command on many machines\n                                                   (also @all.<cluster>, @<group>.<cluster>)"
 )]
 pub struct Cli {
     /// Say more about what malai does (route taken, connections).
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
     pub verbose: u8,
+
+    /// Fan-out: run on at most N machines at once.
+    #[arg(short = 'j', long = "jobs", value_name = "N", default_value_t = crate::fanout::DEFAULT_JOBS,
+          value_parser = clap::value_parser!(u16).range(1..))]
+    pub jobs: u16,
+
+    /// Fan-out: each machine's bound, from dial to exit (e.g. 30s, 5m);
+    /// past it the machine is reported timed out and its command stopped.
+    #[arg(long, value_name = "DURATION", value_parser = crate::config::duration::parse)]
+    pub timeout: Option<std::time::Duration>,
+
+    /// Fan-out: one JSON object on stdout (machines, each with exit,
+    /// stdout, stderr, error) instead of prefixed lines and a summary.
+    #[arg(long)]
+    pub json: bool,
 
     #[command(subcommand)]
     pub command: Command,
@@ -84,7 +99,14 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Helper(cmd) => helper::run(cmd),
         Command::Remote(words) => {
             let home = crate::home::Home::resolve()?;
-            route::Route::find(&home)?.exec(&words, cli.verbose)
+            let given =
+                cli.jobs != crate::fanout::DEFAULT_JOBS || cli.timeout.is_some() || cli.json;
+            let fan = crate::fanout::Options {
+                jobs: usize::from(cli.jobs),
+                timeout: cli.timeout.unwrap_or(crate::fanout::DEFAULT_TIMEOUT),
+                json: cli.json,
+            };
+            route::Route::find(&home)?.exec(&words, cli.verbose, (&fan, given))
         }
     }
 }

@@ -14,6 +14,7 @@ use crate::command::spawn::StdioMode;
 use crate::dbus::client;
 use crate::exec::ExecError;
 use crate::exit::{EXEC_FAILED, Failure, USAGE};
+use crate::fanout;
 use crate::home::Home;
 use crate::p2p::{self, EXEC_ALPN};
 use crate::status::Status;
@@ -120,13 +121,31 @@ impl<'h> Route<'h> {
 }
 
 impl Route<'_> {
-    /// Runs a remote command; returns the exit code to end with.
-    pub fn exec(&mut self, words: &[String], verbose: u8) -> anyhow::Result<u8> {
+    /// Runs a remote command, on one machine or many (`fan`: the fan-out
+    /// options, and whether the user gave any); returns the exit code to
+    /// end with.
+    pub fn exec(
+        &mut self,
+        words: &[String],
+        verbose: u8,
+        (fan, fan_given): (&fanout::Options, bool),
+    ) -> anyhow::Result<u8> {
         let home = self.home;
         let local = home
             .local_config()
             .map_err(|d| Failure::new(EXEC_FAILED, format!("malai.toml is invalid:\n{d}")))?;
-        let inv = target::resolve(&local, words).map_err(Failure::usage)?;
+        let inv = match target::resolve_any(&local, words).map_err(Failure::usage)? {
+            target::Resolved::Many(selection, argv) => {
+                return self.fan_out(&local, &selection, argv, fan, verbose);
+            }
+            target::Resolved::One(_) if fan_given => {
+                return Err(Failure::usage(
+                    "-j, --timeout and --json are for many machines (web01,web02.company, @all.company, @GROUP.company); one machine keeps ssh's habits",
+                )
+                .into());
+            }
+            target::Resolved::One(inv) => inv,
+        };
         let rt = self.rt;
         let over_bus = match daemon_for(home, &self.daemon, &mut self.skipped, &inv.target.cluster)
         {
@@ -157,18 +176,7 @@ impl Route<'_> {
                 ),
             )
         })?;
-        let machine = config.machines.get(&target.machine).ok_or_else(|| {
-            let known: Vec<&str> = config.machines.keys().map(String::as_str).collect();
-            Failure::new(
-                if known.is_empty() { EXEC_FAILED } else { USAGE },
-                format!(
-                    "no machine {:?} in cluster {:?} (machines: {})",
-                    target.machine,
-                    target.cluster,
-                    known.join(", ")
-                ),
-            )
-        })?;
+        let machine = machine_of(config, &target)?;
         if verbose > 0 && machine.id52 != cluster.identity.id52() {
             eprintln!(
                 "malai: dialling {target} ({}) directly with this device's identity for {:?}",
@@ -219,6 +227,104 @@ impl Route<'_> {
             &what,
         ))
     }
+}
+
+impl Route<'_> {
+    /// One command on the machines of `selection`: through the daemon when
+    /// one serves the cluster, directly otherwise.
+    fn fan_out(
+        &mut self,
+        local: &crate::config::LocalConfig,
+        selection: &target::Selection,
+        argv: Vec<String>,
+        opts: &fanout::Options,
+        verbose: u8,
+    ) -> anyhow::Result<u8> {
+        if argv.is_empty() {
+            return Err(Failure::usage(format!(
+                "{selection}: a command to run is needed (a shell is for one machine)"
+            ))
+            .into());
+        }
+        let (home, rt) = (self.home, self.rt);
+        let sink = if opts.json {
+            fanout::output::Sink::Keep
+        } else {
+            fanout::output::Sink::print()
+        };
+        let cluster = &selection.cluster;
+        if let Some(found) = daemon_for(home, &self.daemon, &mut self.skipped, cluster)
+            && let Some(proxy) = rt.block_on(cluster_object(found, cluster, &mut self.skipped))
+        {
+            if verbose > 0 {
+                eprintln!(
+                    "malai: running on {selection} through the daemon on {}",
+                    found.bus
+                );
+            }
+            let machines = rt
+                .block_on(proxy.select(&selection.to_string(), &argv))
+                .map_err(|e| Failure::new(EXEC_FAILED, format!("{selection}: {e}")))?;
+            let outcomes = rt.block_on(fanout::bus::run(
+                proxy, cluster, machines, argv, opts, &sink,
+            ))?;
+            return Ok(fanout::report(outcomes, opts));
+        }
+        if verbose > 0 {
+            eprintln!(
+                "malai: no daemon serves {cluster:?} here ({}): going directly",
+                self.skipped.join("; ")
+            );
+        }
+        let dir = home
+            .load_cluster(cluster)
+            .map_err(|d| Failure::new(EXEC_FAILED, d.to_string()))?;
+        let config = dir.config.clone().ok_or_else(|| {
+            Failure::new(
+                EXEC_FAILED,
+                format!(
+                    "cluster {cluster:?} has no config yet: the cluster manager has not sent one"
+                ),
+            )
+        })?;
+        let (plan, unknown) = fanout::select::plan(&config, &dir.identity.id52(), selection, &argv)
+            .map_err(|e| Failure::new(EXEC_FAILED, e))?;
+        let outcomes = rt.block_on(async {
+            let mut outcomes = fanout::direct::run(
+                &dir,
+                std::sync::Arc::new(config),
+                &local.network,
+                plan,
+                argv,
+                opts,
+                &sink,
+            )
+            .await?;
+            outcomes.extend(unknown);
+            anyhow::Ok(outcomes)
+        })?;
+        Ok(fanout::report(outcomes, opts))
+    }
+}
+
+/// The machine `target` names in `config`; a usage error listing the
+/// machines when there is none.
+fn machine_of<'c>(
+    config: &'c crate::config::ClusterConfig,
+    target: &target::Target,
+) -> Result<&'c crate::config::Machine, Failure> {
+    config.machines.get(&target.machine).ok_or_else(|| {
+        let known: Vec<&str> = config.machines.keys().map(String::as_str).collect();
+        Failure::new(
+            if known.is_empty() { EXEC_FAILED } else { USAGE },
+            format!(
+                "no machine {:?} in cluster {:?} (machines: {})",
+                target.machine,
+                target.cluster,
+                known.join(", ")
+            ),
+        )
+    })
 }
 
 /// Dials `peer` from a fresh endpoint of `identity` and runs argv there.

@@ -51,6 +51,25 @@ pub struct ClusterConfig {
     /// `max_config_age`: a machine that has not heard from its CM for
     /// longer refuses everyone but the CM.
     pub max_config_age: Option<std::time::Duration>,
+    /// machine.toml only (`[rights.MACHINE]`): what this device may do on
+    /// each other machine, as the CM projects that machine's rules (never
+    /// the rules themselves); fan-out `@all` and `@GROUP` pick from it.
+    pub rights: BTreeMap<String, Rights>,
+    /// machine.toml only (`[machine_groups]`): each group's machines on
+    /// which this device has some right.
+    pub machine_groups: BTreeMap<String, Vec<String>>,
+}
+
+/// This device's rights on one other machine.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Rights {
+    /// Its `allow_from` admits this device: any argv that names no rule.
+    pub any_command: bool,
+    pub shell: bool,
+    /// The command rules this device may run there.
+    pub commands: Vec<String>,
+    /// The services it hosts that this device may reach.
+    pub services: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -167,6 +186,22 @@ struct RawFile {
     network: Option<Spanned<RawClusterNetwork>>,
     revoked: Option<Spanned<RawRevoked>>,
     max_config_age: Option<Spanned<String>>,
+    #[serde(default)]
+    rights: BTreeMap<Spanned<String>, RawRights>,
+    machine_groups: Option<Spanned<BTreeMap<String, Vec<String>>>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRights {
+    #[serde(default)]
+    any_command: bool,
+    #[serde(default)]
+    shell: bool,
+    #[serde(default)]
+    commands: Vec<String>,
+    #[serde(default)]
+    services: Vec<String>,
 }
 
 #[derive(Deserialize)]
@@ -339,6 +374,69 @@ impl Validator<'_> {
         (version, protocol)
     }
 
+    fn max_config_age(&mut self, age: Option<&Spanned<String>>) -> Option<std::time::Duration> {
+        let age = age?;
+        super::duration::parse(age.get_ref())
+            .map_err(|e| {
+                self.err(
+                    age.span(),
+                    format!("max_config_age: {e}"),
+                    "write how long a machine may go without word from its cluster manager, like max_config_age = \"1h\"",
+                )
+            })
+            .ok()
+    }
+
+    /// `[rights.MACHINE]` and `[machine_groups]`: the CM writes them into
+    /// a machine.toml; a cluster.toml says who may do what in its rules.
+    #[allow(clippy::type_complexity)]
+    fn projection(
+        &mut self,
+        raw: &RawFile,
+        kind: FileKind,
+    ) -> (BTreeMap<String, Rights>, BTreeMap<String, Vec<String>>) {
+        let help = "remove it: the cluster manager writes each device's rights into its machine.toml from the rules (allow_from, command rules, services)";
+        if kind == FileKind::Cluster {
+            if let Some(name) = raw.rights.keys().next() {
+                self.err(
+                    name.span(),
+                    "[rights] belongs in a machine.toml, not in cluster.toml",
+                    help,
+                );
+            }
+            if let Some(groups) = &raw.machine_groups {
+                self.err(
+                    groups.span(),
+                    "[machine_groups] belongs in a machine.toml, not in cluster.toml",
+                    help,
+                );
+            }
+            return Default::default();
+        }
+        let mut rights = BTreeMap::new();
+        for (name, r) in &raw.rights {
+            if !self.machines.contains(name.get_ref()) {
+                self.err(name.span(), format!("[rights.{}] names no machine", name.get_ref()), "do not edit machine.toml by hand: delete it and let the cluster manager send it again");
+                continue;
+            }
+            rights.insert(
+                name.get_ref().clone(),
+                Rights {
+                    any_command: r.any_command,
+                    shell: r.shell,
+                    commands: r.commands.clone(),
+                    services: r.services.clone(),
+                },
+            );
+        }
+        let groups = raw
+            .machine_groups
+            .as_ref()
+            .map(|g| g.get_ref().clone())
+            .unwrap_or_default();
+        (rights, groups)
+    }
+
     fn err(&mut self, span: std::ops::Range<usize>, message: impl Into<String>, help: &str) {
         self.diags.push(self.src.diag(span, message, help));
     }
@@ -412,17 +510,9 @@ impl Validator<'_> {
             Some(r) => self.revoked(r.get_ref(), cluster_manager.as_ref()),
             None => Default::default(),
         };
-        let max_config_age = raw.max_config_age.as_ref().and_then(|age| {
-            super::duration::parse(age.get_ref())
-                .map_err(|e| {
-                    self.err(
-                        age.span(),
-                        format!("max_config_age: {e}"),
-                        "write how long a machine may go without word from its cluster manager, like max_config_age = \"1h\"",
-                    )
-                })
-                .ok()
-        });
+        let max_config_age = self.max_config_age(raw.max_config_age.as_ref());
+
+        let (rights, machine_groups) = self.projection(&raw, kind);
 
         let mut services = BTreeMap::new();
         for (name, s) in &raw.service {
@@ -447,6 +537,8 @@ impl Validator<'_> {
             revoked,
             unrevoked,
             max_config_age,
+            rights,
+            machine_groups,
         })
     }
 

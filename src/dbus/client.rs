@@ -44,6 +44,9 @@ pub trait Cluster {
         token: &str,
     ) -> Result<u8, super::Error>;
 
+    /// The machines a fan-out target names for running argv.
+    fn select(&self, target: &str, argv: &[String]) -> Result<Vec<String>, super::Error>;
+
     /// Delivers a signal to the command of exec `token`.
     fn signal(&self, token: &str, signal: i32) -> Result<(), super::Error>;
 

@@ -309,6 +309,44 @@ impl ClusterObject {
         exec::run(&self.cluster, &self.sessions, conn, call).await
     }
 
+    /// The machines a fan-out target names (`web01,web02.company`,
+    /// `@all.company`, `@GROUP.company`) for running `argv` as this
+    /// device, from the config in force (`fanout::select`). Root and
+    /// group malai only, like Exec.
+    async fn select(
+        &self,
+        #[zbus(header)] hdr: Header<'_>,
+        #[zbus(connection)] conn: &Connection,
+        target: String,
+        argv: Vec<String>,
+    ) -> Result<Vec<String>, Error> {
+        authorize(conn, &hdr, "Select", ADMIN_GROUP).await?;
+        let selection = match crate::target::Selection::parse(&target) {
+            Some(Ok(s)) if s.cluster == self.cluster.alias() => s,
+            Some(Ok(s)) => {
+                return Err(Error::Invalid(format!(
+                    "{target}: this object is cluster {:?}, not {:?}",
+                    self.cluster.alias(),
+                    s.cluster
+                )));
+            }
+            Some(Err(e)) => return Err(Error::Invalid(e)),
+            None => {
+                return Err(Error::Invalid(format!(
+                    "{target:?} is one machine, not a fan-out target"
+                )));
+            }
+        };
+        let config = self.cluster.config().ok_or_else(|| {
+            Error::Failed(format!(
+                "cluster {:?} has no config yet",
+                self.cluster.alias()
+            ))
+        })?;
+        crate::fanout::select::machines(&config, &self.cluster.id52(), &selection, &argv)
+            .map_err(Error::Failed)
+    }
+
     /// cluster.toml as the cluster manager has it: (text, blake3 hash in
     /// hex, version). On the CM itself, read here; on a machine, asked of
     /// the CM as this device (which must be a config editor). Root and

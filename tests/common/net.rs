@@ -149,6 +149,11 @@ impl Host {
         Host::with_port(name, "", Ipv4Addr::LOCALHOST, port, clusters)
     }
 
+    /// A host on 127.0.0.1 on `port` (one of `free_udp_ports`).
+    pub fn loopback_on(name: &str, port: u16, clusters: &[&str]) -> Host {
+        Host::with_port(name, "", Ipv4Addr::LOCALHOST, port, clusters)
+    }
+
     fn with_port(name: &str, ns: &str, addr: Ipv4Addr, port: u16, clusters: &[&str]) -> Host {
         let home = TestHome::new();
         let mut ports = String::new();
