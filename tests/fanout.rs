@@ -204,6 +204,34 @@ fn a_fan_out_reports_every_machine_and_fails_when_one_does() {
     assert_eq!(out.status.code(), Some(2), "{}", common::stderr(&out));
     let out = f.laptop.run(&["--json", "web01.company", "true"]);
     assert_eq!(out.status.code(), Some(2), "{}", common::stderr(&out));
+
+    // Ctrl-C reaches every running command.
+    let child = f
+        .laptop
+        .malai(&["web01,web02.company", "sleep", "1000"])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    for web in &f.daemons[1..3] {
+        common::net::wait_until("the sleep runs", || {
+            web.log_text().contains("malai_argv=sleep 1000 ")
+        });
+    }
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        common::stderr(&out)
+            .ends_with("2 machines: 0 ok, 2 failed (web01: exit 130; web02: exit 130)\n"),
+        "{}",
+        common::stderr(&out)
+    );
     drop(f.daemons);
     let _ = (&f.cm, &f.webs);
 }
