@@ -315,3 +315,43 @@ fn quote(word: &str) -> String {
 fn quote_path(path: &Path) -> String {
     quote(&path.display().to_string())
 }
+
+#[test]
+fn a_command_with_t_runs_on_a_pty_where_a_password_prompt_reads_the_terminal() {
+    let rules = "allow_from = \"laptop\"\n[machine.web01.command.check]\ncommand = \"tty\"\nallow_from = \"laptop\"";
+    let (c, _daemons) = company_in_sync(rules, "");
+    // Without -t a command has no terminal; -tt asks for one even here.
+    let out = c.laptop.run(&["web01.company", "tty"]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "not a tty\n");
+    let out = c.laptop.run(&["-tt", "web01.company", "tty"]);
+    assert!(
+        remote_tty(&String::from_utf8_lossy(&out.stdout)).is_some(),
+        "{out:?}"
+    );
+    // A rule without allow_pty does not run on a PTY.
+    let out = c.laptop.run(&["-tt", "web01.company", "check"]);
+    assert_eq!(out.status.code(), Some(255));
+    assert!(
+        common::stderr(&out).contains("may not run on a PTY"),
+        "{}",
+        common::stderr(&out)
+    );
+    // A prompt that reads the terminal, as sudo's does, typed into.
+    let scratch = tempfile::tempdir().unwrap();
+    let exit_file = scratch.path().join("exit");
+    let command = format!(
+        "env -u MALAI_LOG MALAI_DBUS_ADDRESS=disabled MALAI_HOME={} {} -t web01.company sh -c {}; echo EXIT=$? > {}; sleep 600",
+        quote_path(c.laptop.home.path()),
+        quote(common::malai_bin()),
+        quote("tty; printf 'Password: '; read x < /dev/tty; echo got:$x"),
+        quote_path(&exit_file),
+    );
+    let term = Tmux::start(80, 24, &command);
+    let screen = term.wait_screen("the prompt", |s| s.contains("Password: "));
+    assert!(remote_tty(&screen).is_some(), "{screen}");
+    term.type_line("sekrit");
+    term.wait_screen("the answer", |s| s.contains("got:sekrit"));
+    wait_until("malai to exit", || {
+        std::fs::read_to_string(&exit_file).is_ok_and(|t| t.trim() == "EXIT=0")
+    });
+}

@@ -24,12 +24,18 @@ pub mod status;
     about = "Run commands on, and reach services of, your machines over an encrypted peer-to-peer network",
     long_about = None,
     allow_external_subcommands = true,
-    after_help = "Remote commands:\n  malai <machine>.<cluster> [--] <cmd> [args]...   run a command\n  malai <machine>.<cluster>                        open a shell\n  malai <alias> [args]...                          an alias from malai.toml\n  malai [-j N] [--timeout 30s] [--json] <m1>,<m2>.<cluster> <cmd>...\n                                                   one command on many machines\n                                                   (also @all.<cluster>, @<group>.<cluster>)"
+    after_help = "Remote commands:\n  malai <machine>.<cluster> [--] <cmd> [args]...   run a command\n  malai <machine>.<cluster>                        open a shell\n  malai <alias> [args]...                          an alias from malai.toml\n  malai -t <machine>.<cluster> <cmd>...            a command on a PTY (top, sudo)\n  malai [-j N] [--timeout 30s] [--json] <m1>,<m2>.<cluster> <cmd>...\n                                                   one command on many machines\n                                                   (also @all.<cluster>, @<group>.<cluster>)"
 )]
 pub struct Cli {
     /// Say more about what malai does (route taken, connections).
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
     pub verbose: u8,
+
+    /// Run the command on a PTY (a terminal program: top, a sudo prompt):
+    /// when stdin is a terminal; -tt even when it is not. Needs the right
+    /// to a shell there, or a command rule with allow_pty.
+    #[arg(short = 't', action = clap::ArgAction::Count)]
+    pub tty: u8,
 
     /// Fan-out: run on at most N machines at once.
     #[arg(short = 'j', long = "jobs", value_name = "N", default_value_t = crate::fanout::DEFAULT_JOBS,
@@ -101,12 +107,17 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
             let home = crate::home::Home::resolve()?;
             let given =
                 cli.jobs != crate::fanout::DEFAULT_JOBS || cli.timeout.is_some() || cli.json;
-            let fan = crate::fanout::Options {
-                jobs: usize::from(cli.jobs),
-                timeout: cli.timeout.unwrap_or(crate::fanout::DEFAULT_TIMEOUT),
-                json: cli.json,
+            let opts = route::RemoteOptions {
+                verbose: cli.verbose,
+                tty: cli.tty,
+                fan: crate::fanout::Options {
+                    jobs: usize::from(cli.jobs),
+                    timeout: cli.timeout.unwrap_or(crate::fanout::DEFAULT_TIMEOUT),
+                    json: cli.json,
+                },
+                fan_given: given,
             };
-            route::Route::find(&home)?.exec(&words, cli.verbose, (&fan, given))
+            route::Route::find(&home)?.exec(&words, &opts)
         }
     }
 }

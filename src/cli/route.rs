@@ -21,6 +21,18 @@ use crate::status::Status;
 use crate::sync::proto::{ConfigRequest, DownloadAnswer, Downloaded, UploadAnswer, Uploaded};
 use crate::target::{self, Invocation};
 
+/// The options of a remote command (`malai [OPTIONS] TARGET CMD`).
+#[derive(Debug, Clone)]
+pub struct RemoteOptions {
+    pub verbose: u8,
+    /// `-t` given this many times: 1 asks for a PTY when stdin is a
+    /// terminal, 2 always (ssh's -t and -tt).
+    pub tty: u8,
+    pub fan: fanout::Options,
+    /// Whether any fan-out option was given (an error for one machine).
+    pub fan_given: bool,
+}
+
 /// How `malai rescan` reached the daemon.
 pub enum RescanRoute {
     /// The daemon rescanned over D-Bus (on the bus named) and reported
@@ -124,17 +136,21 @@ impl Route<'_> {
     /// Runs a remote command, on one machine or many (`fan`: the fan-out
     /// options, and whether the user gave any); returns the exit code to
     /// end with.
-    pub fn exec(
-        &mut self,
-        words: &[String],
-        verbose: u8,
-        (fan, fan_given): (&fanout::Options, bool),
-    ) -> anyhow::Result<u8> {
+    pub fn exec(&mut self, words: &[String], opts: &RemoteOptions) -> anyhow::Result<u8> {
+        let RemoteOptions {
+            verbose,
+            tty,
+            ref fan,
+            fan_given,
+        } = *opts;
         let home = self.home;
         let local = home
             .local_config()
             .map_err(|d| Failure::new(EXEC_FAILED, format!("malai.toml is invalid:\n{d}")))?;
         let inv = match target::resolve_any(&local, words).map_err(Failure::usage)? {
+            target::Resolved::Many(..) if tty > 0 => {
+                return Err(Failure::usage("-t (a PTY) is for one machine").into());
+            }
             target::Resolved::Many(selection, argv) => {
                 return self.fan_out(&local, &selection, argv, fan, verbose);
             }
@@ -149,9 +165,13 @@ impl Route<'_> {
         let rt = self.rt;
         let over_bus = match daemon_for(home, &self.daemon, &mut self.skipped, &inv.target.cluster)
         {
-            Some(found) => {
-                rt.block_on(exec_over_bus(home, found, &inv, verbose, &mut self.skipped))
-            }
+            Some(found) => rt.block_on(exec_over_bus(
+                home,
+                found,
+                &inv,
+                (verbose, tty),
+                &mut self.skipped,
+            )),
             None => None,
         };
         if let Some(result) = over_bus {
@@ -224,7 +244,7 @@ impl Route<'_> {
             &relay,
             (&id, &reach),
             argv,
-            &what,
+            (&what, tty),
         ))
     }
 }
@@ -334,7 +354,7 @@ async fn exec_direct(
     relay: &p2p::RelayChoice,
     (peer, reach): (&crate::identity::Id52, &p2p::Reach),
     argv: Vec<String>,
-    what: &str,
+    (what, tty): (&str, u8),
 ) -> anyhow::Result<u8> {
     let endpoint = p2p::bind(identity, network, relay, 0, Vec::new(), None)
         .await
@@ -346,7 +366,7 @@ async fn exec_direct(
             return Err(ExecError::Unreachable(format!("cannot reach {what}: {e:#}")).into());
         }
     };
-    let code = crate::exec::client::run(&conn, argv, what).await;
+    let code = crate::exec::client::run(&conn, argv, what, tty).await;
     conn.close(0u32.into(), b"done");
     p2p::close_without_waiting(endpoint).await;
     code
@@ -384,7 +404,7 @@ async fn exec_over_bus(
     home: &Home,
     found: &client::Found,
     inv: &Invocation,
-    verbose: u8,
+    (verbose, tty): (u8, u8),
     skipped: &mut Vec<String>,
 ) -> Option<anyhow::Result<u8>> {
     use crate::dbus::Error;
@@ -398,7 +418,7 @@ async fn exec_over_bus(
         );
     }
     let result = async {
-        let pty = process_pty(argv);
+        let pty = process_pty(argv, tty);
         let _raw = RawMode::for_pty(pty)?;
         // stdin goes through a pipe this process feeds: the daemon then
         // reads a descriptor of its own that it can stop reading at any time.

@@ -33,8 +33,8 @@ pub struct Io {
 impl Io {
     /// This process's stdio, environment and signals (SIGINT, SIGTERM, and
     /// SIGWINCH on a PTY). Needs a running tokio runtime.
-    pub fn of_process(argv: &[String]) -> Io {
-        let pty = process_pty(argv);
+    pub fn of_process(argv: &[String], tty: u8) -> Io {
+        let pty = process_pty(argv, tty);
         let (tx, controls) = mpsc::channel(8);
         tokio::spawn(async move {
             let on_pty = pty.is_some();
@@ -67,11 +67,14 @@ impl Io {
     }
 }
 
-/// The PTY an invocation of this process asks for: a shell (no argv) from
-/// a terminal gets one of the terminal's size.
-pub fn process_pty(argv: &[String]) -> Option<WindowSize> {
-    (argv.is_empty() && rustix::termios::isatty(std::io::stdin()))
-        .then(|| window_size().unwrap_or(WindowSize { rows: 24, cols: 80 }))
+/// The PTY an invocation of this process asks for: a shell (no argv), or
+/// a command with `-t` (`tty` > 0), from a terminal gets one of the
+/// terminal's size; `-tt` asks for one even without a terminal (ssh's
+/// habits).
+pub fn process_pty(argv: &[String], tty: u8) -> Option<WindowSize> {
+    let terminal = rustix::termios::isatty(std::io::stdin());
+    let wanted = (argv.is_empty() || tty > 0) && terminal || tty > 1;
+    wanted.then(|| window_size().unwrap_or(WindowSize { rows: 24, cols: 80 }))
 }
 
 /// The variables of this process that may pass to a remote command.
@@ -80,10 +83,10 @@ pub fn process_env() -> Vec<(String, String)> {
 }
 
 /// Runs `argv` (empty: a shell) on the peer of `conn` with the user's
-/// terminal and signals; returns the exit code to end with. `what` names
-/// the target in messages.
-pub async fn run(conn: &Connection, argv: Vec<String>, what: &str) -> anyhow::Result<u8> {
-    let io = Io::of_process(&argv);
+/// terminal and signals, on a PTY as `process_pty` says for `tty`; returns
+/// the exit code to end with. `what` names the target in messages.
+pub async fn run(conn: &Connection, argv: Vec<String>, what: &str, tty: u8) -> anyhow::Result<u8> {
+    let io = Io::of_process(&argv, tty);
     let _raw = RawMode::for_pty(io.pty)?;
     Ok(run_with(conn, argv, what, io).await?)
 }
