@@ -210,28 +210,7 @@ impl Route<'_> {
             if verbose > 0 {
                 eprintln!("malai: {target} is this device: deciding and running here");
             }
-            let caller = crate::exec::local::Caller {
-                who: crate::audit::Who {
-                    cluster: &target.cluster,
-                    peer: &id,
-                    config_version: config.received_version.unwrap_or(0),
-                    uid: Some(nix::unistd::getuid().as_raw()),
-                    claimed: None,
-                },
-                unprivileged_uid: None,
-            };
-            let result = rt.block_on(crate::exec::local::run(
-                config,
-                &caller,
-                argv,
-                &what,
-                StdioMode::Inherit,
-                crate::exec::client::process_env(),
-                tokio::sync::mpsc::channel(1).1,
-                // No daemon: nothing puts a new config in force meanwhile.
-                std::future::pending(),
-            ));
-            return Ok(result?);
+            return exec_here(rt, config, &target, argv);
         }
         let relay = p2p::RelayChoice::resolve(&network, cluster.relay.as_ref());
         let reach = p2p::Reach {
@@ -325,6 +304,43 @@ impl Route<'_> {
         })?;
         Ok(fanout::report(outcomes, opts))
     }
+}
+
+/// Runs `argv` on this device itself, `target` in its own cluster: decided
+/// by the same ACL, run with the caller's terminal (no daemon is asked).
+fn exec_here(
+    rt: &tokio::runtime::Runtime,
+    config: &crate::config::ClusterConfig,
+    target: &target::Target,
+    argv: Vec<String>,
+) -> anyhow::Result<u8> {
+    let me = config
+        .machines
+        .get(&target.machine)
+        .map(|m| m.id52)
+        .ok_or_else(|| Failure::usage(format!("no machine {target}")))?;
+    let caller = crate::exec::local::Caller {
+        who: crate::audit::Who {
+            cluster: &target.cluster,
+            peer: &me,
+            config_version: config.received_version.unwrap_or(0),
+            uid: Some(nix::unistd::getuid().as_raw()),
+            claimed: None,
+        },
+        unprivileged_uid: None,
+    };
+    let result = rt.block_on(crate::exec::local::run(
+        config,
+        &caller,
+        argv,
+        &target.to_string(),
+        StdioMode::Inherit,
+        crate::exec::client::process_env(),
+        tokio::sync::mpsc::channel(1).1,
+        // No daemon: nothing puts a new config in force meanwhile.
+        std::future::pending(),
+    ));
+    Ok(result?)
 }
 
 /// The machine `target` names in `config`; a usage error listing the
