@@ -593,6 +593,94 @@ fn psql_and_redis_cli_on_the_laptop_reach_their_servers_on_web01() {
             &format!("malai_peer={}", c.laptop_id),
         ],
     );
+
+    // `malai forward open`: the same service on a port of the user's
+    // choosing, in the foreground, until Ctrl-C; then the port is free.
+    let mut open = Proc {
+        child: c
+            .laptop
+            .malai(&[
+                "forward",
+                "open",
+                "postgres.company",
+                "--listen",
+                "127.0.0.1:25432",
+            ])
+            .stdin(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    };
+    let mut said = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(open.child.stderr.take().unwrap()),
+        &mut said,
+    )
+    .unwrap();
+    assert!(
+        said.contains("forwarding 127.0.0.1:25432 to postgres.company (on web01)"),
+        "{said}"
+    );
+    let through_open = ns_cmd(
+        &c.laptop,
+        &["psql", "-X", "-tA", "-h", "127.0.0.1", "-p", "25432"],
+    )
+    .args(["-U", "postgres", "-c", "select count(*) from t"])
+    .stdin(Stdio::null())
+    .output()
+    .unwrap();
+    assert_eq!(
+        text(&through_open).trim(),
+        "5000",
+        "{}",
+        String::from_utf8_lossy(&through_open.stderr)
+    );
+    // Another local user cannot use this user's forward (its identity).
+    let nobody = ns_cmd(
+        &c.laptop,
+        &[
+            "setpriv",
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+        ],
+    )
+    .args([
+        "psql",
+        "-X",
+        "-tA",
+        "-h",
+        "127.0.0.1",
+        "-p",
+        "25432",
+        "-U",
+        "postgres",
+        "-c",
+        "select 1",
+    ])
+    .env("PGCONNECT_TIMEOUT", "10")
+    .stdin(Stdio::null())
+    .output()
+    .unwrap();
+    assert!(
+        !nobody.status.success(),
+        "uid 65534 got through: {}",
+        text(&nobody)
+    );
+    let why = String::from_utf8_lossy(&nobody.stderr);
+    assert!(
+        why.contains("closed the connection"),
+        "refused by malai, not by psql: {why}"
+    );
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(open.child.id() as i32),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .unwrap();
+    assert_eq!(open.child.wait().unwrap().code(), Some(0));
+    in_ns(&c.laptop.ns, || {
+        TcpListener::bind("127.0.0.1:25432").expect("the port is free again")
+    });
 }
 
 // ---------------------------------------------------------------------------

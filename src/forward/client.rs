@@ -105,20 +105,7 @@ pub async fn connect(cluster: &Cluster, service: &str) -> Result<Stream, Refused
             )
             .await
             .map_err(|e| Refused::Failed(format!("{what}: {e:#}")))?;
-        let attempt = async {
-            let (mut send, mut recv) = conn.open_bi().await?;
-            frame::write_msg(
-                &mut send,
-                &Open {
-                    service: service.to_owned(),
-                },
-            )
-            .await?;
-            let answer: Answer =
-                tokio::time::timeout(HANDSHAKE_TIMEOUT, frame::read_msg(&mut recv)).await??;
-            anyhow::Ok((send, recv, answer))
-        };
-        match attempt.await {
+        match open_on(&conn, service).await {
             Ok((send, recv, Answer::Ok)) => {
                 return Ok(Stream::Remote {
                     send,
@@ -139,6 +126,22 @@ pub async fn connect(cluster: &Cluster, service: &str) -> Result<Stream, Refused
         }
     }
     Err(Refused::Failed(last))
+}
+
+/// Asks the host at the other end of `conn` for `service` on a new
+/// stream: the stream and the host's answer.
+pub async fn open_on(
+    conn: &iroh::endpoint::Connection,
+    service: &str,
+) -> anyhow::Result<(SendStream, RecvStream, Answer)> {
+    let (mut send, mut recv) = conn.open_bi().await?;
+    let open = Open {
+        service: service.to_owned(),
+    };
+    frame::write_msg(&mut send, &open).await?;
+    let answer: Answer =
+        tokio::time::timeout(HANDSHAKE_TIMEOUT, frame::read_msg(&mut recv)).await??;
+    Ok((send, recv, answer))
 }
 
 /// Carries `tcp` on `stream` until both sides are done.

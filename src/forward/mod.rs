@@ -12,6 +12,7 @@
 //! - `listeners`: which listeners run, from malai.toml and the sockets
 //!   systemd passed; reconciled on rescan.
 //! - `list`: what is forwarded where, from the files (`malai forward list`).
+//! - `open`: a forward in the foreground (`malai forward open`).
 //! - `pipe`: bytes both ways with backpressure and half-close.
 
 pub mod client;
@@ -19,6 +20,7 @@ pub mod host;
 pub mod http;
 pub mod list;
 pub mod listeners;
+pub mod open;
 pub mod pipe;
 pub mod proto;
 pub mod proxy;
