@@ -165,6 +165,38 @@ fn exec(
     })
 }
 
+/// What `peer` may do on machine `alias`, as this config's rules decide:
+/// any argv that names no rule (`allow_from`), a shell, the command rules
+/// it may run, the services there it may reach. What the CM sends each
+/// device about the others (`personalize`), and what `malai ls` shows.
+pub fn rights(config: &ClusterConfig, alias: &str, peer: &Id52) -> crate::config::Rights {
+    let Some(machine) = config.machines.get(alias) else {
+        return crate::config::Rights::default();
+    };
+    if config.revoked.contains(peer) {
+        return crate::config::Rights::default();
+    }
+    crate::config::Rights {
+        any_command: matching(config, &machine.allow_from, peer).is_some(),
+        shell: decide(config, &machine.id52, peer, Request::Shell).is_allowed(),
+        commands: machine
+            .commands
+            .iter()
+            .filter(|(_, r)| matching(config, &r.allow_from, peer).is_some())
+            .map(|(name, _)| name.clone())
+            .collect(),
+        services: config
+            .services
+            .iter()
+            .filter(|(name, s)| {
+                s.machine == alias
+                    && may_use_service(config, &machine.id52, peer, name).is_allowed()
+            })
+            .map(|(name, _)| name.clone())
+            .collect(),
+    }
+}
+
 /// Whether `peer` may download and upload the cluster config.
 pub fn may_edit_config(config: &ClusterConfig, peer: &Id52) -> Decision {
     if let Some(denied) = revoked(config, peer) {

@@ -338,10 +338,16 @@ fn projection(
         return Default::default();
     };
     let mut rights = BTreeMap::new();
-    for (other, m) in config.machines.iter().filter(|(a, _)| *a != alias) {
-        let r = rights_on(config, &me, other, m);
-        if r.any_command || r.shell || !r.commands.is_empty() || !r.services.is_empty() {
-            rights.insert(other.clone(), r);
+    for other in config.machines.keys().filter(|a| *a != alias) {
+        let r = acl::rights(config, other, &me);
+        if r.any() {
+            let out = OutRights {
+                any_command: r.any_command,
+                shell: r.shell,
+                commands: r.commands,
+                services: r.services,
+            };
+            rights.insert(other.clone(), out);
         }
     }
     let mut groups = BTreeMap::new();
@@ -358,36 +364,6 @@ fn projection(
         }
     }
     (rights, groups)
-}
-
-/// What `me` may do on machine `alias` (`m`).
-fn rights_on(
-    config: &ClusterConfig,
-    me: &crate::identity::Id52,
-    alias: &str,
-    m: &crate::config::Machine,
-) -> OutRights {
-    let shell = acl::decide(config, &m.id52, me, acl::Request::Shell).is_allowed();
-    let revoked = config.revoked.contains(me);
-    let commands = m
-        .commands
-        .iter()
-        .filter(|(_, r)| !revoked && acl::matching(config, &r.allow_from, me).is_some())
-        .map(|(name, _)| name.clone())
-        .collect();
-    let services = config
-        .services
-        .iter()
-        .filter(|(_, s)| s.machine == alias)
-        .filter(|(name, _)| acl::may_use_service(config, &m.id52, me, name).is_allowed())
-        .map(|(name, _)| name.clone())
-        .collect();
-    OutRights {
-        any_command: !revoked && acl::matching(config, &m.allow_from, me).is_some(),
-        shell,
-        commands,
-        services,
-    }
 }
 
 /// The config a machine removed from the cluster receives at `version`:

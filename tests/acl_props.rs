@@ -707,6 +707,54 @@ proptest! {
     }
 }
 
+proptest! {
+    #![proptest_config(proptest_config())]
+
+    /// 7. The rights a device receives about each other machine (what
+    /// `malai ls` shows and fan-out `@all` picks from) are exactly what the
+    /// CM's rules give it there; `@all` never leaves out a machine that
+    /// would run the command, and includes one that would not only when the
+    /// command names a rule there that the device may not use as asked
+    /// (the rules themselves are not sent).
+    #[test]
+    fn the_rights_a_device_receives_are_what_the_rules_give_it(
+        config in config_with(2, true),
+        which in any::<Index>(),
+    ) {
+        let aliases: Vec<&String> = config.machines.keys().collect();
+        let alias = which.get(&aliases).as_str();
+        let me = config.machines[alias].id52;
+        let text = personalize::machine_toml(&config, alias, 7, malai::sync::proto::PROTOCOL)
+            .expect("alias is a machine of the config")
+            .text;
+        let parsed = match cluster::parse(Path::new("machine.toml"), &text, FileKind::Machine) {
+            Ok(parsed) => parsed,
+            Err(e) => return Err(TestCaseError::fail(format!("{e:?}\n{text}"))),
+        };
+        for (other, m) in config.machines.iter().filter(|(a, _)| *a != alias) {
+            let want = acl::rights(&config, other, &me);
+            let got = parsed.rights.get(other).cloned().unwrap_or_default();
+            prop_assert_eq!(&want, &got, "rights of {} on {}\n{}", alias, other, text);
+            prop_assert_eq!(
+                got.shell,
+                acl::decide(&config, &m.id52, &me, Request::Shell).is_allowed()
+            );
+            for argv in ARGVS.iter().filter(|a| !a.is_empty()) {
+                let allowed = acl::decide(&config, &m.id52, &me, Request::Exec(argv)).is_allowed();
+                let picked = malai::fanout::select::may_run(&parsed, &me, other, argv);
+                prop_assert!(!allowed || picked, "@all left out {} for {:?}\n{}", other, argv, text);
+                if picked && !allowed {
+                    let rule = m.commands.get(&argv[0]);
+                    prop_assert!(
+                        rule.is_some_and(|r| !got.commands.contains(&argv[0]) || (argv.len() > 1 && !r.allow_args)),
+                        "@all picked {} for {:?}, which no rule explains\n{}", other, argv, text
+                    );
+                }
+            }
+        }
+    }
+}
+
 // ---------------------------------------------------------------------------
 // Readable examples.
 

@@ -127,6 +127,10 @@ fn check_report(out: &std::process::Output, took: Duration) {
 }
 
 #[test]
+#[expect(
+    clippy::too_many_lines,
+    reason = "one fleet, set up once, asked everything a fan-out must answer"
+)]
 fn a_fan_out_reports_every_machine_and_fails_when_one_does() {
     let f = fleet(None);
     let started = Instant::now();
@@ -204,6 +208,41 @@ fn a_fan_out_reports_every_machine_and_fails_when_one_does() {
     assert_eq!(out.status.code(), Some(2), "{}", common::stderr(&out));
     let out = f.laptop.run(&["--json", "web01.company", "true"]);
     assert_eq!(out.status.code(), Some(2), "{}", common::stderr(&out));
+
+    // `malai ls`: who answers, and the rights the fan-out picked from.
+    let listed = f.laptop.json(&["ls", "--json", "--timeout", "2s"]);
+    let rows = listed["machines"].as_array().unwrap();
+    let row = |name: &str| rows.iter().find(|r| r["machine"] == name).unwrap().clone();
+    assert_eq!(row("laptop")["this_device"], true);
+    assert_eq!(row("web01")["path"], "direct", "{listed}");
+    assert!(row("web01")["rtt_ms"].as_f64().is_some(), "{listed}");
+    assert_eq!(
+        row("web01")["rights"]["commands"],
+        serde_json::json!(["check"])
+    );
+    assert_eq!(row("web01")["rights"]["any_command"], true);
+    assert_eq!(row("web03")["path"], "direct", "web03 is up: {listed}");
+    assert_eq!(
+        row("web03")["rights"],
+        serde_json::json!({"any_command": false, "shell": false, "commands": [], "services": []})
+    );
+    assert!(
+        row("web04")["path"].is_null() && row("web04")["error"].is_string(),
+        "{listed}"
+    );
+    let table = f.laptop.ok(&["ls", "company", "--timeout", "2s"]);
+    assert!(
+        table.lines().any(|l| l.starts_with("web01.company")
+            && l.contains("yes, direct")
+            && l.contains("rules: check")),
+        "{table}"
+    );
+    assert!(
+        table
+            .lines()
+            .any(|l| l.starts_with("web04.company") && l.contains(" no ")),
+        "{table}"
+    );
 
     // Ctrl-C reaches every running command.
     let child = f

@@ -12,6 +12,7 @@ pub mod generate;
 pub mod helper;
 pub mod identity;
 pub mod invite;
+pub mod ls;
 pub mod machine;
 pub mod rescan;
 pub mod route;
@@ -75,6 +76,9 @@ pub enum Command {
     /// Show what is forwarded where (local listeners to cluster services).
     #[command(subcommand)]
     Forward(forward::ForwardCommand),
+    /// The machines this device knows: whether each answers now (round
+    /// trip, direct or relay) and what this device may do there.
+    Ls(ls::Args),
     /// Validate config files; without --check also apply them.
     Rescan(rescan::Args),
     /// Show clusters, roles, config versions and sync state.
@@ -99,6 +103,7 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Daemon(args) => daemon::run(args),
         Command::Forward(cmd) => forward::run(cmd),
         Command::Identity(cmd) => identity::run(cmd),
+        Command::Ls(args) => ls::run(args),
         Command::Rescan(args) => rescan::run(args),
         Command::Status(args) => status::run(args),
         Command::Generate(args) => generate::run(args),

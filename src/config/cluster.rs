@@ -61,7 +61,7 @@ pub struct ClusterConfig {
 }
 
 /// This device's rights on one other machine.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
 pub struct Rights {
     /// Its `allow_from` admits this device: any argv that names no rule.
     pub any_command: bool,
@@ -133,6 +133,13 @@ impl Protocol {
             Protocol::Tcp => "tcp",
             Protocol::Http => "http",
         }
+    }
+}
+
+impl Rights {
+    /// Whether it allows anything at all.
+    pub fn any(&self) -> bool {
+        self.any_command || self.shell || !self.commands.is_empty() || !self.services.is_empty()
     }
 }
 

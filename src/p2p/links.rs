@@ -109,7 +109,7 @@ impl Links {
 }
 
 /// The selected path of `conn`: direct or through a relay, and its RTT.
-fn selected_path(conn: &Connection) -> Option<(&'static str, f64)> {
+pub fn selected_path(conn: &Connection) -> Option<(&'static str, f64)> {
     let paths = conn.paths();
     let path = paths.iter().find(|p| p.is_selected())?;
     let kind = if path.is_relay() { "relay" } else { "direct" };
