@@ -387,3 +387,94 @@ fn an_alias_named_like_a_subcommand_is_a_warning_not_a_failed_start() {
         stderr(&out)
     );
 }
+
+/// The completion scripts the package installs offer the machines,
+/// fan-out targets and aliases of this device where a target goes, in
+/// bash and fish (run for real) and zsh (parsed; driving its completion
+/// needs a terminal).
+#[test]
+fn shell_completions_offer_machines_fan_out_targets_and_aliases() {
+    for (shell, package) in [("bash", "bash"), ("fish", "fish"), ("zsh", "zsh")] {
+        common::require_tool(shell, package);
+    }
+    let home = TestHome::new();
+    let cm = home.json(&["cluster", "init", "company", "--json"])["id52"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let web = Identity::generate().id52().to_string();
+    fs::write(
+        home.cluster_dir("company").join("cluster.toml"),
+        format!(
+            "[cluster-manager]\nid52 = \"{cm}\"\n[group.web]\nmembers = \"web01\"\n[machine.web01]\nid52 = \"{web}\"\n[machine.cm]\nid52 = \"{cm}\"\n"
+        ),
+    )
+    .unwrap();
+    fs::write(
+        home.path().join("malai.toml"),
+        "[aliases]\nlogs = \"web01.company journalctl\"\n",
+    )
+    .unwrap();
+    let generated = tempfile::tempdir().unwrap();
+    home.ok(&["generate", generated.path().to_str().unwrap()]);
+    let dir = generated.path().join("completions");
+    let bin = std::path::Path::new(common::malai_bin())
+        .parent()
+        .unwrap()
+        .to_owned();
+    let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap());
+    let shell = |program: &str, script: String| {
+        let out = std::process::Command::new(program)
+            .args(["-c", &script])
+            .env("PATH", &path)
+            .env("MALAI_HOME", home.path())
+            .env("MALAI_DBUS_ADDRESS", "disabled")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{program}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let bash = |words: &str| {
+        shell(
+            "bash",
+            format!(
+                "source {}; COMP_WORDS=({words}); COMP_CWORD=$(( ${{#COMP_WORDS[@]}} - 1 )); _malai_targets malai; printf '%s\\n' \"${{COMPREPLY[@]}}\"",
+                dir.join("malai.bash").display()
+            ),
+        )
+    };
+    let got = bash("malai we");
+    assert!(got.lines().any(|l| l == "web01.company"), "{got}");
+    let got = bash("malai -j 4 @");
+    assert!(
+        got.contains("@all.company") && got.contains("@web.company"),
+        "{got}"
+    );
+    let got = bash("malai web01,c");
+    assert!(got.lines().any(|l| l == "web01,cm.company"), "{got}");
+    let got = bash("malai l");
+    assert!(got.lines().any(|l| l == "logs"), "{got}");
+    // A verb's own arguments are not targets.
+    let got = bash("malai status we");
+    assert!(!got.contains("web01.company"), "{got}");
+
+    let fish = |line: &str| {
+        shell(
+            "fish",
+            format!(
+                "source {}; complete -C '{line}'",
+                dir.join("malai.fish").display()
+            ),
+        )
+    };
+    let got = fish("malai we");
+    assert!(got.lines().any(|l| l.starts_with("web01.company")), "{got}");
+    let got = fish("malai @");
+    assert!(got.contains("@web.company"), "{got}");
+
+    shell("zsh", format!("zsh -n {}", dir.join("_malai").display()));
+}

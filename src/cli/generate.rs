@@ -26,11 +26,83 @@ pub fn run(args: Args) -> anyhow::Result<u8> {
         .with_context(|| format!("creating {}", completions.display()))?;
     for shell in [Shell::Bash, Shell::Zsh, Shell::Fish] {
         let mut cmd = visible(&cmd);
-        clap_complete::generate_to(shell, &mut cmd, "malai", &completions)
+        let path = clap_complete::generate_to(shell, &mut cmd, "malai", &completions)
             .with_context(|| format!("writing {shell} completions"))?;
+        let text = std::fs::read_to_string(&path)?;
+        std::fs::write(&path, with_targets(shell, &text)?)
+            .with_context(|| format!("writing {}", path.display()))?;
     }
     Ok(crate::exit::OK)
 }
+
+/// Where the target of a remote command goes (the first word that is not
+/// an option), each shell also offers `malai complete WORD`: machines,
+/// fan-out targets and aliases.
+fn with_targets(shell: Shell, generated: &str) -> anyhow::Result<String> {
+    Ok(match shell {
+        Shell::Bash => format!(
+            "{}\n{BASH_TARGETS}",
+            generated.replace("complete -F _malai ", "complete -F _malai_targets ",)
+        ),
+        Shell::Zsh => {
+            let dispatch = "if [ \"$funcstack[1]\" = \"_malai\" ]; then\n    _malai \"$@\"\nelse\n    compdef _malai malai\nfi";
+            anyhow::ensure!(
+                generated.contains(dispatch),
+                "clap_complete's zsh script changed: update generate.rs"
+            );
+            generated.replace(dispatch, ZSH_TARGETS)
+        }
+        Shell::Fish => format!("{generated}\n{FISH_TARGETS}"),
+        _ => generated.to_owned(),
+    })
+}
+
+const BASH_TARGETS: &str = r#"# Targets (malai complete WORD) where the first word that is not an option goes.
+_malai_targets() {
+    local i word
+    for (( i = 1; i < COMP_CWORD; i++ )); do
+        word="${COMP_WORDS[i]}"
+        case "$word" in
+            -j|--jobs|--timeout) (( i++ )) ;;
+            -*) ;;
+            *) _malai "$@"; return ;;
+        esac
+    done
+    _malai "$@"
+    local cur="${COMP_WORDS[COMP_CWORD]}"
+    [[ "$cur" == -* ]] && return
+    local IFS=$'\n'
+    COMPREPLY+=( $(malai complete -- "$cur" 2>/dev/null) )
+}
+"#;
+
+const ZSH_TARGETS: &str = r#"# Targets (malai complete WORD) where the first word that is not an option goes.
+_malai_targets() {
+    local i
+    for (( i = 2; i < CURRENT; i++ )); do
+        case "${words[i]}" in
+            -j|--jobs|--timeout) (( i++ )) ;;
+            -*) ;;
+            *) _malai "$@"; return ;;
+        esac
+    done
+    if [[ "$PREFIX" != -* ]]; then
+        local -a targets
+        targets=(${(f)"$(malai complete -- "$PREFIX" 2>/dev/null)"})
+        compadd -Q -- $targets
+    fi
+    _malai "$@"
+}
+
+if [ "$funcstack[1]" = "_malai" ]; then
+    _malai_targets "$@"
+else
+    compdef _malai_targets malai
+fi"#;
+
+const FISH_TARGETS: &str = r#"# Targets (malai complete WORD) where the first word that is not an option goes.
+complete -c malai -n "__fish_malai_needs_command" -f -a "(malai complete -- (commandline -ct) 2>/dev/null)"
+"#;
 
 /// `cmd` without its hidden subcommands: clap_mangen leaves them out by
 /// itself, clap_complete would offer them (this one, `generate`, included).

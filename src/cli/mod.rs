@@ -5,6 +5,7 @@
 use clap::{Parser, Subcommand};
 
 pub mod cluster;
+pub mod complete;
 pub mod config;
 pub mod daemon;
 pub mod forward;
@@ -89,6 +90,9 @@ pub enum Command {
     /// Write man pages and shell completions into a directory (packaging).
     #[command(hide = true)]
     Generate(generate::Args),
+    /// The targets that start with a word (for the shell completions).
+    #[command(hide = true)]
+    Complete(complete::Args),
     /// `malai <machine>.<cluster> cmd...` or `malai <alias> args...`.
     #[command(external_subcommand)]
     Remote(Vec<String>),
@@ -107,6 +111,7 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Rescan(args) => rescan::run(args),
         Command::Status(args) => status::run(args),
         Command::Generate(args) => generate::run(args),
+        Command::Complete(args) => complete::run(args),
         Command::Helper(cmd) => helper::run(cmd),
         Command::Remote(words) => {
             let home = crate::home::Home::resolve()?;

@@ -17,6 +17,7 @@ use super::names::name_error;
 pub const RESERVED_WORDS: &[&str] = &[
     "acl",
     "cluster",
+    "complete",
     "config",
     "cp",
     "daemon",
