@@ -23,6 +23,7 @@ pub mod join;
 pub mod local_users;
 pub mod p2p;
 pub mod personalize;
+pub mod selection;
 pub mod sockets;
 pub mod state;
 pub mod status;

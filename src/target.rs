@@ -3,6 +3,7 @@
 
 use crate::config::LocalConfig;
 pub use crate::config::Target;
+pub use crate::selection::{Pick, Selection};
 
 /// A remote command as the user asked for it: where, and the argv to run
 /// (empty for an interactive shell).
@@ -10,80 +11,6 @@ pub use crate::config::Target;
 pub struct Invocation {
     pub target: Target,
     pub argv: Vec<String>,
-}
-
-/// Several machines of one cluster: `web01,web02.company`, `@all.company`
-/// (every machine where this device may run the command) or
-/// `@GROUP.company` (the machines of a group, likewise).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Selection {
-    pub cluster: String,
-    pub pick: Pick,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Pick {
-    /// These machines, in this order, each once.
-    Named(Vec<String>),
-    All,
-    Group(String),
-}
-
-impl Selection {
-    /// `None` when `text` is not a fan-out target (no ',', no leading '@').
-    pub fn parse(text: &str) -> Option<Result<Selection, String>> {
-        if !text.contains(',') && !text.starts_with('@') {
-            return None;
-        }
-        Some(Selection::parse_fan_out(text))
-    }
-
-    fn parse_fan_out(text: &str) -> Result<Selection, String> {
-        let Some((machines, cluster)) = text.rsplit_once('.') else {
-            return Err(format!(
-                "{text:?}: expected MACHINE,MACHINE.CLUSTER, @all.CLUSTER or @GROUP.CLUSTER"
-            ));
-        };
-        let bad = |what: &str, name: &str, why: &str| format!("bad {what} name {name:?}: {why}");
-        if let Some(why) = crate::config::names::name_error(cluster) {
-            return Err(bad("cluster", cluster, why));
-        }
-        let pick = if let Some(group) = machines.strip_prefix('@') {
-            if let Some(why) = crate::config::names::name_error(group) {
-                return Err(bad("group", group, why));
-            }
-            if group == "all" {
-                Pick::All
-            } else {
-                Pick::Group(group.to_owned())
-            }
-        } else {
-            let mut named: Vec<String> = Vec::new();
-            for m in machines.split(',') {
-                if let Some(why) = crate::config::names::name_error(m) {
-                    return Err(bad("machine", m, why));
-                }
-                if !named.iter().any(|n| n == m) {
-                    named.push(m.to_owned());
-                }
-            }
-            Pick::Named(named)
-        };
-        Ok(Selection {
-            cluster: cluster.to_owned(),
-            pick,
-        })
-    }
-}
-
-impl std::fmt::Display for Selection {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match &self.pick {
-            Pick::Named(m) => write!(f, "{}.{}", m.join(","), self.cluster),
-            Pick::All => write!(f, "@all.{}", self.cluster),
-            Pick::Group(g) => write!(f, "@{g}.{}", self.cluster),
-        }
-    }
 }
 
 /// What `malai <words>...` asks for: one machine, or a fan-out.

@@ -741,7 +741,7 @@ proptest! {
             );
             for argv in ARGVS.iter().filter(|a| !a.is_empty()) {
                 let allowed = acl::decide(&config, &m.id52, &me, Request::Exec(argv)).is_allowed();
-                let picked = malai::fanout::select::may_run(&parsed, &me, other, argv);
+                let picked = malai::selection::may_run(&parsed, &me, other, argv);
                 prop_assert!(!allowed || picked, "@all left out {} for {:?}\n{}", other, argv, text);
                 if picked && !allowed {
                     let rule = m.commands.get(&argv[0]);

@@ -286,7 +286,7 @@ impl Route<'_> {
                 ),
             )
         })?;
-        let (plan, unknown) = fanout::select::plan(&config, &dir.identity.id52(), selection, &argv)
+        let (plan, unknown) = fanout::direct::plan(&config, &dir.identity.id52(), selection, &argv)
             .map_err(|e| Failure::new(EXEC_FAILED, e))?;
         let outcomes = rt.block_on(async {
             let mut outcomes = fanout::direct::run(

@@ -311,7 +311,7 @@ impl ClusterObject {
 
     /// The machines a fan-out target names (`web01,web02.company`,
     /// `@all.company`, `@GROUP.company`) for running `argv` as this
-    /// device, from the config in force (`fanout::select`). Root and
+    /// device, from the config in force (`Selection::machines`). Root and
     /// group malai only, like Exec.
     async fn select(
         &self,
@@ -343,7 +343,8 @@ impl ClusterObject {
                 self.cluster.alias()
             ))
         })?;
-        crate::fanout::select::machines(&config, &self.cluster.id52(), &selection, &argv)
+        selection
+            .machines(&config, &self.cluster.id52(), &argv)
             .map_err(Error::Failed)
     }
 

@@ -19,6 +19,7 @@ use crate::exec::proto::{ClientMsg, OnBehalf};
 use crate::home::ClusterDir;
 use crate::identity::Id52;
 use crate::p2p::{self, EXEC_ALPN, Reach, RelayChoice};
+use crate::selection::Selection;
 
 /// One machine to run on.
 #[derive(Debug, Clone)]
@@ -238,4 +239,30 @@ async fn relay_into(mut from: broadcast::Receiver<ClientMsg>, to: mpsc::Sender<C
             break;
         }
     }
+}
+
+/// `machines`, with each known machine's id52 and addresses; a name the
+/// config does not know is already an outcome.
+pub fn plan(
+    config: &ClusterConfig,
+    me: &Id52,
+    selection: &Selection,
+    argv: &[String],
+) -> Result<(Vec<Plan>, Vec<Outcome>), String> {
+    let mut plan = Vec::new();
+    let mut unknown = Vec::new();
+    for name in selection.machines(config, me, argv)? {
+        match config.machines.get(&name) {
+            Some(m) => plan.push(Plan {
+                machine: name,
+                id: m.id52,
+                addrs: m.addrs.clone(),
+            }),
+            None => {
+                let why = format!("no machine {name:?} in cluster {:?}", selection.cluster);
+                unknown.push(Outcome::without_output(name, Ended::Failed(why)));
+            }
+        }
+    }
+    Ok((plan, unknown))
 }

@@ -10,7 +10,6 @@
 pub mod bus;
 pub mod direct;
 pub mod output;
-pub mod select;
 
 use std::time::Duration;
 
@@ -171,7 +170,8 @@ pub fn exit_code(outcomes: &[Outcome]) -> u8 {
 pub fn report(mut outcomes: Vec<Outcome>, opts: &Options) -> u8 {
     outcomes.sort_by(|a, b| a.machine.cmp(&b.machine));
     if opts.json {
-        crate::cli::print_json(&to_json(&outcomes));
+        let json = serde_json::to_string_pretty(&to_json(&outcomes)).expect("JSON serializes");
+        println!("{json}");
     } else {
         eprintln!("{}", summary(&outcomes));
     }
