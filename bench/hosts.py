@@ -172,9 +172,9 @@ class Ssh:
     """Keys, a test user with /bin/sh (no ~/.bashrc to read), sshd config
     files, and an ssh client config with the host key already known."""
 
-    def __init__(self, sb):
-        self.sb = sb
-        self.dir = sb.path("ssh")
+    def __init__(self, sb, name="ssh"):
+        self.sb, self.name = sb, name
+        self.dir = sb.path(name)
         os.makedirs(self.dir)
         os.chmod(self.dir, 0o755)
         self.host_key = os.path.join(self.dir, "host_ed25519")
@@ -192,7 +192,7 @@ class Ssh:
         os.makedirs("/run/sshd", mode=0o755, exist_ok=True)  # privilege separation
 
     def _user(self):
-        home = self.sb.path("ssh-home")
+        home = self.sb.path(self.name + "-home")
         os.makedirs(home)
         try:
             pwd.getpwnam(SSH_USER)

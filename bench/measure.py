@@ -7,6 +7,7 @@ shared machine falls on all of them alike.
 """
 
 import os
+import shlex
 import subprocess
 import time
 
@@ -22,6 +23,7 @@ LAP_DIRECT, SRV_DIRECT = "10.201.1.1", "10.201.1.2"
 CM_PORT, WEB01_PORT, WEB02_PORT, SSH_PORT, ECHO_PORT = 7700, 7701, 7702, 2222, 7777
 
 LATENCY_VARIANTS = ["malai cold", "ssh cold", "malai warm", "ssh warm"]
+FAN_SSH_PORT = 2222
 THROUGHPUT_VARIANTS = ["ssh", "malai direct", "malai daemon"]
 
 
@@ -240,7 +242,11 @@ def fanout(sb, malai, scales, runs, log):
     run times `malai rescan` on the CM until its STATUS= line says all N
     acknowledged the new version: once right after the CM daemon restarted
     (cold: every push dials a new connection) and once more (warm: the
-    pooled connections)."""
+    pooled connections). Then one command on the N machines: `malai
+    @all.fleet true` from the CM through its daemon (the machines allow the
+    CM's key), beside the same over ssh to N host aliases of one sshd: a
+    shell loop over one ControlMaster each, and Debian's parallel-ssh (new
+    connections, 32 at once, as malai's -j)."""
     ns = sb.namespace("fan")
     top = max(scales)
     cm = Home(sb, "fan-cm", malai, ns, "127.0.0.1", {"fleet": 7800})
@@ -257,7 +263,8 @@ def fanout(sb, malai, scales, runs, log):
         edit[0] += 1
         parts = ['# fan-out benchmark, edit %d\n[cluster-manager]\nid52 = "%s"\nconfig_editors = ""\n' % (edit[0], cm_id)]
         for i, (h, mid) in enumerate(machines[:n]):
-            parts.append('[machine.%s]\nid52 = "%s"\naddrs = ["127.0.0.1:%d"]\n' % (h.name, mid, 7801 + i))
+            parts.append('[machine.%s]\nid52 = "%s"\naddrs = ["127.0.0.1:%d"]\nallow_from = "%s"\n'
+                         % (h.name, mid, 7801 + i, cm_id))
         with open(cm.cluster_toml("fleet"), "w") as f:
             f.write("\n".join(parts))
 
@@ -265,7 +272,8 @@ def fanout(sb, malai, scales, runs, log):
         return lambda s: (lambda t: t is not None and t[0] > above and t[1] == n and t[2] == n)(cm_sync(s))
 
     write_toml(min(scales))
-    cm_daemon = cm.start_daemon().wait_ready()
+    bus = PrivateBus(sb)
+    cm_daemon = cm.start_daemon(dbus=bus.address).wait_ready()
     t0 = time.monotonic()
     daemons = [h.start_daemon() for h, _ in machines]
     for d in daemons:
@@ -287,7 +295,7 @@ def fanout(sb, malai, scales, runs, log):
         cold, warm, cli = [], [], []
         for _ in range(runs):
             cm_daemon.stop()
-            cm_daemon = cm.start_daemon().wait_ready()
+            cm_daemon = cm.start_daemon(dbus=bus.address).wait_ready()
             cm_daemon.wait_status(synced(n))
             t, c = rescan_until_synced(n)
             cold.append(t)
@@ -297,7 +305,34 @@ def fanout(sb, malai, scales, runs, log):
             cli.append(c)
         out[str(n)] = {"cold": cold, "warm": warm, "rescan_cli": cli}
         log("fan-out to %d: cold %.0f ms, warm %.0f ms (medians)" % (n, median(cold), median(warm)))
-    sb.stop_all([d.proc for d in daemons] + [cm_daemon.proc])
+    ssh = Ssh(sb, "ssh-fan")
+    sshd = ssh.start_sshd("fan", ns, "127.0.0.1", FAN_SSH_PORT)
+    aliases = ["h%03d" % i for i in range(1, top + 1)]
+    for a in aliases:
+        ssh.add_host(a, "127.0.0.1", FAN_SSH_PORT)
+    masters = [ssh.start_master(a, ns) for a in aliases]
+    hosts_file = sb.path("pssh-hosts")
+    for n in scales:
+        with open(hosts_file, "w") as f:
+            f.write("\n".join(aliases[:n]) + "\n")
+        write_toml(n)
+        cm.ok("rescan")
+        cm_daemon.wait_status(synced(n))
+        variants = {
+            "malai @all (daemon)": (cm.argv("@all.fleet", "true"), cm.env(bus.address)),
+            "ssh loop (ControlMaster)": (["sh", "-c", " && ".join(
+                shlex.join(ssh.argv(a, "true", control=c)) for a, (_, c) in zip(aliases[:n], masters[:n]))], None),
+            "parallel-ssh": (["parallel-ssh", "-h", hosts_file, "-p", "32", "-t", "0",
+                              "-x", "-F %s" % ssh.client_config, "true"], None),
+        }
+        samples = {v: [] for v in variants}
+        for v, (argv, env) in variants.items():
+            timed(argv, env, ns)  # warm-up: pooled connections, cached keys
+            for _ in range(runs):
+                samples[v].append(timed(argv, env, ns))
+        out[str(n)]["exec"] = samples
+        log("exec on %d: %s (medians)" % (n, ", ".join("%s %.0f ms" % (v, median(x)) for v, x in samples.items())))
+    sb.stop_all([p for p, _ in masters] + [sshd] + [d.proc for d in daemons] + [cm_daemon.proc, bus.proc])
     return out
 
 

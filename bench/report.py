@@ -89,6 +89,11 @@ def targets(res):
         ok = int(top) >= 100 and max(c, w) <= 2000
         rows.append(("fan-out to 100 machines ≤ 2 s", "%s machines: cold %.0f ms, warm %.0f ms" % (top, c, w),
                      yes(ok) if int(top) >= 100 else "– (smaller run)"))
+        if "exec" in f:
+            m, l = med(f["exec"]["malai @all (daemon)"]), med(f["exec"]["ssh loop (ControlMaster)"])
+            rows.append(("`@all true` on 100 machines ≤ 2 s and faster than an ssh ControlMaster loop",
+                         "%s machines: %.0f ms vs %.0f ms" % (top, m, l),
+                         yes(m <= 2000 and m < l) if int(top) >= 100 else "– (smaller run)"))
     fp = res.get("footprint")
     if fp:
         k = "10" if "10" in fp else max(fp, key=int)
@@ -214,6 +219,23 @@ def markdown(res, plot_name):
             f = fo[k]
             out.append("| %s | %s | %s | %s |" % (k, mm(f["cold"]), mm(f["warm"]), mm(f["rescan_cli"])))
         out.append("")
+        if all("exec" in f for f in fo.values()):
+            out.append("### One command on many machines")
+            out.append("")
+            out.append("`true` on every machine, same host and daemons as above (a warm-up run first): "
+                       "`malai @all.fleet true` from the CM through its daemon, a shell loop of `ssh` "
+                       "over one ControlMaster per host, and Debian's `parallel-ssh -p 32` (new "
+                       "connections); ms as median (min–max), and malai's time as a ratio of each.")
+            out.append("")
+            out.append("| machines | malai @all (daemon) | ssh loop (ControlMaster) | parallel-ssh | malai / loop | malai / parallel-ssh |")
+            out.append("|---|---|---|---|---|---|")
+            for k in sorted(fo, key=int):
+                e = fo[k]["exec"]
+                m, l, p = (med(e[v]) for v in ("malai @all (daemon)", "ssh loop (ControlMaster)", "parallel-ssh"))
+                out.append("| %s | %s | %s | %s | %.2f× | %.2f× |" % (
+                    k, mm(e["malai @all (daemon)"]), mm(e["ssh loop (ControlMaster)"]), mm(e["parallel-ssh"]),
+                    m / l, m / p))
+            out.append("")
 
     nt = res.get("nat")
     if nt:
