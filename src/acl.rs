@@ -165,6 +165,33 @@ fn exec(
     })
 }
 
+/// Whether `peer` may copy files to or from the machine `host`, which then
+/// runs `argv` (its copy helper): only a peer that may run any command
+/// there (`allow_from`); a command rule is not enough. Runs as the
+/// machine's `username`, with its limits.
+pub fn copy(config: &ClusterConfig, host: &Id52, peer: &Id52, argv: &[String]) -> Decision {
+    if let Some(denied) = revoked(config, peer) {
+        return denied;
+    }
+    let Some((alias, machine)) = config.machine_by_id52(host) else {
+        return Decision::Deny(
+            "this device is not listed as a machine of the cluster, so it runs nothing".into(),
+        );
+    };
+    match matching(config, &machine.allow_from, peer) {
+        Some(p) => Decision::Allow(Grant {
+            argv: argv.to_vec(),
+            username: machine.username.clone(),
+            rule: None,
+            limits: machine.limits.clone(),
+            reason: format!("copy allowed by machine.{alias}.allow_from ({p})"),
+        }),
+        None => Decision::Deny(format!(
+            "peer is not in machine.{alias}.allow_from, so it may not copy files (a command rule is not enough)"
+        )),
+    }
+}
+
 /// What `peer` may do on machine `alias`, as this config's rules decide:
 /// any argv that names no rule (`allow_from`), a shell, the command rules
 /// it may run, the services there it may reach. What the CM sends each

@@ -8,6 +8,7 @@ pub mod cli;
 pub mod cluster;
 pub mod command;
 pub mod config;
+pub mod copy;
 pub mod daemon;
 pub mod dbus;
 pub mod exec;

@@ -121,6 +121,7 @@ fn request(argv: &[&str], pty: bool) -> ExecRequest {
         env: Vec::new(),
         pty: pty.then_some(WindowSize { rows: 24, cols: 80 }),
         on_behalf: None,
+        copy: None,
     }
 }
 

@@ -7,6 +7,7 @@ use clap::{Parser, Subcommand};
 pub mod cluster;
 pub mod complete;
 pub mod config;
+pub mod cp;
 pub mod daemon;
 pub mod forward;
 pub mod generate;
@@ -74,6 +75,12 @@ pub enum Command {
     /// List, export and import this device's cluster identities.
     #[command(subcommand)]
     Identity(identity::IdentityCommand),
+    /// Copy files to or from a machine: SRC... MACHINE.CLUSTER:PATH, or
+    /// MACHINE.CLUSTER:PATH... DST (-r for directories).
+    Cp(cp::Args),
+    /// The machine's side of `malai cp` (run by the exec host).
+    #[command(subcommand, hide = true)]
+    CopyHelper(crate::copy::helper::Helper),
     /// Show what is forwarded where (local listeners to cluster services).
     #[command(subcommand)]
     Forward(forward::ForwardCommand),
@@ -106,6 +113,8 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Config(cmd) => config::run(cmd),
         Command::Daemon(args) => daemon::run(args),
         Command::Forward(cmd) => forward::run(cmd),
+        Command::Cp(args) => cp::run(args),
+        Command::CopyHelper(helper) => crate::copy::helper::run(helper),
         Command::Identity(cmd) => identity::run(cmd),
         Command::Ls(args) => ls::run(args),
         Command::Rescan(args) => rescan::run(args),

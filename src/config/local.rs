@@ -19,6 +19,7 @@ pub const RESERVED_WORDS: &[&str] = &[
     "cluster",
     "complete",
     "config",
+    "copy-helper",
     "cp",
     "daemon",
     "forward",

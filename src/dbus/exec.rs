@@ -143,6 +143,7 @@ pub async fn run(
             pty: call.pty,
             controls,
             on_behalf: Some(crate::exec::proto::OnBehalf::uid(call.uid)),
+            copy: None,
         };
         let conn = cluster
             .pool()

@@ -10,7 +10,7 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::mpsc;
 
 use super::ExecError;
-use super::proto::{ClientMsg, ExecRequest, HostMsg, OnBehalf, WindowSize, env_allowed};
+use super::proto::{ClientMsg, CopyOp, ExecRequest, HostMsg, OnBehalf, WindowSize, env_allowed};
 use crate::p2p::frame::{self, Kind};
 use crate::p2p::gate;
 
@@ -28,6 +28,8 @@ pub struct Io {
     pub controls: mpsc::Receiver<ClientMsg>,
     /// The local user this device runs the command for (sent as a claim).
     pub on_behalf: Option<OnBehalf>,
+    /// A copy (`malai cp`) instead of the argv.
+    pub copy: Option<CopyOp>,
 }
 
 impl Io {
@@ -63,6 +65,7 @@ impl Io {
             pty,
             controls,
             on_behalf: Some(OnBehalf::uid(nix::unistd::getuid().as_raw())),
+            copy: None,
         }
     }
 }
@@ -106,6 +109,7 @@ pub async fn run_with(
         pty,
         mut controls,
         on_behalf,
+        copy,
     } = io;
     // A host refuses a stranger right after the handshake: say so, rather
     // than that the connection was lost.
@@ -121,6 +125,7 @@ pub async fn run_with(
         env,
         pty,
         on_behalf,
+        copy,
     };
     frame::write_msg(&mut send, &request)
         .await

@@ -18,6 +18,23 @@ pub struct ExecRequest {
     /// never an identity it decides on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub on_behalf: Option<OnBehalf>,
+    /// `malai cp`: instead of `argv`, the host runs its own copy helper
+    /// (`copy::helper`) for this operation, decided as a command of a peer
+    /// that may run any command there (`acl::copy`). A host that does not
+    /// know the field runs `argv`, which the client sets to a program that
+    /// does not exist.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub copy: Option<CopyOp>,
+}
+
+/// What a copy asks of the host.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "kebab-case")]
+pub enum CopyOp {
+    /// Read a tar stream on stdin into `dest`.
+    Receive { dest: String },
+    /// Write `paths` as a tar stream on stdout.
+    Send { paths: Vec<String>, recursive: bool },
 }
 
 pub use crate::audit::OnBehalf;
@@ -94,6 +111,7 @@ mod tests {
                 uid: 1000,
                 user: Some("alice".into()),
             }),
+            copy: None,
         };
         let json = serde_json::to_value(&request).unwrap();
         let read: FirstRequest = serde_json::from_value(json).unwrap();

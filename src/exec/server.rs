@@ -194,15 +194,26 @@ async fn serve(
         (false, true) => Request::PtyExec(&req.argv),
         (false, false) => Request::Exec(&req.argv),
     };
+    // A copy runs this host's own copy helper instead of the argv.
+    let copy_argv = match req.copy.as_ref().map(crate::copy::helper::argv).transpose() {
+        Ok(argv) => argv,
+        Err(e) => {
+            let reason = format!("cannot find this malai to copy with: {e}");
+            return answer(send, HostMsg::Failed { reason }).await;
+        }
+    };
     // The one decision, taken now and again with each config put in force.
     let (me, cm) = (cluster.id52(), cluster.cm_id52());
-    let decide = |f: &InForce| match f.for_peer(&peer, &cm) {
-        Err(reason) => Decision::Deny(reason),
-        Ok(config) => acl::decide(config, &me, &peer, request),
+    let decide = |f: &InForce| match (f.for_peer(&peer, &cm), &copy_argv) {
+        (Err(reason), _) => Decision::Deny(reason),
+        (Ok(config), Some(argv)) => acl::copy(config, &me, &peer, argv),
+        (Ok(config), None) => acl::decide(config, &me, &peer, request),
     };
+    // What the helper decides again: the argv that runs.
+    let asked = copy_argv.clone().unwrap_or_else(|| req.argv.clone());
     let grant = match decide(&in_force) {
         Decision::Deny(reason) => {
-            audit::command(who, &req.argv, pty, audit::Decision::Denied(&reason));
+            audit::command(who, &asked, pty, audit::Decision::Denied(&reason));
             return answer(send, HostMsg::Denied { reason }).await;
         }
         Decision::Allow(grant) => grant,
@@ -210,7 +221,7 @@ async fn serve(
     let id = match commands.reserve(peer) {
         Ok(id) => id,
         Err(reason) => {
-            audit::command(who, &req.argv, pty, audit::Decision::Refused(&reason));
+            audit::command(who, &asked, pty, audit::Decision::Refused(&reason));
             return answer(send, HostMsg::Failed { reason }).await;
         }
     };
@@ -218,7 +229,7 @@ async fn serve(
         cluster: cluster.alias(),
         config_version: in_force.version,
         peer: &peer,
-        asked: &req.argv,
+        asked: &asked,
         grant: &grant,
         username: None,
         env: req.env.clone(),

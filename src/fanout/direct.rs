@@ -90,6 +90,7 @@ pub async fn run(
                     pty: None,
                     controls: relay_controls(controls),
                     on_behalf: Some(OnBehalf::uid(nix::unistd::getuid().as_raw())),
+                    copy: None,
                 };
                 (
                     remote(&endpoint, &p.id, &reach, argv, &what, io, timeout).await,

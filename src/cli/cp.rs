@@ -1,0 +1,285 @@
+//! `malai cp [-r] SRC... DST`: files to or from one machine, with
+//! `MACHINE.CLUSTER:PATH` on one side (scp's way). A tar stream (`copy`)
+//! over an exec stream whose host runs its own copy helper as the
+//! machine's user, decided like any command of a peer that may run any
+//! command there (`acl::copy`: a command rule is not enough). Dials
+//! directly with the key in MALAI_HOME.
+
+use std::fs::File;
+use std::path::PathBuf;
+
+use crate::exec::ExecError;
+use crate::exec::client::{Io, process_env};
+use crate::exec::proto::{CopyOp, OnBehalf};
+use crate::exit::{DENIED, EXEC_FAILED, FAILURE, Failure, OK};
+use crate::home::Home;
+use crate::p2p::{self, EXEC_ALPN, Reach, RelayChoice};
+use crate::target::Target;
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Copy directories, with everything in them.
+    #[arg(short, long)]
+    pub recursive: bool,
+    /// SRC... DST; the remote side is MACHINE.CLUSTER:PATH.
+    #[arg(required = true, num_args = 2.., value_name = "SRC... DST")]
+    pub paths: Vec<String>,
+}
+
+/// One side of a copy.
+enum Side {
+    Local(PathBuf),
+    Remote(Target, String),
+}
+
+fn side(word: &str) -> Side {
+    match word.split_once(':') {
+        Some((t, path)) if !path.is_empty() => match Target::parse(t) {
+            Ok(target) => Side::Remote(target, path.to_owned()),
+            Err(_) => Side::Local(word.into()),
+        },
+        _ => Side::Local(word.into()),
+    }
+}
+
+/// What the exec client sends in place of an argv: a program no host has,
+/// so that a host too old to know `copy` fails to run it.
+const OLD_HOST_ARGV: &str = "malai-cp";
+
+pub fn run(args: Args) -> anyhow::Result<u8> {
+    let (target, op, local) = plan(&args)?;
+    let home = Home::resolve()?;
+    let net = home
+        .local_config()
+        .map_err(|d| Failure::new(crate::exit::CONFIG, format!("malai.toml is invalid:\n{d}")))?
+        .network;
+    let cluster = home
+        .load_cluster(&target.cluster)
+        .map_err(|d| Failure::new(EXEC_FAILED, d.to_string()))?;
+    let config = cluster.config.as_ref().ok_or_else(|| {
+        Failure::new(
+            EXEC_FAILED,
+            format!("cluster {:?} has no config yet", target.cluster),
+        )
+    })?;
+    let machine = config.machines.get(&target.machine).ok_or_else(|| {
+        Failure::usage(format!(
+            "no machine {:?} in cluster {:?}",
+            target.machine, target.cluster
+        ))
+    })?;
+    if machine.id52 == cluster.identity.id52() {
+        return Err(Failure::usage(format!("{target} is this device: use cp")).into());
+    }
+    let relay = RelayChoice::resolve(&net, cluster.relay.as_ref());
+    let reach = Reach {
+        addrs: machine.addrs.clone(),
+        relay: relay.dial_via(),
+    };
+    let what = target.to_string();
+    let ran = super::runtime()?.block_on(async {
+        let endpoint = p2p::bind(&cluster.identity, &net, &relay, 0, Vec::new(), None).await?;
+        let copied = async {
+            let conn = p2p::dial(&endpoint, &machine.id52, &reach, EXEC_ALPN)
+                .await
+                .map_err(|e| ExecError::Unreachable(format!("cannot reach {what}: {e:#}")))?;
+            let code = copy(&conn, &what, op, local).await;
+            conn.close(0u32.into(), b"done");
+            code
+        }
+        .await;
+        p2p::close_without_waiting(endpoint).await;
+        copied
+    });
+    match ran {
+        Ok(()) => Ok(OK),
+        Err(e) => Err(failure(&what, e).into()),
+    }
+}
+
+/// Which machine, what it does, and this end's side, from the words.
+fn plan(args: &Args) -> Result<(Target, CopyOp, Local), Failure> {
+    let (dst, srcs) = args.paths.split_last().expect("clap requires two paths");
+    Ok(match side(dst) {
+        Side::Remote(target, dest) => {
+            let mut paths = Vec::new();
+            for s in srcs {
+                match side(s) {
+                    Side::Local(p) => paths.push(p),
+                    Side::Remote(..) => {
+                        return Err(Failure::usage(
+                            "one side of a copy is this device: copy through it in two steps",
+                        ));
+                    }
+                }
+            }
+            for p in &paths {
+                let meta = std::fs::symlink_metadata(p)
+                    .map_err(|e| Failure::usage(format!("{}: {e}", p.display())))?;
+                if meta.is_dir() && !args.recursive {
+                    return Err(Failure::usage(format!(
+                        "{} is a directory (copy it with -r)",
+                        p.display()
+                    )));
+                }
+            }
+            (target, CopyOp::Receive { dest }, Local::Sources(paths))
+        }
+        Side::Local(dest) => {
+            let mut target = None;
+            let mut paths = Vec::new();
+            for s in srcs {
+                let Side::Remote(t, path) = side(s) else {
+                    return Err(Failure::usage(
+                        "one side of a copy is a machine: MACHINE.CLUSTER:PATH",
+                    ));
+                };
+                if target.as_ref().is_some_and(|first: &Target| *first != t) {
+                    return Err(Failure::usage("copy from one machine at a time"));
+                }
+                target = Some(t);
+                paths.push(path);
+            }
+            let target = target.expect("at least one source");
+            if paths.len() > 1 && !dest.is_dir() {
+                return Err(Failure::usage(format!(
+                    "{} is not a directory: several files go into a directory",
+                    dest.display()
+                )));
+            }
+            let op = CopyOp::Send {
+                paths,
+                recursive: args.recursive,
+            };
+            (target, op, Local::Dest(dest))
+        }
+    })
+}
+
+/// The local end: files to send, or where received ones go.
+enum Local {
+    Sources(Vec<PathBuf>),
+    Dest(PathBuf),
+}
+
+/// Why a copy failed.
+enum CopyError {
+    Exec(ExecError),
+    /// The helper on the machine exited with this code (its reasons went
+    /// to stderr).
+    Remote(u8),
+    /// This end's packing or unpacking.
+    Here(anyhow::Error),
+}
+
+impl From<ExecError> for CopyError {
+    fn from(e: ExecError) -> CopyError {
+        CopyError::Exec(e)
+    }
+}
+
+impl From<anyhow::Error> for CopyError {
+    fn from(e: anyhow::Error) -> CopyError {
+        match e.downcast::<ExecError>() {
+            Ok(e) => CopyError::Exec(e),
+            Err(e) => CopyError::Here(e),
+        }
+    }
+}
+
+fn failure(what: &str, e: CopyError) -> Failure {
+    match e {
+        CopyError::Exec(ExecError::Denied { reason, .. }) => {
+            Failure::new(DENIED, format!("{what} refused the copy: {reason}"))
+        }
+        CopyError::Exec(ExecError::NotRun { reason, .. }) if reason.contains(OLD_HOST_ARGV) => {
+            Failure::new(
+                EXEC_FAILED,
+                format!("{what} runs a malai that cannot copy files: upgrade it"),
+            )
+        }
+        CopyError::Exec(e) => Failure::new(EXEC_FAILED, e.to_string()),
+        CopyError::Remote(code) => Failure::new(
+            FAILURE,
+            format!("{what}: the copy failed there (exit {code})"),
+        ),
+        CopyError::Here(e) => Failure::new(FAILURE, format!("{e:#}")),
+    }
+}
+
+/// Runs `op` on the machine at the other end of `conn`, with this end's
+/// packer or unpacker on a thread of its own and an OS pipe between them.
+async fn copy(
+    conn: &iroh::endpoint::Connection,
+    what: &str,
+    op: CopyOp,
+    local: Local,
+) -> Result<(), CopyError> {
+    let (read, write) =
+        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(anyhow::Error::from)?;
+    let (tx, controls) = tokio::sync::mpsc::channel(4);
+    let signals = tokio::spawn(forward_interrupt(tx));
+    let mut io = Io {
+        stdin: Box::new(tokio::io::empty()),
+        stdout: Box::new(tokio::io::stdout()),
+        stderr: Box::new(tokio::io::stderr()),
+        env: process_env(),
+        pty: None,
+        controls,
+        on_behalf: Some(OnBehalf::uid(nix::unistd::getuid().as_raw())),
+        copy: Some(op),
+    };
+    let worker = match local {
+        Local::Sources(paths) => {
+            let recursive = true;
+            let file = File::from(write);
+            io.stdin = Box::new(
+                tokio::net::unix::pipe::Receiver::from_owned_fd(read)
+                    .map_err(anyhow::Error::from)?,
+            );
+            std::thread::spawn(move || crate::copy::pack::pack(&paths, recursive, file))
+        }
+        Local::Dest(dest) => {
+            let file = File::from(read);
+            io.stdout = Box::new(
+                tokio::net::unix::pipe::Sender::from_owned_fd(write)
+                    .map_err(anyhow::Error::from)?,
+            );
+            std::thread::spawn(move || crate::copy::unpack::unpack(file, &dest).map(|_| ()))
+        }
+    };
+    let code = crate::exec::client::run_with(conn, vec![OLD_HOST_ARGV.to_owned()], what, io).await;
+    signals.abort();
+    let here = tokio::task::spawn_blocking(move || worker.join())
+        .await
+        .map_err(anyhow::Error::from)?
+        .unwrap_or_else(|_| Err(anyhow::anyhow!("the copy's local side panicked")));
+    match code? {
+        0 => here.map_err(CopyError::Here),
+        code => Err(CopyError::Remote(code)),
+    }
+}
+
+/// Ctrl-C and SIGTERM of this process, to the helper on the machine.
+async fn forward_interrupt(tx: tokio::sync::mpsc::Sender<crate::exec::proto::ClientMsg>) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut int), Ok(mut term)) = (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) else {
+        return;
+    };
+    loop {
+        let signal = tokio::select! {
+            _ = int.recv() => 2,
+            _ = term.recv() => 15,
+        };
+        if tx
+            .send(crate::exec::proto::ClientMsg::Signal { signal })
+            .await
+            .is_err()
+        {
+            return;
+        }
+    }
+}
