@@ -283,3 +283,32 @@ async fn forward_interrupt(tx: tokio::sync::mpsc::Sender<crate::exec::proto::Cli
         }
     }
 }
+
+/// `malai copy-helper receive DEST` and `send [-r] PATH...` (hidden): the
+/// machine's side of a copy, which the exec host starts as the machine's
+/// user with the stream on stdin or stdout.
+#[derive(Debug, clap::Subcommand)]
+pub enum Helper {
+    /// Reads a tar stream on stdin into DEST.
+    Receive { dest: PathBuf },
+    /// Writes PATHs as a tar stream on stdout.
+    Send {
+        #[arg(short, long)]
+        recursive: bool,
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+    },
+}
+
+/// Runs the machine's side of a copy.
+pub fn run_helper(helper: Helper) -> anyhow::Result<u8> {
+    match helper {
+        Helper::Receive { dest } => {
+            crate::copy::unpack::unpack(std::io::stdin().lock(), &dest)?;
+        }
+        Helper::Send { recursive, paths } => {
+            crate::copy::pack::pack(&paths, recursive, std::io::stdout().lock())?;
+        }
+    }
+    Ok(crate::exit::OK)
+}

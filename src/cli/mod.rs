@@ -80,7 +80,7 @@ pub enum Command {
     Cp(cp::Args),
     /// The machine's side of `malai cp` (run by the exec host).
     #[command(subcommand, hide = true)]
-    CopyHelper(crate::copy::helper::Helper),
+    CopyHelper(cp::Helper),
     /// Show what is forwarded where (local listeners to cluster services).
     #[command(subcommand)]
     Forward(forward::ForwardCommand),
@@ -114,7 +114,7 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Daemon(args) => daemon::run(args),
         Command::Forward(cmd) => forward::run(cmd),
         Command::Cp(args) => cp::run(args),
-        Command::CopyHelper(helper) => crate::copy::helper::run(helper),
+        Command::CopyHelper(helper) => cp::run_helper(helper),
         Command::Identity(cmd) => identity::run(cmd),
         Command::Ls(args) => ls::run(args),
         Command::Rescan(args) => rescan::run(args),

@@ -27,17 +27,8 @@ pub struct ExecRequest {
     pub copy: Option<CopyOp>,
 }
 
-/// What a copy asks of the host.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "op", rename_all = "kebab-case")]
-pub enum CopyOp {
-    /// Read a tar stream on stdin into `dest`.
-    Receive { dest: String },
-    /// Write `paths` as a tar stream on stdout.
-    Send { paths: Vec<String>, recursive: bool },
-}
-
 pub use crate::audit::OnBehalf;
+pub use crate::copy::CopyOp;
 
 pub use crate::command::{WindowSize, env_allowed};
 

@@ -195,7 +195,7 @@ async fn serve(
         (false, false) => Request::Exec(&req.argv),
     };
     // A copy runs this host's own copy helper instead of the argv.
-    let copy_argv = match req.copy.as_ref().map(crate::copy::helper::argv).transpose() {
+    let copy_argv = match req.copy.as_ref().map(crate::copy::helper_argv).transpose() {
         Ok(argv) => argv,
         Err(e) => {
             let reason = format!("cannot find this malai to copy with: {e}");
