@@ -202,3 +202,75 @@ fn a_copy_killed_in_the_middle_leaves_the_old_file() {
         now.len()
     );
 }
+
+#[test]
+#[ignore = "needs root: web01's daemon runs as root to write as www-data"]
+fn a_gibibyte_lands_as_the_machines_user_with_flat_daemon_memory() {
+    assert!(common::net::is_root(), "run as root (.ci/run does)");
+    let c = Company::loopback();
+    let (_cm, web, _lap) =
+        c.start_synced("allow_from = \"laptop\"\nusername = \"www-data\"", "", "");
+    let here = tempfile::tempdir().unwrap();
+    let there = tempfile::tempdir().unwrap();
+    let www = nix::unistd::User::from_name("www-data")
+        .unwrap()
+        .expect("www-data exists");
+    nix::unistd::chown(there.path(), Some(www.uid), Some(www.gid)).unwrap();
+    // 1 GiB: a pattern in every MiB, so that a shifted or short copy shows.
+    let src = here.path().join("gib");
+    let mut f = std::io::BufWriter::new(std::fs::File::create(&src).unwrap());
+    let mut block = vec![0u8; 1 << 20];
+    for i in 0..1024u32 {
+        block[..4].copy_from_slice(&i.to_le_bytes());
+        std::io::Write::write_all(&mut f, &block).unwrap();
+    }
+    drop(f);
+    std::fs::set_permissions(&src, std::fs::Permissions::from_mode(0o604)).unwrap();
+    let rss = |key: &str| {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", web.pid())).unwrap();
+        let line = status
+            .lines()
+            .find(|l| l.starts_with(key))
+            .unwrap()
+            .to_owned();
+        line.split_whitespace()
+            .nth(1)
+            .unwrap()
+            .parse::<u64>()
+            .unwrap()
+    };
+    let before = rss("VmRSS:");
+    let out = run_cp(
+        &c,
+        &[
+            src.to_str().unwrap(),
+            &format!("web01.company:{}/", there.path().display()),
+        ],
+    );
+    assert!(out.status.success(), "{}", common::stderr(&out));
+    let peak = rss("VmHWM:");
+    let landed = there.path().join("gib");
+    let meta = std::fs::metadata(&landed).unwrap();
+    assert_eq!(
+        std::os::unix::fs::MetadataExt::uid(&meta),
+        www.uid.as_raw(),
+        "owned by www-data"
+    );
+    assert_eq!(meta.permissions().mode() & 0o777, 0o604);
+    assert_eq!(meta.len(), 1 << 30);
+    let (mut a, mut b) = (
+        std::fs::File::open(&src).unwrap(),
+        std::fs::File::open(&landed).unwrap(),
+    );
+    let (mut x, mut y) = (vec![0u8; 1 << 20], vec![0u8; 1 << 20]);
+    for i in 0..1024 {
+        std::io::Read::read_exact(&mut a, &mut x).unwrap();
+        std::io::Read::read_exact(&mut b, &mut y).unwrap();
+        assert!(x == y, "MiB {i} differs");
+    }
+    println!("web01's daemon: RSS {before} KiB before, peak {peak} KiB");
+    assert!(
+        peak < before + 64 * 1024,
+        "the daemon's memory grew with the file: {before} -> {peak} KiB"
+    );
+}
