@@ -41,6 +41,11 @@ fn files_and_trees_go_both_ways_whole_with_their_modes() {
     let dest = format!("web01.company:{there_s}/copy.bin");
     let out = run_cp(&c, &[src.to_str().unwrap(), &dest]);
     assert!(out.status.success(), "{}", common::stderr(&out));
+    assert!(
+        out.stderr.is_empty(),
+        "no progress bar off a terminal: {}",
+        common::stderr(&out)
+    );
     let copied = there.path().join("copy.bin");
     assert_eq!(std::fs::read(&copied).unwrap(), bytes);
     let meta = std::fs::metadata(&copied).unwrap();

@@ -244,6 +244,29 @@ fn a_fan_out_reports_every_machine_and_fails_when_one_does() {
         "{table}"
     );
 
+    // A copy to several machines is reported the same way.
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("motd");
+    std::fs::write(&file, "hello fleet\n").unwrap();
+    let into = tempfile::tempdir().unwrap();
+    let out = f.laptop.run(&[
+        "cp",
+        file.to_str().unwrap(),
+        &format!("web01,web02,web03.company:{}/", into.path().display()),
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{}", common::stderr(&out));
+    let se = common::stderr(&out);
+    assert!(
+        se.starts_with(
+            "3 machines: 2 ok, 1 failed (web03: denied: peer is not in machine.web03.allow_from"
+        ),
+        "{se}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(into.path().join("motd")).unwrap(),
+        "hello fleet\n"
+    );
+
     // Ctrl-C reaches every running command.
     let child = f
         .laptop

@@ -47,21 +47,15 @@ fn side(word: &str) -> Side {
 const OLD_HOST_ARGV: &str = "malai-cp";
 
 pub fn run(args: Args) -> anyhow::Result<u8> {
+    let dst = args.paths.last().expect("clap requires two paths");
+    if let Some((many, dest)) = dst.split_once(':')
+        && let Some(selection) = crate::selection::Selection::parse(many)
+    {
+        let selection = selection.map_err(Failure::usage)?;
+        return to_many(&args, &selection, dest);
+    }
     let (target, op, local) = plan(&args)?;
-    let home = Home::resolve()?;
-    let net = home
-        .local_config()
-        .map_err(|d| Failure::new(crate::exit::CONFIG, format!("malai.toml is invalid:\n{d}")))?
-        .network;
-    let cluster = home
-        .load_cluster(&target.cluster)
-        .map_err(|d| Failure::new(EXEC_FAILED, d.to_string()))?;
-    let config = cluster.config.as_ref().ok_or_else(|| {
-        Failure::new(
-            EXEC_FAILED,
-            format!("cluster {:?} has no config yet", target.cluster),
-        )
-    })?;
+    let (net, cluster, config) = load(&target.cluster)?;
     let machine = config.machines.get(&target.machine).ok_or_else(|| {
         Failure::usage(format!(
             "no machine {:?} in cluster {:?}",
@@ -83,7 +77,7 @@ pub fn run(args: Args) -> anyhow::Result<u8> {
             let conn = p2p::dial(&endpoint, &machine.id52, &reach, EXEC_ALPN)
                 .await
                 .map_err(|e| ExecError::Unreachable(format!("cannot reach {what}: {e:#}")))?;
-            let code = copy(&conn, &what, op, local).await;
+            let code = copy(&conn, &what, op, local, true).await;
             conn.close(0u32.into(), b"done");
             code
         }
@@ -102,27 +96,7 @@ fn plan(args: &Args) -> Result<(Target, CopyOp, Local), Failure> {
     let (dst, srcs) = args.paths.split_last().expect("clap requires two paths");
     Ok(match side(dst) {
         Side::Remote(target, dest) => {
-            let mut paths = Vec::new();
-            for s in srcs {
-                match side(s) {
-                    Side::Local(p) => paths.push(p),
-                    Side::Remote(..) => {
-                        return Err(Failure::usage(
-                            "one side of a copy is this device: copy through it in two steps",
-                        ));
-                    }
-                }
-            }
-            for p in &paths {
-                let meta = std::fs::symlink_metadata(p)
-                    .map_err(|e| Failure::usage(format!("{}: {e}", p.display())))?;
-                if meta.is_dir() && !args.recursive {
-                    return Err(Failure::usage(format!(
-                        "{} is a directory (copy it with -r)",
-                        p.display()
-                    )));
-                }
-            }
+            let paths = sources(args)?;
             (target, CopyOp::Receive { dest }, Local::Sources(paths))
         }
         Side::Local(dest) => {
@@ -154,6 +128,118 @@ fn plan(args: &Args) -> Result<(Target, CopyOp, Local), Failure> {
             (target, op, Local::Dest(dest))
         }
     })
+}
+
+/// This device's network settings, its directory of `cluster` and the
+/// config it holds.
+fn load(
+    cluster: &str,
+) -> anyhow::Result<(
+    crate::config::NetworkSettings,
+    crate::home::ClusterDir,
+    crate::config::ClusterConfig,
+)> {
+    let home = Home::resolve()?;
+    let net = home
+        .local_config()
+        .map_err(|d| Failure::new(crate::exit::CONFIG, format!("malai.toml is invalid:\n{d}")))?
+        .network;
+    let (dir, config) = super::route::cluster_with_config(&home, cluster)?;
+    Ok((net, dir, config))
+}
+
+/// The local files of an upload, checked: each exists, a directory only
+/// with -r.
+fn sources(args: &Args) -> Result<Vec<PathBuf>, Failure> {
+    let (_, srcs) = args.paths.split_last().expect("clap requires two paths");
+    let mut paths = Vec::new();
+    for s in srcs {
+        let Side::Local(p) = side(s) else {
+            return Err(Failure::usage(
+                "one side of a copy is this device: copy through it in two steps",
+            ));
+        };
+        let meta = std::fs::symlink_metadata(&p)
+            .map_err(|e| Failure::usage(format!("{}: {e}", p.display())))?;
+        if meta.is_dir() && !args.recursive {
+            return Err(Failure::usage(format!(
+                "{} is a directory (copy it with -r)",
+                p.display()
+            )));
+        }
+        paths.push(p);
+    }
+    Ok(paths)
+}
+
+/// An upload to the machines of a fan-out target (`web01,web02.company:`,
+/// `@all.company:`: those where this device may run any command), all at
+/// once, reported like a fan-out: a summary, exit 0 only when every copy
+/// landed.
+fn to_many(args: &Args, selection: &crate::selection::Selection, dest: &str) -> anyhow::Result<u8> {
+    use crate::fanout::{Ended, Outcome};
+    let paths = sources(args)?;
+    let (net, cluster, config) = load(&selection.cluster)?;
+    let me = cluster.identity.id52();
+    let names = selection
+        .machines(&config, &me, &[OLD_HOST_ARGV.to_owned()])
+        .map_err(|e| Failure::new(EXEC_FAILED, e))?;
+    let relay = RelayChoice::resolve(&net, cluster.relay.as_ref());
+    let outcomes = super::runtime()?.block_on(async {
+        let endpoint = p2p::bind(&cluster.identity, &net, &relay, 0, Vec::new(), None).await?;
+        let mut set = tokio::task::JoinSet::new();
+        for name in names {
+            let what = format!("{name}.{}", selection.cluster);
+            let Some(m) = config.machines.get(&name).filter(|m| m.id52 != me) else {
+                let why = format!(
+                    "no other machine {name:?} in cluster {:?}",
+                    selection.cluster
+                );
+                set.spawn(async move { Outcome::without_output(name, Ended::Failed(why)) });
+                continue;
+            };
+            let (endpoint, id) = (endpoint.clone(), m.id52);
+            let reach = Reach {
+                addrs: m.addrs.clone(),
+                relay: relay.dial_via(),
+            };
+            let (op, local) = (
+                CopyOp::Receive {
+                    dest: dest.to_owned(),
+                },
+                Local::Sources(paths.clone()),
+            );
+            set.spawn(async move {
+                let copied = async {
+                    let conn = p2p::dial(&endpoint, &id, &reach, EXEC_ALPN)
+                        .await
+                        .map_err(|e| ExecError::Unreachable(format!("{e:#}")))?;
+                    let code = copy(&conn, &what, op, local, false).await;
+                    conn.close(0u32.into(), b"done");
+                    code
+                };
+                let ended = match copied.await {
+                    Ok(()) => Ended::Exit(0),
+                    Err(CopyError::Exec(e)) => Ended::from(e),
+                    Err(CopyError::Remote(code)) => Ended::Exit(code),
+                    Err(CopyError::Here(e)) => Ended::Failed(format!("{e:#}")),
+                };
+                Outcome::without_output(name, ended)
+            });
+        }
+        let mut outcomes = Vec::new();
+        while let Some(done) = set.join_next().await {
+            outcomes.push(done?);
+        }
+        p2p::close_without_waiting(endpoint).await;
+        anyhow::Ok(outcomes)
+    })?;
+    let opts = crate::fanout::Options {
+        jobs: usize::from(crate::fanout::DEFAULT_JOBS),
+        timeout: crate::fanout::DEFAULT_TIMEOUT,
+        json: false,
+    };
+    Ok(crate::fanout::report(outcomes, &opts))
 }
 
 /// The local end: files to send, or where received ones go.
@@ -214,6 +300,7 @@ async fn copy(
     what: &str,
     op: CopyOp,
     local: Local,
+    show_progress: bool,
 ) -> Result<(), CopyError> {
     let (read, write) =
         nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(anyhow::Error::from)?;
@@ -231,21 +318,44 @@ async fn copy(
     };
     let worker = match local {
         Local::Sources(paths) => {
+            // Directories were refused without -r already.
             let recursive = true;
+            let bar = show_progress
+                .then(|| progress(Some(total_size(&paths))))
+                .flatten();
             let file = File::from(write);
             io.stdin = Box::new(
                 tokio::net::unix::pipe::Receiver::from_owned_fd(read)
                     .map_err(anyhow::Error::from)?,
             );
-            std::thread::spawn(move || crate::copy::pack::pack(&paths, recursive, file))
+            std::thread::spawn(move || {
+                let packed = match &bar {
+                    Some(bar) => crate::copy::pack::pack(&paths, recursive, bar.wrap_write(file)),
+                    None => crate::copy::pack::pack(&paths, recursive, file),
+                };
+                if let Some(bar) = bar {
+                    bar.finish_and_clear();
+                }
+                packed
+            })
         }
         Local::Dest(dest) => {
+            let bar = show_progress.then(|| progress(None)).flatten();
             let file = File::from(read);
             io.stdout = Box::new(
                 tokio::net::unix::pipe::Sender::from_owned_fd(write)
                     .map_err(anyhow::Error::from)?,
             );
-            std::thread::spawn(move || crate::copy::unpack::unpack(file, &dest).map(|_| ()))
+            std::thread::spawn(move || {
+                let unpacked = match &bar {
+                    Some(bar) => crate::copy::unpack::unpack(bar.wrap_read(file), &dest),
+                    None => crate::copy::unpack::unpack(file, &dest),
+                };
+                if let Some(bar) = bar {
+                    bar.finish_and_clear();
+                }
+                unpacked.map(|_| ())
+            })
         }
     };
     let code = crate::exec::client::run_with(conn, vec![OLD_HOST_ARGV.to_owned()], what, io).await;
@@ -258,6 +368,51 @@ async fn copy(
         0 => here.map_err(CopyError::Here),
         code => Err(CopyError::Remote(code)),
     }
+}
+
+/// A progress bar on stderr when it is a terminal (none otherwise): bytes,
+/// rate and, when the size is known, the time left.
+fn progress(total: Option<u64>) -> Option<indicatif::ProgressBar> {
+    if !rustix::termios::isatty(std::io::stderr()) {
+        return None;
+    }
+    let (bar, template) = match total {
+        Some(total) => (
+            indicatif::ProgressBar::new(total),
+            "{bar:30} {bytes}/{total_bytes} {binary_bytes_per_sec} eta {eta}",
+        ),
+        None => (
+            indicatif::ProgressBar::new_spinner(),
+            "{spinner} {bytes} {binary_bytes_per_sec}",
+        ),
+    };
+    let style = indicatif::ProgressStyle::with_template(template).expect("a valid template");
+    bar.set_style(style);
+    Some(bar)
+}
+
+/// The bytes of the files under `paths` (what a tar stream of them
+/// carries, headers aside).
+fn total_size(paths: &[PathBuf]) -> u64 {
+    let mut total = 0;
+    let mut stack: Vec<PathBuf> = paths.to_vec();
+    while let Some(p) = stack.pop() {
+        let Ok(meta) = std::fs::symlink_metadata(&p) else {
+            continue;
+        };
+        if meta.is_dir() {
+            stack.extend(
+                std::fs::read_dir(&p)
+                    .into_iter()
+                    .flatten()
+                    .flatten()
+                    .map(|e| e.path()),
+            );
+        } else if meta.is_file() {
+            total += meta.len();
+        }
+    }
+    total
 }
 
 /// Ctrl-C and SIGTERM of this process, to the helper on the machine.

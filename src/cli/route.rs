@@ -275,17 +275,7 @@ impl Route<'_> {
                 self.skipped.join("; ")
             );
         }
-        let dir = home
-            .load_cluster(cluster)
-            .map_err(|d| Failure::new(EXEC_FAILED, d.to_string()))?;
-        let config = dir.config.clone().ok_or_else(|| {
-            Failure::new(
-                EXEC_FAILED,
-                format!(
-                    "cluster {cluster:?} has no config yet: the cluster manager has not sent one"
-                ),
-            )
-        })?;
+        let (dir, config) = cluster_with_config(home, cluster)?;
         let (plan, unknown) = fanout::direct::plan(&config, &dir.identity.id52(), selection, &argv)
             .map_err(|e| Failure::new(EXEC_FAILED, e))?;
         let outcomes = rt.block_on(async {
@@ -304,6 +294,24 @@ impl Route<'_> {
         })?;
         Ok(fanout::report(outcomes, opts))
     }
+}
+
+/// Cluster `cluster` of `home` and the config it holds: an error (exit
+/// 255) when it has none yet.
+pub fn cluster_with_config(
+    home: &Home,
+    cluster: &str,
+) -> Result<(crate::home::ClusterDir, crate::config::ClusterConfig), Failure> {
+    let dir = home
+        .load_cluster(cluster)
+        .map_err(|d| Failure::new(EXEC_FAILED, d.to_string()))?;
+    let config = dir.config.clone().ok_or_else(|| {
+        Failure::new(
+            EXEC_FAILED,
+            format!("cluster {cluster:?} has no config yet: the cluster manager has not sent one"),
+        )
+    })?;
+    Ok((dir, config))
 }
 
 /// Runs `argv` on this device itself, `target` in its own cluster: decided
