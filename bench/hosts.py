@@ -230,7 +230,19 @@ class Ssh:
         run(["/usr/sbin/sshd", "-t", "-f", config])
         log = os.path.join(self.dir, "sshd-%s.log" % name)
         proc = self.sb.spawn("sshd " + name, ["/usr/sbin/sshd", "-D", "-f", config, "-E", log], ns=ns)
-        return proc
+        # Listening: sshd has no readiness signal, so its port is polled
+        # (a client started at once can find it closed).
+        end = time.monotonic() + DEADLINE
+        while True:
+            with netns(ns):
+                try:
+                    socket.create_connection((listen, port), timeout=1).close()
+                    return proc
+                except OSError:
+                    pass
+            if proc.poll() is not None or time.monotonic() > end:
+                raise RuntimeError("sshd %s did not listen on %s:%d; log: %s" % (name, listen, port, log))
+            time.sleep(0.05)
 
     def add_host(self, alias, addr, port):
         """A Host entry `alias` in the client config, its key known."""
