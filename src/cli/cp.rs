@@ -417,18 +417,11 @@ fn total_size(paths: &[PathBuf]) -> u64 {
 
 /// Ctrl-C and SIGTERM of this process, to the helper on the machine.
 async fn forward_interrupt(tx: tokio::sync::mpsc::Sender<crate::exec::proto::ClientMsg>) {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut int), Ok(mut term)) = (
-        signal(SignalKind::interrupt()),
-        signal(SignalKind::terminate()),
-    ) else {
+    let Some(mut interrupts) = crate::exec::client::Interrupts::new() else {
         return;
     };
     loop {
-        let signal = tokio::select! {
-            _ = int.recv() => 2,
-            _ = term.recv() => 15,
-        };
+        let signal = interrupts.next().await;
         if tx
             .send(crate::exec::proto::ClientMsg::Signal { signal })
             .await

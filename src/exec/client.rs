@@ -70,6 +70,31 @@ impl Io {
     }
 }
 
+/// This process's Ctrl-C and SIGTERM, as the signal numbers a remote
+/// command is sent (for a fan-out and a copy, which have no terminal).
+pub struct Interrupts {
+    int: tokio::signal::unix::Signal,
+    term: tokio::signal::unix::Signal,
+}
+
+impl Interrupts {
+    /// `None` when the handlers cannot be installed.
+    pub fn new() -> Option<Interrupts> {
+        Some(Interrupts {
+            int: signal(SignalKind::interrupt()).ok()?,
+            term: signal(SignalKind::terminate()).ok()?,
+        })
+    }
+
+    /// The next one: 2 for SIGINT, 15 for SIGTERM.
+    pub async fn next(&mut self) -> i32 {
+        tokio::select! {
+            _ = self.int.recv() => 2,
+            _ = self.term.recv() => 15,
+        }
+    }
+}
+
 /// The PTY an invocation of this process asks for: a shell (no argv), or
 /// a command with `-t` (`tty` > 0), from a terminal gets one of the
 /// terminal's size; `-tt` asks for one even without a terminal (ssh's

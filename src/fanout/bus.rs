@@ -122,18 +122,11 @@ fn ended_by(e: Error, what: &str) -> Ended {
 
 /// Passes this process's Ctrl-C and SIGTERM to every running call.
 async fn forward_signals(proxy: ClusterProxy<'static>, running: Running) {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut int), Ok(mut term)) = (
-        signal(SignalKind::interrupt()),
-        signal(SignalKind::terminate()),
-    ) else {
+    let Some(mut interrupts) = crate::exec::client::Interrupts::new() else {
         return;
     };
     loop {
-        let signal = tokio::select! {
-            _ = int.recv() => 2,
-            _ = term.recv() => 15,
-        };
+        let signal = interrupts.next().await;
         let tokens: Vec<String> = running
             .lock()
             .expect("tokens lock")

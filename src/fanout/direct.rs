@@ -207,21 +207,14 @@ impl Here<'_> {
 
 /// Ctrl-C and SIGTERM of this process, for every machine's command.
 fn forward_signals() -> broadcast::Sender<ClientMsg> {
-    use tokio::signal::unix::{SignalKind, signal};
     let (tx, _) = broadcast::channel(8);
     let sender = tx.clone();
     tokio::spawn(async move {
-        let (Ok(mut int), Ok(mut term)) = (
-            signal(SignalKind::interrupt()),
-            signal(SignalKind::terminate()),
-        ) else {
+        let Some(mut interrupts) = crate::exec::client::Interrupts::new() else {
             return;
         };
         loop {
-            let signal = tokio::select! {
-                _ = int.recv() => 2,
-                _ = term.recv() => 15,
-            };
+            let signal = interrupts.next().await;
             let _ = sender.send(ClientMsg::Signal { signal });
         }
     });
