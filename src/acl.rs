@@ -2,8 +2,9 @@
 //! to a decision with the reason a person can audit. No I/O, so it is
 //! property-tested against a naive reference evaluator.
 //!
-//! Semantics (DESIGN.md): default deny. A command rule decides, alone, for its
-//! command name; otherwise the machine's `allow_from` decides for any argv.
+//! Semantics (DESIGN.md): default deny. A `match` rule decides, alone, for
+//! exactly its argv; a command rule decides, alone, for its command name;
+//! otherwise the machine's `allow_from` decides for any argv.
 //! A shell (`Request::Shell`) is decided by `allow_shell`, which defaults to
 //! `allow_from`; an empty argv is denied. A PTY is a shell's: an argv on a
 //! PTY (`Request::PtyExec`) needs a command rule with `allow_pty`, or, for
@@ -116,7 +117,31 @@ fn exec(
     let Some(first) = argv.first() else {
         return Decision::Deny("empty command".into());
     };
-    if let Some(rule) = machine.commands.get(first) {
+    if let Some((name, rule)) = machine
+        .commands
+        .iter()
+        .find(|(_, r)| r.exact && r.argv == argv)
+    {
+        let Some(p) = matching(config, &rule.allow_from, peer) else {
+            return Decision::Deny(format!(
+                "peer is not in machine.{alias}.command.{name}.allow_from (its match is exactly this command)"
+            ));
+        };
+        if pty && !rule.allow_pty {
+            return Decision::Deny(format!(
+                "command rule {name:?} may not run on a PTY (a terminal program can start a shell); \
+                 run it without -t, or set allow_pty = true on machine.{alias}.command.{name}"
+            ));
+        }
+        return Decision::Allow(Grant {
+            argv: argv.to_vec(),
+            username: rule.username.clone().or_else(|| machine.username.clone()),
+            rule: Some(name.clone()),
+            limits: rule.limits.over(&machine.limits),
+            reason: format!("match rule machine.{alias}.command.{name} allows {p}"),
+        });
+    }
+    if let Some(rule) = machine.commands.get(first).filter(|r| !r.exact) {
         let Some(p) = matching(config, &rule.allow_from, peer) else {
             return Decision::Deny(format!(
                 "peer is not in machine.{alias}.command.{first}.allow_from"
@@ -209,8 +234,14 @@ pub fn rights(config: &ClusterConfig, alias: &str, peer: &Id52) -> crate::config
         commands: machine
             .commands
             .iter()
-            .filter(|(_, r)| matching(config, &r.allow_from, peer).is_some())
+            .filter(|(_, r)| !r.exact && matching(config, &r.allow_from, peer).is_some())
             .map(|(name, _)| name.clone())
+            .collect(),
+        matches: machine
+            .commands
+            .values()
+            .filter(|r| r.exact && matching(config, &r.allow_from, peer).is_some())
+            .map(|r| r.argv.clone())
             .collect(),
         services: config
             .services

@@ -26,6 +26,7 @@ pub mod p2p;
 pub mod personalize;
 pub mod selection;
 pub mod sockets;
+pub mod ssh_compat;
 pub mod state;
 pub mod status;
 pub mod sync;

@@ -28,8 +28,10 @@ use crate::config::{ClusterConfig, Principal};
 /// `handover` request), which `identity rotate` on the CM checks for.
 /// 6: `[rights.MACHINE]` and `[machine_groups]`, this device's own rights
 /// on the other machines (fan-out `@all` and `@GROUP`).
+/// 7: `match` on command rules, `sftp_server` on a machine, and exec
+/// requests that may carry `user` (`-l`) and `subsystem` (`-s sftp`).
 /// A machine that does not say (a first-release one) is 1.
-pub const PROTOCOL: u32 = 6;
+pub const PROTOCOL: u32 = 7;
 /// The first protocol whose machines follow a handover of the CM's key.
 pub const FOLLOWS_HANDOVERS: u32 = 5;
 
@@ -65,6 +67,9 @@ struct OutRights {
     shell: bool,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     commands: Vec<String>,
+    /// Protocol 7.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    matches: Vec<Vec<String>>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     services: Vec<String>,
 }
@@ -134,6 +139,8 @@ struct OutMachine {
     command: BTreeMap<String, OutCommand>,
     #[serde(flatten)]
     limits: OutLimits,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    sftp_server: Option<String>,
 }
 
 /// `memory_max`, `tasks_max`, `cpu_quota` as written (protocol 3).
@@ -172,7 +179,10 @@ fn out_limits(
 
 #[derive(Serialize)]
 struct OutCommand {
-    command: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    command: Option<String>,
+    #[serde(rename = "match", skip_serializing_if = "Option::is_none")]
+    exact: Option<String>,
     allow_from: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     username: Option<String>,
@@ -256,6 +266,10 @@ pub fn machine_toml(
     own.username = me.username.clone();
     own.command = commands(me, protocol, &mut withheld);
     own.limits = out_limits(&me.limits, protocol, "the machine", &mut withheld);
+    if me.sftp_server.is_some() && protocol < 7 {
+        withheld.push("sftp_server".into());
+    }
+    own.sftp_server = me.sftp_server.clone().filter(|_| protocol >= 7);
 
     let group = referenced
         .into_iter()
@@ -317,8 +331,21 @@ fn projection_for(
     protocol: u32,
     withheld: &mut Vec<String>,
 ) -> (BTreeMap<String, OutRights>, BTreeMap<String, Vec<String>>) {
-    let projected = projection(config, alias);
-    if protocol >= 6 {
+    let mut projected = projection(config, alias);
+    if protocol >= 7 {
+        return projected;
+    }
+    if protocol == 6 {
+        let mut any = false;
+        for rights in projected.0.values_mut() {
+            any |= !std::mem::take(&mut rights.matches).is_empty();
+        }
+        if any {
+            withheld.push("match rules in this device's rights on other machines".into());
+        }
+        projected.0.retain(|_, r| {
+            r.any_command || r.shell || !r.commands.is_empty() || !r.services.is_empty()
+        });
         return projected;
     }
     if !projected.0.is_empty() {
@@ -345,6 +372,7 @@ fn projection(
                 any_command: r.any_command,
                 shell: r.shell,
                 commands: r.commands,
+                matches: r.matches,
                 services: r.services,
             };
             rights.insert(other.clone(), out);
@@ -423,7 +451,8 @@ fn trust(
 }
 
 /// The machine's command rules, written for `protocol`; `allow_pty` is
-/// left out below 2 and named in `withheld`.
+/// left out below 2, a `match` rule below 7 (denied there, as unknown),
+/// each named in `withheld`.
 fn commands(
     me: &crate::config::Machine,
     protocol: u32,
@@ -431,19 +460,25 @@ fn commands(
 ) -> BTreeMap<String, OutCommand> {
     me.commands
         .iter()
-        .map(|(name, rule)| {
+        .filter_map(|(name, rule)| {
+            if rule.exact && protocol < 7 {
+                withheld.push(format!("match rule {name}"));
+                return None;
+            }
             if rule.allow_pty && protocol < 2 {
                 withheld.push(format!("allow_pty of command {name}"));
             }
+            let text = Some(rule.command.clone());
             let out = OutCommand {
-                command: rule.command.clone(),
+                command: text.clone().filter(|_| !rule.exact),
+                exact: text.filter(|_| rule.exact),
                 allow_from: list(&rule.allow_from),
                 username: rule.username.clone(),
                 allow_args: rule.allow_args,
                 allow_pty: rule.allow_pty && protocol >= 2,
                 limits: out_limits(&rule.limits, protocol, &format!("command {name}"), withheld),
             };
-            (name.clone(), out)
+            Some((name.clone(), out))
         })
         .collect()
 }

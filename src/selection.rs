@@ -169,6 +169,7 @@ pub fn may_run(config: &ClusterConfig, me: &Id52, alias: &str, argv: &[String]) 
         .rights
         .get(alias)
         .is_some_and(|r| match argv.first() {
+            _ if r.matches.iter().any(|m| m == argv) => true,
             Some(first) if r.commands.contains(first) => true,
             Some(_) => r.any_command,
             None => false,

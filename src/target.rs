@@ -24,7 +24,7 @@ pub enum Resolved {
 pub fn resolve_any(local: &LocalConfig, words: &[String]) -> Result<Resolved, String> {
     let expanded = expand(local, words)?;
     if let Some(selection) = Selection::parse(&expanded[0]) {
-        return Ok(Resolved::Many(selection?, arguments(&expanded)));
+        return Ok(Resolved::Many(selection?, arguments(&expanded)?));
     }
     resolve(local, words).map(Resolved::One)
 }
@@ -40,13 +40,14 @@ fn expand(local: &LocalConfig, words: &[String]) -> Result<Vec<String>, String> 
     })
 }
 
-/// The argv after the target, without a leading `--`.
-fn arguments(expanded: &[String]) -> Vec<String> {
+/// The argv after the target, without a leading `--`; one word with
+/// blanks or quotes split as ssh's remote shell would (`ssh_compat`).
+fn arguments(expanded: &[String]) -> Result<Vec<String>, String> {
     let mut argv = expanded[1..].to_vec();
     if argv.first().is_some_and(|a| a == "--") {
         argv.remove(0);
     }
-    argv
+    crate::ssh_compat::command_argv(argv)
 }
 
 /// Resolves `malai <words>...`: an alias expands to its words with the
@@ -64,7 +65,7 @@ pub fn resolve(local: &LocalConfig, words: &[String]) -> Result<Invocation, Stri
     })?;
     Ok(Invocation {
         target,
-        argv: arguments(&expanded),
+        argv: arguments(&expanded)?,
     })
 }
 

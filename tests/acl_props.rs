@@ -62,6 +62,7 @@ static ARGVS: LazyLock<Vec<Vec<String>>> = LazyLock::new(|| {
         &["ls"],
         &["ls", "-l", "/tmp"],
         &["systemctl", "restart", "nginx"],
+        &["journalctl", "-u", "my unit", "-n", "50"],
         &["restart"],
         &["restart", "now"],
         &["logs"],
@@ -139,16 +140,18 @@ fn rule(nm: usize, ng: usize) -> impl Strategy<Value = CommandRule> {
         0..COMMANDS.len(),
         principals(nm, ng),
         username(),
-        any::<bool>(),
+        (any::<bool>(), any::<bool>()),
         any::<bool>(),
     )
         .prop_map(
-            |(c, allow_from, username, allow_args, allow_pty)| CommandRule {
+            |(c, allow_from, username, (allow_args, exact), allow_pty)| CommandRule {
                 command: COMMANDS[c].0.to_owned(),
                 argv: COMMANDS[c].1.iter().map(|s| s.to_string()).collect(),
+                exact,
                 allow_from,
                 username,
-                allow_args,
+                // Validation refuses allow_args on a match rule.
+                allow_args: allow_args && !exact,
                 allow_pty,
                 limits: Default::default(),
             },
@@ -175,6 +178,7 @@ fn machine(nm: usize, ng: usize) -> impl Strategy<Value = Machine> {
             username,
             commands,
             limits: Default::default(),
+            sftp_server: None,
         })
 }
 
@@ -387,7 +391,18 @@ fn ref_answer(
             let pty = matches!(requests()[req], Request::PtyExec(_));
             let (first, extra) = argv.split_first()?;
             let shell = machine.allow_shell.as_ref().unwrap_or(&machine.allow_from);
-            match machine.commands.get(first) {
+            // A match rule decides alone for exactly its argv.
+            if let Some(rule) = machine
+                .commands
+                .values()
+                .find(|r| r.exact && r.argv == argv)
+            {
+                return (has(&rule.allow_from, peer) && (!pty || rule.allow_pty)).then(|| {
+                    let user = rule.username.clone().or_else(|| machine.username.clone());
+                    (argv.to_vec(), user)
+                });
+            }
+            match machine.commands.get(first).filter(|r| !r.exact) {
                 // The rule decides alone for its name; extra args need
                 // allow_args, a PTY allow_pty.
                 Some(rule) => (has(&rule.allow_from, peer)
@@ -744,9 +759,10 @@ proptest! {
                 let picked = malai::selection::may_run(&parsed, &me, other, argv);
                 prop_assert!(!allowed || picked, "@all left out {} for {:?}\n{}", other, argv, text);
                 if picked && !allowed {
-                    let rule = m.commands.get(&argv[0]);
+                    let rule = m.commands.get(&argv[0]).filter(|r| !r.exact);
+                    let matched = m.commands.values().any(|r| r.exact && r.argv == *argv);
                     prop_assert!(
-                        rule.is_some_and(|r| !got.commands.contains(&argv[0]) || (argv.len() > 1 && !r.allow_args)),
+                        matched || rule.is_some_and(|r| !got.commands.contains(&argv[0]) || (argv.len() > 1 && !r.allow_args)),
                         "@all picked {} for {:?}, which no rule explains\n{}", other, argv, text
                     );
                 }

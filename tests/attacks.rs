@@ -122,6 +122,7 @@ fn request(argv: &[&str], pty: bool) -> ExecRequest {
         pty: pty.then_some(WindowSize { rows: 24, cols: 80 }),
         on_behalf: None,
         copy: None,
+        ssh: Default::default(),
     }
 }
 

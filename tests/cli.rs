@@ -321,6 +321,52 @@ fn rescan_check_lists_every_error_of_every_file() {
 }
 
 #[test]
+fn match_rules_are_checked_at_their_line() {
+    let home = TestHome::new();
+    home.ok(&["cluster", "init", "one"]);
+    let path = home.cluster_dir("one").join("cluster.toml");
+    let text = fs::read_to_string(&path).unwrap();
+    let id = text
+        .lines()
+        .find_map(|l| l.strip_prefix("id52 = "))
+        .unwrap()
+        .to_owned();
+    let good = format!(
+        "{text}\n[machine.a]\nid52 = {id}\n[machine.a.command.repo]\nmatch = \"git-upload-pack '/srv/r.git'\"\nallow_from = \"a\"\n"
+    );
+    fs::write(&path, &good).unwrap();
+    home.ok(&["rescan", "--check"]);
+    let bad = format!(
+        "{good}[machine.a.command.again]\nmatch = \"git-upload-pack /srv/r.git\"\nallow_from = \"a\"\nallow_args = true\n[machine.a.command.both]\ncommand = \"ls\"\nmatch = \"ls\"\nallow_from = \"a\"\n[machine.a.command.none]\nallow_from = \"a\"\n"
+    );
+    fs::write(&path, &bad).unwrap();
+    let out = home.run(&["rescan", "--check"]);
+    assert_eq!(out.status.code(), Some(78));
+    let err = stderr(&out);
+    let line_of = |needle: &str| bad.lines().position(|l| l.contains(needle)).unwrap() + 1;
+    let at = |line: usize| format!("{}:{line}:", path.display());
+    for (line, what) in [
+        // Rules are read in name order: "repo" is the second of the two.
+        (
+            line_of("match = \"git-upload-pack '"),
+            "match the same argv",
+        ),
+        (
+            line_of("match = \"git-upload-pack /srv"),
+            "allow_args has no meaning",
+        ),
+        (line_of("match = \"ls\""), "has both command and match"),
+        (line_of("command.none]"), "neither command nor match"),
+    ] {
+        assert!(
+            err.lines()
+                .any(|l| l.contains(&at(line)) && l.contains(what)),
+            "{what} at line {line}:\n{err}"
+        );
+    }
+}
+
+#[test]
 fn rescan_of_one_cluster_ignores_the_others() {
     let home = TestHome::new();
     home.ok(&["cluster", "init", "good"]);

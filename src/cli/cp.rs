@@ -315,6 +315,7 @@ async fn copy(
         controls,
         on_behalf: Some(OnBehalf::uid(nix::unistd::getuid().as_raw())),
         copy: Some(op),
+        ssh: Default::default(),
     };
     let worker = match local {
         Local::Sources(paths) => {

@@ -55,8 +55,56 @@ pub struct Cli {
     #[arg(long)]
     pub json: bool,
 
+    #[command(flatten)]
+    pub ssh: SshFlags,
+
     #[command(subcommand)]
     pub command: Command,
+}
+
+/// ssh's options as tools that run "an ssh" pass them (git, rsync -e,
+/// scp -S, sftp -S): see `ssh_compat` and the README's "Where ssh is a
+/// transport".
+#[derive(Debug, clap::Args)]
+#[command(next_help_heading = "ssh-compatible options (for git, rsync, scp, sftp)")]
+pub struct SshFlags {
+    /// No PTY, even with -t (ssh's -T).
+    #[arg(short = 'T')]
+    pub no_tty: bool,
+
+    /// The command is a subsystem: `sftp` runs the machine's sftp_server
+    /// (decided as any command there).
+    #[arg(short = 's')]
+    pub subsystem: bool,
+
+    /// Run as USER: refused by the machine unless its ACL runs the command
+    /// as USER (malai never switches to a user the ACL did not choose).
+    /// Also `USER@MACHINE.CLUSTER`.
+    #[arg(short = 'l', value_name = "USER")]
+    pub login: Option<String>,
+
+    /// An ssh option (Key=Value): the harmless ones are accepted and
+    /// ignored, anything else is refused by name.
+    #[arg(short = 'o', value_name = "OPTION")]
+    pub options: Vec<String>,
+
+    /// Accepted for ssh's sake: malai forwards no X11 (-x), no agent (-a);
+    /// -q, -4, -6 change nothing.
+    #[arg(short = 'x', hide = true)]
+    pub no_x11: bool,
+    #[arg(short = 'a', hide = true)]
+    pub no_agent: bool,
+    #[arg(short = 'q', hide = true)]
+    pub quiet: bool,
+    #[arg(short = '4', hide = true)]
+    pub ipv4: bool,
+    #[arg(short = '6', hide = true)]
+    pub ipv6: bool,
+
+    /// ssh's -G (print its configuration): malai has none, and fails, so
+    /// that git treats it as a simple ssh.
+    #[arg(short = 'G', hide = true)]
+    pub print_config: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -123,12 +171,14 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Complete(args) => complete::run(args),
         Command::Helper(cmd) => helper::run(cmd),
         Command::Remote(words) => {
+            let (words, ssh) = route::SshAsk::from_flags(&cli.ssh, words)?;
             let home = crate::home::Home::resolve()?;
             let given =
                 cli.jobs != crate::fanout::DEFAULT_JOBS || cli.timeout.is_some() || cli.json;
             let opts = route::RemoteOptions {
                 verbose: cli.verbose,
-                tty: cli.tty,
+                tty: if cli.ssh.no_tty { 0 } else { cli.tty },
+                ssh,
                 fan: crate::fanout::Options {
                     jobs: usize::from(cli.jobs),
                     timeout: cli.timeout.unwrap_or(crate::fanout::DEFAULT_TIMEOUT),

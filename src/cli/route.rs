@@ -31,6 +31,65 @@ pub struct RemoteOptions {
     pub fan: fanout::Options,
     /// Whether any fan-out option was given (an error for one machine).
     pub fan_given: bool,
+    /// `-l USER`, `-s`: for one machine, sent directly.
+    pub ssh: SshAsk,
+}
+
+pub use crate::exec::proto::SshAsk;
+
+impl SshAsk {
+    /// The ssh-style options of `flags` and a `USER@` on the target word:
+    /// the words with the target bare (and, for `-s`, the subsystem's name
+    /// replaced by what an older host fails to run), and what to ask.
+    pub fn from_flags(
+        flags: &super::SshFlags,
+        mut words: Vec<String>,
+    ) -> Result<(Vec<String>, SshAsk), Failure> {
+        use crate::ssh_compat::{self, SshOption};
+        if flags.print_config {
+            return Err(Failure::new(
+                EXEC_FAILED,
+                "-G: malai has no ssh configuration to print (so tools treat it as a simple ssh)",
+            ));
+        }
+        let mut users = Vec::new();
+        users.extend(flags.login.clone());
+        for option in &flags.options {
+            match ssh_compat::option(option).map_err(Failure::usage)? {
+                SshOption::Ignored => {}
+                SshOption::User(user) => users.push(user),
+            }
+        }
+        if let Some(first) = words.first_mut()
+            && let (Some(user), target) = ssh_compat::user_and_target(first)
+        {
+            users.push(user.to_owned());
+            *first = target.to_owned();
+        }
+        users.dedup();
+        if users.len() > 1 {
+            return Err(Failure::usage(format!(
+                "two users asked for ({}): give one of -l, -o User= and USER@",
+                users.join(", ")
+            )));
+        }
+        let mut ask = SshAsk {
+            user: users.pop(),
+            subsystem: None,
+        };
+        if flags.subsystem {
+            let at = usize::from(words.get(1).is_some_and(|w| w == "--")) + 1;
+            let [name] = words.get(at..).unwrap_or_default() else {
+                return Err(Failure::usage(
+                    "-s: give the subsystem's name (sftp) as the only word after the target",
+                ));
+            };
+            ask.subsystem = Some(name.clone());
+            words.truncate(at);
+            words.push(crate::exec::proto::OLD_HOST_SUBSYSTEM_ARGV.to_owned());
+        }
+        Ok((words, ask))
+    }
 }
 
 /// How `malai rescan` reached the daemon.
@@ -142,7 +201,9 @@ impl Route<'_> {
             tty,
             ref fan,
             fan_given,
+            ref ssh,
         } = *opts;
+        let asks = *ssh != SshAsk::default();
         let home = self.home;
         let local = home
             .local_config()
@@ -150,6 +211,9 @@ impl Route<'_> {
         let inv = match target::resolve_any(&local, words).map_err(Failure::usage)? {
             target::Resolved::Many(..) if tty > 0 => {
                 return Err(Failure::usage("-t (a PTY) is for one machine").into());
+            }
+            target::Resolved::Many(..) if asks => {
+                return Err(Failure::usage("-l, USER@ and -s are for one machine").into());
             }
             target::Resolved::Many(selection, argv) => {
                 return self.fan_out(&local, &selection, argv, fan, verbose);
@@ -163,8 +227,16 @@ impl Route<'_> {
             target::Resolved::One(inv) => inv,
         };
         let rt = self.rt;
-        let over_bus = match daemon_for(home, &self.daemon, &mut self.skipped, &inv.target.cluster)
-        {
+        if asks {
+            // The daemon's Exec method takes no user or subsystem.
+            self.skipped
+                .push("-l, USER@ and -s go directly with this user's keys".into());
+        }
+        let daemon = match asks {
+            true => None,
+            false => daemon_for(home, &self.daemon, &mut self.skipped, &inv.target.cluster),
+        };
+        let over_bus = match daemon {
             Some(found) => rt.block_on(exec_over_bus(
                 home,
                 found,
@@ -184,18 +256,8 @@ impl Route<'_> {
             );
         }
         let Invocation { target, argv } = inv;
-        let cluster = home
-            .load_cluster(&target.cluster)
-            .map_err(|d| Failure::new(EXEC_FAILED, d.to_string()))?;
-        let config = cluster.config.as_ref().ok_or_else(|| {
-            Failure::new(
-                EXEC_FAILED,
-                format!(
-                    "cluster {:?} has no config yet: the cluster manager has not sent one",
-                    target.cluster
-                ),
-            )
-        })?;
+        let (cluster, config) = cluster_with_config(home, &target.cluster)?;
+        let config = &config;
         let machine = machine_of(config, &target)?;
         if verbose > 0 && machine.id52 != cluster.identity.id52() {
             eprintln!(
@@ -207,6 +269,12 @@ impl Route<'_> {
         let network = local.network.clone();
         let what = target.to_string();
         if id == cluster.identity.id52() {
+            if asks {
+                return Err(Failure::usage(format!(
+                    "{target} is this device: -l, USER@ and -s are for other machines"
+                ))
+                .into());
+            }
             if verbose > 0 {
                 eprintln!("malai: {target} is this device: deciding and running here");
             }
@@ -224,6 +292,7 @@ impl Route<'_> {
             (&id, &reach),
             argv,
             (&what, tty),
+            ssh.clone(),
         ))
     }
 }
@@ -379,6 +448,7 @@ async fn exec_direct(
     (peer, reach): (&crate::identity::Id52, &p2p::Reach),
     argv: Vec<String>,
     (what, tty): (&str, u8),
+    ssh: SshAsk,
 ) -> anyhow::Result<u8> {
     let endpoint = p2p::bind(identity, network, relay, 0, Vec::new(), None)
         .await
@@ -390,7 +460,7 @@ async fn exec_direct(
             return Err(ExecError::Unreachable(format!("cannot reach {what}: {e:#}")).into());
         }
     };
-    let code = crate::exec::client::run(&conn, argv, what, tty).await;
+    let code = crate::exec::client::run(&conn, argv, what, tty, ssh).await;
     conn.close(0u32.into(), b"done");
     p2p::close_without_waiting(endpoint).await;
     code

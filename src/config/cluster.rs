@@ -68,6 +68,9 @@ pub struct Rights {
     pub shell: bool,
     /// The command rules this device may run there.
     pub commands: Vec<String>,
+    /// The exact argvs `match` rules there let this device run (protocol 7).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub matches: Vec<Vec<String>>,
     /// The services it hosts that this device may reach.
     pub services: Vec<String>,
 }
@@ -84,6 +87,19 @@ pub struct Machine {
     pub commands: BTreeMap<String, CommandRule>,
     /// Limits of each command run here (a rule's own override them).
     pub limits: Limits,
+    /// What the `sftp` subsystem runs (`malai -s MACHINE sftp`); `None`:
+    /// `DEFAULT_SFTP_SERVER`.
+    pub sftp_server: Option<String>,
+}
+
+/// Where Debian's openssh-sftp-server puts the program.
+pub const DEFAULT_SFTP_SERVER: &str = "/usr/lib/openssh/sftp-server";
+
+impl Machine {
+    /// The program the `sftp` subsystem runs here.
+    pub fn sftp_server(&self) -> &str {
+        self.sftp_server.as_deref().unwrap_or(DEFAULT_SFTP_SERVER)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -91,6 +107,9 @@ pub struct CommandRule {
     /// The text as written, kept so personalization can write it back.
     pub command: String,
     pub argv: Vec<String>,
+    /// A `match` rule: chosen when the request's argv is exactly `argv`
+    /// (not by its name), and runs that argv.
+    pub exact: bool,
     pub allow_from: Vec<Principal>,
     pub username: Option<String>,
     pub allow_args: bool,
@@ -139,7 +158,11 @@ impl Protocol {
 impl Rights {
     /// Whether it allows anything at all.
     pub fn any(&self) -> bool {
-        self.any_command || self.shell || !self.commands.is_empty() || !self.services.is_empty()
+        self.any_command
+            || self.shell
+            || !self.commands.is_empty()
+            || !self.matches.is_empty()
+            || !self.services.is_empty()
     }
 }
 
@@ -208,6 +231,8 @@ struct RawRights {
     #[serde(default)]
     commands: Vec<String>,
     #[serde(default)]
+    matches: Vec<Vec<String>>,
+    #[serde(default)]
     services: Vec<String>,
 }
 
@@ -250,12 +275,15 @@ struct RawMachine {
     memory_max: Option<Spanned<toml::Value>>,
     tasks_max: Option<Spanned<toml::Value>>,
     cpu_quota: Option<Spanned<toml::Value>>,
+    sftp_server: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawCommand {
-    command: Spanned<String>,
+    command: Option<Spanned<String>>,
+    #[serde(rename = "match")]
+    exact: Option<Spanned<String>>,
     allow_from: Option<Spanned<String>>,
     username: Option<Spanned<String>>,
     #[serde(default)]
@@ -432,6 +460,7 @@ impl Validator<'_> {
                     any_command: r.any_command,
                     shell: r.shell,
                     commands: r.commands.clone(),
+                    matches: r.matches.clone(),
                     services: r.services.clone(),
                 },
             );
@@ -587,18 +616,13 @@ impl Validator<'_> {
         )
     }
 
-    /// Validates the rules of one machine; `None` when its id52 did not parse.
-    fn machine(&mut self, id52: Option<Id52>, m: &RawMachine) -> Option<Machine> {
-        let addrs = self.addrs(&m.addrs);
-        let allow_from = m
-            .allow_from
-            .as_ref()
-            .map(|l| self.principals(l))
-            .unwrap_or_default();
-        let allow_shell = m.allow_shell.as_ref().map(|l| self.principals(l));
-        let username = m.username.as_ref().and_then(|u| self.username(u));
+    /// Validates the command rules of one machine.
+    fn commands(
+        &mut self,
+        raw: &BTreeMap<Spanned<String>, RawCommand>,
+    ) -> BTreeMap<String, CommandRule> {
         let mut commands = BTreeMap::new();
-        for (name, c) in &m.command {
+        for (name, c) in raw {
             if let Some(why) = name_error(name.get_ref()) {
                 self.err(
                     name.span(),
@@ -606,17 +630,47 @@ impl Validator<'_> {
                     "rename the command rule",
                 );
             }
-            let argv = match shell_words::split(c.command.get_ref()) {
+            let (text, key) = match (&c.command, &c.exact) {
+                (Some(text), None) => (text, "command"),
+                (None, Some(text)) => (text, "match"),
+                (Some(_), Some(text)) => {
+                    self.err(text.span(), format!("command rule {:?} has both command and match", name.get_ref()), "keep one: command runs its argv when the rule's name is asked for; match is chosen when the request is exactly its argv");
+                    (text, "match")
+                }
+                (None, None) => {
+                    self.err(name.span(), format!("command rule {:?} has neither command nor match", name.get_ref()), "add command = \"systemctl restart nginx\" (run by name) or match = \"git-upload-pack /srv/repo.git\" (this exact argv)");
+                    continue;
+                }
+            };
+            let exact = key == "match";
+            let argv = match shell_words::split(text.get_ref()) {
                 Ok(argv) if argv.is_empty() => {
-                    self.err(c.command.span(), format!("command rule {:?} has an empty command", name.get_ref()), "write the program and its arguments, e.g. command = \"systemctl restart nginx\"");
+                    self.err(text.span(), format!("command rule {:?} has an empty {key}", name.get_ref()), "write the program and its arguments, e.g. command = \"systemctl restart nginx\"");
                     Vec::new()
                 }
                 Ok(argv) => argv,
                 Err(e) => {
-                    self.err(c.command.span(), format!("command rule {:?}: cannot split the command into arguments: {e}", name.get_ref()), "close every quote; the command is split like a shell would, but never run by one");
+                    self.err(text.span(), format!("command rule {:?}: cannot split the {key} into arguments: {e}", name.get_ref()), "close every quote; the command is split like a shell would, but never run by one");
                     Vec::new()
                 }
             };
+            if exact
+                && let Some((other, _)) = commands
+                    .iter()
+                    .find(|(_, r): &(&String, &CommandRule)| r.exact && r.argv == argv)
+            {
+                self.err(
+                    text.span(),
+                    format!(
+                        "command rules {other:?} and {:?} match the same argv",
+                        name.get_ref()
+                    ),
+                    "merge them into one rule: one exact argv is decided by one rule",
+                );
+            }
+            if exact && c.allow_args {
+                self.err(text.span(), format!("command rule {:?}: allow_args has no meaning on a match rule, which is chosen only for exactly its argv", name.get_ref()), "remove allow_args, or use command = ... with allow_args = true");
+            }
             let allow_from = match &c.allow_from {
                 Some(l) => self.principals(l),
                 None => {
@@ -635,8 +689,9 @@ impl Validator<'_> {
             commands.insert(
                 name.get_ref().clone(),
                 CommandRule {
-                    command: c.command.get_ref().clone(),
+                    command: text.get_ref().clone(),
                     argv,
+                    exact,
                     allow_from,
                     username,
                     allow_args: c.allow_args,
@@ -645,7 +700,31 @@ impl Validator<'_> {
                 },
             );
         }
+        commands
+    }
+
+    /// Validates the rules of one machine; `None` when its id52 did not parse.
+    fn machine(&mut self, id52: Option<Id52>, m: &RawMachine) -> Option<Machine> {
+        let addrs = self.addrs(&m.addrs);
+        let allow_from = m
+            .allow_from
+            .as_ref()
+            .map(|l| self.principals(l))
+            .unwrap_or_default();
+        let allow_shell = m.allow_shell.as_ref().map(|l| self.principals(l));
+        let username = m.username.as_ref().and_then(|u| self.username(u));
+        let commands = self.commands(&m.command);
         let limits = self.limits([&m.memory_max, &m.tasks_max, &m.cpu_quota]);
+        let sftp_server = m.sftp_server.as_ref().map(|path| {
+            if !path.get_ref().starts_with('/') {
+                self.err(
+                    path.span(),
+                    format!("sftp_server {:?} is not an absolute path", path.get_ref()),
+                    "write the program's full path, e.g. sftp_server = \"/usr/lib/openssh/sftp-server\"",
+                );
+            }
+            path.get_ref().clone()
+        });
         Some(Machine {
             id52: id52?,
             addrs,
@@ -654,6 +733,7 @@ impl Validator<'_> {
             username,
             commands,
             limits,
+            sftp_server,
         })
     }
 

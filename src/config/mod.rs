@@ -12,7 +12,9 @@ pub mod names;
 pub mod relay;
 pub mod target;
 
-pub use cluster::{ClusterConfig, CommandRule, FileKind, Machine, Protocol, Rights, Service};
+pub use cluster::{
+    ClusterConfig, CommandRule, DEFAULT_SFTP_SERVER, FileKind, Machine, Protocol, Rights, Service,
+};
 pub use diag::{Diagnostic, Diagnostics};
 pub use limits::{Limit, Limits};
 pub use local::{LocalConfig, NetworkSettings, Relay};

@@ -51,6 +51,21 @@ pub struct Call {
     pub token: String,
 }
 
+/// Machine `name` of `config`, or the error listing the machines.
+fn machine_named<'c>(
+    config: &'c crate::config::ClusterConfig,
+    cluster: &str,
+    name: &str,
+) -> Result<&'c crate::config::Machine, Error> {
+    config.machines.get(name).ok_or_else(|| {
+        let known: Vec<&str> = config.machines.keys().map(String::as_str).collect();
+        Error::NoSuchMachine(format!(
+            "no machine {name:?} in cluster {cluster:?} (machines: {})",
+            known.join(", ")
+        ))
+    })
+}
+
 /// Runs `call` on `cluster`; the command's exit code.
 pub async fn run(
     cluster: &Cluster,
@@ -64,15 +79,7 @@ pub async fn run(
         .config
         .clone()
         .ok_or_else(|| Error::Failed(format!("cluster {:?} has no config yet", cluster.alias())))?;
-    let machine = config.machines.get(&call.machine).ok_or_else(|| {
-        let known: Vec<&str> = config.machines.keys().map(String::as_str).collect();
-        Error::NoSuchMachine(format!(
-            "no machine {:?} in cluster {:?} (machines: {})",
-            call.machine,
-            cluster.alias(),
-            known.join(", ")
-        ))
-    })?;
+    let machine = machine_named(&config, cluster.alias(), &call.machine)?;
     let (id, addrs) = (machine.id52, machine.addrs.clone());
     let me = cluster.id52();
     tracing::info!(
@@ -144,6 +151,7 @@ pub async fn run(
             controls,
             on_behalf: Some(crate::exec::proto::OnBehalf::uid(call.uid)),
             copy: None,
+            ssh: Default::default(),
         };
         let conn = cluster
             .pool()

@@ -10,7 +10,9 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::mpsc;
 
 use super::ExecError;
-use super::proto::{ClientMsg, CopyOp, ExecRequest, HostMsg, OnBehalf, WindowSize, env_allowed};
+use super::proto::{
+    ClientMsg, CopyOp, ExecRequest, HostMsg, OnBehalf, SshAsk, WindowSize, env_allowed,
+};
 use crate::p2p::frame::{self, Kind};
 use crate::p2p::gate;
 
@@ -30,6 +32,8 @@ pub struct Io {
     pub on_behalf: Option<OnBehalf>,
     /// A copy (`malai cp`) instead of the argv.
     pub copy: Option<CopyOp>,
+    /// `-l USER`, `-s sftp`.
+    pub ssh: SshAsk,
 }
 
 impl Io {
@@ -66,6 +70,7 @@ impl Io {
             controls,
             on_behalf: Some(OnBehalf::uid(nix::unistd::getuid().as_raw())),
             copy: None,
+            ssh: Default::default(),
         }
     }
 }
@@ -113,8 +118,17 @@ pub fn process_env() -> Vec<(String, String)> {
 /// Runs `argv` (empty: a shell) on the peer of `conn` with the user's
 /// terminal and signals, on a PTY as `process_pty` says for `tty`; returns
 /// the exit code to end with. `what` names the target in messages.
-pub async fn run(conn: &Connection, argv: Vec<String>, what: &str, tty: u8) -> anyhow::Result<u8> {
-    let io = Io::of_process(&argv, tty);
+pub async fn run(
+    conn: &Connection,
+    argv: Vec<String>,
+    what: &str,
+    tty: u8,
+    ssh: SshAsk,
+) -> anyhow::Result<u8> {
+    let io = Io {
+        ssh,
+        ..Io::of_process(&argv, tty)
+    };
     let _raw = RawMode::for_pty(io.pty)?;
     Ok(run_with(conn, argv, what, io).await?)
 }
@@ -135,6 +149,7 @@ pub async fn run_with(
         mut controls,
         on_behalf,
         copy,
+        ssh,
     } = io;
     // A host refuses a stranger right after the handshake: say so, rather
     // than that the connection was lost.
@@ -151,6 +166,7 @@ pub async fn run_with(
         pty,
         on_behalf,
         copy,
+        ssh,
     };
     frame::write_msg(&mut send, &request)
         .await

@@ -59,3 +59,13 @@ pub async fn start(l: Launch<'_>) -> anyhow::Result<Process> {
     })?;
     Ok(Process::from_child(spawned))
 }
+
+/// The user `grant` runs as here: its own, or, for none, the helper's
+/// (root) when the daemon has one, else this process's.
+pub fn runs_as(grant: &Grant) -> anyhow::Result<String> {
+    match &grant.username {
+        Some(user) => Ok(user.clone()),
+        None if helper::socket().is_some() => Ok("root".into()),
+        None => crate::local_users::user_name(nix::unistd::geteuid().as_raw()),
+    }
+}

@@ -25,7 +25,29 @@ pub struct ExecRequest {
     /// does not exist.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub copy: Option<CopyOp>,
+    /// What an ssh-style command line asked beyond the argv (protocol 7).
+    #[serde(flatten)]
+    pub ssh: SshAsk,
 }
+
+/// `malai -l USER` and `malai -s sftp`, as tools that run "an ssh" pass
+/// them. A host before protocol 7 ignores both: it runs the argv as its
+/// ACL says, which for a subsystem the client sets to a program that does
+/// not exist.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SshAsk {
+    /// Refuse unless the ACL runs the command as this user: malai never
+    /// switches to a user the ACL did not choose.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    /// Run this subsystem (only `sftp`: the machine's `sftp_server`) instead
+    /// of the argv, decided as that program would be.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subsystem: Option<String>,
+}
+
+/// The argv sent with a subsystem, for a host that does not know the field.
+pub const OLD_HOST_SUBSYSTEM_ARGV: &str = "malai-subsystem-needs-protocol-7";
 
 pub use crate::audit::OnBehalf;
 pub use crate::copy::CopyOp;
@@ -103,6 +125,7 @@ mod tests {
                 user: Some("alice".into()),
             }),
             copy: None,
+            ssh: SshAsk::default(),
         };
         let json = serde_json::to_value(&request).unwrap();
         let read: FirstRequest = serde_json::from_value(json).unwrap();
@@ -113,5 +136,18 @@ mod tests {
         };
         let json = serde_json::to_value(&without).unwrap();
         assert!(json.get("on_behalf").is_none(), "{json}");
+        assert!(json.get("user").is_none(), "{json}");
+        let asking = ExecRequest {
+            ssh: SshAsk {
+                user: Some("git".into()),
+                subsystem: Some("sftp".into()),
+            },
+            ..without
+        };
+        let json = serde_json::to_string(&asking).unwrap();
+        let back: ExecRequest = serde_json::from_str(&json).unwrap();
+        assert_eq!(back.ssh, asking.ssh, "{json}");
+        let read: FirstRequest = serde_json::from_str(&json).unwrap();
+        assert_eq!(read.argv, ["id"]);
     }
 }

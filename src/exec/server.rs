@@ -194,24 +194,31 @@ async fn serve(
         (false, true) => Request::PtyExec(&req.argv),
         (false, false) => Request::Exec(&req.argv),
     };
-    // A copy runs this host's own copy helper instead of the argv.
-    let copy_argv = match req.copy.as_ref().map(crate::copy::helper_argv).transpose() {
-        Ok(argv) => argv,
-        Err(e) => {
-            let reason = format!("cannot find this malai to copy with: {e}");
-            return answer(send, HostMsg::Failed { reason }).await;
-        }
+    let (me, cm) = (cluster.id52(), cluster.cm_id52());
+    let instead = match instead_of_argv(&req, in_force.for_peer(&peer, &cm).ok().map(|c| &**c), &me)
+    {
+        Ok(instead) => instead,
+        Err(reason) => return answer(send, HostMsg::Failed { reason }).await,
     };
     // The one decision, taken now and again with each config put in force.
-    let (me, cm) = (cluster.id52(), cluster.cm_id52());
-    let decide = |f: &InForce| match (f.for_peer(&peer, &cm), &copy_argv) {
+    let decide = |f: &InForce| match (f.for_peer(&peer, &cm), &instead) {
         (Err(reason), _) => Decision::Deny(reason),
-        (Ok(config), Some(argv)) => acl::copy(config, &me, &peer, argv),
+        (Ok(config), Some(Instead::Copy(argv))) => acl::copy(config, &me, &peer, argv),
+        (Ok(config), Some(Instead::Subsystem(argv))) => {
+            acl::decide(config, &me, &peer, Request::Exec(argv))
+        }
         (Ok(config), None) => acl::decide(config, &me, &peer, request),
     };
     // What the helper decides again: the argv that runs.
-    let asked = copy_argv.clone().unwrap_or_else(|| req.argv.clone());
-    let grant = match decide(&in_force) {
+    let asked = match &instead {
+        Some(Instead::Copy(argv) | Instead::Subsystem(argv)) => argv.clone(),
+        None => req.argv.clone(),
+    };
+    let decision = match decide(&in_force) {
+        Decision::Allow(grant) => as_user(grant, req.ssh.user.as_deref()),
+        denied => denied,
+    };
+    let grant = match decision {
         Decision::Deny(reason) => {
             audit::command(who, &asked, pty, audit::Decision::Denied(&reason));
             return answer(send, HostMsg::Denied { reason }).await;
@@ -261,9 +268,18 @@ async fn serve(
     }
     .await;
     commands.unregister(id);
-    match &result {
+    if result.is_err() {
+        control.kill();
+    }
+    audit_end(who, &grant.argv, pty, &result);
+    result.map(|_| ())
+}
+
+/// The audit line of a command that ran: how it ended.
+fn audit_end(who: audit::Who, argv: &[String], pty: bool, result: &anyhow::Result<Ended>) {
+    match result {
         Ok(Ended::Exited(code)) => {
-            audit::command(who, &grant.argv, pty, audit::Decision::Exited(*code));
+            audit::command(who, argv, pty, audit::Decision::Exited(*code));
         }
         Ok(Ended::Revoked(revoked)) => {
             let who = audit::Who {
@@ -271,15 +287,61 @@ async fn serve(
                 ..who
             };
             let why = revoked.to_string();
-            audit::command(who, &grant.argv, pty, audit::Decision::Revoked(&why));
+            audit::command(who, argv, pty, audit::Decision::Revoked(&why));
         }
         Err(e) => {
-            control.kill();
             let why = format!("{e:#}");
-            audit::command(who, &grant.argv, pty, audit::Decision::Abandoned(&why));
+            audit::command(who, argv, pty, audit::Decision::Abandoned(&why));
         }
     }
-    result.map(|_| ())
+}
+
+/// What runs instead of the request's argv.
+enum Instead {
+    /// `malai cp`: this host's own copy helper, decided by `acl::copy`.
+    Copy(Vec<String>),
+    /// `-s sftp`: the machine's `sftp_server`, decided as that command.
+    Subsystem(Vec<String>),
+}
+
+/// What `req` runs instead of its argv, if anything; the reason it cannot
+/// run otherwise. `config` is the config in force for the peer (for the
+/// machine's `sftp_server`).
+fn instead_of_argv(
+    req: &ExecRequest,
+    config: Option<&crate::config::ClusterConfig>,
+    me: &Id52,
+) -> Result<Option<Instead>, String> {
+    if let Some(op) = &req.copy {
+        let argv = crate::copy::helper_argv(op)
+            .map_err(|e| format!("cannot find this malai to copy with: {e}"))?;
+        return Ok(Some(Instead::Copy(argv)));
+    }
+    match req.ssh.subsystem.as_deref() {
+        None => Ok(None),
+        Some("sftp") => {
+            let machine = config.and_then(|c| c.machine_by_id52(me)).map(|(_, m)| m);
+            let program = machine.map_or(crate::config::DEFAULT_SFTP_SERVER, |m| m.sftp_server());
+            Ok(Some(Instead::Subsystem(vec![program.to_owned()])))
+        }
+        Some(other) => Err(format!("unknown subsystem {other:?}: malai runs sftp")),
+    }
+}
+
+/// `grant`, when the client asked for no user (`-l`) or for the one it
+/// runs as; a denial naming both otherwise.
+fn as_user(grant: acl::Grant, asked: Option<&str>) -> Decision {
+    let Some(asked) = asked else {
+        return Decision::Allow(grant);
+    };
+    match launch::runs_as(&grant) {
+        Ok(user) if user == asked => Decision::Allow(grant),
+        Ok(user) => Decision::Deny(format!(
+            "asked to run as {asked} (-l or {asked}@), but the ACL runs this here as {user}: \
+             malai never switches to a user the ACL did not choose (drop -l, or set username)"
+        )),
+        Err(e) => Decision::Deny(format!("cannot tell which user this runs as: {e:#}")),
+    }
 }
 
 /// How a running command ended, for the audit line.

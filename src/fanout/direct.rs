@@ -91,6 +91,7 @@ pub async fn run(
                     controls: relay_controls(controls),
                     on_behalf: Some(OnBehalf::uid(nix::unistd::getuid().as_raw())),
                     copy: None,
+                    ssh: Default::default(),
                 };
                 (
                     remote(&endpoint, &p.id, &reach, argv, &what, io, timeout).await,
