@@ -4,7 +4,9 @@
 //! else, and git shows malai's reason; scp both ways (sftp and legacy
 //! mode), an sftp batch, rsync of a tree twice (only the changed file goes
 //! again); a command that needs a shell is refused and nothing runs; `-l`
-//! only names the user the ACL runs as.
+//! only names the user the ACL runs as; Ansible, through the connection
+//! plugin malai ships, pings, copies and templates on two machines, and
+//! `become` is malai -l.
 
 mod common;
 
@@ -62,7 +64,10 @@ fn git(host: &Host, dir: &Path, args: &[&str]) -> Output {
 }
 
 #[test]
-#[expect(clippy::too_many_lines, reason = "one scenario: push, then only the matched clone")]
+#[expect(
+    clippy::too_many_lines,
+    reason = "one scenario: push, then only the matched clone"
+)]
 fn git_clones_and_pushes_and_a_match_rule_allows_one_repository() {
     let c = Company::loopback();
     let (_cm, mut web, _lap) = c.start_synced("allow_from = \"laptop\"", "", "");
@@ -378,4 +383,192 @@ fn a_command_that_needs_a_shell_is_refused_and_l_names_only_the_acls_user() {
         "{}",
         common::stderr(&out)
     );
+}
+
+/// `ansible ARGS` (or `ansible-playbook`) on the laptop, through the
+/// connection plugin in packaging/ansible, its temporary files in `tmp`.
+fn ansible(c: &Company, tmp: &Path, program: &str, args: &[&str]) -> Output {
+    let plugins = Path::new(env!("CARGO_MANIFEST_DIR")).join("packaging/ansible");
+    let home = tmp.join("home");
+    std::fs::create_dir_all(&home).unwrap();
+    // No configuration but this test's (not /etc/ansible's, not ~'s).
+    std::fs::write(tmp.join("ansible.cfg"), "[defaults]\n").unwrap();
+    tool_command(&c.laptop, program)
+        .args(args)
+        .env("ANSIBLE_CONNECTION_PLUGINS", plugins)
+        .env("ANSIBLE_HOME", &home)
+        .env("ANSIBLE_LOCAL_TEMP", tmp.join("local"))
+        .env("ANSIBLE_REMOTE_TEMP", tmp.join("remote"))
+        .env("ANSIBLE_NOCOLOR", "1")
+        .env("ANSIBLE_CONFIG", tmp.join("ansible.cfg"))
+        .env("HOME", &home)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("run {program}: {e}"))
+}
+
+/// The PLAY RECAP line of `host`.
+fn recap<'a>(out: &'a str, host: &str) -> &'a str {
+    out.lines()
+        .find(|l| l.starts_with(host) && l.contains("ok="))
+        .unwrap_or_else(|| panic!("no recap for {host}:\n{out}"))
+}
+
+#[test]
+#[expect(
+    clippy::too_many_lines,
+    reason = "one inventory: ad-hoc, playbook twice, become"
+)]
+fn ansible_pings_copies_and_templates_two_machines() {
+    let c = Company::loopback();
+    let extra = format!(
+        "[machine.cm]\nid52 = \"{}\"\naddrs = [\"{}\"]\nallow_from = \"laptop\"\n",
+        c.cm_id,
+        c.cm.socket_addr()
+    );
+    let (_cm, web, _lap) = c.start_synced("allow_from = \"laptop\"", "", &extra);
+    let work = tempfile::tempdir().unwrap();
+    let there = tempfile::tempdir().unwrap();
+    let w = work.path();
+    let inventory = w.join("hosts");
+    std::fs::write(
+        &inventory,
+        format!(
+            "web01.company\ncm.company\n\n[all:vars]\nansible_connection=malai\nansible_malai_executable={}\nansible_python_interpreter=/usr/bin/python3\n",
+            common::malai_bin()
+        ),
+    )
+    .unwrap();
+    let inv = inventory.to_str().unwrap();
+
+    let out = ansible(&c, w, "ansible", &["all", "-i", inv, "-m", "ping"]);
+    let said = ok(out, "ansible -m ping");
+    for host in ["web01.company", "cm.company"] {
+        assert!(said.contains(&format!("{host} | SUCCESS")), "{said}");
+    }
+    let src = w.join("payload.txt");
+    std::fs::write(&src, "copied by ansible through malai\n").unwrap();
+    let dest = format!(
+        "dest={}/{{{{ inventory_hostname }}}}.txt mode=0640",
+        there.path().display()
+    );
+    let copy = format!("src={} {dest}", src.display());
+    let said = ok(
+        ansible(
+            &c,
+            w,
+            "ansible",
+            &["all", "-i", inv, "-m", "copy", "-a", &copy],
+        ),
+        "ansible -m copy",
+    );
+    assert_eq!(said.matches("| CHANGED").count(), 2, "{said}");
+    for host in ["web01.company", "cm.company"] {
+        let file = there.path().join(format!("{host}.txt"));
+        assert_eq!(
+            std::fs::read_to_string(&file).unwrap(),
+            "copied by ansible through malai\n"
+        );
+        let mode = std::fs::metadata(&file).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o640);
+    }
+
+    // A playbook with a template, a command as the ACL's user through
+    // become (malai -l), and a ping: changed once, then nothing.
+    let me = nix::unistd::User::from_uid(nix::unistd::geteuid())
+        .unwrap()
+        .unwrap()
+        .name;
+    std::fs::write(
+        w.join("motd.j2"),
+        "Welcome to {{ inventory_hostname }}, run by {{ who }}\n",
+    )
+    .unwrap();
+    std::fs::write(
+        w.join("site.yml"),
+        format!(
+            r#"- hosts: all
+  gather_facts: false
+  vars:
+    who: malai
+  tasks:
+    - name: motd from a template
+      template:
+        src: {dir}/motd.j2
+        dest: "{there}/{{{{ inventory_hostname }}}}.motd"
+    - name: as the ACL's user
+      become: true
+      become_user: {me}
+      command: id -un
+      register: id
+      changed_when: false
+    - assert:
+        that: id.stdout == "{me}"
+    - ping:
+"#,
+            dir = w.display(),
+            there = there.path().display(),
+        ),
+    )
+    .unwrap();
+    let site = w.join("site.yml");
+    let site = site.to_str().unwrap();
+    let first = ok(
+        ansible(&c, w, "ansible-playbook", &["-i", inv, site]),
+        "ansible-playbook",
+    );
+    let second = ok(
+        ansible(&c, w, "ansible-playbook", &["-i", inv, site]),
+        "ansible-playbook again",
+    );
+    for host in ["web01.company", "cm.company"] {
+        let line = recap(&first, host);
+        assert!(
+            line.contains("ok=4") && line.contains("changed=1") && line.contains("failed=0"),
+            "{line}"
+        );
+        let line = recap(&second, host);
+        assert!(
+            line.contains("ok=4") && line.contains("changed=0") && line.contains("failed=0"),
+            "{line}"
+        );
+        let motd = std::fs::read_to_string(there.path().join(format!("{host}.motd"))).unwrap();
+        assert_eq!(motd, format!("Welcome to {host}, run by malai\n"));
+    }
+
+    // Modules ran through /bin/sh -c; files (the modules, the payload)
+    // went by malai cp.
+    let logged = web.log_text();
+    assert!(logged.contains("malai_argv=/bin/sh -c "), "{logged}");
+    assert!(
+        logged.contains("copy allowed by machine.web01.allow_from"),
+        "{logged}"
+    );
+
+    // become to a user the ACL does not run as: refused, with malai's reason.
+    let other = if me == "root" { "nobody" } else { "root" };
+    let out = ansible(
+        &c,
+        w,
+        "ansible",
+        &[
+            "web01.company",
+            "-i",
+            inv,
+            "-m",
+            "command",
+            "-a",
+            "id -un",
+            "--become",
+            "--become-user",
+            other,
+        ],
+    );
+    assert!(!out.status.success());
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        common::stderr(&out)
+    );
+    assert!(said.contains(&format!("asked to run as {other}")), "{said}");
 }

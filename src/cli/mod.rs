@@ -27,7 +27,7 @@ pub mod status;
     about = "Run commands on, and reach services of, your machines over an encrypted peer-to-peer network",
     long_about = None,
     allow_external_subcommands = true,
-    after_help = "Remote commands:\n  malai <machine>.<cluster> [--] <cmd> [args]...   run a command\n  malai <machine>.<cluster>                        open a shell\n  malai <alias> [args]...                          an alias from malai.toml\n  malai -t <machine>.<cluster> <cmd>...            a command on a PTY (top, sudo)\n  malai [-j N] [--timeout 30s] [--json] <m1>,<m2>.<cluster> <cmd>...\n                                                   one command on many machines\n                                                   (also @all.<cluster>, @<group>.<cluster>)"
+    after_help = "Remote commands:\n  malai <machine>.<cluster> [--] <cmd> [args]...   run a command\n  malai <machine>.<cluster>                        open a shell\n  malai <alias> [args]...                          an alias from malai.toml\n  malai -t <machine>.<cluster> <cmd>...            a command on a PTY (top, sudo)\n  malai [-j N] [--timeout 30s] [--json] <m1>,<m2>.<cluster> <cmd>...\n                                                   one command on many machines\n                                                   (also @all.<cluster>, @<group>.<cluster>)\n\nmalai as ssh (README, \"Where ssh is a transport\"):\n  GIT_SSH_COMMAND=malai git clone <machine>.<cluster>:/srv/repo.git\n  rsync -e malai, scp -S malai, sftp -S malai, Ansible's -c malai"
 )]
 pub struct Cli {
     /// Say more about what malai does (route taken, connections).
@@ -153,8 +153,42 @@ pub enum Command {
     Remote(Vec<String>),
 }
 
+impl SshFlags {
+    /// Whether any was given.
+    fn any(&self) -> bool {
+        let SshFlags {
+            no_tty,
+            subsystem,
+            login,
+            options,
+            no_x11,
+            no_agent,
+            quiet,
+            ipv4,
+            ipv6,
+            print_config,
+        } = self;
+        *no_tty
+            || *subsystem
+            || login.is_some()
+            || !options.is_empty()
+            || *no_x11
+            || *no_agent
+            || *quiet
+            || *ipv4
+            || *ipv6
+            || *print_config
+    }
+}
+
 /// Runs the parsed command line; the result's error carries the exit code.
 pub fn run(cli: Cli) -> anyhow::Result<u8> {
+    if cli.ssh.any() && !matches!(cli.command, Command::Remote(_)) {
+        return Err(crate::exit::Failure::usage(
+            "ssh's options (-T, -s, -l, -o, -x, -a, -q, -4, -6, -G) are for a remote command",
+        )
+        .into());
+    }
     match cli.command {
         Command::Cluster(cmd) => cluster::run(cmd),
         Command::Machine(cmd) => machine::run(cmd),
