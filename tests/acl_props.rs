@@ -170,15 +170,25 @@ fn machine(nm: usize, ng: usize) -> impl Strategy<Value = Machine> {
             0..3,
         ),
     )
-        .prop_map(|(allow_from, allow_shell, username, commands)| Machine {
-            id52: IDS[POOL - 1],
-            addrs: Vec::new(),
-            allow_from,
-            allow_shell,
-            username,
-            commands,
-            limits: Default::default(),
-            sftp_server: None,
+        .prop_map(|(allow_from, allow_shell, username, mut commands)| {
+            // Validation refuses two match rules of one argv: the later
+            // becomes a named rule.
+            let mut matched = BTreeSet::new();
+            for rule in commands.values_mut() {
+                if rule.exact {
+                    rule.exact = matched.insert(rule.argv.clone());
+                }
+            }
+            Machine {
+                id52: IDS[POOL - 1],
+                addrs: Vec::new(),
+                allow_from,
+                allow_shell,
+                username,
+                commands,
+                limits: Default::default(),
+                sftp_server: None,
+            }
         })
 }
 
