@@ -371,7 +371,7 @@ fn read_config(path: &Path, kind: FileKind) -> Result<(ClusterConfig, Vec<u8>), 
             "save the file as UTF-8",
         )])
     })?;
-    let config = config::cluster::parse(path, text, kind)?;
+    let config = crate::policy::parse(path, text, kind)?;
     Ok((config, bytes))
 }
 

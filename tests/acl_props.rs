@@ -11,6 +11,7 @@ use std::sync::LazyLock;
 use malai::acl::{self, Decision, Request};
 use malai::config::cluster::{self, FileKind};
 use malai::config::{ClusterConfig, CommandRule, Machine, Principal};
+use malai::explain;
 use malai::identity::Id52;
 use malai::personalize;
 use proptest::prelude::*;
@@ -245,6 +246,7 @@ fn config_with(min_machines: usize, acyclic: bool) -> impl Strategy<Value = Clus
                 rights: Default::default(),
                 machine_groups: Default::default(),
                 received_protocol: None,
+                tests: Vec::new(),
             },
         )
 }
@@ -590,6 +592,7 @@ proptest! {
             rights: Default::default(),
             machine_groups: Default::default(),
             received_protocol: None,
+                tests: Vec::new(),
         };
         for (q, out) in answers(&config) {
             prop_assert_eq!(out, None, "{}", describe(q));
@@ -958,4 +961,112 @@ fn config_editors_via_may_edit_config() {
     }
     // The CM's own identity is not an editor unless listed.
     assert!(!acl::may_edit_config(&ex.config, &ex.cm).is_allowed());
+}
+
+// ---------------------------------------------------------------------------
+// Explanations.
+
+/// The key and principals of the list that decides `ask` for `peer` on
+/// `alias`, by DESIGN.md's rules (written apart from `malai::explain`).
+fn ref_deciding<'a>(
+    config: &'a ClusterConfig,
+    alias: &str,
+    ask: &explain::Ask,
+) -> (String, &'a [Principal]) {
+    let m = &config.machines[alias];
+    match ask {
+        explain::Ask::Edit => (
+            "cluster-manager.config_editors".into(),
+            &config.config_editors,
+        ),
+        explain::Ask::Shell => match &m.allow_shell {
+            Some(list) => (format!("machine.{alias}.allow_shell"), list),
+            None => (format!("machine.{alias}.allow_from"), &m.allow_from),
+        },
+        explain::Ask::Argv(argv) => {
+            let exact = m.commands.iter().find(|(_, r)| r.exact && r.argv == *argv);
+            let named = m.commands.iter().find(|(n, r)| !r.exact && **n == argv[0]);
+            match exact.or(named) {
+                Some((name, r)) => (
+                    format!("machine.{alias}.command.{name}.allow_from"),
+                    &r.allow_from,
+                ),
+                None => (format!("machine.{alias}.allow_from"), &m.allow_from),
+            }
+        }
+        explain::Ask::Service(_) => unreachable!("no services are generated"),
+    }
+}
+
+/// The principal named `name` in a chain: `*`, a machine, a group, an id52.
+fn named_principal(config: &ClusterConfig, name: &str) -> Principal {
+    if name == "*" {
+        Principal::Everyone
+    } else if config.groups.contains_key(name) {
+        Principal::Group(name.to_owned())
+    } else if config.machines.contains_key(name) {
+        Principal::Machine(name.to_owned())
+    } else {
+        Principal::Id52(name.parse().expect("a chain names principals"))
+    }
+}
+
+proptest! {
+    #![proptest_config(proptest_config())]
+
+    /// 8. `acl explain` gives the engine's decision, names the list that
+    /// decided (as the reference reads the rules), and when allowed a chain
+    /// that really leads from a principal of that list to the peer; when
+    /// denied, the peer is not in that list.
+    #[test]
+    fn explain_agrees_with_the_engine_and_names_the_deciding_list(config in config_with(1, true)) {
+        let groups = ref_groups(&config);
+        let mut asks = vec![explain::Ask::Shell, explain::Ask::Edit];
+        asks.extend(ARGVS.iter().filter(|a| !a.is_empty()).cloned().map(explain::Ask::Argv));
+        for (alias, m) in &config.machines {
+            for (i, peer) in IDS.iter().enumerate() {
+                for ask in &asks {
+                    let e = explain::explain(&config, alias, peer, ask);
+                    let engine = match ask {
+                        explain::Ask::Edit => acl::may_edit_config(&config, peer),
+                        explain::Ask::Shell => acl::decide(&config, &m.id52, peer, Request::Shell),
+                        explain::Ask::Argv(argv) => acl::decide(&config, &m.id52, peer, Request::Exec(argv)),
+                        explain::Ask::Service(_) => unreachable!(),
+                    };
+                    prop_assert_eq!(outcome(&e.decision), outcome(&engine));
+                    let what = format!("{alias} peer IDS[{i}] {ask}: {e}");
+                    if config.revoked.contains(peer) {
+                        prop_assert_eq!(&e.list, "revoked", "{}", what);
+                        continue;
+                    }
+                    let (key, list) = ref_deciding(&config, alias, ask);
+                    prop_assert_eq!(&e.list, &key, "{}", what);
+                    let members = ref_list(&config, &groups, list);
+                    if !e.allowed() {
+                        // In the list yet denied: only a rule's extra arguments.
+                        let extra_args = matches!(ask, explain::Ask::Argv(a) if a.len() > 1)
+                            && e.decision.reason().contains("allow_args");
+                        prop_assert!(!members.contains(peer) || extra_args, "denied, yet in the list: {}", what);
+                        continue;
+                    }
+                    prop_assert!(!e.chain.is_empty(), "{}", what);
+                    let first = named_principal(&config, &e.chain[0]);
+                    prop_assert!(list.contains(&first), "{} is not in the list: {}", e.chain[0], what);
+                    for pair in e.chain.windows(2) {
+                        let inner = named_principal(&config, &pair[1]);
+                        let ok = match named_principal(&config, &pair[0]) {
+                            Principal::Group(g) => config.groups[&g].contains(&inner),
+                            Principal::Everyone => config.machines.get(&pair[1]).is_some(),
+                            other => other == inner,
+                        };
+                        prop_assert!(ok, "{} does not lead to {}: {}", pair[0], pair[1], what);
+                    }
+                    let last = e.chain.last().unwrap();
+                    let names_peer = config.machines.get(last).map(|m| m.id52) == Some(*peer)
+                        || last.parse::<Id52>().ok() == Some(*peer);
+                    prop_assert!(names_peer, "the chain ends at {}: {}", last, what);
+                }
+            }
+        }
+    }
 }

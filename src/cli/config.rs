@@ -31,6 +31,13 @@ pub enum ConfigCommand {
         /// Overwrite even a newer cluster.toml (never an invalid file).
         #[arg(long)]
         force: bool,
+        /// Upload nothing: validate FILE and list who would gain and lose
+        /// what against the config the cluster manager has.
+        #[arg(long)]
+        plan: bool,
+        /// With --plan: one JSON object on stdout.
+        #[arg(long, requires = "plan")]
+        json: bool,
     },
     /// Download, open $EDITOR, validate, upload (merging with changes made
     /// meanwhile by others when that merges cleanly).
@@ -87,11 +94,16 @@ pub fn run(cmd: ConfigCommand) -> anyhow::Result<u8> {
         ConfigCommand::Validate { file } => {
             let text = std::fs::read_to_string(&file)
                 .with_context(|| format!("reading {}", file.display()))?;
-            crate::config::cluster::parse(&file, &text, crate::config::FileKind::Cluster)?;
+            crate::policy::parse(&file, &text, crate::config::FileKind::Cluster)?;
             eprintln!("{}: valid", file.display());
             Ok(OK)
         }
-        ConfigCommand::Upload { file, force } => {
+        ConfigCommand::Upload {
+            file,
+            force,
+            plan,
+            json,
+        } => {
             let text = std::fs::read_to_string(&file)
                 .with_context(|| format!("reading {}", file.display()))?;
             let base_file = base_path(&file);
@@ -103,6 +115,9 @@ pub fn run(cmd: ConfigCommand) -> anyhow::Result<u8> {
                     )
                 })?)
                 .with_context(|| format!("{} is not a malai base file", base_file.display()))?;
+            if plan {
+                return upload_plan(&home, &base.cluster, &file, &text, json);
+            }
             let done = Route::find(&home)?
                 .upload(&base.cluster, text.clone(), &base.hash, force)?
                 .map_err(refused)?;
@@ -124,6 +139,26 @@ pub fn run(cmd: ConfigCommand) -> anyhow::Result<u8> {
         }
         ConfigCommand::Edit { cluster } => edit(&mut Route::find(&home)?, &cluster),
     }
+}
+
+/// `config upload FILE --plan`: FILE validated and compared with
+/// cluster.toml as the cluster manager has it now; then its tests.
+fn upload_plan(
+    home: &Home,
+    cluster: &str,
+    file: &Path,
+    text: &str,
+    json: bool,
+) -> anyhow::Result<u8> {
+    let current = download(&mut Route::find(home)?, cluster)?;
+    let path = PathBuf::from(format!(
+        "cluster.toml of {cluster:?} (version {})",
+        current.version
+    ));
+    let old =
+        crate::config::cluster::parse(&path, &current.text, crate::config::FileKind::Cluster)?;
+    crate::plan::show(Some(&old), file, text, json)?;
+    Ok(OK)
 }
 
 /// Mode of a downloaded file and its base file: the owner's only, since
@@ -198,7 +233,7 @@ fn edit(route: &mut Route, cluster: &str) -> anyhow::Result<u8> {
             eprintln!("no changes");
             return Ok(OK);
         }
-        match crate::config::cluster::parse(
+        match crate::policy::parse(
             Path::new("cluster.toml"),
             &text,
             crate::config::FileKind::Cluster,

@@ -4,6 +4,7 @@
 
 use clap::{Parser, Subcommand};
 
+pub mod acl;
 pub mod cluster;
 pub mod complete;
 pub mod config;
@@ -109,6 +110,9 @@ pub struct SshFlags {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Explain the cluster's rules: who may do what, and why.
+    #[command(subcommand)]
+    Acl(acl::AclCommand),
     /// Create and manage clusters this device manages.
     #[command(subcommand)]
     Cluster(cluster::ClusterCommand),
@@ -190,6 +194,7 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
         .into());
     }
     match cli.command {
+        Command::Acl(cmd) => acl::run(cmd),
         Command::Cluster(cmd) => cluster::run(cmd),
         Command::Machine(cmd) => machine::run(cmd),
         Command::Config(cmd) => config::run(cmd),

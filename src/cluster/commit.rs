@@ -12,11 +12,14 @@ use std::path::{Path, PathBuf};
 use nix::fcntl::{Flock, FlockArg};
 
 use super::Cluster;
-use crate::config::{ClusterConfig, FileKind, cluster};
+use crate::config::{ClusterConfig, FileKind};
 use crate::fsutil;
 use crate::home::{CLUSTER_FILE, hash_hex};
 use crate::identity::Id52;
 use crate::state::CmState;
+
+/// The copy of cluster.toml as last put in force, beside it.
+pub const IN_FORCE_FILE: &str = "committed.toml";
 
 /// What to commit.
 #[derive(Debug, Clone)]
@@ -182,10 +185,20 @@ pub fn commit_files(
             (config, hash_hex(text.as_bytes()))
         }
     };
-    if ledger.reconcile(&hash) {
+    let fresh = ledger.reconcile(&hash);
+    if fresh {
         ledger
             .save(&dir.join(crate::home::STATE_FILE))
             .map_err(|e| EditError::Failed(format!("cannot record the new version: {e:#}")))?;
+    }
+    // The bytes in force, for `rescan --plan` (cluster.toml may be edited
+    // meanwhile). Every branch left them in cluster.toml, under the lock.
+    let in_force = dir.join(IN_FORCE_FILE);
+    if fresh || !in_force.exists() {
+        let bytes = std::fs::read(&path)
+            .map_err(|e| EditError::Failed(format!("cannot read {}: {e}", path.display())))?;
+        fsutil::write_atomic(&in_force, &bytes, 0o600)
+            .map_err(|e| EditError::Failed(format!("cannot write {}: {e}", in_force.display())))?;
     }
     Ok((
         config,
@@ -212,7 +225,7 @@ fn write_validated(
 
 /// Validates `text` as the cluster.toml of the CM `cm`.
 fn validate(path: &Path, text: &str, cm: &Id52) -> Result<ClusterConfig, EditError> {
-    let config = cluster::parse(path, text, FileKind::Cluster)
+    let config = crate::policy::parse(path, text, FileKind::Cluster)
         .map_err(|d| EditError::Invalid(d.to_string()))?;
     if config.cluster_manager != *cm {
         return Err(EditError::Invalid(format!(

@@ -23,7 +23,7 @@ use iroh::Endpoint;
 use tokio::sync::{Notify, broadcast, watch};
 
 pub use accept::AcceptError;
-pub use commit::{Change, Committed, EditError, commit_files, lock_dir};
+pub use commit::{Change, Committed, EditError, IN_FORCE_FILE, commit_files, lock_dir};
 pub use revocation::Revoked;
 
 use crate::config::ClusterConfig;

@@ -39,6 +39,9 @@ pub struct ClusterConfig {
     pub received_version: Option<u64>,
     /// machine.toml only: the protocol it was written for (none: 1).
     pub received_protocol: Option<u32>,
+    /// cluster.toml only: the `[[test]]` tables, checked against the rules
+    /// by `policy::check` (never sent to machines).
+    pub tests: Vec<PolicyTest>,
     /// `[network] relay` and `relay_ca`: the cluster's own relay, which
     /// every member uses unless its malai.toml says otherwise.
     pub relay: Option<super::OwnRelay>,
@@ -219,6 +222,30 @@ struct RawFile {
     #[serde(default)]
     rights: BTreeMap<Spanned<String>, RawRights>,
     machine_groups: Option<Spanned<BTreeMap<String, Vec<String>>>>,
+    #[serde(default)]
+    test: Vec<Spanned<RawTest>>,
+}
+
+/// One `[[test]]`: what `peer` may (`allow`) and may not (`deny`) do on
+/// `machine`. Each item keeps its position for the error that names it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PolicyTest {
+    pub peer: String,
+    pub machine: String,
+    /// (item, line, column): an argv, `shell`, `service:NAME`, `edit`.
+    pub allow: Vec<(String, usize, usize)>,
+    pub deny: Vec<(String, usize, usize)>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTest {
+    peer: Spanned<String>,
+    machine: Spanned<String>,
+    #[serde(default)]
+    allow: Vec<Spanned<String>>,
+    #[serde(default)]
+    deny: Vec<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -473,6 +500,51 @@ impl Validator<'_> {
         (rights, groups)
     }
 
+    /// `[[test]]` tables: in cluster.toml only; each names a machine of the
+    /// file. Whether they pass is `policy::check`'s, on the whole config.
+    fn tests(&mut self, raw: &[Spanned<RawTest>], kind: FileKind) -> Vec<PolicyTest> {
+        if kind == FileKind::Machine {
+            if let Some(t) = raw.first() {
+                self.err(t.span(), "[[test]] tables belong in cluster.toml on the cluster manager", "do not edit machine.toml by hand: delete it and let the cluster manager send it again");
+            }
+            return Vec::new();
+        }
+        let mut out = Vec::new();
+        for t in raw {
+            let t = t.get_ref();
+            if !self.machines.contains(t.machine.get_ref()) {
+                self.err(
+                    t.machine.span(),
+                    format!("[[test]] names no machine {:?}", t.machine.get_ref()),
+                    "name a machine of this file (its alias, without the cluster)",
+                );
+                continue;
+            }
+            if t.allow.is_empty() && t.deny.is_empty() {
+                self.err(
+                    t.peer.span(),
+                    "[[test]] has neither allow nor deny, so it checks nothing",
+                    "add allow = [\"uptime\", \"shell\"] or deny = [\"service:db\", \"edit\"]",
+                );
+            }
+            let items = |list: &[Spanned<String>]| -> Vec<(String, usize, usize)> {
+                list.iter()
+                    .map(|i| {
+                        let (line, col) = self.src.line_col(i.span().start);
+                        (i.get_ref().clone(), line, col)
+                    })
+                    .collect()
+            };
+            out.push(PolicyTest {
+                peer: t.peer.get_ref().clone(),
+                machine: t.machine.get_ref().clone(),
+                allow: items(&t.allow),
+                deny: items(&t.deny),
+            });
+        }
+        out
+    }
+
     fn err(&mut self, span: std::ops::Range<usize>, message: impl Into<String>, help: &str) {
         self.diags.push(self.src.diag(span, message, help));
     }
@@ -557,6 +629,7 @@ impl Validator<'_> {
             }
         }
 
+        let tests = self.tests(&raw.test, kind);
         if !self.diags.is_empty() {
             return Err(Diagnostics(self.diags));
         }
@@ -569,6 +642,7 @@ impl Validator<'_> {
             services,
             received_version,
             received_protocol,
+            tests,
             relay,
             revoked,
             unrevoked,
