@@ -1056,7 +1056,7 @@ proptest! {
                         let inner = named_principal(&config, &pair[1]);
                         let ok = match named_principal(&config, &pair[0]) {
                             Principal::Group(g) => config.groups[&g].contains(&inner),
-                            Principal::Everyone => config.machines.get(&pair[1]).is_some(),
+                            Principal::Everyone => config.machines.contains_key(&pair[1]),
                             other => other == inner,
                         };
                         prop_assert!(ok, "{} does not lead to {}: {}", pair[0], pair[1], what);
