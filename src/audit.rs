@@ -182,6 +182,52 @@ impl Who<'_> {
     }
 }
 
+/// How many decisions `recent` keeps (the daemon's status page).
+const RECENT: usize = 50;
+
+static RECENT_DECISIONS: LazyLock<Mutex<std::collections::VecDeque<Recent>>> =
+    LazyLock::new(Mutex::default);
+
+/// One decision as the status page shows it: no more than the journal
+/// line says, and the argv cut to 200 characters.
+#[derive(Debug, Clone, Serialize)]
+pub struct Recent {
+    /// Seconds since the epoch.
+    pub at: u64,
+    pub cluster: String,
+    pub peer: String,
+    /// The argv, or `service NAME`.
+    pub what: String,
+    pub decision: &'static str,
+    pub detail: String,
+}
+
+/// The last decisions of this process, oldest first.
+pub fn recent() -> Vec<Recent> {
+    RECENT_DECISIONS
+        .lock()
+        .expect("recent lock")
+        .iter()
+        .cloned()
+        .collect()
+}
+
+fn remember(who: &Who<'_>, what: String, decision: &Decision<'_>) {
+    let entry = Recent {
+        at: crate::state::unix_now(),
+        cluster: who.cluster.to_owned(),
+        peer: who.peer.to_string(),
+        what: what.chars().take(200).collect(),
+        decision: decision.word(),
+        detail: decision.detail().chars().take(300).collect(),
+    };
+    let mut all = RECENT_DECISIONS.lock().expect("recent lock");
+    if all.len() == RECENT {
+        all.pop_front();
+    }
+    all.push_back(entry);
+}
+
 /// What became of a request.
 #[derive(Debug, Clone, Copy)]
 pub enum Decision<'a> {
@@ -254,6 +300,7 @@ pub fn command(who: Who<'_>, argv: &[String], pty: bool, decision: Decision<'_>)
         return;
     }
     let (text, hash) = argv_field(argv);
+    remember(&who, text.clone(), &decision);
     let detail = decision.detail();
     macro_rules! line {
         ($level:ident) => {
@@ -285,6 +332,7 @@ pub fn service(who: Who<'_>, name: &str, decision: Decision<'_>) {
     if !limit(&who, &decision) {
         return;
     }
+    remember(&who, format!("service {name}"), &decision);
     let detail = decision.detail();
     macro_rules! line {
         ($level:ident) => {

@@ -32,5 +32,6 @@ pub mod sockets;
 pub mod ssh_compat;
 pub mod state;
 pub mod status;
+pub mod status_page;
 pub mod sync;
 pub mod target;

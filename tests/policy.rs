@@ -3,11 +3,16 @@
 //! from the CM (77 for anyone else); a change that gives the laptop a shell
 //! on web01 while a `[[test]]` denies it fails `rescan --check` with 78 at
 //! the test's item, is refused as an upload (the version stays), and
-//! `--plan` lists exactly that gain.
+//! `--plan` lists exactly that gain. The CM's status page, loaded by
+//! headless Chromium, shows its machines in sync, a recent decision and a
+//! forward.
 
 mod common;
 
-use common::net::Company;
+use std::io::Write as _;
+use std::process::Stdio;
+
+use common::net::{Company, free_tcp_ports};
 
 const WEB: &str = "allow_from = \"\"\n\
 [machine.web01.command.restart]\n\
@@ -35,7 +40,10 @@ fn explain(host: &common::net::Host, args: &[&str]) -> (Option<i32>, String, Str
 }
 
 #[test]
-#[expect(clippy::too_many_lines, reason = "one cluster: explain, then one change three ways")]
+#[expect(
+    clippy::too_many_lines,
+    reason = "one cluster: explain, then one change three ways"
+)]
 fn explain_names_the_rule_and_a_test_stops_a_change() {
     let c = Company::loopback();
     let extra = format!("{GROUPS}\n{TEST}");
@@ -154,4 +162,108 @@ fn explain_names_the_rule_and_a_test_stops_a_change() {
         out.stdout.is_empty(),
         "nothing changes against the config in force"
     );
+}
+
+#[test]
+fn headless_chromium_reads_the_status_page() {
+    if std::process::Command::new("chromium")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        panic!("chromium is needed (apt-get install chromium): .ci/run installs it");
+    }
+    let c = Company::loopback();
+    let [http, forward, service] = free_tcp_ports();
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .open(c.cm.home.path().join("malai.toml"))
+        .unwrap();
+    writeln!(
+        f,
+        "\n[http]\nlisten = \"127.0.0.1:{http}\"\n[forward.web]\nlisten = \"127.0.0.1:{forward}\"\nservice = \"web.company\"\n"
+    )
+    .unwrap();
+    let extra = format!(
+        "[machine.cm]\nid52 = \"{}\"\naddrs = [\"{}\"]\nallow_from = \"laptop\"\n\n\
+         [service.web]\nmachine = \"web01\"\nprotocol = \"tcp\"\nport = {service}\nallow_from = \"cm\"\n",
+        c.cm_id,
+        c.cm.socket_addr()
+    );
+    let (_cm, _web, _lap) = c.start_synced("allow_from = \"laptop\"", "", &extra);
+    // (The CM is a machine of its own cluster too, but pushes to none but
+    // the two others.)
+    assert_eq!(
+        c.laptop.ok(&["cm.company", "echo", "marker-on-the-page"]),
+        "marker-on-the-page\n"
+    );
+
+    let url = format!("http://malai.localhost:{http}/");
+    let profile = tempfile::tempdir().unwrap();
+    let chromium = |args: &[&str]| {
+        std::process::Command::new("chromium")
+            .args([
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--no-first-run",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--disable-dev-shm-usage",
+            ])
+            .arg(format!("--user-data-dir={}", profile.path().display()))
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    };
+    let out = chromium(&["--dump-dom", &url]);
+    let dom = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        dom.contains("<title>malai: status</title>"),
+        "chromium's DOM:\n{dom}\nstderr:\n{}",
+        common::stderr(&out)
+    );
+    assert!(dom.contains("<h2>company: cluster-manager</h2>"), "{dom}");
+    for machine in ["web01", "laptop"] {
+        assert!(
+            dom.contains(&format!("<tr><td>{machine}</td><td>"))
+                && dom.contains("<td>in-sync</td>"),
+            "{machine} in sync: {dom}"
+        );
+    }
+    let machines = &dom[dom.find("<table class=\"machines\">").unwrap()..];
+    let machines = &machines[..machines.find("</table>").unwrap()];
+    assert_eq!(
+        machines.matches("<td>v2</td><td>in-sync</td>").count(),
+        2,
+        "{machines}"
+    );
+    assert!(
+        dom.contains("<td>company</td><td>laptop</td><td>echo marker-on-the-page</td><td>allowed: machine.cm.allow_from allows laptop</td>"),
+        "the decision is listed: {dom}"
+    );
+    assert!(
+        dom.contains("<td>web.company</td><td>listening</td>"),
+        "{dom}"
+    );
+    assert!(!dom.contains("<script"), "plain HTML");
+    assert!(
+        !dom.contains("PRIVATE KEY") && !dom.contains("[machine."),
+        "no secrets, no config"
+    );
+
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/test-artifacts");
+    std::fs::create_dir_all(&dir).unwrap();
+    let shot = dir.join("status-page.png");
+    let _ = std::fs::remove_file(&shot);
+    let out = chromium(&[
+        &format!("--screenshot={}", shot.display()),
+        "--window-size=1024,900",
+        &url,
+    ]);
+    let png = std::fs::read(&shot)
+        .unwrap_or_else(|e| panic!("no screenshot ({e}): {}", common::stderr(&out)));
+    assert!(png.starts_with(b"\x89PNG"));
 }

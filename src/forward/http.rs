@@ -27,8 +27,16 @@ const HEAD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 /// The name suffix that routes here.
 const SUFFIX: &str = ".localhost";
 
-/// Accepts connections on `listener` and routes each by name.
-pub async fn serve(listener: TcpListener, clusters: Clusters) {
+/// The name of the daemon's own status page (`status_page`).
+const STATUS_NAME: &str = "malai.localhost";
+
+/// Accepts connections on `listener` and routes each by name;
+/// `malai.localhost` is the status page, which lists `forwards`.
+pub async fn serve(
+    listener: TcpListener,
+    clusters: Clusters,
+    forwards: super::listeners::Forwards,
+) {
     let port = listener.local_addr().map(|a| a.port()).unwrap_or(80);
     loop {
         let (tcp, from) = match listener.accept().await {
@@ -42,9 +50,9 @@ pub async fn serve(listener: TcpListener, clusters: Clusters) {
         if !super::client::local_user_may_connect(&tcp, from, "http") {
             continue;
         }
-        let clusters = clusters.clone();
+        let (clusters, forwards) = (clusters.clone(), forwards.clone());
         tokio::spawn(async move {
-            if let Err(e) = route(tcp, port, &clusters).await {
+            if let Err(e) = route(tcp, port, &clusters, &forwards).await {
                 tracing::debug!("http connection from {from} ended: {e:#}");
             }
         });
@@ -82,7 +90,12 @@ pub fn parse_host(host: &str) -> (Name, Option<u16>) {
     (parsed, port)
 }
 
-async fn route(mut tcp: TcpStream, listen_port: u16, clusters: &Clusters) -> anyhow::Result<()> {
+async fn route(
+    mut tcp: TcpStream,
+    listen_port: u16,
+    clusters: &Clusters,
+    forwards: &super::listeners::Forwards,
+) -> anyhow::Result<()> {
     let mut buf = Vec::with_capacity(4096);
     let host = match tokio::time::timeout(HEAD_TIMEOUT, read_head(&mut tcp, &mut buf)).await {
         Err(_) => return Ok(()),
@@ -111,6 +124,13 @@ async fn route(mut tcp: TcpStream, listen_port: u16, clusters: &Clusters) -> any
     let port = port.unwrap_or(listen_port);
     let (service, cluster) = match name {
         Name::Service { service, cluster } => (service, cluster),
+        Name::Other if host_name(&host) == STATUS_NAME => {
+            let all: Vec<_> = clusters.borrow().values().cloned().collect();
+            let status: Vec<_> = all.iter().map(|c| c.status()).collect();
+            let forwards = forwards.read().expect("forwards lock").clone();
+            let page = crate::status_page::render(&status, &forwards, &crate::audit::recent());
+            return respond(&mut tcp, 200, "OK", &page).await;
+        }
         Name::Other if is_local_name(&host) => {
             let page = index_page(clusters, port, None);
             return respond(&mut tcp, 200, "OK", &page).await;
@@ -166,6 +186,16 @@ async fn route(mut tcp: TcpStream, listen_port: u16, clusters: &Clusters) -> any
         }
     }
     Ok(())
+}
+
+/// A `Host:` value's name, lowercase, without port or final dot.
+fn host_name(host: &str) -> String {
+    let host = host.trim().to_ascii_lowercase();
+    let name = match host.rsplit_once(':') {
+        Some((n, p)) if p.parse::<u16>().is_ok() => n,
+        _ => host.as_str(),
+    };
+    name.strip_suffix('.').unwrap_or(name).to_owned()
 }
 
 /// Whether a `Host:` value names this device: `localhost`, a name under
@@ -296,6 +326,10 @@ pub fn index_page(clusters: &Clusters, port: u16, asked: Option<&str>) -> String
         }
         body.push_str("</ul>\n");
     }
+    let _ = writeln!(
+        body,
+        "<p><a href=\"http://{STATUS_NAME}{port}/\">This daemon's status</a></p>"
+    );
     page("malai: services", &body)
 }
 

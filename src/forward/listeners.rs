@@ -23,7 +23,12 @@ pub struct Listeners {
     clusters: Clusters,
     forwards: BTreeMap<String, RunningForward>,
     http: Option<Running>,
+    /// The forwards as the status page shows them, kept at each reconcile.
+    view: Forwards,
 }
+
+/// What the status page lists of the forwards.
+pub type Forwards = Arc<RwLock<Vec<crate::status_page::ForwardView>>>;
 
 /// A listener's task and where its socket came from.
 struct Running {
@@ -56,6 +61,7 @@ impl Listeners {
             clusters,
             forwards: BTreeMap::new(),
             http: None,
+            view: Forwards::default(),
         }
     }
 
@@ -139,6 +145,16 @@ impl Listeners {
             );
         }
 
+        *self.view.write().expect("view lock") = local
+            .forwards
+            .iter()
+            .map(|(name, f)| crate::status_page::ForwardView {
+                name: name.clone(),
+                listen: f.listen.to_string(),
+                service: format!("{}.{}", f.service, f.cluster),
+                running: self.forwards.contains_key(name),
+            })
+            .collect();
         self.reconcile_http(local, &mut sockets, &mut problems)
             .await;
         for p in &problems {
@@ -186,8 +202,11 @@ impl Listeners {
                                 ""
                             }
                         );
-                        let task =
-                            tokio::spawn(super::http::serve(listener, self.clusters.clone()));
+                        let task = tokio::spawn(super::http::serve(
+                            listener,
+                            self.clusters.clone(),
+                            self.view.clone(),
+                        ));
                         self.http = Some(Running { bound, task });
                     }
                     Err(e) => problems.push(format!(
