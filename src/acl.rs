@@ -49,6 +49,8 @@ pub struct Grant {
     /// The limits of the command's own control group (the rule's over the
     /// machine's).
     pub limits: crate::config::Limits,
+    /// Whether it is recorded (the rule's over the machine's).
+    pub recording: crate::config::RecordPolicy,
     pub reason: String,
 }
 
@@ -84,6 +86,7 @@ pub fn decide(config: &ClusterConfig, host: &Id52, peer: &Id52, request: Request
                     username: machine.username.clone(),
                     rule: None,
                     limits: machine.limits.clone(),
+                    recording: machine.recording,
                     reason: format!("shell allowed by machine.{alias}.{key} ({p})"),
                 }),
                 None => Decision::Deny(format!(
@@ -138,6 +141,7 @@ fn exec(
             username: rule.username.clone().or_else(|| machine.username.clone()),
             rule: Some(name.clone()),
             limits: rule.limits.over(&machine.limits),
+            recording: rule.recording.over(&machine.recording),
             reason: format!("match rule machine.{alias}.command.{name} allows {p}"),
         });
     }
@@ -163,6 +167,7 @@ fn exec(
             username: rule.username.clone().or_else(|| machine.username.clone()),
             rule: Some(first.clone()),
             limits: rule.limits.over(&machine.limits),
+            recording: rule.recording.over(&machine.recording),
             reason: format!("command rule machine.{alias}.command.{first} allows {p}"),
         });
     }
@@ -186,6 +191,7 @@ fn exec(
         username: machine.username.clone(),
         rule: None,
         limits: machine.limits.clone(),
+        recording: machine.recording,
         reason,
     })
 }
@@ -209,6 +215,8 @@ pub fn copy(config: &ClusterConfig, host: &Id52, peer: &Id52, argv: &[String]) -
             username: machine.username.clone(),
             rule: None,
             limits: machine.limits.clone(),
+            // A copy is a file transfer: logged, never recorded.
+            recording: Default::default(),
             reason: format!("copy allowed by machine.{alias}.allow_from ({p})"),
         }),
         None => Decision::Deny(format!(
@@ -266,6 +274,7 @@ pub fn may_edit_config(config: &ClusterConfig, peer: &Id52) -> Decision {
             username: None,
             rule: None,
             limits: crate::config::Limits::default(),
+            recording: Default::default(),
             reason: format!("cluster-manager.config_editors allows {p}"),
         }),
         None => Decision::Deny("peer is not in cluster-manager.config_editors".into()),
@@ -297,6 +306,7 @@ pub fn may_use_service(config: &ClusterConfig, host: &Id52, peer: &Id52, name: &
             username: None,
             rule: None,
             limits: crate::config::Limits::default(),
+            recording: Default::default(),
             reason: format!("service.{name}.allow_from allows {p}"),
         }),
         None => Decision::Deny(format!("peer is not in service.{name}.allow_from")),

@@ -152,9 +152,16 @@ pub struct Who<'a> {
     /// logged as `malai_claimed_uid`/`malai_claimed_user`, decided on
     /// never).
     pub claimed: Option<&'a OnBehalf>,
+    /// The id of the session's recording on the recorder, when recorded.
+    pub recording: Option<&'a str>,
 }
 
-impl Who<'_> {
+impl<'a> Who<'a> {
+    /// The same, with the id of the session's recording.
+    pub fn recorded(self, recording: Option<&'a str>) -> Who<'a> {
+        Who { recording, ..self }
+    }
+
     fn claimed_uid(&self) -> Option<u32> {
         self.claimed.map(|c| c.uid)
     }
@@ -316,6 +323,7 @@ pub fn command(who: Who<'_>, argv: &[String], pty: bool, decision: Decision<'_>)
                 malai_uid = who.uid,
                 malai_claimed_uid = who.claimed_uid(),
                 malai_claimed_user = who.claimed_user(),
+                malai_recording = who.recording,
                 "{}{}: {detail}", who.peer, who.for_whom()
             )
         };

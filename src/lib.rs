@@ -27,6 +27,7 @@ pub mod p2p;
 pub mod personalize;
 pub mod plan;
 pub mod policy;
+pub mod record;
 pub mod selection;
 pub mod sockets;
 pub mod ssh_compat;

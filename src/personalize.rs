@@ -30,8 +30,10 @@ use crate::config::{ClusterConfig, Principal};
 /// on the other machines (fan-out `@all` and `@GROUP`).
 /// 7: `match` on command rules, `sftp_server` on a machine, and exec
 /// requests that may carry `user` (`-l`) and `subsystem` (`-s sftp`).
+/// 8: `record` and `record_input` on a machine and its rules, and the
+/// top-level `recorder`.
 /// A machine that does not say (a first-release one) is 1.
-pub const PROTOCOL: u32 = 7;
+pub const PROTOCOL: u32 = 8;
 /// The first protocol whose machines follow a handover of the CM's key.
 pub const FOLLOWS_HANDOVERS: u32 = 5;
 
@@ -40,6 +42,9 @@ struct Out {
     /// A top-level key: before every table.
     #[serde(skip_serializing_if = "Option::is_none")]
     max_config_age: Option<String>,
+    /// A top-level key too (protocol 8).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    recorder: Option<String>,
     received: OutReceived,
     #[serde(rename = "cluster-manager")]
     cluster_manager: OutCm,
@@ -141,6 +146,39 @@ struct OutMachine {
     limits: OutLimits,
     #[serde(skip_serializing_if = "Option::is_none")]
     sftp_server: Option<String>,
+    #[serde(flatten)]
+    recording: OutRecording,
+}
+
+/// `record` and `record_input` as written (protocol 8).
+#[derive(Serialize, Default)]
+struct OutRecording {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    record: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    record_input: Option<bool>,
+}
+
+/// The recording settings for a machine that understands `protocol`;
+/// below 8 they are left out and `what` is named in `withheld` (a machine
+/// that cannot record does not: upgrade it before relying on `required`).
+fn out_recording(
+    r: &crate::config::RecordPolicy,
+    protocol: u32,
+    what: &str,
+    withheld: &mut Vec<String>,
+) -> OutRecording {
+    if r.is_empty() {
+        return OutRecording::default();
+    }
+    if protocol < 8 {
+        withheld.push(format!("the recording settings of {what}"));
+        return OutRecording::default();
+    }
+    OutRecording {
+        record: r.record.map(crate::config::Record::as_str),
+        record_input: r.record_input,
+    }
 }
 
 /// `memory_max`, `tasks_max`, `cpu_quota` as written (protocol 3).
@@ -192,6 +230,8 @@ struct OutCommand {
     allow_pty: bool,
     #[serde(flatten)]
     limits: OutLimits,
+    #[serde(flatten)]
+    recording: OutRecording,
 }
 
 #[derive(Serialize)]
@@ -261,15 +301,10 @@ pub fn machine_toml(
         .collect();
 
     let own = machines.get_mut(alias).expect("alias is a machine");
-    own.allow_from = Some(list(&me.allow_from));
-    own.allow_shell = me.allow_shell.as_deref().map(list);
-    own.username = me.username.clone();
-    own.command = commands(me, protocol, &mut withheld);
-    own.limits = out_limits(&me.limits, protocol, "the machine", &mut withheld);
-    if me.sftp_server.is_some() && protocol < 7 {
-        withheld.push("sftp_server".into());
+    *own = own_rules(me, protocol, &mut withheld);
+    if config.recorder.is_some() && protocol < 8 {
+        withheld.push("recorder".into());
     }
-    own.sftp_server = me.sftp_server.clone().filter(|_| protocol >= 7);
 
     let group = referenced
         .into_iter()
@@ -291,6 +326,7 @@ pub fn machine_toml(
     let (rights, machine_groups) = projection_for(config, alias, protocol, &mut withheld);
     let out = Out {
         max_config_age,
+        recorder: config.recorder.clone().filter(|_| protocol >= 8),
         revoked,
         rights,
         machine_groups,
@@ -401,6 +437,7 @@ fn projection(
 pub fn farewell_toml(config: &ClusterConfig, version: u64) -> String {
     let out = Out {
         max_config_age: None,
+        recorder: None,
         received: OutReceived {
             version,
             protocol: None,
@@ -450,6 +487,24 @@ fn trust(
     )
 }
 
+/// Machine `me`'s own entry with its rules, written for `protocol`.
+fn own_rules(me: &crate::config::Machine, protocol: u32, withheld: &mut Vec<String>) -> OutMachine {
+    if me.sftp_server.is_some() && protocol < 7 {
+        withheld.push("sftp_server".into());
+    }
+    OutMachine {
+        id52: me.id52.to_string(),
+        addrs: me.addrs.iter().map(ToString::to_string).collect(),
+        allow_from: Some(list(&me.allow_from)),
+        allow_shell: me.allow_shell.as_deref().map(list),
+        username: me.username.clone(),
+        command: commands(me, protocol, withheld),
+        limits: out_limits(&me.limits, protocol, "the machine", withheld),
+        sftp_server: me.sftp_server.clone().filter(|_| protocol >= 7),
+        recording: out_recording(&me.recording, protocol, "the machine", withheld),
+    }
+}
+
 /// The machine's command rules, written for `protocol`; `allow_pty` is
 /// left out below 2, a `match` rule below 7 (denied there, as unknown),
 /// each named in `withheld`.
@@ -477,6 +532,12 @@ fn commands(
                 allow_args: rule.allow_args,
                 allow_pty: rule.allow_pty && protocol >= 2,
                 limits: out_limits(&rule.limits, protocol, &format!("command {name}"), withheld),
+                recording: out_recording(
+                    &rule.recording,
+                    protocol,
+                    &format!("command {name}"),
+                    withheld,
+                ),
             };
             Some((name.clone(), out))
         })

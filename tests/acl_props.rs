@@ -155,6 +155,7 @@ fn rule(nm: usize, ng: usize) -> impl Strategy<Value = CommandRule> {
                 allow_args: allow_args && !exact,
                 allow_pty,
                 limits: Default::default(),
+                recording: Default::default(),
             },
         )
 }
@@ -189,6 +190,7 @@ fn machine(nm: usize, ng: usize) -> impl Strategy<Value = Machine> {
                 commands,
                 limits: Default::default(),
                 sftp_server: None,
+                recording: Default::default(),
             }
         })
 }
@@ -247,6 +249,7 @@ fn config_with(min_machines: usize, acyclic: bool) -> impl Strategy<Value = Clus
                 machine_groups: Default::default(),
                 received_protocol: None,
                 tests: Vec::new(),
+                recorder: None,
             },
         )
 }
@@ -593,6 +596,7 @@ proptest! {
             machine_groups: Default::default(),
             received_protocol: None,
                 tests: Vec::new(),
+                recorder: None,
         };
         for (q, out) in answers(&config) {
             prop_assert_eq!(out, None, "{}", describe(q));

@@ -17,6 +17,7 @@ pub mod identity;
 pub mod invite;
 pub mod ls;
 pub mod machine;
+pub mod recordings;
 pub mod rescan;
 pub mod route;
 pub mod status;
@@ -139,6 +140,9 @@ pub enum Command {
     /// The machines this device knows: whether each answers now (round
     /// trip, direct or relay) and what this device may do there.
     Ls(ls::Args),
+    /// The session recordings kept here (as a cluster's recorder).
+    #[command(subcommand)]
+    Recordings(recordings::RecordingsCommand),
     /// Validate config files; without --check also apply them.
     Rescan(rescan::Args),
     /// Show clusters, roles, config versions and sync state.
@@ -204,6 +208,7 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::CopyHelper(helper) => cp::run_helper(helper),
         Command::Identity(cmd) => identity::run(cmd),
         Command::Ls(args) => ls::run(args),
+        Command::Recordings(cmd) => recordings::run(cmd),
         Command::Rescan(args) => rescan::run(args),
         Command::Status(args) => status::run(args),
         Command::Generate(args) => generate::run(args),

@@ -403,6 +403,7 @@ fn exec_here(
             config_version: config.received_version.unwrap_or(0),
             uid: Some(nix::unistd::getuid().as_raw()),
             claimed: None,
+            recording: None,
         },
         unprivileged_uid: None,
     };

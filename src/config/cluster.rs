@@ -42,6 +42,8 @@ pub struct ClusterConfig {
     /// cluster.toml only: the `[[test]]` tables, checked against the rules
     /// by `policy::check` (never sent to machines).
     pub tests: Vec<PolicyTest>,
+    /// `recorder = "MACHINE"`: where recordings go; `None`: the CM.
+    pub recorder: Option<String>,
     /// `[network] relay` and `relay_ca`: the cluster's own relay, which
     /// every member uses unless its malai.toml says otherwise.
     pub relay: Option<super::OwnRelay>,
@@ -93,6 +95,8 @@ pub struct Machine {
     /// What the `sftp` subsystem runs (`malai -s MACHINE sftp`); `None`:
     /// `DEFAULT_SFTP_SERVER`.
     pub sftp_server: Option<String>,
+    /// Whether sessions here are recorded (a rule's own override it).
+    pub recording: super::RecordPolicy,
 }
 
 /// Where Debian's openssh-sftp-server puts the program.
@@ -122,6 +126,8 @@ pub struct CommandRule {
     pub allow_pty: bool,
     /// Limits of this rule's commands, over the machine's.
     pub limits: Limits,
+    /// Recording of this rule's commands, over the machine's.
+    pub recording: super::RecordPolicy,
 }
 
 /// A service: a port on 127.0.0.1 of one machine, reached by peers over
@@ -224,6 +230,7 @@ struct RawFile {
     machine_groups: Option<Spanned<BTreeMap<String, Vec<String>>>>,
     #[serde(default)]
     test: Vec<Spanned<RawTest>>,
+    recorder: Option<Spanned<String>>,
 }
 
 /// One `[[test]]`: what `peer` may (`allow`) and may not (`deny`) do on
@@ -303,6 +310,8 @@ struct RawMachine {
     tasks_max: Option<Spanned<toml::Value>>,
     cpu_quota: Option<Spanned<toml::Value>>,
     sftp_server: Option<Spanned<String>>,
+    record: Option<Spanned<String>>,
+    record_input: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -320,6 +329,8 @@ struct RawCommand {
     memory_max: Option<Spanned<toml::Value>>,
     tasks_max: Option<Spanned<toml::Value>>,
     cpu_quota: Option<Spanned<toml::Value>>,
+    record: Option<Spanned<String>>,
+    record_input: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -630,6 +641,12 @@ impl Validator<'_> {
         }
 
         let tests = self.tests(&raw.test, kind);
+        let recorder = raw.recorder.as_ref().map(|r| {
+            if !self.machines.contains(r.get_ref()) {
+                self.err(r.span(), format!("recorder {:?} is not a machine of this file", r.get_ref()), "name a machine (its alias), or remove recorder to record on the cluster manager");
+            }
+            r.get_ref().clone()
+        });
         if !self.diags.is_empty() {
             return Err(Diagnostics(self.diags));
         }
@@ -643,6 +660,7 @@ impl Validator<'_> {
             received_version,
             received_protocol,
             tests,
+            recorder,
             relay,
             revoked,
             unrevoked,
@@ -771,6 +789,7 @@ impl Validator<'_> {
                     allow_args: c.allow_args,
                     allow_pty: c.allow_pty,
                     limits: self.limits([&c.memory_max, &c.tasks_max, &c.cpu_quota]),
+                    recording: self.recording(c.record.as_ref(), c.record_input),
                 },
             );
         }
@@ -808,6 +827,7 @@ impl Validator<'_> {
             commands,
             limits,
             sftp_server,
+            recording: self.recording(m.record.as_ref(), m.record_input),
         })
     }
 
@@ -939,6 +959,24 @@ impl Validator<'_> {
 
     /// `memory_max`, `tasks_max`, `cpu_quota`, in that order, checked at
     /// their values.
+    fn recording(
+        &mut self,
+        record: Option<&Spanned<String>>,
+        input: Option<bool>,
+    ) -> super::RecordPolicy {
+        let record = record.and_then(|r| match super::Record::parse(r.get_ref()) {
+            Ok(r) => Some(r),
+            Err(e) => {
+                self.err(r.span(), e, "write record = \"off\", \"on\" (recorded when the recorder takes it) or \"required\" (refused when it cannot)");
+                None
+            }
+        });
+        super::RecordPolicy {
+            record,
+            record_input: input,
+        }
+    }
+
     fn limits(&mut self, [memory, tasks, cpu]: [&Option<Spanned<toml::Value>>; 3]) -> Limits {
         let mut one = |v: &Option<Spanned<toml::Value>>,
                        parse: fn(&str) -> Result<u64, String>,

@@ -16,7 +16,9 @@ use crate::forward::host::ForwardHandler;
 use crate::home::{ClusterDir, Role};
 use crate::join::server::JoinHandler;
 use crate::p2p::gate::Gate;
-use crate::p2p::{self, CONFIG_ALPN, EXEC_ALPN, FORWARD_ALPN, JOIN_ALPN, Pool, RelayChoice};
+use crate::p2p::{
+    self, CONFIG_ALPN, EXEC_ALPN, FORWARD_ALPN, JOIN_ALPN, Pool, RECORD_ALPN, RelayChoice,
+};
 use crate::sync;
 
 pub struct RunningCluster {
@@ -39,6 +41,7 @@ impl RunningCluster {
             EXEC_ALPN.to_vec(),
             CONFIG_ALPN.to_vec(),
             FORWARD_ALPN.to_vec(),
+            RECORD_ALPN.to_vec(),
         ];
         let gate = Gate::new(&c.alias, c.cm_id52, None);
         // A CM lets strangers join with an invite (and do nothing else).
@@ -69,6 +72,10 @@ impl RunningCluster {
                 sync::ConfigHandler {
                     cluster: cluster.clone(),
                 },
+            )
+            .accept(
+                RECORD_ALPN,
+                crate::record::store::RecordHandler::new(cluster.clone()),
             )
             .spawn();
         let tasks = match role {

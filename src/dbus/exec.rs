@@ -115,6 +115,7 @@ pub async fn run(
                 config_version: in_force.version,
                 uid: Some(call.uid),
                 claimed: None,
+                recording: None,
             },
             unprivileged_uid: (call.uid != 0 && call.uid != nix::unistd::geteuid().as_raw())
                 .then_some(call.uid),

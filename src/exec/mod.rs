@@ -6,6 +6,7 @@ pub mod client;
 pub mod launch;
 pub mod local;
 pub mod proto;
+pub mod recorded;
 pub mod server;
 
 /// Why a command did not run to its end. The CLI ends with 255 for each but

@@ -25,6 +25,7 @@ use crate::command::process::{Control, Process};
 use crate::command::spawn;
 use crate::identity::Id52;
 use crate::p2p::frame::{self, Kind};
+use crate::record::send::Recording;
 
 /// The largest request: Linux takes at most 128 KiB per argument and 2 MiB
 /// in all; a remote command line is far shorter.
@@ -188,6 +189,7 @@ async fn serve(
         config_version: in_force.version,
         uid: None,
         claimed: req.on_behalf.as_ref(),
+        recording: None,
     };
     let request = match (req.argv.is_empty(), pty) {
         (true, _) => Request::Shell,
@@ -225,6 +227,18 @@ async fn serve(
         }
         Decision::Allow(grant) => grant,
     };
+    // A recorded session starts once the recorder took its recording (or,
+    // with record = "on", could not); copies and subsystems are not.
+    let session = (instead.is_none(), peer, in_force.version, req.pty);
+    let recording = match super::recorded::start(cluster, &grant, session).await {
+        Ok(r) => r,
+        Err(reason) => {
+            audit::command(who, &grant.argv, pty, audit::Decision::Denied(&reason));
+            return answer(send, HostMsg::Denied { reason }).await;
+        }
+    };
+    let recording_id = recording.as_ref().map(|r| r.id.clone());
+    let who = who.recorded(recording_id.as_deref());
     let id = match commands.reserve(peer) {
         Ok(id) => id,
         Err(reason) => {
@@ -232,20 +246,7 @@ async fn serve(
             return answer(send, HostMsg::Failed { reason }).await;
         }
     };
-    let spawned = launch::start(Launch {
-        cluster: cluster.alias(),
-        config_version: in_force.version,
-        peer: &peer,
-        asked: &asked,
-        grant: &grant,
-        username: None,
-        env: req.env.clone(),
-        pty: req.pty,
-        stdio: spawn::StdioMode::Piped,
-        local_uid: None,
-    })
-    .await;
-    let spawned = match spawned {
+    let spawned = match start(cluster, in_force.version, (&peer, &asked, &grant), &req).await {
         Ok(s) => s,
         Err(e) => {
             commands.unregister(id);
@@ -264,7 +265,11 @@ async fn serve(
     let control = spawned.control.clone();
     let result = async {
         frame::write_msg(&mut send, &HostMsg::Started).await?;
-        pump(spawned, send, recv, cluster.revoked(decide)).await
+        let required = grant.recording.record() == crate::config::Record::Required;
+        let broken = recording.as_ref().filter(|_| required).map(|r| r.broken());
+        let stop =
+            super::recorded::revoked_or_broken(cluster.revoked(decide), broken, in_force.version);
+        pump(spawned, send, recv, stop, recording).await
     }
     .await;
     commands.unregister(id);
@@ -294,6 +299,29 @@ fn audit_end(who: audit::Who, argv: &[String], pty: bool, result: &anyhow::Resul
             audit::command(who, argv, pty, audit::Decision::Abandoned(&why));
         }
     }
+}
+
+/// Starts what `grant` allows for `req` of `peer` (which `asked` for it)
+/// under config `version`.
+async fn start(
+    cluster: &Cluster,
+    version: u64,
+    (peer, asked, grant): (&Id52, &[String], &acl::Grant),
+    req: &ExecRequest,
+) -> anyhow::Result<Process> {
+    launch::start(Launch {
+        cluster: cluster.alias(),
+        config_version: version,
+        peer,
+        asked,
+        grant,
+        username: None,
+        env: req.env.clone(),
+        pty: req.pty,
+        stdio: spawn::StdioMode::Piped,
+        local_uid: None,
+    })
+    .await
 }
 
 /// What runs instead of the request's argv.
@@ -366,11 +394,12 @@ async fn answer(mut send: SendStream, msg: HostMsg) -> anyhow::Result<()> {
 /// told why); an error when the client went away first.
 async fn pump(
     mut s: Process,
-    mut send: SendStream,
+    send: SendStream,
     recv: RecvStream,
     revoked: impl std::future::Future<Output = Revoked>,
+    recording: Option<Recording>,
 ) -> anyhow::Result<Ended> {
-    let (tx, mut rx) = mpsc::channel::<(Kind, Vec<u8>)>(QUEUE);
+    let (tx, rx) = mpsc::channel::<(Kind, Vec<u8>)>(QUEUE);
     let mut readers = Vec::new();
     let mut stdin_sink: Option<StdinSink> = None;
     let master = s.pty_master.take();
@@ -388,17 +417,11 @@ async fn pump(
             readers.push(tokio::spawn(read_into(err, Kind::Stderr, tx.clone())));
         }
     }
-    // The writer ends after the exit status, even if a background job still
-    // holds the PTY open (and its reader's sender alive).
-    let writer = tokio::spawn(async move {
-        while let Some((kind, bytes)) = rx.recv().await {
-            frame::write(&mut send, kind, &bytes).await?;
-            if kind == Kind::Control {
-                break;
-            }
-        }
-        anyhow::Ok(send)
-    });
+    // What the recording gets from the client's side: keystrokes only
+    // with record_input, and a PTY's new sizes.
+    let mut typed = recording.as_ref().filter(|r| r.input).map(|r| r.tap("i"));
+    let mut resized = recording.as_ref().map(|r| r.tap("r"));
+    let writer = tokio::spawn(write_out(rx, send, recording));
 
     let mut child_stdin = s.stdin.take();
     let control = s.control.clone();
@@ -408,6 +431,9 @@ async fn pump(
         loop {
             match frame::read(&mut recv, &mut buf).await {
                 Ok(Some(Kind::Stdin)) => {
+                    if let Some(tap) = typed.as_mut() {
+                        tap.write(&buf).await;
+                    }
                     if let Some(sink) = stdin_sink.as_ref() {
                         let _ = sink.write_all(&buf).await;
                     } else if let Some(stdin) = child_stdin.as_mut()
@@ -426,6 +452,9 @@ async fn pump(
                     Ok(ClientMsg::Resize(size)) => {
                         if let Some(m) = &master {
                             let _ = spawn::resize(m, size);
+                            if let Some(tap) = resized.as_mut() {
+                                tap.resize(size).await;
+                            }
                         }
                     }
                     _ => {}
@@ -471,6 +500,42 @@ async fn pump(
     }
     end_with(&tx, writer, &HostMsg::Exit { code }).await?;
     Ok(Ended::Exited(code))
+}
+
+/// The writer of a command's stream: it ends after the exit status, even
+/// if a background job still holds the PTY open (and its reader's sender
+/// alive). It gives the recording each chunk before the client, and its
+/// end before the exit.
+async fn write_out(
+    mut rx: mpsc::Receiver<(Kind, Vec<u8>)>,
+    mut send: SendStream,
+    mut recording: Option<Recording>,
+) -> anyhow::Result<SendStream> {
+    let mut taps = recording.as_ref().map(|r| (r.tap("o"), r.tap("e")));
+    while let Some((kind, bytes)) = rx.recv().await {
+        match (kind, taps.as_mut()) {
+            (Kind::Stdout, Some((out, _))) => _ = out.write(&bytes).await,
+            (Kind::Stderr, Some((_, err))) => _ = err.write(&bytes).await,
+            _ => {}
+        }
+        if kind == Kind::Control
+            && let Some(r) = recording.take()
+        {
+            let exit = match serde_json::from_slice::<HostMsg>(&bytes) {
+                Ok(HostMsg::Exit { code }) => Some(code),
+                _ => None,
+            };
+            let id = r.id.clone();
+            if let Err(why) = r.end(exit).await {
+                tracing::warn!(malai_recording = %id, "recording {id} may be incomplete: {why}");
+            }
+        }
+        frame::write(&mut send, kind, &bytes).await?;
+        if kind == Kind::Control {
+            break;
+        }
+    }
+    Ok(send)
 }
 
 /// Queues `last` after the output, lets the writer send it all, and ends

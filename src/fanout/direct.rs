@@ -173,6 +173,7 @@ impl Here<'_> {
                 config_version: config.received_version.unwrap_or(0),
                 uid: Some(nix::unistd::getuid().as_raw()),
                 claimed: None,
+                recording: None,
             },
             unprivileged_uid: None,
         };

@@ -70,6 +70,7 @@ pub async fn open(cluster: &Cluster, peer: Id52, name: &str) -> Result<Opened, R
         config_version: in_force.version,
         uid: None,
         claimed: None,
+        recording: None,
     };
     let grant = match decide(cluster, peer, name, &in_force) {
         Decision::Deny(reason) => {
@@ -197,6 +198,7 @@ async fn serve(
                 config_version: revoked.version,
                 uid: None,
                 claimed: None,
+                recording: None,
             };
             let why = revoked.to_string();
             audit::service(who, &req.service, audit::Decision::Revoked(&why));

@@ -28,6 +28,9 @@ pub const FORWARD_ALPN: &[u8] = b"malai/forward/1";
 /// Joining a cluster with an invite (`join`): the one protocol a cluster
 /// manager serves to keys it does not know.
 pub const JOIN_ALPN: &[u8] = b"malai/join/1";
+/// Session recordings, from an exec host to the cluster's recorder: one
+/// stream per recording.
+pub const RECORD_ALPN: &[u8] = b"malai/record/1";
 
 /// How long a dial may take before we call the peer unreachable (iroh's own
 /// limit for a dead address is about 30 s).
