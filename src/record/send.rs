@@ -11,7 +11,7 @@ use tokio::sync::{mpsc, watch};
 
 use super::{FromRecorder, Header, Session, ToRecorder, Utf8Carry};
 use crate::cluster::Cluster;
-use crate::exec::proto::WindowSize;
+use crate::command::WindowSize;
 use crate::p2p::{RECORD_ALPN, frame};
 
 /// Events in flight to the recorder.
