@@ -1,5 +1,6 @@
 //! Where ssh is a transport: Debian's git, scp, sftp and rsync run malai as
-//! their ssh against web01 (real daemons on loopback). git clones and
+//! their ssh against web01 (real daemons on loopback, and, as root, each in
+//! its own network namespace). git clones and
 //! pushes; a `match` rule lets a peer clone one repository and nothing
 //! else, and git shows malai's reason; scp both ways (sftp and legacy
 //! mode), an sftp batch, rsync of a tree twice (only the changed file goes
@@ -64,12 +65,21 @@ fn git(host: &Host, dir: &Path, args: &[&str]) -> Output {
 }
 
 #[test]
+fn git_clones_and_pushes_and_a_match_rule_allows_one_repository() {
+    git_over_malai(&Company::loopback());
+}
+
+#[test]
+#[ignore = "needs root: network namespaces (each host in its own)"]
+fn git_between_namespaces() {
+    git_over_malai(&Company::new("sshgit"));
+}
+
 #[expect(
     clippy::too_many_lines,
     reason = "one scenario: push, then only the matched clone"
 )]
-fn git_clones_and_pushes_and_a_match_rule_allows_one_repository() {
-    let c = Company::loopback();
+fn git_over_malai(c: &Company) {
     let (_cm, mut web, _lap) = c.start_synced("allow_from = \"laptop\"", "", "");
     let there = tempfile::tempdir().unwrap();
     let here = tempfile::tempdir().unwrap();
@@ -181,9 +191,18 @@ fn git_clones_and_pushes_and_a_match_rule_allows_one_repository() {
 }
 
 #[test]
-#[expect(clippy::too_many_lines, reason = "one fleet, tool by tool")]
 fn scp_sftp_and_rsync_run_over_malai() {
-    let c = Company::loopback();
+    transfers_over_malai(&Company::loopback());
+}
+
+#[test]
+#[ignore = "needs root: network namespaces (each host in its own)"]
+fn scp_sftp_and_rsync_between_namespaces() {
+    transfers_over_malai(&Company::new("sshcp"));
+}
+
+#[expect(clippy::too_many_lines, reason = "one fleet, tool by tool")]
+fn transfers_over_malai(c: &Company) {
     let (_cm, web, _lap) = c.start_synced("allow_from = \"laptop\"", "", "");
     let malai = common::malai_bin();
     let there = tempfile::tempdir().unwrap();
@@ -415,12 +434,21 @@ fn recap<'a>(out: &'a str, host: &str) -> &'a str {
 }
 
 #[test]
+fn ansible_pings_copies_and_templates_two_machines() {
+    ansible_over_malai(&Company::loopback());
+}
+
+#[test]
+#[ignore = "needs root: network namespaces (each host in its own)"]
+fn ansible_between_namespaces() {
+    ansible_over_malai(&Company::new("sshans"));
+}
+
 #[expect(
     clippy::too_many_lines,
     reason = "one inventory: ad-hoc, playbook twice, become"
 )]
-fn ansible_pings_copies_and_templates_two_machines() {
-    let c = Company::loopback();
+fn ansible_over_malai(c: &Company) {
     let extra = format!(
         "[machine.cm]\nid52 = \"{}\"\naddrs = [\"{}\"]\nallow_from = \"laptop\"\n",
         c.cm_id,
@@ -441,7 +469,7 @@ fn ansible_pings_copies_and_templates_two_machines() {
     .unwrap();
     let inv = inventory.to_str().unwrap();
 
-    let out = ansible(&c, w, "ansible", &["all", "-i", inv, "-m", "ping"]);
+    let out = ansible(c, w, "ansible", &["all", "-i", inv, "-m", "ping"]);
     let said = ok(out, "ansible -m ping");
     for host in ["web01.company", "cm.company"] {
         assert!(said.contains(&format!("{host} | SUCCESS")), "{said}");
@@ -455,7 +483,7 @@ fn ansible_pings_copies_and_templates_two_machines() {
     let copy = format!("src={} {dest}", src.display());
     let said = ok(
         ansible(
-            &c,
+            c,
             w,
             "ansible",
             &["all", "-i", inv, "-m", "copy", "-a", &copy],
@@ -514,11 +542,11 @@ fn ansible_pings_copies_and_templates_two_machines() {
     let site = w.join("site.yml");
     let site = site.to_str().unwrap();
     let first = ok(
-        ansible(&c, w, "ansible-playbook", &["-i", inv, site]),
+        ansible(c, w, "ansible-playbook", &["-i", inv, site]),
         "ansible-playbook",
     );
     let second = ok(
-        ansible(&c, w, "ansible-playbook", &["-i", inv, site]),
+        ansible(c, w, "ansible-playbook", &["-i", inv, site]),
         "ansible-playbook again",
     );
     for host in ["web01.company", "cm.company"] {
@@ -548,7 +576,7 @@ fn ansible_pings_copies_and_templates_two_machines() {
     // become to a user the ACL does not run as: refused, with malai's reason.
     let other = if me == "root" { "nobody" } else { "root" };
     let out = ansible(
-        &c,
+        c,
         w,
         "ansible",
         &[
