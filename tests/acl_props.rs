@@ -1,7 +1,8 @@
 //! Property tests of the ACL engine (`malai::acl`) against DESIGN.md's
 //! cluster.toml semantics: default deny, monotonicity of principal lists,
 //! agreement with a deliberately naive reference evaluator, invariance under
-//! renaming groups, and preservation of every decision by personalization.
+//! renaming groups, preservation of every decision (and its recording) by
+//! personalization, and explanations that name the deciding list.
 //! A few readable examples parsed from TOML text close the file.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -10,7 +11,7 @@ use std::sync::LazyLock;
 
 use malai::acl::{self, Decision, Request};
 use malai::config::cluster::{self, FileKind};
-use malai::config::{ClusterConfig, CommandRule, Machine, Principal};
+use malai::config::{ClusterConfig, CommandRule, Machine, Principal, Record, RecordPolicy};
 use malai::explain;
 use malai::identity::Id52;
 use malai::personalize;
@@ -142,10 +143,10 @@ fn rule(nm: usize, ng: usize) -> impl Strategy<Value = CommandRule> {
         principals(nm, ng),
         username(),
         (any::<bool>(), any::<bool>()),
-        any::<bool>(),
+        (any::<bool>(), recording()),
     )
         .prop_map(
-            |(c, allow_from, username, (allow_args, exact), allow_pty)| CommandRule {
+            |(c, allow_from, username, (allow_args, exact), (allow_pty, recording))| CommandRule {
                 command: COMMANDS[c].0.to_owned(),
                 argv: COMMANDS[c].1.iter().map(|s| s.to_string()).collect(),
                 exact,
@@ -155,9 +156,20 @@ fn rule(nm: usize, ng: usize) -> impl Strategy<Value = CommandRule> {
                 allow_args: allow_args && !exact,
                 allow_pty,
                 limits: Default::default(),
-                recording: Default::default(),
+                recording,
             },
         )
+}
+
+/// `record` and `record_input`, each set or not.
+fn recording() -> impl Strategy<Value = RecordPolicy> {
+    let record = prop::sample::select(&[Record::Off, Record::On, Record::Required][..]);
+    (prop::option::of(record), prop::option::of(any::<bool>())).prop_map(
+        |(record, record_input)| RecordPolicy {
+            record,
+            record_input,
+        },
+    )
 }
 
 /// A machine's rules; its id52 is filled in by `config_with`.
@@ -171,28 +183,31 @@ fn machine(nm: usize, ng: usize) -> impl Strategy<Value = Machine> {
             rule(nm, ng),
             0..3,
         ),
+        recording(),
     )
-        .prop_map(|(allow_from, allow_shell, username, mut commands)| {
-            // Validation refuses two match rules of one argv: the later
-            // becomes a named rule.
-            let mut matched = BTreeSet::new();
-            for rule in commands.values_mut() {
-                if rule.exact {
-                    rule.exact = matched.insert(rule.argv.clone());
+        .prop_map(
+            |(allow_from, allow_shell, username, mut commands, recording)| {
+                // Validation refuses two match rules of one argv: the later
+                // becomes a named rule.
+                let mut matched = BTreeSet::new();
+                for rule in commands.values_mut() {
+                    if rule.exact {
+                        rule.exact = matched.insert(rule.argv.clone());
+                    }
                 }
-            }
-            Machine {
-                id52: IDS[POOL - 1],
-                addrs: Vec::new(),
-                allow_from,
-                allow_shell,
-                username,
-                commands,
-                limits: Default::default(),
-                sftp_server: None,
-                recording: Default::default(),
-            }
-        })
+                Machine {
+                    id52: IDS[POOL - 1],
+                    addrs: Vec::new(),
+                    allow_from,
+                    allow_shell,
+                    username,
+                    commands,
+                    limits: Default::default(),
+                    sftp_server: None,
+                    recording,
+                }
+            },
+        )
 }
 
 /// A config with `min_machines..=4` machines `m0..` and `0..=4` groups
@@ -724,12 +739,18 @@ proptest! {
         prop_assert_eq!(ids, parsed_ids, "the directory of machines");
         for peer in &IDS[..] {
             for request in requests() {
-                let want = outcome(&acl::decide(&config, &host, peer, request));
-                let got = outcome(&acl::decide(&parsed, &host, peer, request));
+                let (want, got) = (
+                    acl::decide(&config, &host, peer, request),
+                    acl::decide(&parsed, &host, peer, request),
+                );
                 prop_assert_eq!(
-                    want, got,
+                    outcome(&want), outcome(&got),
                     "machine {} peer {} request {:?}\n{}", alias, peer, request, text
                 );
+                // And recorded as the CM's config says.
+                if let (Decision::Allow(w), Decision::Allow(g)) = (&want, &got) {
+                    prop_assert_eq!(w.recording, g.recording, "recording of {:?}\n{}", request, text);
+                }
                 for other in config.machines.values().filter(|m| m.id52 != host) {
                     let d = acl::decide(&parsed, &other.id52, peer, request);
                     prop_assert!(!d.is_allowed(), "rules of another machine were sent:\n{}", text);
