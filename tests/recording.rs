@@ -128,6 +128,35 @@ fn a_recorded_shell_lands_on_the_cm_and_plays() {
     let evs = events(Path::new(rec["path"].as_str().unwrap()));
     assert!(evs.contains(&("o".into(), "to-out\n".into())), "{evs:?}");
     assert!(evs.contains(&("e".into(), "to-err\n".into())), "{evs:?}");
+    assert!(evs.iter().all(|(k, _)| k != "i"), "{evs:?}");
+
+    // With record_input, what is typed is recorded too.
+    c.write_cluster_toml(
+        "allow_from = \"laptop\"\nrecord = \"on\"\nrecord_input = true",
+        "",
+        "",
+    );
+    c.cm.ok(&["rescan"]);
+    let mut web = web;
+    web.wait_status("company: machine v3");
+    let mut child = c
+        .laptop
+        .malai(&["web01.company", "cat"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(&mut child.stdin.take().unwrap(), b"typed-line\n").unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.stdout, b"typed-line\n");
+    let listed = c.cm.json(&["recordings", "list", "--json"]);
+    let rec = &listed["recordings"].as_array().unwrap()[2];
+    assert_eq!(rec["header"]["malai"]["input"], true);
+    let evs = events(Path::new(rec["path"].as_str().unwrap()));
+    assert!(
+        evs.contains(&("i".into(), "typed-line\n".into())),
+        "{evs:?}"
+    );
 }
 
 #[test]

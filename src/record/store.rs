@@ -341,7 +341,12 @@ pub fn list(home: &crate::home::Home) -> Vec<Entry> {
             });
         }
     }
-    out.sort_by(|a, b| (a.header.timestamp, &a.id).cmp(&(b.header.timestamp, &b.id)));
+    // By start, then (within one second) by when each was last written.
+    let key = |e: &Entry| {
+        let written = std::fs::metadata(&e.path).and_then(|m| m.modified()).ok();
+        (e.header.timestamp, written, e.id.clone())
+    };
+    out.sort_by_cached_key(key);
     out
 }
 
