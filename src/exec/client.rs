@@ -125,12 +125,43 @@ pub async fn run(
     tty: u8,
     ssh: SshAsk,
 ) -> anyhow::Result<u8> {
+    let (stdout, out) = drain_to(std::io::stdout().as_fd())?;
+    let (stderr, err) = drain_to(std::io::stderr().as_fd())?;
     let io = Io {
         ssh,
+        stdout: Box::new(stdout),
+        stderr: Box::new(stderr),
         ..Io::of_process(&argv, tty)
     };
     let _raw = RawMode::for_pty(io.pty)?;
-    Ok(run_with(conn, argv, what, io).await?)
+    // The pipes close with `io`; each thread then writes what is left.
+    let code = run_with(conn, argv, what, io).await;
+    let _ = tokio::task::spawn_blocking(move || (out.join(), err.join())).await;
+    Ok(code?)
+}
+
+/// A pipe whose bytes a thread of its own copies to `fd` (this process's
+/// stdout or stderr), unbuffered, with splice(2) where `fd` allows it: the
+/// async side writes the pipe through epoll, where tokio's stdout took a
+/// trip through the blocking pool and a flush for each frame. The thread
+/// ends once the pipe's write side is closed and drained: join it before
+/// exiting.
+fn drain_to(
+    fd: std::os::fd::BorrowedFd<'_>,
+) -> std::io::Result<(tokio::net::unix::pipe::Sender, std::thread::JoinHandle<()>)> {
+    let mut out = std::fs::File::from(fd.try_clone_to_owned()?);
+    let (read_end, write_end) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+    let _ = nix::fcntl::fcntl(&write_end, nix::fcntl::FcntlArg::F_SETPIPE_SZ(1 << 20));
+    let mut from = std::fs::File::from(read_end);
+    let thread = std::thread::Builder::new()
+        .name("output".into())
+        .spawn(move || {
+            let _ = std::io::copy(&mut from, &mut out);
+        })?;
+    Ok((
+        tokio::net::unix::pipe::Sender::from_owned_fd(write_end)?,
+        thread,
+    ))
 }
 
 /// Runs `argv` on the peer of `conn` with the streams and controls of `io`.
