@@ -32,7 +32,10 @@ fn events(path: &Path) -> Vec<(String, String)> {
 }
 
 #[test]
-#[expect(clippy::too_many_lines, reason = "one recorder: a shell, a command, then keystrokes")]
+#[expect(
+    clippy::too_many_lines,
+    reason = "one recorder: a shell, a command, then keystrokes"
+)]
 fn a_recorded_shell_lands_on_the_cm_and_plays() {
     let c = Company::loopback();
     let (_cm, web, _lap) = c.start_synced("allow_from = \"laptop\"\nrecord = \"on\"", "", "");
