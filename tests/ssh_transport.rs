@@ -24,7 +24,18 @@ fn tool(host: &Host, program: &str, args: &[&str]) -> Output {
         .args(args)
         .stdin(Stdio::null())
         .output()
-        .unwrap_or_else(|e| panic!("run {program}: {e}"))
+        .unwrap_or_else(|e| panic!("run {program}: {e} ({})", package_of(program)))
+}
+
+/// The Debian package that brings `program` (.ci/run installs them all).
+fn package_of(program: &str) -> &'static str {
+    match program {
+        "git" => "apt-get install git",
+        "rsync" => "apt-get install rsync",
+        "scp" | "sftp" => "apt-get install openssh-client openssh-sftp-server",
+        "ansible" | "ansible-playbook" => "apt-get install ansible-core",
+        _ => "see .ci/run",
+    }
 }
 
 fn tool_command(host: &Host, program: &str) -> Command {
@@ -423,7 +434,7 @@ fn ansible(c: &Company, tmp: &Path, program: &str, args: &[&str]) -> Output {
         .env("HOME", &home)
         .stdin(Stdio::null())
         .output()
-        .unwrap_or_else(|e| panic!("run {program}: {e}"))
+        .unwrap_or_else(|e| panic!("run {program}: {e} ({})", package_of(program)))
 }
 
 /// The PLAY RECAP line of `host`.
