@@ -120,56 +120,8 @@ fn exec(
     let Some(first) = argv.first() else {
         return Decision::Deny("empty command".into());
     };
-    if let Some((name, rule)) = machine
-        .commands
-        .iter()
-        .find(|(_, r)| r.exact && r.argv == argv)
-    {
-        let Some(p) = matching(config, &rule.allow_from, peer) else {
-            return Decision::Deny(format!(
-                "peer is not in machine.{alias}.command.{name}.allow_from (its match is exactly this command)"
-            ));
-        };
-        if pty && !rule.allow_pty {
-            return Decision::Deny(format!(
-                "command rule {name:?} may not run on a PTY (a terminal program can start a shell); \
-                 run it without -t, or set allow_pty = true on machine.{alias}.command.{name}"
-            ));
-        }
-        return Decision::Allow(Grant {
-            argv: argv.to_vec(),
-            username: rule.username.clone().or_else(|| machine.username.clone()),
-            rule: Some(name.clone()),
-            limits: rule.limits.over(&machine.limits),
-            recording: rule.recording.over(&machine.recording),
-            reason: format!("match rule machine.{alias}.command.{name} allows {p}"),
-        });
-    }
-    if let Some(rule) = machine.commands.get(first).filter(|r| !r.exact) {
-        let Some(p) = matching(config, &rule.allow_from, peer) else {
-            return Decision::Deny(format!(
-                "peer is not in machine.{alias}.command.{first}.allow_from"
-            ));
-        };
-        if argv.len() > 1 && !rule.allow_args {
-            return Decision::Deny(format!(
-                "command rule {first:?} runs exactly its command; extra arguments need allow_args = true"
-            ));
-        }
-        if pty && !rule.allow_pty {
-            return Decision::Deny(format!(
-                "command rule {first:?} may not run on a PTY (a terminal program can start a shell); \
-                 run it without -t, or set allow_pty = true on machine.{alias}.command.{first}"
-            ));
-        }
-        return Decision::Allow(Grant {
-            argv: rule.argv.iter().chain(&argv[1..]).cloned().collect(),
-            username: rule.username.clone().or_else(|| machine.username.clone()),
-            rule: Some(first.clone()),
-            limits: rule.limits.over(&machine.limits),
-            recording: rule.recording.over(&machine.recording),
-            reason: format!("command rule machine.{alias}.command.{first} allows {p}"),
-        });
+    if let Some((name, rule)) = rule_for(machine, argv) {
+        return by_rule(config, (alias, machine), (name, rule), peer, argv, pty);
     }
     let Some(p) = matching(config, &machine.allow_from, peer) else {
         return Decision::Deny(format!(
@@ -193,6 +145,73 @@ fn exec(
         limits: machine.limits.clone(),
         recording: machine.recording,
         reason,
+    })
+}
+
+/// The command rule that decides `argv` on `machine`, if one does: a
+/// `match` rule of exactly that argv, else the rule its first word names.
+pub fn rule_for<'m>(
+    machine: &'m Machine,
+    argv: &[String],
+) -> Option<(&'m String, &'m crate::config::CommandRule)> {
+    let first = argv.first()?;
+    machine
+        .commands
+        .iter()
+        .find(|(_, r)| r.exact && r.argv == argv)
+        .or_else(|| {
+            machine
+                .commands
+                .get_key_value(first)
+                .filter(|(_, r)| !r.exact)
+        })
+}
+
+/// Decides `argv` by the command rule `name` of machine `alias`, alone: a
+/// `match` rule runs exactly the argv, a named rule its own argv with the
+/// request's extra arguments (when it allows them).
+fn by_rule(
+    config: &ClusterConfig,
+    (alias, machine): (&str, &Machine),
+    (name, rule): (&String, &crate::config::CommandRule),
+    peer: &Id52,
+    argv: &[String],
+    pty: bool,
+) -> Decision {
+    let Some(p) = matching(config, &rule.allow_from, peer) else {
+        let exactly = if rule.exact {
+            " (its match is exactly this command)"
+        } else {
+            ""
+        };
+        return Decision::Deny(format!(
+            "peer is not in machine.{alias}.command.{name}.allow_from{exactly}"
+        ));
+    };
+    if !rule.exact && argv.len() > 1 && !rule.allow_args {
+        return Decision::Deny(format!(
+            "command rule {name:?} runs exactly its command; extra arguments need allow_args = true"
+        ));
+    }
+    if pty && !rule.allow_pty {
+        return Decision::Deny(format!(
+            "command rule {name:?} may not run on a PTY (a terminal program can start a shell); \
+             run it without -t, or set allow_pty = true on machine.{alias}.command.{name}"
+        ));
+    }
+    let (run, kind) = if rule.exact {
+        (argv.to_vec(), "match")
+    } else {
+        let run = rule.argv.iter().chain(&argv[1..]).cloned().collect();
+        (run, "command")
+    };
+    Decision::Allow(Grant {
+        argv: run,
+        username: rule.username.clone().or_else(|| machine.username.clone()),
+        rule: Some(name.clone()),
+        limits: rule.limits.over(&machine.limits),
+        recording: rule.recording.over(&machine.recording),
+        reason: format!("{kind} rule machine.{alias}.command.{name} allows {p}"),
     })
 }
 

@@ -116,12 +116,7 @@ pub fn explain(config: &ClusterConfig, alias: &str, peer: &Id52, ask: &Ask) -> E
         }
         (Ask::Argv(argv), Some(host)) => {
             let m = &config.machines[alias];
-            let exact = m.commands.iter().find(|(_, r)| r.exact && r.argv == *argv);
-            let named = argv
-                .first()
-                .and_then(|first| m.commands.get_key_value(first))
-                .filter(|(_, r)| !r.exact);
-            let (key, list) = match exact.or(named) {
+            let (key, list) = match acl::rule_for(m, argv) {
                 Some((name, rule)) => (
                     format!("machine.{alias}.command.{name}.allow_from"),
                     &rule.allow_from,
