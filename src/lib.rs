@@ -20,6 +20,7 @@ pub mod fsutil;
 pub mod handover;
 pub mod helper;
 pub mod home;
+pub mod html;
 pub mod identity;
 pub mod join;
 pub mod local_users;

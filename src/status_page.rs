@@ -10,6 +10,7 @@ use std::fmt::Write as _;
 use serde::Serialize;
 
 use crate::audit::Recent;
+use crate::html::escape;
 use crate::status::ClusterStatus;
 
 /// A forward of malai.toml as the daemon runs it.
@@ -182,21 +183,12 @@ fn time(unix: u64) -> String {
     httpdate::fmt_http_date(std::time::UNIX_EPOCH + std::time::Duration::from_secs(unix))
 }
 
-fn page(title: &str, body: &str) -> String {
-    format!(
-        "<!doctype html>\n<html><head><meta charset=\"utf-8\"><title>{t}</title>\n\
-         <style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse;margin-bottom:1em}}\
-         td,th{{border:1px solid #ccc;padding:.2em .5em;text-align:left}}dt{{font-weight:bold}}</style>\n\
-         </head>\n<body>\n<h1>{t}</h1>\n{body}</body></html>\n",
-        t = escape(title)
-    )
-}
+/// The page's own style, in its `<head>`.
+const STYLE: &str = "\n<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse;margin-bottom:1em}\
+     td,th{border:1px solid #ccc;padding:.2em .5em;text-align:left}dt{font-weight:bold}</style>\n";
 
-fn escape(text: &str) -> String {
-    text.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
+fn page(title: &str, body: &str) -> String {
+    crate::html::page(title, STYLE, body)
 }
 
 #[cfg(test)]

@@ -19,6 +19,7 @@ use tokio::net::{TcpListener, TcpStream};
 use super::client::{self, Clusters, Refused, Stream};
 use crate::acl;
 use crate::config::Protocol;
+use crate::html::escape;
 
 /// The most a request head may take before the routing gives up (431).
 const MAX_HEAD: usize = 64 * 1024;
@@ -188,25 +189,27 @@ async fn route(
     Ok(())
 }
 
+/// A `Host:` value, trimmed and lowercase, without its port.
+fn without_port(host: &str) -> String {
+    let host = host.trim().to_ascii_lowercase();
+    match host.rsplit_once(':') {
+        Some((n, p)) if p.parse::<u16>().is_ok() => n.to_owned(),
+        _ => host,
+    }
+}
+
 /// A `Host:` value's name, lowercase, without port or final dot.
 fn host_name(host: &str) -> String {
-    let host = host.trim().to_ascii_lowercase();
-    let name = match host.rsplit_once(':') {
-        Some((n, p)) if p.parse::<u16>().is_ok() => n,
-        _ => host.as_str(),
-    };
-    name.strip_suffix('.').unwrap_or(name).to_owned()
+    let name = without_port(host);
+    name.strip_suffix('.').unwrap_or(&name).to_owned()
 }
 
 /// Whether a `Host:` value names this device: `localhost`, a name under
 /// it, or an IP address.
 fn is_local_name(host: &str) -> bool {
+    let trimmed = without_port(host);
     let host = host.trim().to_ascii_lowercase();
-    let name = match host.rsplit_once(':') {
-        Some((n, p)) if p.parse::<u16>().is_ok() => n,
-        _ => host.as_str(),
-    };
-    let name = name.trim_start_matches('[').trim_end_matches(']');
+    let name = trimmed.trim_start_matches('[').trim_end_matches(']');
     let name = name.strip_suffix('.').unwrap_or(name);
     name == "localhost"
         || name.ends_with(SUFFIX)
@@ -341,17 +344,7 @@ fn message_page(title: &str, text: &str) -> String {
 }
 
 fn page(title: &str, body: &str) -> String {
-    format!(
-        "<!doctype html>\n<html><head><meta charset=\"utf-8\"><title>{t}</title></head>\n<body>\n<h1>{t}</h1>\n{body}</body></html>\n",
-        t = escape(title)
-    )
-}
-
-fn escape(text: &str) -> String {
-    text.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
+    crate::html::page(title, "", body)
 }
 
 #[cfg(test)]
