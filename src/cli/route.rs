@@ -605,8 +605,7 @@ async fn cluster_object(
 /// 8 KiB at a time through the blocking pool and halved an upload. The
 /// thread ends when the daemon closes its end (EPIPE) or at exit.
 fn feed_stdin() -> anyhow::Result<std::os::fd::OwnedFd> {
-    let (read_end, write_end) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
-    let _ = nix::fcntl::fcntl(&write_end, nix::fcntl::FcntlArg::F_SETPIPE_SZ(1 << 20));
+    let (read_end, write_end) = crate::exec::client::wide_pipe()?;
     let mut feed = std::fs::File::from(write_end);
     std::thread::Builder::new()
         .name("stdin".into())

@@ -140,6 +140,15 @@ pub async fn run(
     Ok(code?)
 }
 
+/// A pipe (read end, write end), close-on-exec, 1 MiB wide where the
+/// kernel allows it (64 KiB otherwise): fewer, larger reads and writes for
+/// the threads that copy this process's stdio through one.
+pub fn wide_pipe() -> std::io::Result<(std::os::fd::OwnedFd, std::os::fd::OwnedFd)> {
+    let (read_end, write_end) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+    let _ = nix::fcntl::fcntl(&write_end, nix::fcntl::FcntlArg::F_SETPIPE_SZ(1 << 20));
+    Ok((read_end, write_end))
+}
+
 /// A pipe whose bytes a thread of its own copies to `fd` (this process's
 /// stdout or stderr), unbuffered, with splice(2) where `fd` allows it: the
 /// async side writes the pipe through epoll, where tokio's stdout took a
@@ -150,8 +159,7 @@ fn drain_to(
     fd: std::os::fd::BorrowedFd<'_>,
 ) -> std::io::Result<(tokio::net::unix::pipe::Sender, std::thread::JoinHandle<()>)> {
     let mut out = std::fs::File::from(fd.try_clone_to_owned()?);
-    let (read_end, write_end) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
-    let _ = nix::fcntl::fcntl(&write_end, nix::fcntl::FcntlArg::F_SETPIPE_SZ(1 << 20));
+    let (read_end, write_end) = wide_pipe()?;
     let mut from = std::fs::File::from(read_end);
     let thread = std::thread::Builder::new()
         .name("output".into())
