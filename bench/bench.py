@@ -37,7 +37,7 @@ def parse_args(argv):
     p.add_argument("--delays", help="one-way delays in ms (default 0,10,25; smoke 0,10)")
     p.add_argument("--size", type=int, help="throughput bytes (default 1 GiB; smoke 8 MiB)")
     p.add_argument("--tp-runs", type=int, help="throughput runs (default 5; smoke 1)")
-    p.add_argument("--fanout", help="machine counts (default 10,50,100; smoke 3)")
+    p.add_argument("--fanout", help="machine counts (default 10,100,300; smoke 3)")
     p.add_argument("--fanout-runs", type=int, help="fan-out runs per count (default 5; smoke 1)")
     p.add_argument("--identities", help="identity counts (default 1,10,50; smoke 1,3)")
     p.add_argument("--footprint-runs", type=int, help="daemon starts per count (default 5; smoke 1)")
@@ -56,7 +56,7 @@ def parse_args(argv):
     a.delays = [float(x) for x in (a.delays or ("0,10" if smoke else "0,10,25")).split(",")]
     a.size = a.size or ((8 << 20) if smoke else (1 << 30))
     a.tp_runs = a.tp_runs or (1 if smoke else 5)
-    a.fanout = ints(a.fanout, "3" if smoke else "10,50,100")
+    a.fanout = ints(a.fanout, "3" if smoke else "10,100,300")
     a.fanout_runs = a.fanout_runs or (1 if smoke else 5)
     a.identities = ints(a.identities, "1,3" if smoke else "1,10,50")
     a.footprint_runs = a.footprint_runs or (1 if smoke else 5)
@@ -190,8 +190,9 @@ def write_report(res, out):
     plot_name = report.PLOT if report.plot(res, os.path.join(out, report.PLOT)) else None
     doc = os.path.join(out, "BENCHMARKS.md")
     report.write_doc(res, doc, plot_name)
-    for target, value, ok in report.targets(res):
-        print("bench: target: %s: %s %s" % (target, value, ok.replace("*", "")), file=sys.stderr)
+    for measure, floor, target, value, held, met in report.targets(res):
+        print("bench: %s: %s; must hold %s: %s; target %s: %s" % (
+            measure, value, floor, held.replace("*", ""), target, met.replace("*", "")), file=sys.stderr)
     print("bench: wrote %s, benchmarks.json%s" % (doc, ", " + plot_name if plot_name else ""), file=sys.stderr)
 
 
