@@ -501,3 +501,56 @@ fn a_command_on_the_device_itself_ends_when_a_config_takes_its_rule_away() {
         lap.log_text()
     );
 }
+
+/// The CLI asks its daemon with `Exec` alone (no probe of the cluster's
+/// object first). A daemon that does not serve the cluster (made after it
+/// started, not rescanned yet) answers `UnknownObject` without touching a
+/// descriptor: the CLI goes on directly, and the command still gets all
+/// of stdin, the part this process had already fed into the daemon's pipe
+/// included (more than a pipe holds).
+#[test]
+fn a_cluster_the_daemon_does_not_serve_yet_goes_directly_with_all_of_stdin() {
+    let bus = PrivateBus::start();
+    let host = Host::loopback("solo", &["company", "second"]);
+    host.json(&["cluster", "init", "company", "--json"]);
+    let _daemon = host.start_daemon_with(&[("MALAI_DBUS_ADDRESS", &bus.address)]);
+    let me = common::net::id52_of(&host.json(&["cluster", "init", "second", "--json"]));
+    std::fs::write(
+        host.cluster_dir("second").join("cluster.toml"),
+        format!("[cluster-manager]\nid52 = \"{me}\"\n\n[machine.solo]\nid52 = \"{me}\"\nallow_from = \"solo\"\n"),
+    )
+    .unwrap();
+    let input: Vec<u8> = (0..3 << 20).map(|i: u32| (i % 251) as u8).collect();
+    let mut child = on_bus(&host, &bus, &["-v", "solo.second", "sha256sum"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let feed = {
+        let input = input.clone();
+        std::thread::spawn(move || stdin.write_all(&input))
+    };
+    let out = child.wait_with_output().unwrap();
+    let err = common::stderr(&out);
+    feed.join().unwrap().expect(&err);
+    assert!(
+        err.contains("has no cluster \"second\"") && err.contains("going directly"),
+        "{err}"
+    );
+    let expected = {
+        let mut sum = std::process::Command::new("sha256sum")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        sum.stdin.take().unwrap().write_all(&input).unwrap();
+        sum.wait_with_output().unwrap().stdout
+    };
+    assert_eq!(
+        (out.status.code(), String::from_utf8_lossy(&out.stdout)),
+        (Some(0), String::from_utf8_lossy(&expected)),
+        "{err}"
+    );
+}

@@ -5,6 +5,8 @@
 //! with the keys in MALAI_HOME otherwise. Rescan falls back to SIGHUP for a
 //! daemon that is not on a bus.
 
+use std::os::fd::AsFd;
+
 use anyhow::Context;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
@@ -236,18 +238,20 @@ impl Route<'_> {
             true => None,
             false => daemon_for(home, &self.daemon, &mut self.skipped, &inv.target.cluster),
         };
-        let over_bus = match daemon {
-            Some(found) => rt.block_on(exec_over_bus(
+        // What this process already read of its stdin, when a daemon was
+        // asked and passed: the direct path goes on from that pipe.
+        let mut stdin = None;
+        if let Some(found) = daemon {
+            match rt.block_on(exec_over_bus(
                 home,
                 found,
                 &inv,
                 (verbose, tty),
                 &mut self.skipped,
-            )),
-            None => None,
-        };
-        if let Some(result) = over_bus {
-            return result;
+            )) {
+                OverBus::Done(result) => return result,
+                OverBus::Passed(fed) => stdin = fed,
+            }
         }
         if verbose > 0 {
             eprintln!(
@@ -278,7 +282,7 @@ impl Route<'_> {
             if verbose > 0 {
                 eprintln!("malai: {target} is this device: deciding and running here");
             }
-            return exec_here(rt, config, &target, argv);
+            return exec_here(rt, config, &target, argv, stdin);
         }
         let relay = p2p::RelayChoice::resolve(&network, cluster.relay.as_ref());
         let reach = p2p::Reach {
@@ -293,6 +297,7 @@ impl Route<'_> {
             argv,
             (&what, tty),
             ssh.clone(),
+            stdin,
         ))
     }
 }
@@ -390,7 +395,18 @@ fn exec_here(
     config: &crate::config::ClusterConfig,
     target: &target::Target,
     argv: Vec<String>,
+    stdin: Option<std::os::fd::OwnedFd>,
 ) -> anyhow::Result<u8> {
+    // A pipe this process fed holds what it read of its stdin: the command
+    // reads on from there (with this process's stdout and stderr).
+    let stdio = match stdin {
+        None => StdioMode::Inherit,
+        Some(fed) => StdioMode::Fds([
+            fed,
+            std::io::stdout().as_fd().try_clone_to_owned()?,
+            std::io::stderr().as_fd().try_clone_to_owned()?,
+        ]),
+    };
     let me = config
         .machines
         .get(&target.machine)
@@ -412,7 +428,7 @@ fn exec_here(
         &caller,
         argv,
         &target.to_string(),
-        StdioMode::Inherit,
+        stdio,
         crate::exec::client::process_env(),
         tokio::sync::mpsc::channel(1).1,
         // No daemon: nothing puts a new config in force meanwhile.
@@ -441,7 +457,10 @@ fn machine_of<'c>(
     })
 }
 
-/// Dials `peer` from a fresh endpoint of `identity` and runs argv there.
+/// Dials `peer` from a fresh endpoint of `identity` and runs argv there;
+/// its stdin is `stdin` when given (the pipe a daemon passed over was fed),
+/// this process's otherwise.
+#[allow(clippy::too_many_arguments)]
 async fn exec_direct(
     identity: &crate::identity::Identity,
     network: &crate::config::NetworkSettings,
@@ -450,6 +469,7 @@ async fn exec_direct(
     argv: Vec<String>,
     (what, tty): (&str, u8),
     ssh: SshAsk,
+    stdin: Option<std::os::fd::OwnedFd>,
 ) -> anyhow::Result<u8> {
     let endpoint = p2p::bind(identity, network, relay, 0, Vec::new(), None)
         .await
@@ -461,7 +481,7 @@ async fn exec_direct(
             return Err(ExecError::Unreachable(format!("cannot reach {what}: {e:#}")).into());
         }
     };
-    let code = crate::exec::client::run(&conn, argv, what, tty, ssh).await;
+    let code = crate::exec::client::run(&conn, argv, what, tty, ssh, stdin).await;
     conn.close(0u32.into(), b"done");
     p2p::close_without_waiting(endpoint).await;
     code
@@ -490,22 +510,40 @@ fn daemon_for<'a>(
     Some(found)
 }
 
+/// How an exec through a daemon ended.
+enum OverBus {
+    /// It ran there (or failed for a reason the direct path shares).
+    Done(anyhow::Result<u8>),
+    /// That daemon does not serve the cluster, or refused this user while
+    /// the user can go directly (the reason is in `skipped`): nothing ran.
+    /// The pipe this process fed with its stdin, if it was made: what it
+    /// read is there, so the direct path reads on from it.
+    Passed(Option<std::os::fd::OwnedFd>),
+}
+
 /// Runs the invocation through `found`, the daemon on a bus: the daemon
 /// dials (or reuses its connection) with the cluster's identity, and the
 /// command's output goes straight to this process's stdout and stderr.
-/// `None`: that daemon does not serve the cluster, or refused this user
-/// while the user can go directly; the reason goes to `skipped`.
+/// `Exec` is the one call (no probe of the cluster's object first: a
+/// daemon without the cluster answers it with `UnknownObject` before it
+/// touches a descriptor).
 async fn exec_over_bus(
     home: &Home,
     found: &client::Found,
     inv: &Invocation,
     (verbose, tty): (u8, u8),
     skipped: &mut Vec<String>,
-) -> Option<anyhow::Result<u8>> {
+) -> OverBus {
     use crate::dbus::Error;
     use crate::exec::client::{RawMode, process_env, process_pty};
     let Invocation { target, argv } = inv;
-    let proxy = cluster_object(found, &target.cluster, skipped).await?;
+    let Some(proxy) = cluster_proxy(found, &target.cluster).await else {
+        skipped.push(format!(
+            "{}: no proxy for cluster {:?}",
+            found.bus, target.cluster
+        ));
+        return OverBus::Passed(None);
+    };
     if verbose > 0 {
         eprintln!(
             "malai: running {target} through the daemon on {}",
@@ -518,6 +556,7 @@ async fn exec_over_bus(
         // stdin goes through a pipe this process feeds: the daemon then
         // reads a descriptor of its own that it can stop reading at any time.
         let read_end = feed_stdin()?;
+        let kept = read_end.try_clone()?;
         let token = format!(
             "{}-{}",
             std::process::id(),
@@ -545,18 +584,25 @@ async fn exec_over_bus(
             )
             .await;
         controls.abort();
-        anyhow::Ok(answer)
+        anyhow::Ok((answer, kept))
     }
     .await;
-    let answer = match result {
-        Ok(answer) => answer,
-        Err(e) => return Some(Err(e)),
+    let (answer, kept) = match result {
+        Ok(done) => done,
+        Err(e) => return OverBus::Done(Err(e)),
     };
-    Some(match answer {
+    OverBus::Done(match answer {
         Ok(code) => Ok(code),
+        Err(Error::ZBus(e)) if no_such_object(&e) => {
+            skipped.push(format!(
+                "{}: the daemon there has no cluster {:?}",
+                found.bus, target.cluster
+            ));
+            return OverBus::Passed(Some(kept));
+        }
         Err(Error::AccessDenied(why)) if home.load_cluster(&target.cluster).is_ok() => {
             skipped.push(format!("{}: {why}", found.bus));
-            return None;
+            return OverBus::Passed(Some(kept));
         }
         Err(Error::NoSuchMachine(m)) => Err(Failure::usage(m).into()),
         Err(Error::ZBus(e)) => Err(Failure::new(
@@ -575,6 +621,34 @@ async fn exec_over_bus(
     })
 }
 
+/// Whether a call failed because the daemon has no such object (nor its
+/// interface there): the daemon did nothing with the call.
+fn no_such_object(e: &zbus::Error) -> bool {
+    use zbus::fdo::Error as Fdo;
+    match e {
+        zbus::Error::FDO(e) => matches!(**e, Fdo::UnknownObject(_) | Fdo::UnknownInterface(_)),
+        zbus::Error::MethodError(name, ..) => matches!(
+            name.as_str(),
+            "org.freedesktop.DBus.Error.UnknownObject"
+                | "org.freedesktop.DBus.Error.UnknownInterface"
+        ),
+        _ => false,
+    }
+}
+
+/// A proxy for the daemon's object of `cluster` (no call made).
+async fn cluster_proxy(
+    found: &client::Found,
+    cluster: &str,
+) -> Option<client::ClusterProxy<'static>> {
+    client::ClusterProxy::builder(found.proxy.inner().connection())
+        .path(crate::dbus::cluster_path(cluster))
+        .cache_properties(zbus::proxy::CacheProperties::No)
+        .build()
+        .await
+        .ok()
+}
+
 /// The daemon's object for `cluster`; `None` (with the reason in
 /// `skipped`) when that daemon does not serve it.
 async fn cluster_object(
@@ -582,12 +656,7 @@ async fn cluster_object(
     cluster: &str,
     skipped: &mut Vec<String>,
 ) -> Option<client::ClusterProxy<'static>> {
-    let proxy = client::ClusterProxy::builder(found.proxy.inner().connection())
-        .path(crate::dbus::cluster_path(cluster))
-        .cache_properties(zbus::proxy::CacheProperties::No)
-        .build()
-        .await
-        .ok()?;
+    let proxy = cluster_proxy(found, cluster).await?;
     if proxy.alias().await.is_err() {
         skipped.push(format!(
             "{}: the daemon there has no cluster {cluster:?}",

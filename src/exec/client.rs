@@ -117,22 +117,28 @@ pub fn process_env() -> Vec<(String, String)> {
 
 /// Runs `argv` (empty: a shell) on the peer of `conn` with the user's
 /// terminal and signals, on a PTY as `process_pty` says for `tty`; returns
-/// the exit code to end with. `what` names the target in messages.
+/// the exit code to end with. `what` names the target in messages. Its
+/// stdin is `stdin` when given (a pipe this process fed), this process's
+/// otherwise.
 pub async fn run(
     conn: &Connection,
     argv: Vec<String>,
     what: &str,
     tty: u8,
     ssh: SshAsk,
+    stdin: Option<std::os::fd::OwnedFd>,
 ) -> anyhow::Result<u8> {
     let (stdout, out) = drain_to(std::io::stdout().as_fd())?;
     let (stderr, err) = drain_to(std::io::stderr().as_fd())?;
-    let io = Io {
+    let mut io = Io {
         ssh,
         stdout: Box::new(stdout),
         stderr: Box::new(stderr),
         ..Io::of_process(&argv, tty)
     };
+    if let Some(fed) = stdin {
+        io.stdin = Box::new(tokio::net::unix::pipe::Receiver::from_owned_fd(fed)?);
+    }
     let _raw = RawMode::for_pty(io.pty)?;
     // The pipes close with `io`; each thread then writes what is left.
     let code = run_with(conn, argv, what, io).await;
