@@ -82,6 +82,7 @@ impl Cluster {
         // A rotated key is replaced, not removed: no farewell to the old one.
         let rotation = matches!(change, Change::Rename { .. });
         let (config, committed) = {
+            let _writing = self.saver.writing.lock().expect("state writing lock");
             let mut ledger = self.ledger.lock().expect("ledger lock");
             let (config, committed) = commit_files(&self.dir, &self.id52(), &mut ledger, change)?;
             // A machine the new config drops gets a farewell (`sync::cm`).

@@ -14,6 +14,7 @@ pub mod envelope;
 mod freshness;
 mod revocation;
 pub mod revoked;
+mod saver;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -102,9 +103,11 @@ pub struct Cluster {
     apply: tokio::sync::Mutex<()>,
     /// CM only: versions and acknowledgements, mirrored in state.json (this
     /// daemon is its only writer while it runs: it holds malai.lock). A
-    /// std `Mutex`: every holder reads or writes it and the file, and never
-    /// awaits while holding it.
-    ledger: Mutex<CmState>,
+    /// std `Mutex`: every holder reads or writes it (a commit also the
+    /// file), and never awaits while holding it.
+    ledger: Arc<Mutex<CmState>>,
+    /// Writes state.json for acknowledgements and fetches (group commit).
+    saver: Arc<saver::Saver>,
     /// Wakes the CM's pusher when there is something new to push.
     wake: Notify,
     /// Machines that fetched since the pusher last looked (at most one
@@ -172,7 +175,8 @@ impl Cluster {
             cm_addrs: RwLock::new(c.cm_addrs.clone()),
             role: RwLock::new(c.role),
             apply: tokio::sync::Mutex::new(()),
-            ledger: Mutex::new(ledger),
+            ledger: Arc::new(Mutex::new(ledger)),
+            saver: Arc::new(saver::Saver::new(c.state_path(), &c.alias)),
             wake: Notify::new(),
             returned: Mutex::default(),
             returned_wake: Notify::new(),
@@ -337,7 +341,21 @@ impl Cluster {
 
     /// CM: machine `alias` (`id`) fetched its config, saying it
     /// understands `protocol`; what that config left out is `withheld`.
-    pub fn record_fetch(&self, alias: &str, id: &Id52, protocol: u32, withheld: &[String]) {
+    pub async fn record_fetch(&self, alias: &str, id: &Id52, protocol: u32, withheld: &[String]) {
+        if let Some(generation) = self.note_fetch(alias, id, protocol, withheld) {
+            self.saver.save(&self.ledger);
+            self.saver.durable(generation).await;
+        }
+    }
+
+    /// `record_fetch` in the ledger; the change's generation, if any.
+    fn note_fetch(
+        &self,
+        alias: &str,
+        id: &Id52,
+        protocol: u32,
+        withheld: &[String],
+    ) -> Option<u64> {
         let mut ledger = self.ledger.lock().expect("ledger lock");
         let me = self.id52().to_string();
         let entry = ledger_entry(&mut ledger, alias, id);
@@ -346,20 +364,33 @@ impl Cluster {
             && entry.withheld == withheld
             && entry.cm.as_ref() == Some(&me)
         {
-            return;
+            return None;
         }
         entry.protocol = Some(protocol);
         entry.withheld = withheld.to_vec();
         entry.cm = Some(me);
-        if let Err(e) = ledger.save(&self.state_path()) {
-            tracing::error!(malai_cluster = %self.alias, "cannot record sync state: {e:#}");
-        }
+        Some(self.saver.changed())
     }
 
     /// CM: records the outcome of a push to machine `alias` (`id`) in the
     /// ledger and state.json; true when the machine holds the current
     /// version, written for the protocol it understands.
-    pub fn record_push(&self, alias: &str, id: &Id52, result: Result<Pushed, String>) -> bool {
+    pub async fn record_push(
+        &self,
+        alias: &str,
+        id: &Id52,
+        result: Result<Pushed, String>,
+    ) -> bool {
+        let (ok, generation) = self.note_push(alias, id, result);
+        self.saver.save(&self.ledger);
+        self.saver.durable(generation).await;
+        self.changed.notify_one();
+        ok
+    }
+
+    /// `record_push` in the ledger: whether the machine holds the current
+    /// version, and the change's generation.
+    fn note_push(&self, alias: &str, id: &Id52, result: Result<Pushed, String>) -> (bool, u64) {
         let mut ledger = self.ledger.lock().expect("ledger lock");
         let current = ledger.version;
         let entry = ledger_entry(&mut ledger, alias, id);
@@ -404,20 +435,36 @@ impl Cluster {
                 false
             }
         };
-        if let Err(e) = ledger.save(&self.state_path()) {
-            tracing::error!(malai_cluster = %self.alias, "cannot record sync state: {e:#}");
-        }
-        drop(ledger);
-        self.changed.notify_one();
-        ok
+        (ok, self.saver.changed())
     }
 
     /// CM: records the outcome of a farewell to the removed machine `alias`
     /// (`id`); true when it acknowledged one.
-    pub fn record_farewell(&self, alias: &str, id: &Id52, result: Result<u64, String>) -> bool {
+    pub async fn record_farewell(
+        &self,
+        alias: &str,
+        id: &Id52,
+        result: Result<u64, String>,
+    ) -> bool {
+        let Some((ok, generation)) = self.note_farewell(alias, id, result) else {
+            return true;
+        };
+        self.saver.save(&self.ledger);
+        self.saver.durable(generation).await;
+        ok
+    }
+
+    /// `record_farewell` in the ledger: whether it acknowledged one, and
+    /// the change's generation; `None`: not a departed machine.
+    fn note_farewell(
+        &self,
+        alias: &str,
+        id: &Id52,
+        result: Result<u64, String>,
+    ) -> Option<(bool, u64)> {
         let mut ledger = self.ledger.lock().expect("ledger lock");
         let Some(entry) = ledger.departed.get_mut(&id.to_string()) else {
-            return true;
+            return None;
         };
         let ok = match result {
             Ok(version) => {
@@ -435,10 +482,7 @@ impl Cluster {
                 false
             }
         };
-        if let Err(e) = ledger.save(&self.state_path()) {
-            tracing::error!(malai_cluster = %self.alias, "cannot record sync state: {e:#}");
-        }
-        ok
+        Some((ok, self.saver.changed()))
     }
 
     /// The cluster as `malai status` shows it: the config in force, on a

@@ -63,7 +63,9 @@ pub async fn serve_fetch(cluster: &Cluster, peer: Id52, protocol: u32) -> FetchA
             withheld,
             ..
         }) => {
-            cluster.record_fetch(&alias, &peer, protocol, &withheld);
+            cluster
+                .record_fetch(&alias, &peer, protocol, &withheld)
+                .await;
             tracing::info!(malai_cluster = %cluster.alias(), malai_peer = %peer, "machine {alias} fetched config version {}", envelope.version);
             // The machine is back, perhaps restarted: a pooled connection to
             // it may be dead. Dial afresh and retry its push now rather
@@ -117,7 +119,7 @@ pub async fn pusher(cluster: Arc<Cluster>, dialer: super::handover::Dialer) {
                 if result.is_err() {
                     cluster.pool().forget(&id, CONFIG_ALPN).await;
                 }
-                let ok = cluster.record_farewell(&alias, &id, result);
+                let ok = cluster.record_farewell(&alias, &id, result).await;
                 (task_key, ok)
             });
             inflight.insert(key, handle);
@@ -157,7 +159,7 @@ pub async fn pusher(cluster: Arc<Cluster>, dialer: super::handover::Dialer) {
                 if result.is_err() {
                     cluster.pool().forget(&id, CONFIG_ALPN).await;
                 }
-                let ok = cluster.record_push(&task_alias, &id, result);
+                let ok = cluster.record_push(&task_alias, &id, result).await;
                 (task_alias, ok)
             });
             inflight.insert(alias, handle);
