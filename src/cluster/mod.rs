@@ -463,9 +463,7 @@ impl Cluster {
         result: Result<u64, String>,
     ) -> Option<(bool, u64)> {
         let mut ledger = self.ledger.lock().expect("ledger lock");
-        let Some(entry) = ledger.departed.get_mut(&id.to_string()) else {
-            return None;
-        };
+        let entry = ledger.departed.get_mut(&id.to_string())?;
         let ok = match result {
             Ok(version) => {
                 entry.acked_version = version;
