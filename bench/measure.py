@@ -144,12 +144,18 @@ def latency(setup, delays, runs, warmup, log):
         setup.relay.set_delay(delay)
         rtt = udp_rtt_ms(setup.lap, (MID_LAP, ECHO_PORT))
         samples = {v: [] for v in LATENCY_VARIANTS}
-        for i in range(warmup + runs):
-            for v in LATENCY_VARIANTS:
-                argv, env = setup.latency_argv(v)
-                t = timed(argv, env, setup.lap)
-                if i >= warmup:
-                    samples[v].append(t)
+        # Each pair that is compared runs interleaved, the order swapped
+        # every run; the cold pair first, then the warm pair. A warm run
+        # right after a cold one (either tool's) came out 1.5-2 ms slower
+        # than alone, and with all four in turn malai's warm run always
+        # followed ssh's cold one while ssh's warm run did not.
+        for pair in (("malai cold", "ssh cold"), ("malai warm", "ssh warm")):
+            for i in range(warmup + runs):
+                for v in (pair if i % 2 == 0 else pair[::-1]):
+                    argv, env = setup.latency_argv(v)
+                    t = timed(argv, env, setup.lap)
+                    if i >= warmup:
+                        samples[v].append(t)
         rtt_after = udp_rtt_ms(setup.lap, (MID_LAP, ECHO_PORT))
         out.append({"delay_ms": delay, "rtt_ms": (rtt + rtt_after) / 2, "samples": samples})
         log("latency at %g ms one-way (RTT %.2f ms): %s" % (

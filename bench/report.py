@@ -218,7 +218,7 @@ def markdown(res, plot_name):
         n = len(lat[0]["samples"]["malai cold"])
         out.append("### Exec latency")
         out.append("")
-        out.append("`malai web01.bench true` and `ssh host true`, %d runs each, interleaved; ms as median "
+        out.append("`malai web01.bench true` and `ssh host true`, %d runs each, cold with cold and warm with warm interleaved; ms as median "
                    "(p25–p75). Cold: a new connection (malai with no daemon on D-Bus, ssh without a "
                    "master). Warm: malai through the local daemon's pooled connection, ssh through an "
                    "open ControlMaster. RTT is measured through the relay with a UDP echo." % n)
