@@ -18,7 +18,7 @@ pub fn run(_args: Args) -> anyhow::Result<u8> {
     let home = Home::resolve()?;
     // Before the runtime's threads: taking them edits the environment.
     let sockets = Inherited::from_env();
-    super::runtime()?.block_on(async {
+    super::service_runtime()?.block_on(async {
         let mut term = signal(SignalKind::terminate())?;
         let mut int = signal(SignalKind::interrupt())?;
         let mut hup = signal(SignalKind::hangup())?;

@@ -69,7 +69,7 @@ fn open(target: &str, listen: Option<std::net::SocketAddr>) -> anyhow::Result<u8
             _ = term.recv() => {}
         }
     };
-    let served = super::runtime()?.block_on(crate::forward::open::serve(
+    let served = super::service_runtime()?.block_on(crate::forward::open::serve(
         &dir,
         &local.network,
         &target.machine,

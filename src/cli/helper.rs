@@ -76,7 +76,7 @@ fn serve_(args: ServeArgs) -> anyhow::Result<u8> {
         .with_context(|| format!("no user {:?} on this machine", args.daemon_user))?;
     // Before the runtime's threads: taking it edits the environment.
     let mut inherited = listenfd::ListenFd::from_env();
-    super::runtime()?.block_on(async {
+    super::service_runtime()?.block_on(async {
         let listener = match &args.socket {
             Some(path) => {
                 let _ = std::fs::remove_file(path);

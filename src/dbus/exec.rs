@@ -6,11 +6,11 @@
 //! token; a caller that leaves the bus takes its command with it.
 
 use std::collections::HashMap;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Mutex;
 
 use futures_util::StreamExt;
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::AsyncRead;
 use tokio::sync::mpsc;
 use zbus::Connection;
 use zbus::names::UniqueName;
@@ -19,7 +19,7 @@ use super::Error;
 use crate::cluster::Cluster;
 use crate::command::spawn::StdioMode;
 use crate::exec::ExecError;
-use crate::exec::client::{Io, run_with};
+use crate::exec::client::{Io, drain_to, run_with};
 use crate::exec::proto::{ClientMsg, WindowSize};
 use crate::p2p::EXEC_ALPN;
 
@@ -143,10 +143,14 @@ pub async fn run(
         }
     } else {
         let [stdin, stdout, stderr] = call.fds;
+        let (stdout, out) =
+            drain_to(stdout.as_fd()).map_err(|e| Error::Failed(format!("stdout: {e}")))?;
+        let (stderr, err) =
+            drain_to(stderr.as_fd()).map_err(|e| Error::Failed(format!("stderr: {e}")))?;
         let io = Io {
             stdin: reader(stdin)?,
-            stdout: writer(stdout),
-            stderr: writer(stderr),
+            stdout: Box::new(stdout),
+            stderr: Box::new(stderr),
             env,
             pty: call.pty,
             controls,
@@ -159,7 +163,7 @@ pub async fn run(
             .get(cluster.endpoint(), &id, &addrs, EXEC_ALPN)
             .await
             .map_err(|e| ExecError::Unreachable(format!("cannot reach {what}: {e:#}")));
-        match conn {
+        let result = match conn {
             Err(e) => Err(e),
             // Dropping the run when the caller leaves resets the stream:
             // the machine then kills the command's whole session.
@@ -167,7 +171,14 @@ pub async fn run(
                 r = run_with(&conn, call.argv, &what, io) => r,
                 () = gone => Err(ExecError::Lost("the caller left the bus".into())),
             },
+        };
+        // The output is in the caller's descriptors before the answer (a
+        // caller that left is not waited for: its descriptors may never
+        // drain).
+        if !matches!(result, Err(ExecError::Lost(_))) {
+            let _ = tokio::task::spawn_blocking(move || (out.join(), err.join())).await;
         }
+        result
     };
     sessions.0.lock().expect("sessions").remove(&key);
     Ok(result?)
@@ -253,9 +264,4 @@ fn reader(fd: OwnedFd) -> Result<Box<dyn AsyncRead + Unpin + Send>, Error> {
         ))
     })?;
     Ok(Box::new(pipe))
-}
-
-/// The caller's stdout or stderr, whatever it is (terminal, pipe, file).
-fn writer(fd: OwnedFd) -> Box<dyn AsyncWrite + Unpin + Send> {
-    Box::new(tokio::fs::File::from_std(std::fs::File::from(fd)))
 }

@@ -160,8 +160,9 @@ pub fn wide_pipe() -> std::io::Result<(std::os::fd::OwnedFd, std::os::fd::OwnedF
 /// async side writes the pipe through epoll, where tokio's stdout took a
 /// trip through the blocking pool and a flush for each frame. The thread
 /// ends once the pipe's write side is closed and drained: join it before
-/// exiting.
-fn drain_to(
+/// exiting (or before answering, in the daemon, which drains into a
+/// caller's descriptors the same way).
+pub fn drain_to(
     fd: std::os::fd::BorrowedFd<'_>,
 ) -> std::io::Result<(tokio::net::unix::pipe::Sender, std::thread::JoinHandle<()>)> {
     let mut out = std::fs::File::from(fd.try_clone_to_owned()?);
