@@ -6,7 +6,7 @@
 //! token; a caller that leaves the bus takes its command with it.
 
 use std::collections::HashMap;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::sync::Mutex;
 
 use futures_util::StreamExt;
@@ -19,7 +19,7 @@ use super::Error;
 use crate::cluster::Cluster;
 use crate::command::spawn::StdioMode;
 use crate::exec::ExecError;
-use crate::exec::client::{Io, drain_to, run_with};
+use crate::exec::client::{DrainThread, Io, LazyDrain, run_with};
 use crate::exec::proto::{ClientMsg, WindowSize};
 use crate::p2p::EXEC_ALPN;
 
@@ -143,10 +143,8 @@ pub async fn run(
         }
     } else {
         let [stdin, stdout, stderr] = call.fds;
-        let (stdout, out) =
-            drain_to(stdout.as_fd()).map_err(|e| Error::Failed(format!("stdout: {e}")))?;
-        let (stderr, err) =
-            drain_to(stderr.as_fd()).map_err(|e| Error::Failed(format!("stderr: {e}")))?;
+        let (stdout, out) = LazyDrain::new(stdout);
+        let (stderr, err) = LazyDrain::new(stderr);
         let io = Io {
             stdin: reader(stdin)?,
             stdout: Box::new(stdout),
@@ -172,16 +170,21 @@ pub async fn run(
                 () = gone => Err(ExecError::Lost("the caller left the bus".into())),
             },
         };
-        // The output is in the caller's descriptors before the answer (a
-        // caller that left is not waited for: its descriptors may never
-        // drain).
-        if !matches!(result, Err(ExecError::Lost(_))) {
-            let _ = tokio::task::spawn_blocking(move || (out.join(), err.join())).await;
-        }
+        drained([out, err], matches!(result, Err(ExecError::Lost(_)))).await;
         result
     };
     sessions.0.lock().expect("sessions").remove(&key);
     Ok(result?)
+}
+
+/// Waits until the drains of a caller's stdout and stderr wrote all to
+/// it, so that the output is there before the answer; not for a caller
+/// that left (its descriptors may never drain).
+async fn drained(threads: [DrainThread; 2], caller_left: bool) {
+    let threads = threads.map(|t| t.lock().expect("drain thread").take());
+    if !caller_left && threads.iter().any(Option::is_some) {
+        let _ = tokio::task::spawn_blocking(move || threads.map(|t| t.map(|t| t.join()))).await;
+    }
 }
 
 /// Whether the device `me` may still run `argv` (empty: a shell) on

@@ -155,14 +155,77 @@ pub fn wide_pipe() -> std::io::Result<(std::os::fd::OwnedFd, std::os::fd::OwnedF
     Ok((read_end, write_end))
 }
 
+/// Where a drain's thread goes once it is started, to be joined.
+pub type DrainThread = std::sync::Arc<std::sync::Mutex<Option<std::thread::JoinHandle<()>>>>;
+
+/// `drain_to` started on the first write: a command that writes nothing
+/// to it (most short ones) costs no pipe and no thread.
+pub struct LazyDrain {
+    fd: Option<std::os::fd::OwnedFd>,
+    pipe: Option<tokio::net::unix::pipe::Sender>,
+    thread: DrainThread,
+}
+
+impl LazyDrain {
+    /// A writer draining into `fd`, and where its thread will be.
+    pub fn new(fd: std::os::fd::OwnedFd) -> (LazyDrain, DrainThread) {
+        let thread = DrainThread::default();
+        let drain = LazyDrain {
+            fd: Some(fd),
+            pipe: None,
+            thread: thread.clone(),
+        };
+        (drain, thread)
+    }
+}
+
+impl AsyncWrite for LazyDrain {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        if self.pipe.is_none() {
+            let Some(fd) = self.fd.take() else {
+                return std::task::Poll::Ready(Err(std::io::ErrorKind::BrokenPipe.into()));
+            };
+            let (pipe, thread) = drain_to(fd.as_fd())?;
+            *self.thread.lock().expect("drain thread") = Some(thread);
+            self.pipe = Some(pipe);
+        }
+        let pipe = self.pipe.as_mut().expect("started above");
+        std::pin::Pin::new(pipe).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.pipe.as_mut() {
+            Some(pipe) => std::pin::Pin::new(pipe).poll_flush(cx),
+            None => std::task::Poll::Ready(Ok(())),
+        }
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.pipe.as_mut() {
+            Some(pipe) => std::pin::Pin::new(pipe).poll_shutdown(cx),
+            None => std::task::Poll::Ready(Ok(())),
+        }
+    }
+}
+
 /// A pipe whose bytes a thread of its own copies to `fd` (this process's
 /// stdout or stderr), unbuffered, with splice(2) where `fd` allows it: the
 /// async side writes the pipe through epoll, where tokio's stdout took a
 /// trip through the blocking pool and a flush for each frame. The thread
 /// ends once the pipe's write side is closed and drained: join it before
-/// exiting (or before answering, in the daemon, which drains into a
-/// caller's descriptors the same way).
-pub fn drain_to(
+/// exiting (the daemon, which drains into a caller's descriptors the same
+/// way through `LazyDrain`, joins it before it answers).
+fn drain_to(
     fd: std::os::fd::BorrowedFd<'_>,
 ) -> std::io::Result<(tokio::net::unix::pipe::Sender, std::thread::JoinHandle<()>)> {
     let mut out = std::fs::File::from(fd.try_clone_to_owned()?);
