@@ -2,6 +2,8 @@
 //! file with an `Args` struct and a `run` that only turns arguments into
 //! library calls.
 
+use std::sync::OnceLock;
+
 use clap::{Parser, Subcommand};
 
 pub mod acl;
@@ -243,27 +245,28 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
 /// dropped: exiting never waits for a task still blocked in a read of
 /// stdin.
 pub fn runtime() -> anyhow::Result<&'static tokio::runtime::Runtime> {
-    static RUNTIME: std::sync::OnceLock<tokio::runtime::Runtime> = std::sync::OnceLock::new();
-    if let Some(rt) = RUNTIME.get() {
-        return Ok(rt);
-    }
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    Ok(RUNTIME.get_or_init(|| rt))
+    static RUNTIME: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
+    made_once(&RUNTIME, tokio::runtime::Builder::new_current_thread)
 }
 
 /// The tokio runtime of a service (the daemon, the helper, a forward the
 /// CLI serves): a worker per core, for many peers and users at once.
 pub fn service_runtime() -> anyhow::Result<&'static tokio::runtime::Runtime> {
-    static RUNTIME: std::sync::OnceLock<tokio::runtime::Runtime> = std::sync::OnceLock::new();
-    if let Some(rt) = RUNTIME.get() {
+    static RUNTIME: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
+    made_once(&RUNTIME, tokio::runtime::Builder::new_multi_thread)
+}
+
+/// The runtime in `cell`, built by `builder` (all drivers on) the first
+/// time.
+fn made_once(
+    cell: &'static OnceLock<tokio::runtime::Runtime>,
+    builder: fn() -> tokio::runtime::Builder,
+) -> anyhow::Result<&'static tokio::runtime::Runtime> {
+    if let Some(rt) = cell.get() {
         return Ok(rt);
     }
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
-    Ok(RUNTIME.get_or_init(|| rt))
+    let rt = builder().enable_all().build()?;
+    Ok(cell.get_or_init(|| rt))
 }
 
 /// Logs to the journal when systemd started the daemon with its output

@@ -343,8 +343,7 @@ impl Cluster {
     /// understands `protocol`; what that config left out is `withheld`.
     pub async fn record_fetch(&self, alias: &str, id: &Id52, protocol: u32, withheld: &[String]) {
         if let Some(generation) = self.note_fetch(alias, id, protocol, withheld) {
-            self.saver.save(&self.ledger);
-            self.saver.durable(generation).await;
+            self.written(generation).await;
         }
     }
 
@@ -382,8 +381,7 @@ impl Cluster {
         result: Result<Pushed, String>,
     ) -> bool {
         let (ok, generation) = self.note_push(alias, id, result);
-        self.saver.save(&self.ledger);
-        self.saver.durable(generation).await;
+        self.written(generation).await;
         self.changed.notify_one();
         ok
     }
@@ -449,9 +447,14 @@ impl Cluster {
         let Some((ok, generation)) = self.note_farewell(alias, id, result) else {
             return true;
         };
+        self.written(generation).await;
+        ok
+    }
+
+    /// Resolves once the ledger change `generation` is in state.json.
+    async fn written(&self, generation: u64) {
         self.saver.save(&self.ledger);
         self.saver.durable(generation).await;
-        ok
     }
 
     /// `record_farewell` in the ledger: whether it acknowledged one, and

@@ -128,8 +128,8 @@ pub async fn run(
     ssh: SshAsk,
     stdin: Option<std::os::fd::OwnedFd>,
 ) -> anyhow::Result<u8> {
-    let (stdout, out) = drain_to(std::io::stdout().as_fd())?;
-    let (stderr, err) = drain_to(std::io::stderr().as_fd())?;
+    let (stdout, out) = drain_to(std::io::stdout().as_fd().try_clone_to_owned()?)?;
+    let (stderr, err) = drain_to(std::io::stderr().as_fd().try_clone_to_owned()?)?;
     let mut io = Io {
         ssh,
         stdout: Box::new(stdout),
@@ -189,7 +189,7 @@ impl AsyncWrite for LazyDrain {
             let Some(fd) = self.fd.take() else {
                 return std::task::Poll::Ready(Err(std::io::ErrorKind::BrokenPipe.into()));
             };
-            let (pipe, thread) = drain_to(fd.as_fd())?;
+            let (pipe, thread) = drain_to(fd)?;
             *self.thread.lock().expect("drain thread") = Some(thread);
             self.pipe = Some(pipe);
         }
@@ -218,17 +218,17 @@ impl AsyncWrite for LazyDrain {
     }
 }
 
-/// A pipe whose bytes a thread of its own copies to `fd` (this process's
-/// stdout or stderr), unbuffered, with splice(2) where `fd` allows it: the
+/// A pipe whose bytes a thread of its own copies to `fd` (a copy of this
+/// process's stdout or stderr, or a caller's), unbuffered, with splice(2) where `fd` allows it: the
 /// async side writes the pipe through epoll, where tokio's stdout took a
 /// trip through the blocking pool and a flush for each frame. The thread
 /// ends once the pipe's write side is closed and drained: join it before
 /// exiting (the daemon, which drains into a caller's descriptors the same
 /// way through `LazyDrain`, joins it before it answers).
 fn drain_to(
-    fd: std::os::fd::BorrowedFd<'_>,
+    fd: std::os::fd::OwnedFd,
 ) -> std::io::Result<(tokio::net::unix::pipe::Sender, std::thread::JoinHandle<()>)> {
-    let mut out = std::fs::File::from(fd.try_clone_to_owned()?);
+    let mut out = std::fs::File::from(fd);
     let (read_end, write_end) = wide_pipe()?;
     let mut from = std::fs::File::from(read_end);
     let thread = std::thread::Builder::new()
