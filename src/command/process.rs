@@ -12,7 +12,8 @@ use nix::sys::signal::Signal;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{mpsc, oneshot};
 
-use super::spawn::{self, Spawned};
+use super::clone;
+use super::spawn::{self, Spec};
 
 pub type Reader = Box<dyn AsyncRead + Unpin + Send>;
 pub type Writer = Box<dyn AsyncWrite + Unpin + Send>;
@@ -29,11 +30,10 @@ pub struct Process {
 }
 
 enum Exit {
-    Child(tokio::process::Child),
     /// The helper's answer: the exit code, or why it is unknown.
     Helper(oneshot::Receiver<Result<u8, String>>),
-    /// A child started in its control group (`clone::spawn_in`): its pidfd.
-    Pidfd(tokio::io::unix::AsyncFd<OwnedFd>),
+    /// A child of this process (`clone::spawn`): its pidfd, until reaped.
+    Pidfd(Option<tokio::io::unix::AsyncFd<OwnedFd>>),
 }
 
 /// Signals a running command and everything it started.
@@ -80,33 +80,27 @@ impl Control {
 }
 
 impl Process {
-    /// A child of this process.
-    pub fn from_child(mut s: Spawned) -> Process {
-        let take = |r: Option<_>| r.map(|r| Box::new(r) as Reader);
-        Process {
-            stdin: s.child.stdin.take().map(|w| Box::new(w) as Writer),
-            stdout: take(s.child.stdout.take()),
-            stderr: s.child.stderr.take().map(|r| Box::new(r) as Reader),
-            pty_master: s.pty_master.take(),
-            control: Control::Session(s.pgid, Arc::default()),
-            exit: Exit::Child(s.child),
-        }
+    /// Starts `spec` as a child of this process (in the control group
+    /// whose directory `cgroup` is open, when given).
+    pub fn spawn(spec: Spec, cgroup: Option<&OwnedFd>) -> anyhow::Result<Process> {
+        Ok(Process::from_clone(clone::spawn(spec, cgroup)?)?)
     }
 
-    /// A child started in its control group.
+    /// A child of this process.
     #[allow(unsafe_code)]
-    pub fn from_clone(c: super::clone::Cloned) -> std::io::Result<Process> {
+    fn from_clone(c: clone::Cloned) -> std::io::Result<Process> {
         // SAFETY: the AsyncFd owns the pidfd (an OwnedFd: open until it is
         // dropped, its raw descriptor never changes).
         let pidfd = unsafe { tokio::io::unix::AsyncFd::register(c.pidfd) }
             .map_err(|e| std::io::Error::other(e.to_string()))?;
+        let [stdin, stdout, stderr] = c.pipes;
         Ok(Process {
-            stdin: None,
-            stdout: None,
-            stderr: None,
+            stdin: writer(stdin)?,
+            stdout: reader(stdout)?,
+            stderr: reader(stderr)?,
             pty_master: c.pty_master,
             control: Control::Session(c.pid, Arc::default()),
-            exit: Exit::Pidfd(pidfd),
+            exit: Exit::Pidfd(Some(pidfd)),
         })
     }
 
@@ -118,18 +112,8 @@ impl Process {
         exit: oneshot::Receiver<Result<u8, String>>,
     ) -> std::io::Result<Process> {
         let [stdin, stdout, stderr] = pipes;
-        let reader = |fd: Option<OwnedFd>| -> std::io::Result<Option<Reader>> {
-            fd.map(|fd| {
-                tokio::net::unix::pipe::Receiver::from_owned_fd(fd).map(|r| Box::new(r) as Reader)
-            })
-            .transpose()
-        };
         Ok(Process {
-            stdin: stdin
-                .map(|fd| {
-                    tokio::net::unix::pipe::Sender::from_owned_fd(fd).map(|w| Box::new(w) as Writer)
-                })
-                .transpose()?,
+            stdin: writer(stdin)?,
             stdout: reader(stdout)?,
             stderr: reader(stderr)?,
             pty_master,
@@ -141,14 +125,8 @@ impl Process {
     /// Waits for the command to end: its exit code, or 128+N for signal N.
     pub async fn wait(&mut self) -> std::io::Result<u8> {
         match &mut self.exit {
-            Exit::Child(child) => {
-                let status = child.wait().await?;
-                if let Control::Session(_, reaped) = &self.control {
-                    reaped.store(true, Ordering::SeqCst);
-                }
-                Ok(spawn::exit_code(status))
-            }
-            Exit::Pidfd(pidfd) => {
+            Exit::Pidfd(None) => Err(std::io::Error::other("the command was reaped already")),
+            Exit::Pidfd(Some(pidfd)) => {
                 let code = loop {
                     let mut ready = pidfd.readable().await?;
                     match ready.try_io(|fd| waitid_exited(fd.get_ref())) {
@@ -156,6 +134,7 @@ impl Process {
                         Err(_would_block) => {}
                     }
                 };
+                self.exit = Exit::Pidfd(None);
                 if let Control::Session(_, reaped) = &self.control {
                     reaped.store(true, Ordering::SeqCst);
                 }
@@ -170,6 +149,36 @@ impl Process {
             },
         }
     }
+}
+
+impl Drop for Process {
+    /// A child left running when its `Process` goes (the task that held it
+    /// was dropped) is reaped when it ends, not left a zombie.
+    fn drop(&mut self) {
+        if let Exit::Pidfd(slot) = &mut self.exit
+            && let Some(pidfd) = slot.take()
+            && let Ok(rt) = tokio::runtime::Handle::try_current()
+        {
+            rt.spawn(async move {
+                while let Ok(mut ready) = pidfd.readable().await {
+                    if ready.try_io(|fd| waitid_exited(fd.get_ref())).is_ok() {
+                        return;
+                    }
+                }
+            });
+        }
+    }
+}
+
+/// A stream of this side of a command's pipe.
+fn reader(fd: Option<OwnedFd>) -> std::io::Result<Option<Reader>> {
+    fd.map(|fd| tokio::net::unix::pipe::Receiver::from_owned_fd(fd).map(|r| Box::new(r) as Reader))
+        .transpose()
+}
+
+fn writer(fd: Option<OwnedFd>) -> std::io::Result<Option<Writer>> {
+    fd.map(|fd| tokio::net::unix::pipe::Sender::from_owned_fd(fd).map(|w| Box::new(w) as Writer))
+        .transpose()
 }
 
 /// Reaps the exited child of `pidfd`: its exit code, or 128+N for signal
@@ -198,7 +207,7 @@ fn waitid_exited(pidfd: &OwnedFd) -> std::io::Result<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::command::spawn::{Spec, StdioMode};
+    use crate::command::spawn::StdioMode;
 
     /// Once a command is reaped its pid may be reused: signals and kills
     /// through its `Control` go nowhere (a stand-in for the reused pid, a
@@ -213,9 +222,9 @@ mod tests {
             stdio: StdioMode::Piped,
             rule: false,
         };
-        let mut done = Process::from_child(spawn::spawn(spec(&["true"])).unwrap());
+        let mut done = Process::spawn(spec(&["true"]), None).unwrap();
         assert_eq!(done.wait().await.unwrap(), 0);
-        let mut victim = Process::from_child(spawn::spawn(spec(&["sleep", "1000"])).unwrap());
+        let mut victim = Process::spawn(spec(&["sleep", "1000"]), None).unwrap();
         let Control::Session(victim_pid, _) = victim.control.clone() else {
             unreachable!("a child")
         };

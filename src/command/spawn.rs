@@ -1,17 +1,15 @@
-//! Starting a command for a peer: argv (never a shell string), a clean
-//! environment from a short allow-list, its own session and process group
-//! (so a disconnect can kill all of it), pipes or a PTY, and, when the daemon
-//! is root, the target user's uid, gid and groups.
+//! What a command for a peer starts with: argv (never a shell string), a
+//! clean environment from a short allow-list, its own session and process
+//! group (so a disconnect can kill all of it), pipes or a PTY, and, when the
+//! daemon is root, the target user's uid, gid and groups; `clone` starts
+//! it.
 
-use std::ffi::CString;
 use std::os::fd::OwnedFd;
-use std::process::Stdio;
 
 use anyhow::Context;
-use nix::unistd::{Gid, Uid, User};
+use nix::unistd::{Uid, User};
 use rustix::fs::{Mode, OFlags};
 use rustix::pty::OpenptFlags;
-use tokio::process::{Child, Command};
 
 use super::{WindowSize, env_allowed};
 
@@ -38,15 +36,6 @@ pub enum StdioMode {
     /// Descriptors a CLI passed to the daemon over D-Bus; the command gets
     /// a session of its own, so that it can be killed as a whole.
     Fds([OwnedFd; 3]),
-}
-
-pub struct Spawned {
-    pub child: Child,
-    /// The process group and session id of the command (it is the session
-    /// leader): `killpg` and `kill_session` target.
-    pub pgid: i32,
-    /// The PTY's master side, when the command runs on one.
-    pub pty_master: Option<OwnedFd>,
 }
 
 /// The environment of a command rule, set after the client's: programs
@@ -165,128 +154,6 @@ pub fn resolve(program: &str) -> Option<std::path::PathBuf> {
         .find(|p| is_exec(p))
 }
 
-pub fn spawn(spec: Spec) -> anyhow::Result<Spawned> {
-    let prepared = prepare(&spec)?;
-    let (argv, user, switch) = (&prepared.argv, &prepared.user, prepared.switch);
-    let mut cmd = Command::new(&argv[0]);
-    cmd.args(&argv[1..]);
-    cmd.env_clear()
-        .envs(prepared.env.iter().map(|(k, v)| (k, v)))
-        .current_dir(&prepared.cwd);
-
-    let inherit = matches!(spec.stdio, StdioMode::Inherit) && spec.pty.is_none();
-    let mut pty_master = None;
-    let mut slave_for_child = None;
-    if let Some(size) = spec.pty {
-        let (master, slave) = open_pty(size)?;
-        cmd.stdin(Stdio::from(slave.try_clone()?))
-            .stdout(Stdio::from(slave.try_clone()?))
-            .stderr(Stdio::from(slave.try_clone()?));
-        slave_for_child = Some(slave);
-        pty_master = Some(master);
-    } else {
-        match spec.stdio {
-            StdioMode::Inherit => {
-                cmd.stdin(Stdio::inherit())
-                    .stdout(Stdio::inherit())
-                    .stderr(Stdio::inherit());
-            }
-            StdioMode::Piped => {
-                cmd.stdin(Stdio::piped())
-                    .stdout(Stdio::piped())
-                    .stderr(Stdio::piped());
-            }
-            StdioMode::Fds([stdin, stdout, stderr]) => {
-                cmd.stdin(Stdio::from(stdin))
-                    .stdout(Stdio::from(stdout))
-                    .stderr(Stdio::from(stderr));
-            }
-        }
-    }
-
-    let ids = if switch {
-        let name = CString::new(user.name.clone()).context("user name")?;
-        let groups = nix::unistd::getgrouplist(&name, user.gid).context("groups of the user")?;
-        Some((user.uid, user.gid, groups))
-    } else {
-        None
-    };
-    let with_pty = spec.pty.is_some();
-    if let (Some(slave), true) = (&slave_for_child, switch) {
-        give_terminal(slave, user.uid)?;
-    }
-    set_up_child(&mut cmd, !inherit, with_pty, ids);
-
-    let child = cmd
-        .spawn()
-        .with_context(|| format!("cannot run {:?}", argv[0]))?;
-    drop(slave_for_child);
-    let pgid = child.id().context("child has no pid")? as i32;
-    Ok(Spawned {
-        child,
-        pgid,
-        pty_master,
-    })
-}
-
-/// In the child, between fork and exec: every inherited descriptor above
-/// stderr marked close-on-exec, a new session (so the command and
-/// everything it starts can be killed together; not for a command that
-/// keeps the caller's terminal), the PTY as controlling terminal, then the
-/// user's groups, gid and uid, in that order.
-#[allow(unsafe_code)]
-fn set_up_child(
-    cmd: &mut Command,
-    new_session: bool,
-    with_pty: bool,
-    ids: Option<(Uid, Gid, Vec<Gid>)>,
-) {
-    // SAFETY: the closure runs in the forked child before exec and only makes
-    // system calls (close_range, setsid, ioctl, setgroups, setgid, setuid)
-    // on values prepared before the fork; it allocates nothing and takes no
-    // locks.
-    unsafe {
-        cmd.pre_exec(move || {
-            // Not closed here: the standard library still needs its own
-            // close-on-exec pipe to report a failed exec.
-            if !cloexec_above_stderr() {
-                return Err(std::io::Error::last_os_error());
-            }
-            if new_session {
-                rustix::process::setsid()?;
-            }
-            if with_pty {
-                rustix::process::ioctl_tiocsctty(rustix::stdio::stdin())?;
-            }
-            if let Some((uid, gid, groups)) = &ids {
-                nix::unistd::setgroups(groups)?;
-                nix::unistd::setgid(*gid)?;
-                nix::unistd::setuid(*uid)?;
-            }
-            Ok(())
-        });
-    }
-}
-
-/// Every descriptor above stderr closes at exec, whatever flag it was
-/// received or opened with: a second guard behind close-on-exec on each
-/// descriptor the daemon or the helper takes in (D-Bus callers' stdio,
-/// terminals, a peer's pipes). Between fork and exec: one raw system call,
-/// async-signal-safe; `false` with errno set when it failed.
-#[allow(unsafe_code)]
-pub fn cloexec_above_stderr() -> bool {
-    // SAFETY: close_range(2) with CLOSE_RANGE_CLOEXEC only sets flags on
-    // this process's descriptors.
-    unsafe {
-        libc::syscall(
-            libc::SYS_close_range,
-            3 as libc::c_uint,
-            libc::c_uint::MAX,
-            libc::CLOSE_RANGE_CLOEXEC,
-        ) == 0
-    }
-}
-
 /// Gives a PTY's slave side to the user who runs on it, as login and sshd
 /// do (the mode first: after the chown only its owner could change it).
 pub fn give_terminal(slave: &OwnedFd, uid: Uid) -> anyhow::Result<()> {
@@ -357,15 +224,5 @@ pub fn kill_session(sid: i32, signal: nix::sys::signal::Signal) {
         if session == Some(sid) {
             let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), signal);
         }
-    }
-}
-
-/// The exit code a client reports: the code, or 128+N for signal N.
-pub fn exit_code(status: std::process::ExitStatus) -> u8 {
-    use std::os::unix::process::ExitStatusExt;
-    match (status.code(), status.signal()) {
-        (Some(code), _) => code as u8,
-        (None, Some(sig)) => (128 + sig) as u8,
-        (None, None) => 255,
     }
 }

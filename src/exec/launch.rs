@@ -9,7 +9,7 @@ use crate::identity::Id52;
 
 use super::proto::WindowSize;
 use crate::command::process::Process;
-use crate::command::spawn::{self, Spec, StdioMode};
+use crate::command::spawn::{Spec, StdioMode};
 
 /// A command the ACL allowed, and what the helper needs to decide it again.
 pub struct Launch<'a> {
@@ -49,15 +49,17 @@ pub async fn start(l: Launch<'_>) -> anyhow::Result<Process> {
         };
         return Ok(client::start(&socket, &req, stdio).await?);
     }
-    let spawned = spawn::spawn(Spec {
-        argv: l.grant.argv.clone(),
-        username: l.username.or_else(|| l.grant.username.clone()),
-        env: l.env,
-        pty: l.pty,
-        stdio: l.stdio,
-        rule: l.grant.rule.is_some(),
-    })?;
-    Ok(Process::from_child(spawned))
+    Process::spawn(
+        Spec {
+            argv: l.grant.argv.clone(),
+            username: l.username.or_else(|| l.grant.username.clone()),
+            env: l.env,
+            pty: l.pty,
+            stdio: l.stdio,
+            rule: l.grant.rule.is_some(),
+        },
+        None,
+    )
 }
 
 /// The user `grant` runs as here: its own, or, for none, the helper's

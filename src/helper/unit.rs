@@ -23,7 +23,6 @@ use zbus::{Connection, Proxy, Variant};
 
 use super::cgroup::{Group, Tree};
 use super::check::Checked;
-use crate::command::clone;
 use crate::command::process::Process;
 use crate::command::spawn::{self, StdioMode};
 use crate::config::Limits;
@@ -137,10 +136,7 @@ impl Launcher {
             }
         };
         let t0 = std::time::Instant::now();
-        let spawned = match &cgroup_dir {
-            Some(dir) => clone::spawn_in(spec, dir).and_then(|c| Ok(Process::from_clone(c)?)),
-            None => spawn::spawn(spec).map(Process::from_child),
-        };
+        let spawned = Process::spawn(spec, cgroup_dir.as_ref());
         tracing::debug!(
             "malai helper: {name}: fork and exec took {} µs",
             t0.elapsed().as_micros()
