@@ -456,6 +456,74 @@ fn a_cluster_of_the_users_own_is_not_sent_to_another_homes_daemon() {
     assert!(status.status.success(), "{}", common::stderr(&status));
 }
 
+/// A user who names a MALAI_HOME is never served by a daemon of another
+/// home, even one whose cluster of that name would run the command: the
+/// one call (`ExecIn`) names the home, that daemon answers OtherHome before
+/// it touches anything, and the CLI goes on with the named home alone.
+#[test]
+fn a_named_home_never_runs_a_command_through_another_homes_daemon() {
+    let bus = PrivateBus::start();
+    // The daemon's home: its `company` lets its own key run on cm.
+    let service = Host::loopback("service", &["company"]);
+    let service_cm = common::net::id52_of(&service.json(&["cluster", "init", "company", "--json"]));
+    std::fs::write(
+        service.cluster_dir("company").join("cluster.toml"),
+        format!(
+            "[cluster-manager]\nid52 = \"{service_cm}\"\n\n[machine.cm]\nid52 = \"{service_cm}\"\nallow_from = \"cm\"\n"
+        ),
+    )
+    .unwrap();
+    let daemon = service.start_daemon_with(&[("MALAI_DBUS_ADDRESS", &bus.address)]);
+    // Through that daemon, with its own home named, the command runs...
+    let out = on_bus(&service, &bus, &["-v", "cm.company", "echo", "served"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).as_ref()
+        ),
+        (Some(0), "served\n"),
+        "{}",
+        common::stderr(&out)
+    );
+    assert!(
+        !common::stderr(&out).contains("going directly"),
+        "{}",
+        common::stderr(&out)
+    );
+    // ...but a user naming another home (without that cluster) is told so
+    // by that home, and nothing runs.
+    let other = Host::loopback("other", &[]);
+    let out = on_bus(&other, &bus, &["-v", "cm.company", "echo", "leaked"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let err = common::stderr(&out);
+    assert_eq!(out.status.code(), Some(255), "{err}");
+    assert!(
+        out.stdout.is_empty(),
+        "ran through another home's daemon: {err}"
+    );
+    assert!(
+        err.contains(&format!(
+            "the daemon there serves {}",
+            std::fs::canonicalize(service.home.path())
+                .unwrap()
+                .display()
+        )),
+        "{err}"
+    );
+    assert!(
+        err.contains("no cluster") || err.contains("company"),
+        "{err}"
+    );
+    let log = daemon.log_text();
+    assert!(!log.contains("leaked"), "the daemon saw the command: {log}");
+    drop(daemon);
+}
+
 #[test]
 fn a_command_on_the_device_itself_ends_when_a_config_takes_its_rule_away() {
     let bus = PrivateBus::start();

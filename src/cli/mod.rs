@@ -232,7 +232,7 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
                 },
                 fan_given: given,
             };
-            route::Route::find(&home)?.exec(&words, &opts)
+            route::Route::for_exec(&home)?.exec(&words, &opts)
         }
     }
 }

@@ -122,6 +122,8 @@ pub struct Route<'h> {
     /// The first daemon that answered: one serving this MALAI_HOME, or any
     /// when the user named none (`any_home`).
     daemon: Option<client::Found>,
+    /// Whether the buses were asked for `daemon` yet.
+    looked_up: bool,
     /// Why a bus or a daemon was passed over, for `-v` and for errors.
     skipped: Vec<String>,
 }
@@ -129,15 +131,29 @@ pub struct Route<'h> {
 impl<'h> Route<'h> {
     /// Looks for the daemon on the buses (once per process).
     pub fn find(home: &'h Home) -> anyhow::Result<Route<'h>> {
-        let rt = super::runtime()?;
-        let mut skipped = Vec::new();
-        let daemon = rt.block_on(client::find(&home.root, any_home(), &mut skipped));
+        let mut route = Route::for_exec(home)?;
+        route.look_up();
+        Ok(route)
+    }
+
+    /// A route for a remote command, which asks no bus for the daemon's
+    /// home first: its `ExecIn` call names the home the daemon must serve.
+    pub fn for_exec(home: &'h Home) -> anyhow::Result<Route<'h>> {
         Ok(Route {
             home,
-            rt,
-            daemon,
-            skipped,
+            rt: super::runtime()?,
+            daemon: None,
+            looked_up: false,
+            skipped: Vec::new(),
         })
+    }
+
+    /// Asks the buses for the daemon, once.
+    fn look_up(&mut self) {
+        if !std::mem::replace(&mut self.looked_up, true) {
+            let found = client::find(&self.home.root, any_home(), &mut self.skipped);
+            self.daemon = self.rt.block_on(found);
+        }
     }
 
     /// The daemon's view when a daemon answers on a bus, the files'
@@ -234,21 +250,11 @@ impl Route<'_> {
             self.skipped
                 .push("-l, USER@ and -s go directly with this user's keys".into());
         }
-        let daemon = match asks {
-            true => None,
-            false => daemon_for(home, &self.daemon, &mut self.skipped, &inv.target.cluster),
-        };
         // What this process already read of its stdin, when a daemon was
         // asked and passed: the direct path goes on from that pipe.
         let mut stdin = None;
-        if let Some(found) = daemon {
-            match rt.block_on(exec_over_bus(
-                home,
-                found,
-                &inv,
-                (verbose, tty),
-                &mut self.skipped,
-            )) {
+        if !asks {
+            match rt.block_on(exec_over_bus(home, &inv, (verbose, tty), &mut self.skipped)) {
                 OverBus::Done(result) => return result,
                 OverBus::Passed(fed) => stdin = fed,
             }
@@ -326,6 +332,7 @@ impl Route<'_> {
             fanout::output::Sink::print()
         };
         let cluster = &selection.cluster;
+        self.look_up();
         if let Some(found) = daemon_for(home, &self.daemon, &mut self.skipped, cluster)
             && let Some(proxy) = rt.block_on(cluster_object(found, cluster, &mut self.skipped))
         {
@@ -521,95 +528,177 @@ enum OverBus {
     Passed(Option<std::os::fd::OwnedFd>),
 }
 
-/// Runs the invocation through `found`, the daemon on a bus: the daemon
-/// dials (or reuses its connection) with the cluster's identity, and the
-/// command's output goes straight to this process's stdout and stderr.
-/// `Exec` is the one call (no probe of the cluster's object first: a
-/// daemon without the cluster answers it with `UnknownObject` before it
-/// touches a descriptor).
+/// The MALAI_HOME a daemon must serve to run a command of `cluster` for
+/// this process (`daemon_for`'s rule, said in the call): this one when the
+/// user named it or it has a cluster of that name (that cluster's keys are
+/// this home's); otherwise any (empty: a member of the group malai uses
+/// the system service's clusters). Canonical, as the daemon compares it.
+fn required_home(home: &Home, cluster: &str) -> String {
+    if any_home() && !home.cluster_dir(cluster).exists() {
+        return String::new();
+    }
+    std::fs::canonicalize(&home.root)
+        .unwrap_or_else(|_| home.root.clone())
+        .to_string_lossy()
+        .into_owned()
+}
+
+/// Runs the invocation through the first daemon, on the buses in order,
+/// that serves the home it needs (`required_home`): the daemon dials (or
+/// reuses its connection) with the cluster's identity, and the command's
+/// output goes straight to this process's stdout and stderr. `ExecIn` is
+/// the one call: a daemon of another home answers `OtherHome`, one without
+/// the cluster `UnknownObject`, both before they touch a descriptor; a bus
+/// with no daemon answers for it. Only those answers (nothing ran) move on
+/// to the next bus or directly.
 async fn exec_over_bus(
     home: &Home,
-    found: &client::Found,
     inv: &Invocation,
     (verbose, tty): (u8, u8),
     skipped: &mut Vec<String>,
 ) -> OverBus {
-    use crate::dbus::Error;
+    let required = required_home(home, &inv.target.cluster);
+    // The pipe fed with this process's stdin, made for the first daemon
+    // asked and handed on to the next (or the direct path): what was read
+    // is there.
+    let mut fed = None;
+    for bus in crate::dbus::Bus::for_client() {
+        let conn = match bus.connect().await {
+            Ok(conn) => conn,
+            Err(e) => {
+                skipped.push(format!("{e:#}"));
+                continue;
+            }
+        };
+        let answer = match exec_in(&bus, &conn, &required, inv, (verbose, tty), &mut fed).await {
+            Ok(answer) => answer,
+            Err(e) => return OverBus::Done(Err(e)),
+        };
+        match answer_of(home, &bus, inv, answer, skipped) {
+            Step::Done(result) => return OverBus::Done(result),
+            Step::NextBus => {}
+            Step::Direct => break,
+        }
+    }
+    OverBus::Passed(fed)
+}
+
+/// Where an `ExecIn` answer leaves the command.
+enum Step {
+    /// It ran there (or failed for a reason the direct path shares).
+    Done(anyhow::Result<u8>),
+    /// Nothing ran: that bus has no daemon, or one of another home.
+    NextBus,
+    /// Nothing ran, and the daemon is this user's: directly.
+    Direct,
+}
+
+/// One `ExecIn` call on `conn`, with this process's terminal, signals and
+/// stdin (`fed`, made on first use): the answer; an error when this
+/// process could not make the call (its terminal, its stdin).
+async fn exec_in(
+    bus: &crate::dbus::Bus,
+    conn: &zbus::Connection,
+    required: &str,
+    inv: &Invocation,
+    (verbose, tty): (u8, u8),
+    fed: &mut Option<std::os::fd::OwnedFd>,
+) -> anyhow::Result<Result<u8, crate::dbus::Error>> {
     use crate::exec::client::{RawMode, process_env, process_pty};
     let Invocation { target, argv } = inv;
-    let Some(proxy) = cluster_proxy(found, &target.cluster).await else {
-        skipped.push(format!(
-            "{}: no proxy for cluster {:?}",
-            found.bus, target.cluster
-        ));
-        return OverBus::Passed(None);
+    let proxy = match client::ClusterProxy::builder(conn)
+        .path(crate::dbus::cluster_path(&target.cluster))
+        .cache_properties(zbus::proxy::CacheProperties::No)
+        .build()
+        .await
+    {
+        Ok(proxy) => proxy,
+        Err(e) => return Ok(Err(e.into())),
     };
     if verbose > 0 {
-        eprintln!(
-            "malai: running {target} through the daemon on {}",
-            found.bus
-        );
+        eprintln!("malai: running {target} through the daemon on {bus}");
     }
-    let result = async {
-        let pty = process_pty(argv, tty);
-        let _raw = RawMode::for_pty(pty)?;
-        // stdin goes through a pipe this process feeds: the daemon then
-        // reads a descriptor of its own that it can stop reading at any time.
-        let read_end = feed_stdin()?;
-        let kept = read_end.try_clone()?;
-        let token = format!(
-            "{}-{}",
-            std::process::id(),
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap_or_default()
-                .as_nanos()
-        );
-        let controls = {
-            let (proxy, token) = (proxy.clone(), token.clone());
-            tokio::spawn(forward_controls(proxy, token, pty.is_some()))
-        };
-        let (rows, cols) = pty.map_or((0, 0), |p| (p.rows, p.cols));
-        let answer = proxy
-            .exec(
-                &target.machine,
-                argv,
-                process_env().into_iter().collect(),
-                rows,
-                cols,
-                zbus::Fd::from(&read_end),
-                zbus::Fd::from(&std::io::stdout()),
-                zbus::Fd::from(&std::io::stderr()),
-                &token,
-            )
-            .await;
-        controls.abort();
-        anyhow::Ok((answer, kept))
-    }
-    .await;
-    let (answer, kept) = match result {
-        Ok(done) => done,
-        Err(e) => return OverBus::Done(Err(e)),
+    let pty = process_pty(argv, tty);
+    let _raw = RawMode::for_pty(pty)?;
+    // stdin goes through a pipe this process feeds: the daemon then reads a
+    // descriptor of its own that it can stop reading at any time.
+    let read_end = match fed {
+        Some(fd) => fd,
+        None => fed.insert(feed_stdin()?),
     };
-    OverBus::Done(match answer {
-        Ok(code) => Ok(code),
-        Err(Error::ZBus(e)) if no_such_object(&e) => {
-            skipped.push(format!(
-                "{}: the daemon there has no cluster {:?}",
-                found.bus, target.cluster
-            ));
-            return OverBus::Passed(Some(kept));
-        }
-        Err(Error::AccessDenied(why)) if home.load_cluster(&target.cluster).is_ok() => {
-            skipped.push(format!("{}: {why}", found.bus));
-            return OverBus::Passed(Some(kept));
-        }
-        Err(Error::NoSuchMachine(m)) => Err(Failure::usage(m).into()),
-        Err(Error::ZBus(e)) => Err(Failure::new(
-            EXEC_FAILED,
-            format!("{target}: the daemon on {} failed: {e}", found.bus),
+    let token = format!(
+        "{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos()
+    );
+    let controls = {
+        let (proxy, token) = (proxy.clone(), token.clone());
+        tokio::spawn(forward_controls(proxy, token, pty.is_some()))
+    };
+    let (rows, cols) = pty.map_or((0, 0), |p| (p.rows, p.cols));
+    let answer = proxy
+        .exec_in(
+            required,
+            &target.machine,
+            argv,
+            process_env().into_iter().collect(),
+            rows,
+            cols,
+            zbus::Fd::from(&*read_end),
+            zbus::Fd::from(&std::io::stdout()),
+            zbus::Fd::from(&std::io::stderr()),
+            &token,
         )
-        .into()),
+        .await;
+    controls.abort();
+    Ok(answer)
+}
+
+/// What an `ExecIn` answer means for this command: done (its exit code,
+/// or an error), or passed on (nothing ran) to the next bus or directly.
+fn answer_of(
+    home: &Home,
+    bus: &crate::dbus::Bus,
+    inv: &Invocation,
+    answer: Result<u8, crate::dbus::Error>,
+    skipped: &mut Vec<String>,
+) -> Step {
+    use crate::dbus::Error;
+    let target = &inv.target;
+    let mut passed = |why: String, step: Step| {
+        skipped.push(format!("{bus}: {why}"));
+        step
+    };
+    match answer {
+        Ok(code) => Step::Done(Ok(code)),
+        Err(Error::OtherHome(theirs)) => passed(
+            format!(
+                "the daemon there serves {theirs}, not {}",
+                home.root.display()
+            ),
+            Step::NextBus,
+        ),
+        Err(Error::ZBus(e)) if no_daemon(&e) => passed(format!("no daemon ({e})"), Step::NextBus),
+        Err(Error::ZBus(e)) if no_such_object(&e) => passed(
+            format!("the daemon there has no cluster {:?}", target.cluster),
+            Step::Direct,
+        ),
+        Err(Error::ZBus(e)) if unknown_method(&e) => passed(
+            "the daemon there predates ExecIn (restart it to go through it)".into(),
+            Step::Direct,
+        ),
+        Err(Error::AccessDenied(why)) if home.load_cluster(&target.cluster).is_ok() => {
+            passed(why, Step::Direct)
+        }
+        Err(Error::NoSuchMachine(m)) => Step::Done(Err(Failure::usage(m).into())),
+        Err(Error::ZBus(e)) => Step::Done(Err(Failure::new(
+            EXEC_FAILED,
+            format!("{target}: the daemon on {bus} failed: {e}"),
+        )
+        .into())),
         Err(
             Error::AccessDenied(m)
             | Error::Denied(m)
@@ -617,8 +706,8 @@ async fn exec_over_bus(
             | Error::Failed(m)
             | Error::Invalid(m)
             | Error::Stale(m),
-        ) => Err(Failure::new(EXEC_FAILED, m).into()),
-    })
+        ) => Step::Done(Err(Failure::new(EXEC_FAILED, m).into())),
+    }
 }
 
 /// Whether a call failed because the daemon has no such object (nor its
@@ -632,6 +721,32 @@ fn no_such_object(e: &zbus::Error) -> bool {
             "org.freedesktop.DBus.Error.UnknownObject"
                 | "org.freedesktop.DBus.Error.UnknownInterface"
         ),
+        _ => false,
+    }
+}
+
+/// Whether the bus answered a call for want of a daemon: nobody owns the
+/// name there.
+fn no_daemon(e: &zbus::Error) -> bool {
+    use zbus::fdo::Error as Fdo;
+    match e {
+        zbus::Error::FDO(e) => matches!(**e, Fdo::ServiceUnknown(_) | Fdo::NameHasNoOwner(_)),
+        zbus::Error::MethodError(name, ..) => matches!(
+            name.as_str(),
+            "org.freedesktop.DBus.Error.ServiceUnknown"
+                | "org.freedesktop.DBus.Error.NameHasNoOwner"
+        ),
+        _ => false,
+    }
+}
+
+/// Whether the daemon has no such method (one older than the call).
+fn unknown_method(e: &zbus::Error) -> bool {
+    match e {
+        zbus::Error::FDO(e) => matches!(**e, zbus::fdo::Error::UnknownMethod(_)),
+        zbus::Error::MethodError(name, ..) => {
+            name.as_str() == "org.freedesktop.DBus.Error.UnknownMethod"
+        }
         _ => false,
     }
 }
@@ -812,7 +927,8 @@ impl Route<'_> {
                     Error::AccessDenied(reason)
                     | Error::Failed(reason)
                     | Error::NoSuchMachine(reason)
-                    | Error::Unreachable(reason),
+                    | Error::Unreachable(reason)
+                    | Error::OtherHome(reason),
                 ) => Err(EditError::Failed(reason)),
             })
         })

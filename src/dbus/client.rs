@@ -44,6 +44,23 @@ pub trait Cluster {
         token: &str,
     ) -> Result<u8, super::Error>;
 
+    /// Exec, run only by a daemon serving `home` (canonical; empty: any):
+    /// another's answers OtherHome before it touches a descriptor.
+    #[allow(clippy::too_many_arguments)]
+    fn exec_in(
+        &self,
+        home: &str,
+        machine: &str,
+        argv: &[String],
+        env: std::collections::HashMap<String, String>,
+        rows: u16,
+        cols: u16,
+        stdin: zbus::Fd<'_>,
+        stdout: zbus::Fd<'_>,
+        stderr: zbus::Fd<'_>,
+        token: &str,
+    ) -> Result<u8, super::Error>;
+
     /// The machines a fan-out target names for running argv.
     fn select(&self, target: &str, argv: &[String]) -> Result<Vec<String>, super::Error>;
 

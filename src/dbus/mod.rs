@@ -53,6 +53,8 @@ pub enum Error {
     Invalid(String),
     /// cluster.toml changed since the upload's base: the current version and hash.
     Stale(String),
+    /// The daemon serves another MALAI_HOME than the call asked for: its own.
+    OtherHome(String),
 }
 
 /// A message bus the daemon or the CLI may use.

@@ -35,6 +35,8 @@ type Objects = Arc<Mutex<Served>>;
 
 #[derive(Default)]
 struct Served {
+    /// The daemon's MALAI_HOME, canonical: what `ExecIn` compares.
+    home: Arc<str>,
     clusters: ByAlias,
     /// Per served cluster: the task turning its events into signals.
     relays: BTreeMap<String, tokio::task::JoinHandle<()>>,
@@ -57,7 +59,12 @@ impl Service {
     /// peer-to-peer one, whose caller is the process at the other end of
     /// the socket as the kernel names it.
     pub async fn serve(conn: Connection, daemon: Handle) -> anyhow::Result<Service> {
-        let objects = Objects::default();
+        let home = daemon.home();
+        let home = std::fs::canonicalize(home).unwrap_or_else(|_| home.to_path_buf());
+        let objects = Objects::new(Mutex::new(Served {
+            home: home.to_string_lossy().into(),
+            ..Served::default()
+        }));
         let mut clusters = daemon.clusters();
         sync(&conn, &objects, &clusters.borrow_and_update().clone()).await?;
         conn.object_server()
@@ -118,6 +125,7 @@ async fn sync(conn: &Connection, objects: &Objects, want: &ByAlias) -> anyhow::R
         if !same(&served.clusters, alias, cluster) {
             let object = ClusterObject {
                 cluster: cluster.clone(),
+                home: served.home.clone(),
                 sessions: Sessions::default(),
             };
             let path = cluster_path(alias);
@@ -183,6 +191,8 @@ impl DaemonObject {
 /// `/sh/malai/Malai1/cluster/<alias>`: one cluster identity of the daemon.
 struct ClusterObject {
     cluster: Arc<Cluster>,
+    /// The daemon's MALAI_HOME, canonical.
+    home: Arc<str>,
     sessions: Sessions,
 }
 
@@ -307,6 +317,36 @@ impl ClusterObject {
             token,
         };
         exec::run(&self.cluster, &self.sessions, conn, call).await
+    }
+
+    /// Exec, for a caller whose MALAI_HOME is `home` (canonical; empty:
+    /// any will do): a daemon serving another answers OtherHome with its
+    /// own before it touches a descriptor or asks who calls, so that a
+    /// command never runs with another home's keys. One call where Home
+    /// then Exec took two. Same arguments, rights and errors as Exec.
+    #[allow(clippy::too_many_arguments)]
+    async fn exec_in(
+        &self,
+        #[zbus(header)] hdr: Header<'_>,
+        #[zbus(connection)] conn: &Connection,
+        home: String,
+        machine: String,
+        argv: Vec<String>,
+        env: HashMap<String, String>,
+        rows: u16,
+        cols: u16,
+        stdin: zbus::OwnedFd,
+        stdout: zbus::OwnedFd,
+        stderr: zbus::OwnedFd,
+        token: String,
+    ) -> Result<u8, Error> {
+        if !home.is_empty() && home != *self.home {
+            return Err(Error::OtherHome(self.home.to_string()));
+        }
+        self.exec(
+            hdr, conn, machine, argv, env, rows, cols, stdin, stdout, stderr, token,
+        )
+        .await
     }
 
     /// The machines a fan-out target names (`web01,web02.company`,

@@ -115,7 +115,8 @@ fn ended_by(e: Error, what: &str) -> Ended {
         | Error::AccessDenied(why)
         | Error::Failed(why)
         | Error::Invalid(why)
-        | Error::Stale(why) => Ended::Failed(why),
+        | Error::Stale(why)
+        | Error::OtherHome(why) => Ended::Failed(why),
         Error::ZBus(e) => Ended::Failed(format!("the daemon failed: {e}")),
     }
 }
