@@ -91,6 +91,25 @@ fn exec_through_the_daemon_uses_the_callers_descriptors_and_no_key() {
     assert!(err.contains("through the daemon"), "{err}");
     assert_eq!(out.status.code(), Some(7), "{err}");
     let through_daemon = with_stdin(on_bus(&c.laptop, &bus, &PROBE));
+    // A stdin of /dev/null is end-of-file at once for the command (the CLI
+    // passes a pipe already closed, with no thread to feed it).
+    let out = on_bus(
+        &c.laptop,
+        &bus,
+        &["web01.company", "sh", "-c", "cat; echo after-eof"],
+    )
+    .stdin(Stdio::null())
+    .output()
+    .unwrap();
+    assert_eq!(
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).as_ref()
+        ),
+        (Some(0), "after-eof\n"),
+        "{}",
+        common::stderr(&out)
+    );
     assert!(
         lap.log_text().contains("through the daemon"),
         "the daemon logs who ran what: {}",

@@ -787,8 +787,15 @@ async fn cluster_object(
 /// stdin is a pipe or a file, in chunks as large as the pipe (1 MiB where
 /// the kernel allows it): the copy through tokio's stdin it replaces went
 /// 8 KiB at a time through the blocking pool and halved an upload. The
-/// thread ends when the daemon closes its end (EPIPE) or at exit.
+/// thread ends when the daemon closes its end (EPIPE) or at exit. A stdin
+/// that is /dev/null (scripts, cron, `ssh -n` habits) has nothing to feed:
+/// the pipe is closed at once, and the command reads end-of-file as it
+/// would from /dev/null, with no thread started.
 fn feed_stdin() -> anyhow::Result<std::os::fd::OwnedFd> {
+    if stdin_is_dev_null() {
+        let (read_end, _closed) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)?;
+        return Ok(read_end);
+    }
     let (read_end, write_end) = crate::exec::client::wide_pipe()?;
     let mut feed = std::fs::File::from(write_end);
     std::thread::Builder::new()
@@ -797,6 +804,15 @@ fn feed_stdin() -> anyhow::Result<std::os::fd::OwnedFd> {
             let _ = std::io::copy(&mut std::io::stdin().lock(), &mut feed);
         })?;
     Ok(read_end)
+}
+
+/// Whether this process's stdin is /dev/null (the character device 1:3).
+fn stdin_is_dev_null() -> bool {
+    rustix::fs::fstat(rustix::stdio::stdin()).is_ok_and(|st| {
+        rustix::fs::FileType::from_raw_mode(st.st_mode) == rustix::fs::FileType::CharacterDevice
+            && rustix::fs::major(st.st_rdev) == 1
+            && rustix::fs::minor(st.st_rdev) == 3
+    })
 }
 
 /// Passes this process's Ctrl-C, SIGTERM and (on a PTY) window size
