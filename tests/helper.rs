@@ -134,7 +134,8 @@ fn an_unprivileged_daemon_runs_commands_only_through_the_helper_and_only_what_th
     assert_eq!(uid_of(web.pid()), NOBODY, "web01's daemon runs as nobody");
     c.write_cluster_toml(
         "allow_shell = \"laptop\"\n[machine.web01.command.id]\ncommand = \"id\"\nallow_from = \"laptop\"\nallow_args = true\n\
-         [machine.web01.command.sleep]\ncommand = \"sleep\"\nallow_from = \"laptop\"\nallow_args = true",
+         [machine.web01.command.sleep]\ncommand = \"sleep\"\nallow_from = \"laptop\"\nallow_args = true\n\
+         [machine.web01.command.grep]\ncommand = \"grep\"\nallow_from = \"laptop\"\nallow_args = true",
         "",
         "",
     );
@@ -149,6 +150,15 @@ fn an_unprivileged_daemon_runs_commands_only_through_the_helper_and_only_what_th
         helper.log_text().contains("started pid"),
         "{}",
         helper.log_text()
+    );
+    // It starts with every signal at its default (the helper, a Rust
+    // program, ignores SIGPIPE) and none blocked: a pipeline behaves.
+    let status = c
+        .laptop
+        .ok(&["web01.company", "grep", "^Sig[IB]", "/proc/self/status"]);
+    assert_eq!(
+        status, "SigBlk:\t0000000000000000\nSigIgn:\t0000000000000000\n",
+        "{status}"
     );
 
     // A disconnect kills the command the helper started.

@@ -521,8 +521,9 @@ fn daemon_for<'a>(
 enum OverBus {
     /// It ran there (or failed for a reason the direct path shares).
     Done(anyhow::Result<u8>),
-    /// That daemon does not serve the cluster, or refused this user while
-    /// the user can go directly (the reason is in `skipped`): nothing ran.
+    /// No daemon ran it (the reasons are in `skipped`): none serves this
+    /// home, the one that does lacks the cluster or predates `ExecIn`, or
+    /// it refused a user who has the cluster's keys. Nothing ran.
     /// The pipe this process fed with its stdin, if it was made: what it
     /// read is there, so the direct path reads on from it.
     Passed(Option<std::os::fd::OwnedFd>),
@@ -589,7 +590,9 @@ enum Step {
     Done(anyhow::Result<u8>),
     /// Nothing ran: that bus has no daemon, or one of another home.
     NextBus,
-    /// Nothing ran, and the daemon is this user's: directly.
+    /// Nothing ran, and no other bus is asked: the daemon of this home
+    /// lacks the cluster, predates `ExecIn`, or refused a user who has
+    /// the cluster's keys; directly.
     Direct,
 }
 

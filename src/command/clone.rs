@@ -22,7 +22,8 @@
 //! and an empty signal mask). A failure before exec comes back as errno on a
 //! close-on-exec pipe. On architectures without the small trampoline below
 //! the same child is started by a plain copy (`clone3` without
-//! `CLONE_VM`).
+//! `CLONE_VM`), and where `clone3` is refused (a container's seccomp
+//! profile) by a plain `clone`.
 
 use std::ffi::{CStr, CString};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
@@ -88,8 +89,15 @@ struct Child<'a> {
 
 /// Starts `spec` as a new process (inside the control group whose
 /// directory `cgroup` is open, when given).
-#[allow(unsafe_code)]
 pub fn spawn(spec: Spec, cgroup: Option<&OwnedFd>) -> anyhow::Result<Cloned> {
+    start(spec, cgroup, false)
+}
+
+/// `spawn`; with `copy`, always by a plain copy of this process (what runs
+/// where a seccomp profile answers `clone3` with ENOSYS so that callers
+/// fall back, as Docker's default does: glibc's own `fork` never uses it).
+#[allow(unsafe_code)]
+fn start(spec: Spec, cgroup: Option<&OwnedFd>, copy: bool) -> anyhow::Result<Cloned> {
     let prepared = spawn::prepare(&spec)?;
     let exe = spawn::resolve(&prepared.argv[0])
         .with_context(|| format!("cannot run {:?}: no such program", prepared.argv[0]))?;
@@ -149,7 +157,19 @@ pub fn spawn(spec: Spec, cgroup: Option<&OwnedFd>) -> anyhow::Result<Cloned> {
         args.flags |= CLONE_INTO_CGROUP;
         args.cgroup = dir.as_raw_fd() as u64;
     }
-    let pid = clone_child(&mut args, &child).context("clone3 for the command")?;
+    let pid = if copy {
+        copy_child(&child, &mut pidfd)
+    } else {
+        match clone_child(&mut args, &child) {
+            // Refused (a seccomp profile): a plain copy, where no control
+            // group is asked for.
+            Err(e) if e.raw_os_error() == Some(libc::ENOSYS) && cgroup.is_none() => {
+                copy_child(&child, &mut pidfd)
+            }
+            other => other,
+        }
+    }
+    .context("starting the command (clone3)")?;
     drop(err_write);
     let ChildIo {
         pty_master, pipes, ..
@@ -382,6 +402,36 @@ fn clone_child(args: &mut CloneArgs, child: &Child<'_>) -> std::io::Result<i32> 
     Ok(pid as i32)
 }
 
+/// A plain copy of this process by `clone` (no stack to switch to, no
+/// shared memory), with a pidfd in `pidfd`: where `clone3` is refused.
+#[allow(unsafe_code)]
+fn copy_child(child: &Child<'_>, pidfd: &mut libc::c_int) -> std::io::Result<i32> {
+    let blocked = SignalsBlocked::all();
+    // SAFETY: clone without CLONE_VM or a stack, as fork: the child gets a
+    // copy of this address space with one thread, runs `child_main` and
+    // never returns. The third argument is where CLONE_PIDFD stores the
+    // pidfd, on every architecture.
+    let pid = unsafe {
+        libc::syscall(
+            libc::SYS_clone,
+            (CLONE_PIDFD as libc::c_ulong) | libc::SIGCHLD as libc::c_ulong,
+            0usize,
+            std::ptr::from_mut::<libc::c_int>(pidfd),
+            0usize,
+            0usize,
+        )
+    };
+    if pid == 0 {
+        // SAFETY: the child, as above.
+        unsafe { child_main(child) }
+    }
+    drop(blocked);
+    if pid < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(pid as i32)
+}
+
 /// In the child: default signal dispositions, stdio, a session of its own
 /// (the PTY its controlling terminal), every other descriptor
 /// close-on-exec, the user's groups, gid and uid, the working directory,
@@ -568,6 +618,97 @@ mod tests {
             err.contains("cannot run") && err.contains("No such file"),
             "{err}"
         );
+    }
+
+    /// The copy used where `clone3` is refused starts the same command,
+    /// with the same session, signals and pipes.
+    #[tokio::test]
+    async fn the_fallback_copy_starts_the_same_command() {
+        let started = start(spec(&["cat", "/proc/self/status"]), None, true).expect("started");
+        let mut p = Process::from_clone(started).expect("a process");
+        let mut status = String::new();
+        p.stdout
+            .take()
+            .expect("a pipe")
+            .read_to_string(&mut status)
+            .await
+            .expect("stdout");
+        assert_eq!(p.wait().await.expect("exit code"), 0);
+        assert!(status.contains("SigIgn:\t0000000000000000"), "{status}");
+        assert!(status.contains("SigBlk:\t0000000000000000"), "{status}");
+    }
+
+    /// In a process whose seccomp filter answers `clone3` with ENOSYS (as
+    /// Docker's default profile does), a command still starts: the test
+    /// runs itself again in a child process that installs such a filter.
+    #[test]
+    #[allow(unsafe_code)]
+    fn where_clone3_is_refused_a_plain_copy_starts_the_command() {
+        const CHILD: &str = "MALAI_TEST_CLONE3_REFUSED";
+        const NAME: &str =
+            "command::clone::tests::where_clone3_is_refused_a_plain_copy_starts_the_command";
+        if std::env::var_os(CHILD).is_none() {
+            let out = std::process::Command::new(std::env::current_exe().unwrap())
+                .args([NAME, "--exact", "--nocapture", "--test-threads=1"])
+                .env(CHILD, "1")
+                .output()
+                .unwrap();
+            let text = String::from_utf8_lossy(&out.stdout).into_owned()
+                + &String::from_utf8_lossy(&out.stderr);
+            assert!(out.status.success(), "{text}");
+            assert!(text.contains("clone3 refused, command ran"), "{text}");
+            return;
+        }
+        // The filter: clone3 fails with ENOSYS, everything else is allowed.
+        let stmt = |code: u16, k: u32| libc::sock_filter {
+            code,
+            jt: 0,
+            jf: 0,
+            k,
+        };
+        let filter = [
+            stmt(0x20, 0), // ld [nr]
+            libc::sock_filter {
+                code: 0x15, // jeq #SYS_clone3
+                jt: 0,
+                jf: 1,
+                k: libc::SYS_clone3 as u32,
+            },
+            stmt(0x06, libc::SECCOMP_RET_ERRNO | libc::ENOSYS as u32),
+            stmt(0x06, libc::SECCOMP_RET_ALLOW),
+        ];
+        let prog = libc::sock_fprog {
+            len: filter.len() as u16,
+            filter: filter.as_ptr().cast_mut(),
+        };
+        // SAFETY: no_new_privs, then a filter over every thread of this
+        // child process of the test.
+        unsafe {
+            assert_eq!(libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), 0);
+            assert_eq!(
+                libc::syscall(
+                    libc::SYS_seccomp,
+                    libc::SECCOMP_SET_MODE_FILTER,
+                    libc::SECCOMP_FILTER_FLAG_TSYNC,
+                    &prog,
+                ),
+                0,
+                "{}",
+                std::io::Error::last_os_error()
+            );
+            let refused = libc::syscall(libc::SYS_clone3, std::ptr::null::<u8>(), 0usize);
+            assert_eq!(
+                (refused, std::io::Error::last_os_error().raw_os_error()),
+                (-1, Some(libc::ENOSYS))
+            );
+        }
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let (out, code) = rt.block_on(run(&["echo", "ran"]));
+        assert_eq!((out.as_str(), code), ("ran\n", 0));
+        println!("clone3 refused, command ran");
     }
 
     /// Many commands started at once from every worker thread, while the

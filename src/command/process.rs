@@ -88,7 +88,7 @@ impl Process {
 
     /// A child of this process.
     #[allow(unsafe_code)]
-    fn from_clone(c: clone::Cloned) -> std::io::Result<Process> {
+    pub(super) fn from_clone(c: clone::Cloned) -> std::io::Result<Process> {
         // SAFETY: the AsyncFd owns the pidfd (an OwnedFd: open until it is
         // dropped, its raw descriptor never changes).
         let pidfd = unsafe { tokio::io::unix::AsyncFd::register(c.pidfd) }
