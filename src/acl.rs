@@ -77,6 +77,17 @@ pub fn decide(config: &ClusterConfig, host: &Id52, peer: &Id52, request: Request
             "this device is not listed as a machine of the cluster, so it runs nothing".into(),
         );
     };
+    decide_on(config, alias, machine, peer, request)
+}
+
+/// `decide` on the machine `alias` already found (not revoked checked).
+fn decide_on(
+    config: &ClusterConfig,
+    alias: &str,
+    machine: &Machine,
+    peer: &Id52,
+    request: Request,
+) -> Decision {
     match request {
         Request::Shell => {
             let (list, key) = shell_list(machine);
@@ -257,7 +268,10 @@ pub fn rights(config: &ClusterConfig, alias: &str, peer: &Id52) -> crate::config
     }
     crate::config::Rights {
         any_command: matching(config, &machine.allow_from, peer).is_some(),
-        shell: decide(config, &machine.id52, peer, Request::Shell).is_allowed(),
+        // On the machine at hand: `decide` would find it by id52 again, a
+        // scan of every machine for each of them (the CM projects every
+        // machine's rights for every other at each config round).
+        shell: decide_on(config, alias, machine, peer, Request::Shell).is_allowed(),
         commands: machine
             .commands
             .iter()

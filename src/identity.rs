@@ -12,8 +12,26 @@ use crate::fsutil;
 
 /// The 52-character z-base-32 text of an ed25519 public key: the canonical,
 /// case-sensitive address of a device in a cluster.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, Copy, PartialOrd, Ord)]
 pub struct Id52(iroh::PublicKey);
+
+/// Equal when the key's 32 bytes are: a plain comparison. The key's own
+/// is constant-time (a `black_box` per byte), which a public key does not
+/// need and which cost the cluster manager seconds of CPU per config round
+/// to 300 machines, where the ACL compares ids by the million.
+impl PartialEq for Id52 {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.as_bytes() == other.0.as_bytes()
+    }
+}
+
+impl Eq for Id52 {}
+
+impl std::hash::Hash for Id52 {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.0.as_bytes().hash(state);
+    }
+}
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum Id52Error {
@@ -52,13 +70,47 @@ impl FromStr for Id52 {
         if s.len() != 52 {
             return Err(Id52Error::Length(s.len()));
         }
+        if let Some(key) = parsed::get(s) {
+            return Ok(Id52(key));
+        }
         let key = iroh::PublicKey::from_z32(s).map_err(|_| Id52Error::NotAKey)?;
         // 52 characters carry 260 bits for 256: the canonical text is the one
         // the key prints as, so that matching on text is exact.
         if key.to_z32() != s {
             return Err(Id52Error::NotAKey);
         }
+        parsed::keep(s, key);
         Ok(Id52(key))
+    }
+}
+
+/// The id52s this process parsed already, each with its key. Checking that
+/// a text is a key decompresses the curve point (~15 µs); every machine's
+/// config lists every machine, so each machine parsed the same hundreds of
+/// ids again at every config version (300 machines: 90,000 decompressions
+/// per round, a core's second). Bounded: emptied when full.
+mod parsed {
+    use std::collections::HashMap;
+    use std::sync::{Mutex, OnceLock};
+
+    const MAX: usize = 16_384;
+
+    fn map() -> &'static Mutex<HashMap<Box<str>, iroh::PublicKey>> {
+        static MAP: OnceLock<Mutex<HashMap<Box<str>, iroh::PublicKey>>> = OnceLock::new();
+        MAP.get_or_init(Mutex::default)
+    }
+
+    pub fn get(text: &str) -> Option<iroh::PublicKey> {
+        map().lock().ok()?.get(text).copied()
+    }
+
+    pub fn keep(text: &str, key: iroh::PublicKey) {
+        if let Ok(mut map) = map().lock() {
+            if map.len() >= MAX {
+                map.clear();
+            }
+            map.insert(text.into(), key);
+        }
     }
 }
 
@@ -196,6 +248,24 @@ mod tests {
             format!("{}0", &good[..51]).parse::<Id52>(),
             Err(Id52Error::Alphabet('0'))
         ));
+    }
+
+    /// Parsed again (from the process's memo), a text gives the same
+    /// answer as the first time, and an id always prints as the very text it
+    /// was parsed from: no variant of a remembered id is taken for it.
+    #[test]
+    fn a_parsed_id_is_remembered_exactly() {
+        let good = Identity::generate().id52().to_string();
+        for last in "ybndrfg8ejkmcpqxot1uwisza345h769".chars() {
+            let text = format!("{}{last}", &good[..51]);
+            let first = text.parse::<Id52>();
+            let again = text.parse::<Id52>();
+            assert_eq!(first, again, "{text}");
+            if let Ok(id) = first {
+                assert_eq!(id.to_string(), text);
+            }
+        }
+        assert_eq!(good.parse::<Id52>().unwrap().to_string(), good);
     }
 
     #[test]

@@ -562,14 +562,17 @@ impl Cluster {
                             .collect()
                     })
                     .unwrap_or_default();
+                // One pass each way: this line is written at every change,
+                // an acknowledgement included.
+                let holding: std::collections::HashSet<&str> = ledger
+                    .machines
+                    .values()
+                    .filter(|m| m.holds(ledger.version))
+                    .map(|m| m.id52.as_str())
+                    .collect();
                 let synced = machines
                     .iter()
-                    .filter(|id| {
-                        ledger
-                            .machines
-                            .values()
-                            .any(|m| m.id52 == id.to_string() && m.holds(ledger.version))
-                    })
+                    .filter(|id| holding.contains(id.to_string().as_str()))
                     .count();
                 format!(
                     "{}: cluster-manager v{}, {synced}/{} machines in sync",
