@@ -419,6 +419,19 @@ fn config_editing_over_the_bus_with_signals_and_machine_properties() {
     );
 }
 
+/// A home on loopback whose cluster `company` has its CM as its only
+/// machine, `cm`, with `rules` (TOML lines) on it.
+fn lone_cm(name: &str, rules: &str) -> Host {
+    let host = Host::loopback(name, &["company"]);
+    let cm = common::net::id52_of(&host.json(&["cluster", "init", "company", "--json"]));
+    std::fs::write(
+        host.cluster_dir("company").join("cluster.toml"),
+        format!("[cluster-manager]\nid52 = \"{cm}\"\n\n[machine.cm]\nid52 = \"{cm}\"\n{rules}"),
+    )
+    .unwrap();
+    host
+}
+
 /// A user who names no MALAI_HOME finds the system service's daemon on the
 /// bus. When the user's own home has a cluster of the same name, that is
 /// another cluster (another CM, other keys): `cm.company` must run there
@@ -427,24 +440,10 @@ fn config_editing_over_the_bus_with_signals_and_machine_properties() {
 fn a_cluster_of_the_users_own_is_not_sent_to_another_homes_daemon() {
     let bus = PrivateBus::start();
     // The service's home: its `company` lets nobody run anything on cm.
-    let service = Host::loopback("service", &["company"]);
-    let service_cm = common::net::id52_of(&service.json(&["cluster", "init", "company", "--json"]));
-    std::fs::write(
-        service.cluster_dir("company").join("cluster.toml"),
-        format!(
-            "[cluster-manager]\nid52 = \"{service_cm}\"\n\n[machine.cm]\nid52 = \"{service_cm}\"\n"
-        ),
-    )
-    .unwrap();
+    let service = lone_cm("service", "");
     let _daemon = service.start_daemon_with(&[("MALAI_DBUS_ADDRESS", &bus.address)]);
     // The user's own home: its `company` lets the user's key run on cm.
-    let own = Host::loopback("own", &["company"]);
-    let own_cm = common::net::id52_of(&own.json(&["cluster", "init", "company", "--json"]));
-    std::fs::write(
-        own.cluster_dir("company").join("cluster.toml"),
-        format!("[cluster-manager]\nid52 = \"{own_cm}\"\n\n[machine.cm]\nid52 = \"{own_cm}\"\nallow_from = \"cm\"\n"),
-    )
-    .unwrap();
+    let own = lone_cm("own", "allow_from = \"cm\"\n");
     // No MALAI_HOME: the home comes from STATE_DIRECTORY, and a daemon of
     // any home will do for what the user's home does not have.
     let out = own
@@ -483,15 +482,7 @@ fn a_cluster_of_the_users_own_is_not_sent_to_another_homes_daemon() {
 fn a_named_home_never_runs_a_command_through_another_homes_daemon() {
     let bus = PrivateBus::start();
     // The daemon's home: its `company` lets its own key run on cm.
-    let service = Host::loopback("service", &["company"]);
-    let service_cm = common::net::id52_of(&service.json(&["cluster", "init", "company", "--json"]));
-    std::fs::write(
-        service.cluster_dir("company").join("cluster.toml"),
-        format!(
-            "[cluster-manager]\nid52 = \"{service_cm}\"\n\n[machine.cm]\nid52 = \"{service_cm}\"\nallow_from = \"cm\"\n"
-        ),
-    )
-    .unwrap();
+    let service = lone_cm("service", "allow_from = \"cm\"\n");
     let daemon = service.start_daemon_with(&[("MALAI_DBUS_ADDRESS", &bus.address)]);
     // Through that daemon, with its own home named, the command runs...
     let out = on_bus(&service, &bus, &["-v", "cm.company", "echo", "served"])

@@ -505,7 +505,8 @@ fn daemon_for<'a>(
     cluster: &str,
 ) -> Option<&'a client::Found> {
     let found = daemon.as_ref()?;
-    if !client::same_path(&home.root, found.home.as_ref()) && home.cluster_dir(cluster).exists() {
+    let required = required_home(home, cluster);
+    if !required.is_empty() && !client::same_path(required.as_ref(), found.home.as_ref()) {
         skipped.push(format!(
             "{}: the daemon there serves {}; cluster {cluster:?} of {} is another one",
             found.bus,
@@ -529,11 +530,12 @@ enum OverBus {
     Passed(Option<std::os::fd::OwnedFd>),
 }
 
-/// The MALAI_HOME a daemon must serve to run a command of `cluster` for
-/// this process (`daemon_for`'s rule, said in the call): this one when the
-/// user named it or it has a cluster of that name (that cluster's keys are
-/// this home's); otherwise any (empty: a member of the group malai uses
-/// the system service's clusters). Canonical, as the daemon compares it.
+/// The MALAI_HOME a daemon must serve to act on `cluster` for this process
+/// (`daemon_for` checks it on the daemon found, `ExecIn` says it in the
+/// call): this one when the user named it or it has a cluster of that name
+/// (that cluster's keys are this home's); otherwise any (empty: a member of
+/// the group malai uses the system service's clusters). Canonical, as the
+/// daemon compares it.
 fn required_home(home: &Home, cluster: &str) -> String {
     if any_home() && !home.cluster_dir(cluster).exists() {
         return String::new();
@@ -609,12 +611,7 @@ async fn exec_in(
 ) -> anyhow::Result<Result<u8, crate::dbus::Error>> {
     use crate::exec::client::{RawMode, process_env, process_pty};
     let Invocation { target, argv } = inv;
-    let proxy = match client::ClusterProxy::builder(conn)
-        .path(crate::dbus::cluster_path(&target.cluster))
-        .cache_properties(zbus::proxy::CacheProperties::No)
-        .build()
-        .await
-    {
+    let proxy = match cluster_proxy(conn, &target.cluster).await {
         Ok(proxy) => proxy,
         Err(e) => return Ok(Err(e.into())),
     };
@@ -716,55 +713,43 @@ fn answer_of(
 /// Whether a call failed because the daemon has no such object (nor its
 /// interface there): the daemon did nothing with the call.
 fn no_such_object(e: &zbus::Error) -> bool {
-    use zbus::fdo::Error as Fdo;
-    match e {
-        zbus::Error::FDO(e) => matches!(**e, Fdo::UnknownObject(_) | Fdo::UnknownInterface(_)),
-        zbus::Error::MethodError(name, ..) => matches!(
-            name.as_str(),
-            "org.freedesktop.DBus.Error.UnknownObject"
-                | "org.freedesktop.DBus.Error.UnknownInterface"
-        ),
-        _ => false,
-    }
+    standard_error(e, &["UnknownObject", "UnknownInterface"])
 }
 
 /// Whether the bus answered a call for want of a daemon: nobody owns the
 /// name there.
 fn no_daemon(e: &zbus::Error) -> bool {
-    use zbus::fdo::Error as Fdo;
-    match e {
-        zbus::Error::FDO(e) => matches!(**e, Fdo::ServiceUnknown(_) | Fdo::NameHasNoOwner(_)),
-        zbus::Error::MethodError(name, ..) => matches!(
-            name.as_str(),
-            "org.freedesktop.DBus.Error.ServiceUnknown"
-                | "org.freedesktop.DBus.Error.NameHasNoOwner"
-        ),
-        _ => false,
-    }
+    standard_error(e, &["ServiceUnknown", "NameHasNoOwner"])
 }
 
 /// Whether the daemon has no such method (one older than the call).
 fn unknown_method(e: &zbus::Error) -> bool {
-    match e {
-        zbus::Error::FDO(e) => matches!(**e, zbus::fdo::Error::UnknownMethod(_)),
-        zbus::Error::MethodError(name, ..) => {
-            name.as_str() == "org.freedesktop.DBus.Error.UnknownMethod"
-        }
-        _ => false,
-    }
+    standard_error(e, &["UnknownMethod"])
 }
 
-/// A proxy for the daemon's object of `cluster` (no call made).
+/// Whether `e` is one of the standard errors `org.freedesktop.DBus.Error.`
+/// + `names`, whether zbus parsed it into its own type or not.
+fn standard_error(e: &zbus::Error, names: &[&str]) -> bool {
+    use zbus::DBusError;
+    let name = match e {
+        zbus::Error::FDO(e) => e.name().to_string(),
+        zbus::Error::MethodError(name, ..) => name.to_string(),
+        _ => return false,
+    };
+    name.strip_prefix("org.freedesktop.DBus.Error.")
+        .is_some_and(|n| names.contains(&n))
+}
+
+/// A proxy on `conn` for the daemon's object of `cluster` (no call made).
 async fn cluster_proxy(
-    found: &client::Found,
+    conn: &zbus::Connection,
     cluster: &str,
-) -> Option<client::ClusterProxy<'static>> {
-    client::ClusterProxy::builder(found.proxy.inner().connection())
+) -> zbus::Result<client::ClusterProxy<'static>> {
+    client::ClusterProxy::builder(conn)
         .path(crate::dbus::cluster_path(cluster))
         .cache_properties(zbus::proxy::CacheProperties::No)
         .build()
         .await
-        .ok()
 }
 
 /// The daemon's object for `cluster`; `None` (with the reason in
@@ -774,7 +759,9 @@ async fn cluster_object(
     cluster: &str,
     skipped: &mut Vec<String>,
 ) -> Option<client::ClusterProxy<'static>> {
-    let proxy = cluster_proxy(found, cluster).await?;
+    let proxy = cluster_proxy(found.proxy.inner().connection(), cluster)
+        .await
+        .ok()?;
     if proxy.alias().await.is_err() {
         skipped.push(format!(
             "{}: the daemon there has no cluster {cluster:?}",
@@ -1020,5 +1007,32 @@ impl Route<'_> {
                 },
             ),
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The standard errors that pass a command on are told apart by name.
+    #[test]
+    fn standard_errors_are_told_apart() {
+        use zbus::fdo::Error as Fdo;
+        let fdo = |e: Fdo| zbus::Error::FDO(Box::new(e));
+        for (e, object, daemon, method) in [
+            (fdo(Fdo::UnknownObject("x".into())), true, false, false),
+            (fdo(Fdo::UnknownInterface("x".into())), true, false, false),
+            (fdo(Fdo::ServiceUnknown("x".into())), false, true, false),
+            (fdo(Fdo::NameHasNoOwner("x".into())), false, true, false),
+            (fdo(Fdo::UnknownMethod("x".into())), false, false, true),
+            (fdo(Fdo::AccessDenied("x".into())), false, false, false),
+            (zbus::Error::InvalidReply, false, false, false),
+        ] {
+            assert_eq!(
+                (no_such_object(&e), no_daemon(&e), unknown_method(&e)),
+                (object, daemon, method),
+                "{e}"
+            );
+        }
     }
 }

@@ -380,38 +380,24 @@ fn clone_child(args: &mut CloneArgs, child: &Child<'_>) -> std::io::Result<i32> 
 #[cfg(not(target_arch = "x86_64"))]
 #[allow(unsafe_code)]
 fn clone_child(args: &mut CloneArgs, child: &Child<'_>) -> std::io::Result<i32> {
-    let blocked = SignalsBlocked::all();
-    // SAFETY: clone3 without CLONE_VM gives the child a copy of this
-    // address space with one thread, which runs `child_main` and never
-    // returns.
-    let pid = unsafe {
+    // SAFETY: clone3 without CLONE_VM copies this process, as fork does.
+    copied(child, || unsafe {
         libc::syscall(
             libc::SYS_clone3,
             std::ptr::from_ref::<CloneArgs>(args),
             std::mem::size_of::<CloneArgs>(),
         )
-    };
-    if pid == 0 {
-        // SAFETY: the child, as above.
-        unsafe { child_main(child) }
-    }
-    drop(blocked);
-    if pid < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(pid as i32)
+    })
 }
 
 /// A plain copy of this process by `clone` (no stack to switch to, no
 /// shared memory), with a pidfd in `pidfd`: where `clone3` is refused.
 #[allow(unsafe_code)]
 fn copy_child(child: &Child<'_>, pidfd: &mut libc::c_int) -> std::io::Result<i32> {
-    let blocked = SignalsBlocked::all();
-    // SAFETY: clone without CLONE_VM or a stack, as fork: the child gets a
-    // copy of this address space with one thread, runs `child_main` and
-    // never returns. The third argument is where CLONE_PIDFD stores the
-    // pidfd, on every architecture.
-    let pid = unsafe {
+    // SAFETY: clone without CLONE_VM or a stack copies this process, as
+    // fork does. The third argument is where CLONE_PIDFD stores the pidfd,
+    // on every architecture.
+    copied(child, || unsafe {
         libc::syscall(
             libc::SYS_clone,
             (CLONE_PIDFD as libc::c_ulong) | libc::SIGCHLD as libc::c_ulong,
@@ -420,9 +406,19 @@ fn copy_child(child: &Child<'_>, pidfd: &mut libc::c_int) -> std::io::Result<i32
             0usize,
             0usize,
         )
-    };
+    })
+}
+
+/// Makes the child by `clone`, a system call that copies this process
+/// (the child returns from it with 0, on its own copy of this stack), with
+/// every signal blocked across it; the child runs `child_main` and never
+/// returns. The child's pid.
+#[allow(unsafe_code)]
+fn copied(child: &Child<'_>, clone: impl FnOnce() -> libc::c_long) -> std::io::Result<i32> {
+    let blocked = SignalsBlocked::all();
+    let pid = clone();
     if pid == 0 {
-        // SAFETY: the child, as above.
+        // SAFETY: in the copy, with one thread: see `child_main`.
         unsafe { child_main(child) }
     }
     drop(blocked);
@@ -539,20 +535,9 @@ mod tests {
     use super::super::process::Process;
     use super::*;
 
-    fn spec(argv: &[&str]) -> Spec {
-        Spec {
-            argv: argv.iter().map(|s| (*s).to_owned()).collect(),
-            username: None,
-            env: Vec::new(),
-            pty: None,
-            stdio: StdioMode::Piped,
-            rule: false,
-        }
-    }
-
     /// Runs `argv` with pipes: its stdout and exit code.
     async fn run(argv: &[&str]) -> (String, u8) {
-        let mut p = Process::spawn(spec(argv), None).expect("started");
+        let mut p = Process::spawn(Spec::piped(argv), None).expect("started");
         let mut out = String::new();
         p.stdout
             .take()
@@ -610,7 +595,7 @@ mod tests {
         std::fs::write(&script, "#!/nonexistent/interpreter\n").unwrap();
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
-        let err = match Process::spawn(spec(&[script.to_str().unwrap()]), None) {
+        let err = match Process::spawn(Spec::piped(&[script.to_str().unwrap()]), None) {
             Ok(_) => panic!("started a script whose interpreter does not exist"),
             Err(e) => format!("{e:#}"),
         };
@@ -624,7 +609,8 @@ mod tests {
     /// with the same session, signals and pipes.
     #[tokio::test]
     async fn the_fallback_copy_starts_the_same_command() {
-        let started = start(spec(&["cat", "/proc/self/status"]), None, true).expect("started");
+        let started =
+            start(Spec::piped(&["cat", "/proc/self/status"]), None, true).expect("started");
         let mut p = Process::from_clone(started).expect("a process");
         let mut status = String::new();
         p.stdout

@@ -207,24 +207,15 @@ fn waitid_exited(pidfd: &OwnedFd) -> std::io::Result<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::command::spawn::StdioMode;
 
     /// Once a command is reaped its pid may be reused: signals and kills
     /// through its `Control` go nowhere (a stand-in for the reused pid, a
     /// process of this test's own, survives them).
     #[tokio::test]
     async fn a_reaped_command_is_never_signalled_again() {
-        let spec = |argv: &[&str]| Spec {
-            argv: argv.iter().map(|s| (*s).to_owned()).collect(),
-            username: None,
-            env: Vec::new(),
-            pty: None,
-            stdio: StdioMode::Piped,
-            rule: false,
-        };
-        let mut done = Process::spawn(spec(&["true"]), None).unwrap();
+        let mut done = Process::spawn(Spec::piped(&["true"]), None).unwrap();
         assert_eq!(done.wait().await.unwrap(), 0);
-        let mut victim = Process::spawn(spec(&["sleep", "1000"]), None).unwrap();
+        let mut victim = Process::spawn(Spec::piped(&["sleep", "1000"]), None).unwrap();
         let Control::Session(victim_pid, _) = victim.control.clone() else {
             unreachable!("a child")
         };

@@ -26,6 +26,21 @@ pub struct Spec {
     pub rule: bool,
 }
 
+#[cfg(test)]
+impl Spec {
+    /// `argv` as this process's user, with pipes: what the tests start.
+    pub fn piped(argv: &[&str]) -> Spec {
+        Spec {
+            argv: argv.iter().map(|s| (*s).to_owned()).collect(),
+            username: None,
+            env: Vec::new(),
+            pty: None,
+            stdio: StdioMode::Piped,
+            rule: false,
+        }
+    }
+}
+
 /// Where a command's stdin, stdout and stderr go (ignored on a PTY).
 pub enum StdioMode {
     /// Pipes the exec host streams to its peer.
