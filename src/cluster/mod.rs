@@ -176,7 +176,7 @@ impl Cluster {
             role: RwLock::new(c.role),
             apply: tokio::sync::Mutex::new(()),
             ledger: Arc::new(Mutex::new(ledger)),
-            saver: Arc::new(saver::Saver::new(c.state_path(), &c.alias)),
+            saver: Arc::new(saver::Saver::new(c.state_path(), &c.alias, changed.clone())),
             wake: Notify::new(),
             returned: Mutex::default(),
             returned_wake: Notify::new(),
@@ -372,8 +372,11 @@ impl Cluster {
     }
 
     /// CM: records the outcome of a push to machine `alias` (`id`) in the
-    /// ledger and state.json; true when the machine holds the current
-    /// version, written for the protocol it understands.
+    /// ledger and state.json; true when the machine answered (whether what
+    /// it holds is written for the protocol it understands is
+    /// `MachineSync::holds`'s question, the pusher's next) or held the
+    /// current version already. The daemon's STATUS= follows from the
+    /// write (`saver`), even when this is cancelled while it waits.
     pub async fn record_push(
         &self,
         alias: &str,
@@ -382,7 +385,6 @@ impl Cluster {
     ) -> bool {
         let (ok, generation) = self.note_push(alias, id, result);
         self.written(generation).await;
-        self.changed.notify_one();
         ok
     }
 

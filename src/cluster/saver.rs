@@ -5,12 +5,18 @@
 //! each used to write and fsync the whole file under the ledger lock, on
 //! a runtime thread). A caller reports its change only once its
 //! generation is on disk (`Saver::durable`).
+//!
+//! Each write tells whoever shows the ledger (the daemon's STATUS= line)
+//! to look again. That is the saver's job, not its callers': a caller may
+//! stop waiting (the pusher aborts a push whose machine fetched meanwhile,
+//! and the push may be waiting here with its acknowledgement already in
+//! the ledger), and the line must not keep the state from before it.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
 use std::sync::{Arc, Mutex};
 
-use tokio::sync::watch;
+use tokio::sync::{Notify, watch};
 
 use crate::state::CmState;
 
@@ -28,10 +34,12 @@ pub struct Saver {
     running: AtomicBool,
     path: PathBuf,
     cluster: String,
+    /// Told after each write.
+    changed: Arc<Notify>,
 }
 
 impl Saver {
-    pub fn new(path: PathBuf, cluster: &str) -> Saver {
+    pub fn new(path: PathBuf, cluster: &str, changed: Arc<Notify>) -> Saver {
         Saver {
             writing: Mutex::new(()),
             generation: AtomicU64::new(0),
@@ -39,6 +47,7 @@ impl Saver {
             running: AtomicBool::new(false),
             path,
             cluster: cluster.to_owned(),
+            changed,
         }
     }
 
@@ -82,6 +91,7 @@ impl Saver {
             tracing::error!(malai_cluster = %self.cluster, "cannot record sync state: {e:#}");
         }
         self.written.send_replace(generation);
+        self.changed.notify_one();
     }
 
     /// Resolves once `generation` is on disk.
@@ -102,7 +112,7 @@ mod tests {
     async fn a_change_is_on_disk_when_durable_returns() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("state.json");
-        let saver = Arc::new(Saver::new(path.clone(), "test"));
+        let saver = Arc::new(Saver::new(path.clone(), "test", Arc::default()));
         let ledger = Arc::new(Mutex::new(CmState::default()));
         let tasks: Vec<_> = (1..=200u64)
             .map(|v| {
@@ -124,5 +134,32 @@ mod tests {
             t.await.unwrap();
         }
         assert_eq!(CmState::load(&path).unwrap().version, 200);
+    }
+
+    /// A caller that stops waiting for its change (the pusher aborting a
+    /// push) does not keep it from the daemon: the write that carries it
+    /// tells `changed`.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_change_whose_caller_stopped_waiting_is_still_told() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.json");
+        let changed = Arc::new(Notify::new());
+        let saver = Arc::new(Saver::new(path.clone(), "test", changed.clone()));
+        let ledger = Arc::new(Mutex::new(CmState::default()));
+        let told = changed.notified();
+        tokio::pin!(told);
+        told.as_mut().enable();
+        let generation = {
+            let mut l = ledger.lock().unwrap();
+            l.version = 7;
+            saver.changed()
+        };
+        saver.save(&ledger);
+        // The caller's wait, abandoned at once.
+        drop(saver.durable(generation));
+        tokio::time::timeout(std::time::Duration::from_secs(10), told)
+            .await
+            .expect("the daemon is told of the change");
+        assert_eq!(CmState::load(&path).unwrap().version, 7);
     }
 }

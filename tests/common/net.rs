@@ -269,6 +269,10 @@ impl Host {
                 .env_remove("MALAI_LOG");
             cmd = as_user;
         }
+        // To chase a rare failure: the daemon's tracing filter (README).
+        if let Ok(filter) = std::env::var("TEST_DAEMON_LOG") {
+            cmd.env("MALAI_LOG", filter);
+        }
         let child = cmd
             .env("NOTIFY_SOCKET", &sock_path)
             .envs(env.iter().copied())
@@ -376,6 +380,11 @@ impl Daemon {
 
 impl Drop for Daemon {
     fn drop(&mut self) {
+        // Kept past the home's deletion when asked (README).
+        if let Ok(dir) = std::env::var("TEST_LOG_DIR") {
+            let kept = format!("{dir}/{}-{}.log", self.name, self.child.id());
+            let _ = std::fs::copy(&self.log, kept);
+        }
         if let Ok(None) = self.child.try_wait() {
             self.signal(nix::sys::signal::Signal::SIGTERM);
             let deadline = Instant::now() + Duration::from_secs(15);
