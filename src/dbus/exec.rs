@@ -221,8 +221,18 @@ impl From<ExecError> for Error {
     }
 }
 
-/// Resolves when `caller` has left the bus.
+/// How long a command runs before its caller is watched. The watch is
+/// three calls to the bus (`AddMatch`, `NameHasOwner`, and `RemoveMatch`
+/// at its end) that would otherwise run beside every command's start, on
+/// the same cores; most commands end sooner. A caller that left in the
+/// meantime is found by the `NameHasOwner` check once the watch is set:
+/// its command ends at most this much later than it would have.
+const WATCH_CALLER_AFTER: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// Resolves when `caller` has left the bus (noticed from
+/// `WATCH_CALLER_AFTER` on).
 async fn caller_gone(bus: &Connection, caller: UniqueName<'static>) {
+    tokio::time::sleep(WATCH_CALLER_AFTER).await;
     let watch = async {
         let dbus = zbus::fdo::DBusProxy::new(bus).await.ok()?;
         let mut changes = dbus
