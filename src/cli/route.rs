@@ -495,9 +495,9 @@ async fn exec_direct(
 }
 
 /// The daemon to reach `cluster` through: the one found, unless it serves
-/// another MALAI_HOME (the system service, found because the user named
-/// none) while this user's own home has a cluster of that name, which is
-/// another cluster: then none, and the user's own keys go directly.
+/// another MALAI_HOME than `required_home` asks (the system service, found
+/// while the user named a home or has a cluster of that name, which is
+/// another cluster): then none, and the user's own keys go directly.
 fn daemon_for<'a>(
     home: &Home,
     daemon: &'a Option<client::Found>,
