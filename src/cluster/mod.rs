@@ -288,7 +288,15 @@ impl Cluster {
 
     /// CM only: the versions and acknowledgements, now.
     pub fn ledger(&self) -> CmState {
-        self.ledger.lock().expect("ledger lock").clone()
+        self.with_ledger(CmState::clone)
+    }
+
+    /// CM only: `look` at the ledger under its lock, without a copy. The
+    /// pusher and the STATUS= line read it at every acknowledgement, and
+    /// a copy of N machines' entries each time made fan-out to N machines
+    /// cost N² (12% of a CM's CPU pushing to 300). `look` must not block.
+    pub fn with_ledger<T>(&self, look: impl FnOnce(&CmState) -> T) -> T {
+        look(&self.ledger.lock().expect("ledger lock"))
     }
 
     /// The cluster's directory.
@@ -552,34 +560,36 @@ impl Cluster {
     pub fn status_phrase(&self) -> String {
         match self.role() {
             Role::ClusterManager => {
-                let ledger = self.ledger();
                 let me = self.id52();
-                let machines: Vec<Id52> = self
+                // The ledger keeps id52s as text.
+                let machines: Vec<String> = self
                     .config()
                     .map(|c| {
                         c.machines
                             .values()
                             .filter(|m| m.id52 != me)
-                            .map(|m| m.id52)
+                            .map(|m| m.id52.to_string())
                             .collect()
                     })
                     .unwrap_or_default();
                 // One pass each way: this line is written at every change,
                 // an acknowledgement included.
-                let holding: std::collections::HashSet<&str> = ledger
-                    .machines
-                    .values()
-                    .filter(|m| m.holds(ledger.version))
-                    .map(|m| m.id52.as_str())
-                    .collect();
-                let synced = machines
-                    .iter()
-                    .filter(|id| holding.contains(id.to_string().as_str()))
-                    .count();
+                let (version, synced) = self.with_ledger(|ledger| {
+                    let holding: std::collections::HashSet<&str> = ledger
+                        .machines
+                        .values()
+                        .filter(|m| m.holds(ledger.version))
+                        .map(|m| m.id52.as_str())
+                        .collect();
+                    let synced = machines
+                        .iter()
+                        .filter(|id| holding.contains(id.as_str()))
+                        .count();
+                    (ledger.version, synced)
+                });
                 format!(
-                    "{}: cluster-manager v{}, {synced}/{} machines in sync",
+                    "{}: cluster-manager v{version}, {synced}/{} machines in sync",
                     self.alias,
-                    ledger.version,
                     machines.len()
                 )
             }

@@ -236,33 +236,46 @@ fn pending_machines(cluster: &Cluster) -> Vec<(String, Id52, Vec<std::net::Socke
     let Some(config) = cluster.config() else {
         return Vec::new();
     };
-    let state = cluster.ledger();
     let me = cluster.id52();
-    config
+    // The ledger keeps id52s as text; each is written once here, outside
+    // its lock.
+    let machines: Vec<_> = config
         .machines
         .iter()
         .filter(|(_, m)| m.id52 != me)
-        .filter(|(alias, m)| {
-            // Behind, or upgraded since (the same version, written for more).
-            state
-                .machines
-                .get(*alias)
-                .is_none_or(|s| s.id52 != m.id52.to_string() || !s.holds(state.version))
-        })
-        .map(|(alias, m)| (alias.clone(), m.id52, m.addrs.clone()))
+        .map(|(alias, m)| (alias, m, m.id52.to_string()))
+        .collect();
+    let behind: Vec<bool> = cluster.with_ledger(|state| {
+        machines
+            .iter()
+            .map(|(alias, _, id)| {
+                // Behind, or upgraded since (the same version, written for more).
+                state
+                    .machines
+                    .get(alias.as_str())
+                    .is_none_or(|s| s.id52 != *id || !s.holds(state.version))
+            })
+            .collect()
+    });
+    machines
+        .into_iter()
+        .zip(behind)
+        .filter(|(_, behind)| *behind)
+        .map(|((alias, m, _), _)| (alias.clone(), m.id52, m.addrs.clone()))
         .collect()
 }
 
 /// Machines removed from the cluster that have not acknowledged a
 /// farewell yet: alias, id52, address hints.
 fn departed_machines(cluster: &Cluster) -> Vec<(String, Id52, Vec<std::net::SocketAddr>)> {
-    cluster
-        .ledger()
-        .departed
-        .iter()
-        .filter(|(_, d)| d.acked_version == 0)
-        .filter_map(|(id, d)| Some((d.alias.clone(), id.parse().ok()?, d.addrs.clone())))
-        .collect()
+    cluster.with_ledger(|state| {
+        state
+            .departed
+            .iter()
+            .filter(|(_, d)| d.acked_version == 0)
+            .filter_map(|(id, d)| Some((d.alias.clone(), id.parse().ok()?, d.addrs.clone())))
+            .collect()
+    })
 }
 
 /// Sends machine `id`, removed from the cluster, the signed farewell at the

@@ -28,17 +28,16 @@ pub struct Dialer {
 /// is pushed to as the current key.
 pub fn known_key(cluster: &Cluster, chain: &[Link], alias: &str, id: &Id52) -> Option<Id52> {
     let first = chain.first()?;
-    let ledger = cluster.ledger();
-    let entry = ledger
-        .machines
-        .get(alias)
-        .filter(|m| m.id52 == id.to_string())?;
-    let key: Id52 = match &entry.cm {
-        Some(key) => key.parse().ok()?,
-        // Acknowledged before the CM's key could rotate: its first key.
-        None if entry.acked_version > 0 => first.from.parse().ok()?,
-        None => return None,
-    };
+    let id = id.to_string();
+    let key: Id52 = cluster.with_ledger(|ledger| {
+        let entry = ledger.machines.get(alias).filter(|m| m.id52 == id)?;
+        match &entry.cm {
+            Some(key) => key.parse().ok(),
+            // Acknowledged before the CM's key could rotate: its first key.
+            None if entry.acked_version > 0 => first.from.parse().ok(),
+            None => None,
+        }
+    })?;
     (key != cluster.id52()).then_some(key)
 }
 
