@@ -181,9 +181,8 @@ pub async fn run(
 /// it, so that the output is there before the answer; not for a caller
 /// that left (its descriptors may never drain).
 async fn drained(threads: [DrainThread; 2], caller_left: bool) {
-    let threads = threads.map(|t| t.lock().expect("drain thread").take());
-    if !caller_left && threads.iter().any(Option::is_some) {
-        let _ = tokio::task::spawn_blocking(move || threads.map(|t| t.map(|t| t.join()))).await;
+    if !caller_left {
+        crate::exec::client::join_drains(threads).await;
     }
 }
 

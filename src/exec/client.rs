@@ -128,8 +128,8 @@ pub async fn run(
     ssh: SshAsk,
     stdin: Option<std::os::fd::OwnedFd>,
 ) -> anyhow::Result<u8> {
-    let (stdout, out) = drain_to(std::io::stdout().as_fd().try_clone_to_owned()?)?;
-    let (stderr, err) = drain_to(std::io::stderr().as_fd().try_clone_to_owned()?)?;
+    let (stdout, out) = LazyDrain::new(std::io::stdout().as_fd().try_clone_to_owned()?);
+    let (stderr, err) = LazyDrain::new(std::io::stderr().as_fd().try_clone_to_owned()?);
     let mut io = Io {
         ssh,
         stdout: Box::new(stdout),
@@ -142,8 +142,18 @@ pub async fn run(
     let _raw = RawMode::for_pty(io.pty)?;
     // The pipes close with `io`; each thread then writes what is left.
     let code = run_with(conn, argv, what, io).await;
-    let _ = tokio::task::spawn_blocking(move || (out.join(), err.join())).await;
+    join_drains([out, err]).await;
     Ok(code?)
+}
+
+/// Waits until the threads of `drains` that were started have written all
+/// they were given; none started (a command that wrote nothing) costs no
+/// thread here either.
+pub async fn join_drains(drains: [DrainThread; 2]) {
+    let threads = drains.map(|t| t.lock().expect("drain thread").take());
+    if threads.iter().any(Option::is_some) {
+        let _ = tokio::task::spawn_blocking(move || threads.map(|t| t.map(|t| t.join()))).await;
+    }
 }
 
 /// A pipe (read end, write end), close-on-exec, 1 MiB wide where the
@@ -159,7 +169,8 @@ pub fn wide_pipe() -> std::io::Result<(std::os::fd::OwnedFd, std::os::fd::OwnedF
 pub type DrainThread = std::sync::Arc<std::sync::Mutex<Option<std::thread::JoinHandle<()>>>>;
 
 /// `drain_to` started on the first write: a command that writes nothing
-/// to it (most short ones) costs no pipe and no thread.
+/// to it (most short ones) costs no pipe and no thread. The CLI's own
+/// stdout and stderr go through one, as a caller's do in the daemon.
 pub struct LazyDrain {
     fd: Option<std::os::fd::OwnedFd>,
     pipe: Option<tokio::net::unix::pipe::Sender>,
