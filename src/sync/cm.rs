@@ -237,32 +237,21 @@ fn pending_machines(cluster: &Cluster) -> Vec<(String, Id52, Vec<std::net::Socke
         return Vec::new();
     };
     let me = cluster.id52();
-    // The ledger keeps id52s as text; each is written once here, outside
-    // its lock.
-    let machines: Vec<_> = config
-        .machines
-        .iter()
-        .filter(|(_, m)| m.id52 != me)
-        .map(|(alias, m)| (alias, m, m.id52.to_string()))
-        .collect();
-    let behind: Vec<bool> = cluster.with_ledger(|state| {
-        machines
+    cluster.with_ledger(|state| {
+        config
+            .machines
             .iter()
-            .map(|(alias, _, id)| {
+            .filter(|(_, m)| m.id52 != me)
+            .filter(|(alias, m)| {
                 // Behind, or upgraded since (the same version, written for more).
                 state
                     .machines
-                    .get(alias.as_str())
-                    .is_none_or(|s| s.id52 != *id || !s.holds(state.version))
+                    .get(*alias)
+                    .is_none_or(|s| s.id52 != m.id52.to_string() || !s.holds(state.version))
             })
+            .map(|(alias, m)| (alias.clone(), m.id52, m.addrs.clone()))
             .collect()
-    });
-    machines
-        .into_iter()
-        .zip(behind)
-        .filter(|(_, behind)| *behind)
-        .map(|((alias, m, _), _)| (alias.clone(), m.id52, m.addrs.clone()))
-        .collect()
+    })
 }
 
 /// Machines removed from the cluster that have not acknowledged a

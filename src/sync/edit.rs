@@ -59,7 +59,7 @@ pub async fn download(cluster: &Cluster, caller: Caller) -> Result<Downloaded, E
     caller.check(cluster, "download")?;
     let text = std::fs::read_to_string(cluster.cluster_path())
         .map_err(|e| EditError::Failed(format!("cannot read cluster.toml: {e}")))?;
-    let version = cluster.ledger().version;
+    let version = cluster.with_ledger(|l| l.version);
     tracing::info!(malai_cluster = %cluster.alias(), malai_peer = %caller.peer_field(), malai_config_version = version, "{caller} downloaded cluster.toml");
     let hash = hash_hex(text.as_bytes());
     Ok(Downloaded {
