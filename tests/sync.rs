@@ -325,3 +325,46 @@ fn fetches_by_a_member_do_not_restart_the_pushes_to_others() {
         "{during} pushes to web01 during {fetches} fetches by the laptop: the backoff must hold"
     );
 }
+
+/// A cluster with more machines that never answer than the CM pushes to
+/// at once: web01 still gets the config while their dials are waiting,
+/// not once they gave up (the window's own rule, that a push holds its
+/// place for a moment only, is proven in `sync::cm`'s unit tests, where
+/// the order of the pushes is known).
+#[test]
+fn machines_that_never_answer_do_not_hold_back_a_live_one() {
+    let c = Company::loopback();
+    let mut cm = c.cm.start_daemon();
+    let _web = c.web01.start_daemon();
+    // Their address takes every datagram and answers none, as a machine
+    // that is off behind a firewall does.
+    let black_hole = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let silent = black_hole.local_addr().unwrap();
+    let dead = 40;
+    let extra: String = (0..dead)
+        .map(|i| {
+            let id = Identity::generate().id52();
+            format!("[machine.dead{i:02}]\nid52 = \"{id}\"\naddrs = [\"{silent}\"]\n\n")
+        })
+        .collect();
+    c.write_cluster_toml("", "", &extra);
+    c.cm.ok(&["rescan"]);
+    // The laptop has no daemon either.
+    cm.wait_status(&format!(
+        "cluster-manager v2, 1/{} machines in sync",
+        dead + 2
+    ));
+    let status = c.cm.json(&["status", "--json"]);
+    let machines = status["clusters"][0]["machines"].as_array().unwrap();
+    let given_up: Vec<&str> = machines
+        .iter()
+        .filter(|m| !m["unreachable_since"].is_null())
+        .filter_map(|m| m["alias"].as_str())
+        .filter(|alias| alias.starts_with("dead"))
+        .collect();
+    assert!(
+        given_up.is_empty(),
+        "web01 got its config only after the pushes to {given_up:?} gave up"
+    );
+    drop(black_hole);
+}

@@ -1,14 +1,15 @@
 //! The CM side of config distribution: personalize and sign each machine's
 //! config, push it to every machine that has not acknowledged the current
-//! version (all at once, retrying the unreachable with backoff), answer
-//! fetches; `Cluster::record_push` keeps the acknowledgements. A machine
-//! removed from the cluster is sent a signed farewell (a config naming no
-//! machine) until it acknowledges one.
+//! version (a window of them at a time, retrying the unreachable with
+//! backoff), answer fetches; `Cluster::record_push` keeps the
+//! acknowledgements. A machine removed from the cluster is sent a signed
+//! farewell (a config naming no machine) until it acknowledges one.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
 use super::envelope::Envelope;
@@ -24,6 +25,16 @@ const PUSH_TIMEOUT: Duration = Duration::from_secs(15);
 /// second.
 const MIN_BACKOFF: Duration = Duration::from_secs(1);
 const MAX_BACKOFF: Duration = Duration::from_secs(60);
+/// Pushes in flight at once (parallel-ssh's default parallelism). Pushing
+/// to hundreds of machines at once spends the CM's CPU, and on a shared
+/// host the machines', on interleaving hundreds of handshakes: measured
+/// in docs/BENCHMARKS.md, a window of 32 halves the CPU and the time of a
+/// round to 300 machines.
+const PUSH_WINDOW: usize = 32;
+/// A push still unanswered after this long leaves the window to the next
+/// one, and goes on: an unreachable machine (a dial waits up to 10 s)
+/// holds back the others by this much at most.
+const PUSH_SLOT: Duration = Duration::from_secs(1);
 
 /// The signed config for the machine `peer` at the current version,
 /// written for the protocol it understands.
@@ -84,8 +95,9 @@ pub async fn serve_fetch(cluster: &Cluster, peer: Id52, protocol: u32) -> FetchA
 }
 
 /// Pushes until every machine holds the current version, each machine on
-/// its own task so one unreachable machine delays nobody else; retries a
-/// failed machine with exponential backoff. A config change restarts every
+/// its own task, `PUSH_WINDOW` of them at a time, so one unreachable
+/// machine delays nobody else by more than `PUSH_SLOT`; retries a failed
+/// machine with exponential backoff. A config change restarts every
 /// push at once (pushes are idempotent, and a push stuck on a dead
 /// connection must not hold back the new one); a machine that fetched
 /// restarts its own push only, so fetching cannot make the CM redo its
@@ -97,6 +109,7 @@ pub async fn pusher(cluster: Arc<Cluster>, dialer: super::handover::Dialer) {
     let mut set: JoinSet<(String, bool)> = JoinSet::new();
     let mut inflight: HashMap<String, tokio::task::AbortHandle> = HashMap::new();
     let mut retry: HashMap<String, (Instant, Duration)> = HashMap::new();
+    let window = Arc::new(Semaphore::new(PUSH_WINDOW));
     loop {
         let woken = cluster.wait_for_work();
         let returned = cluster.wait_for_returned();
@@ -109,9 +122,10 @@ pub async fn pusher(cluster: Arc<Cluster>, dialer: super::handover::Dialer) {
             }
             let task_cluster = cluster.clone();
             let task_key = key.clone();
+            let window = window.clone();
             let handle = set.spawn(async move {
                 let cluster = task_cluster;
-                let sent = tokio::time::timeout(PUSH_TIMEOUT, farewell(&cluster, &id, &addrs));
+                let sent = in_window(&window, farewell(&cluster, &id, &addrs));
                 let result = match sent.await {
                     Ok(result) => result.map_err(|e| format!("{e:#}")),
                     Err(_) => Err(format!("no answer within {} s", PUSH_TIMEOUT.as_secs())),
@@ -130,7 +144,7 @@ pub async fn pusher(cluster: Arc<Cluster>, dialer: super::handover::Dialer) {
             }
             let task_cluster = cluster.clone();
             let task_alias = alias.clone();
-            let dialer = dialer.clone();
+            let (dialer, window) = (dialer.clone(), window.clone());
             let handle = set.spawn(async move {
                 let cluster = task_cluster;
                 let delivered = async {
@@ -139,8 +153,7 @@ pub async fn pusher(cluster: Arc<Cluster>, dialer: super::handover::Dialer) {
                     }
                     push_one(&cluster, &id, &addrs).await
                 };
-                let pushed = tokio::time::timeout(PUSH_TIMEOUT, delivered);
-                let result = match pushed.await {
+                let result = match in_window(&window, delivered).await {
                     // It restarts on this key and fetches (`machine_returned`
                     // retries its push at once); a dial now would find it
                     // between endpoints. Retried after the first backoff
@@ -193,6 +206,24 @@ pub async fn pusher(cluster: Arc<Cluster>, dialer: super::handover::Dialer) {
                 }
             }
             _ = tokio::time::sleep_until(next_retry.unwrap_or(now).into()), if next_retry.is_some() => {}
+        }
+    }
+}
+
+/// Runs `push` once `window` has room, for `PUSH_TIMEOUT` from then,
+/// holding its place there until the push ends or `PUSH_SLOT` passes.
+async fn in_window<T>(
+    window: &Semaphore,
+    push: impl Future<Output = T>,
+) -> Result<T, tokio::time::error::Elapsed> {
+    let place = window.acquire().await.expect("the window is never closed");
+    let push = tokio::time::timeout(PUSH_TIMEOUT, push);
+    tokio::pin!(push);
+    tokio::select! {
+        done = &mut push => done,
+        () = tokio::time::sleep(PUSH_SLOT) => {
+            drop(place);
+            push.await
         }
     }
 }
@@ -363,6 +394,54 @@ async fn push_one(
         } if holds >= offered => Ok(Landed::MachineAhead { offered, holds }),
         PushAnswer::Rejected { reason, .. } | PushAnswer::Denied { reason } => {
             anyhow::bail!("refused: {reason}")
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Two pushes that never end fill a window of two; the next one gets a
+    /// place only once their slot has passed, and they go on meanwhile.
+    #[tokio::test]
+    async fn a_push_that_does_not_end_leaves_its_place_after_its_slot() {
+        let window = Arc::new(Semaphore::new(2));
+        let filled = Instant::now();
+        let (started_tx, mut started) = tokio::sync::mpsc::unbounded_channel();
+        let mut stuck = JoinSet::new();
+        for _ in 0..2 {
+            let (window, started_tx) = (window.clone(), started_tx.clone());
+            stuck.spawn(async move {
+                let _ = in_window(&window, async {
+                    started_tx.send(()).unwrap();
+                    std::future::pending::<()>().await;
+                })
+                .await;
+            });
+        }
+        for _ in 0..2 {
+            started.recv().await.unwrap();
+        }
+        assert_eq!(window.available_permits(), 0, "two pushes fill the window");
+        let began = in_window(&window, async { Instant::now() }).await.unwrap();
+        assert!(
+            began - filled >= PUSH_SLOT,
+            "the third push began {:?} after the window filled, before the slot passed",
+            began - filled
+        );
+        assert!(stuck.try_join_next().is_none(), "the stuck pushes go on");
+        assert_eq!(window.available_permits(), 2, "and no longer hold places");
+        stuck.abort_all();
+    }
+
+    /// A push that ends gives its place back at once.
+    #[tokio::test]
+    async fn a_push_that_ends_gives_its_place_back() {
+        let window = Semaphore::new(1);
+        for n in 0..3 {
+            assert_eq!(in_window(&window, async move { n }).await, Ok(n));
+            assert_eq!(window.available_permits(), 1);
         }
     }
 }
