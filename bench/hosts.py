@@ -7,9 +7,11 @@ delay relay.
 import json
 import os
 import pwd
+import queue
 import re
 import socket
 import subprocess
+import threading
 import time
 
 from sandbox import netns, other_runs_alive, run
@@ -69,6 +71,8 @@ class Daemon:
             os.unlink(sock_path)
         self.notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self.notify.bind(sock_path)
+        self.messages = queue.Queue()
+        threading.Thread(target=self._drain, daemon=True).start()
         self.status = ""
         self.log = home.sb.path("%s.log" % home.name)
         env = home.env(dbus)
@@ -85,6 +89,20 @@ class Daemon:
             )
         self.ready_after = None
 
+    def _drain(self):
+        """Reads every message as it comes, as systemd does: a daemon
+        whose messages are left unread blocks on its next one once the
+        socket holds net.unix.max_dgram_qlen of them (10 by default; 512
+        where systemd is PID 1), and with it the loop that sends them."""
+        while True:
+            try:
+                msg = self.notify.recv(4096)
+            except OSError:
+                return
+            if not msg:
+                return  # shut down by stop()
+            self.messages.put(msg.decode(errors="replace"))
+
     @property
     def pid(self):
         return self.proc.pid
@@ -98,10 +116,9 @@ class Daemon:
                     "%s: no %r from the daemon within %ds (last status %r); log: %s"
                     % (self.home.name, what, deadline, self.status, self.log)
                 )
-            self.notify.settimeout(min(left, 0.5))
             try:
-                msg = self.notify.recv(4096).decode(errors="replace")
-            except socket.timeout:
+                msg = self.messages.get(timeout=min(left, 0.5))
+            except queue.Empty:
                 if self.proc.poll() is not None:
                     raise RuntimeError(
                         "%s: daemon exited (%s) before %r; log: %s"
@@ -135,6 +152,10 @@ class Daemon:
 
     def stop(self):
         self.home.sb.stop(self.proc)
+        try:
+            self.notify.shutdown(socket.SHUT_RDWR)  # wakes _drain
+        except OSError:
+            pass
         self.notify.close()
 
 
