@@ -15,6 +15,21 @@ use std::path::Path;
 
 use nix::fcntl::OFlag;
 
+/// Runs `f`, file work that blocks (the fsyncs of `write_atomic`), from
+/// async code without holding a runtime worker: on the daemon's
+/// multi-threaded runtime the worker hands its other tasks to a new thread
+/// while `f` runs (`block_in_place`), so a slow disk stalls this task only,
+/// not every peer and cluster the daemon serves. Elsewhere (the CLI's one
+/// thread, a test's runtime, no runtime) `f` runs in place, as it would
+/// anyway.
+pub fn blocking<T>(f: impl FnOnce() -> T) -> T {
+    use tokio::runtime::{Handle, RuntimeFlavor};
+    match Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == RuntimeFlavor::MultiThread => tokio::task::block_in_place(f),
+        _ => f(),
+    }
+}
+
 /// A home owned by another user that root is writing in, and that user.
 static HANDOVER: std::sync::OnceLock<(std::path::PathBuf, u32, u32)> = std::sync::OnceLock::new();
 
@@ -137,6 +152,36 @@ fn parent_of(path: &Path) -> &Path {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A daemon runs on one worker: while one task waits on the disk, a
+    /// task it woke (here, the one that ends the wait) still runs.
+    #[test]
+    fn blocking_work_leaves_the_one_worker_to_the_other_tasks() {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .build()
+            .unwrap();
+        let waited = rt.block_on(async {
+            tokio::spawn(async {
+                let (tx, rx) = std::sync::mpsc::channel();
+                // Queued on this worker, behind the task that blocks.
+                tokio::spawn(async move { tx.send(()) });
+                blocking(|| rx.recv_timeout(std::time::Duration::from_secs(10)))
+            })
+            .await
+            .unwrap()
+        });
+        assert_eq!(waited, Ok(()), "the woken task never ran");
+    }
+
+    #[test]
+    fn blocking_work_runs_in_place_without_a_multi_threaded_runtime() {
+        assert_eq!(blocking(|| 7), 7);
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        assert_eq!(rt.block_on(async { blocking(|| 8) }), 8);
+    }
 
     #[test]
     fn atomic_write_replaces_and_sets_mode() {

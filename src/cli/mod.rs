@@ -250,10 +250,22 @@ pub fn runtime() -> anyhow::Result<&'static tokio::runtime::Runtime> {
 }
 
 /// The tokio runtime of a service (the daemon, the helper, a forward the
-/// CLI serves): a worker per core, for many peers and users at once.
+/// CLI serves): one worker unless `TOKIO_WORKER_THREADS` asks for more.
+/// A stream through the daemon then wakes no second thread per packet:
+/// 1 GiB through it went from 0.87x ssh's speed to 1.02x, and its CPU
+/// from 2.6x ssh's to 2.3x (docs/BENCHMARKS.md, sixth pass). Work that
+/// blocks (fsync) leaves the worker to the other tasks
+/// (`fsutil::blocking`); the process's main thread runs the daemon's
+/// control loop beside it.
 pub fn service_runtime() -> anyhow::Result<&'static tokio::runtime::Runtime> {
     static RUNTIME: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
-    made_once(&RUNTIME, tokio::runtime::Builder::new_multi_thread)
+    made_once(&RUNTIME, || {
+        let mut builder = tokio::runtime::Builder::new_multi_thread();
+        if std::env::var_os("TOKIO_WORKER_THREADS").is_none() {
+            builder.worker_threads(1);
+        }
+        builder
+    })
 }
 
 /// The runtime in `cell`, built by `builder` (all drivers on) the first

@@ -49,6 +49,11 @@ impl Cluster {
     /// Accepts `envelope` from the CM; the version in force after it.
     pub async fn accept(&self, envelope: Envelope) -> Result<u64, AcceptError> {
         let _apply = self.apply.lock().await;
+        fsutil::blocking(|| self.accept_locked(envelope))
+    }
+
+    /// `accept`, under the apply lock: reads and durable writes.
+    fn accept_locked(&self, envelope: Envelope) -> Result<u64, AcceptError> {
         let me = self.id52();
         if let Err(reason) = envelope.verify(&self.cm_id52, &me) {
             tracing::warn!(malai_cluster = %self.alias, malai_peer = %self.cm_id52, "refused config: {reason}");
@@ -130,6 +135,11 @@ impl Cluster {
     /// sent). The key it reaches from then on.
     pub async fn take_handover(&self, chain: &[Link]) -> Result<Id52, String> {
         let _apply = self.apply.lock().await;
+        fsutil::blocking(|| self.take_handover_locked(chain))
+    }
+
+    /// `take_handover`, under the apply lock: reads and durable writes.
+    fn take_handover_locked(&self, chain: &[Link]) -> Result<Id52, String> {
         let known = self.cm_id52;
         let links = handover::follow(chain, &known)?;
         let Some((newest, _)) = links.last() else {

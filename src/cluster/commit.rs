@@ -78,6 +78,11 @@ impl Cluster {
     /// Commits `change` (CM only) and puts the result in force.
     pub async fn commit(&self, change: Change) -> Result<Committed, EditError> {
         let _apply = self.apply.lock().await;
+        crate::fsutil::blocking(|| self.commit_locked(change))
+    }
+
+    /// `commit`, under the apply lock: reads and durable writes.
+    fn commit_locked(&self, change: Change) -> Result<Committed, EditError> {
         let before = self.config();
         // A rotated key is replaced, not removed: no farewell to the old one.
         let rotation = matches!(change, Change::Rename { .. });

@@ -14,6 +14,7 @@ use super::invites::{self, Redeem, Redeemed};
 use super::{JoinAnswer, JoinRequest};
 use crate::cluster::{Change, Cluster};
 use crate::config::names;
+use crate::fsutil;
 use crate::home::Role;
 use crate::identity::Id52;
 use crate::p2p::frame;
@@ -114,7 +115,9 @@ impl JoinHandler {
         };
         let dir = cluster.cluster_path();
         let dir = dir.parent().expect("cluster.toml is in its directory");
-        let outcome = match invites::redeem(dir, &redeem, crate::state::unix_now()) {
+        let outcome = match fsutil::blocking(|| {
+            invites::redeem(dir, &redeem, crate::state::unix_now())
+        }) {
             Ok(outcome) => outcome,
             Err(e) => {
                 tracing::error!(malai_cluster = %cluster.alias(), "cannot read the invites: {e:#}");
@@ -163,7 +166,7 @@ impl JoinHandler {
                 }
             }
             Err(e) => {
-                let _ = invites::give_back(dir, &ask.invite, &id52);
+                let _ = fsutil::blocking(|| invites::give_back(dir, &ask.invite, &id52));
                 tracing::error!(malai_cluster = %cluster.alias(), malai_peer = %peer, "could not add machine {name}: {e}");
                 JoinAnswer::Refused {
                     reason: format!("the cluster manager could not add the machine: {e}"),

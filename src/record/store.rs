@@ -17,6 +17,7 @@ use tokio::sync::mpsc;
 
 use super::{FromRecorder, Header, KINDS, ToRecorder};
 use crate::cluster::Cluster;
+use crate::fsutil;
 use crate::identity::Id52;
 use crate::p2p::frame;
 
@@ -62,11 +63,11 @@ impl Sink {
                 while let Some(msg) = rx.recv().await {
                     match msg {
                         ToRecorder::Event { t, kind, text } => w.event(t, &kind, &text)?,
-                        ToRecorder::End { exit } => return w.end(exit),
+                        ToRecorder::End { exit } => return fsutil::blocking(|| w.end(exit)),
                         ToRecorder::Begin { .. } => return Err("a second begin".into()),
                     }
                 }
-                w.end(None)
+                fsutil::blocking(|| w.end(None))
             }
         }
     }
@@ -164,7 +165,7 @@ fn is_recorder(cluster: &Cluster) -> Result<(), String> {
 /// A recording of this device's own session, when it is the recorder.
 pub async fn begin_here(cluster: &Cluster, header: Header) -> Result<(String, Sink), String> {
     is_recorder(cluster)?;
-    let (id, w) = Writer::create(cluster.dir(), &header)?;
+    let (id, w) = fsutil::blocking(|| Writer::create(cluster.dir(), &header))?;
     Ok((id, Sink::Local(w)))
 }
 
@@ -265,7 +266,7 @@ async fn store(
     send: &mut SendStream,
     recv: &mut RecvStream,
 ) -> Result<(), String> {
-    let (id, mut w) = match Writer::create(cluster.dir(), header) {
+    let (id, mut w) = match fsutil::blocking(|| Writer::create(cluster.dir(), header)) {
         Ok(created) => created,
         Err(why) => {
             let _ = frame::write_msg(
@@ -289,14 +290,14 @@ async fn store(
         match frame::read_msg::<_, ToRecorder>(recv).await {
             Ok(ToRecorder::Event { t, kind, text }) => w.event(t, &kind, &text)?,
             Ok(ToRecorder::End { exit }) => {
-                w.end(exit)?;
+                fsutil::blocking(|| w.end(exit))?;
                 send.finish().map_err(|e| e.to_string())?;
                 let _ = send.stopped().await;
                 return Ok(());
             }
             Ok(ToRecorder::Begin { .. }) => return Err("a second begin".into()),
             Err(e) => {
-                let _ = w.end(None);
+                let _ = fsutil::blocking(|| w.end(None));
                 return Err(format!("recording {id} ended without its end: {e}"));
             }
         }
