@@ -279,7 +279,8 @@ pub async fn run_with(
         )),
         None => ExecError::Lost(format!("{what}: {e}")),
     };
-    let (mut send, mut recv) = conn.open_bi().await.map_err(|e| failed(e.to_string()))?;
+    let (mut send, recv) = conn.open_bi().await.map_err(|e| failed(e.to_string()))?;
+    let mut recv = tokio::io::BufReader::with_capacity(frame::READ_BUFFER, recv);
     let request = ExecRequest {
         argv,
         env,

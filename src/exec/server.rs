@@ -426,7 +426,7 @@ async fn pump(
     let mut child_stdin = s.stdin.take();
     let control = s.control.clone();
     let input = async move {
-        let mut recv = recv;
+        let mut recv = tokio::io::BufReader::with_capacity(frame::READ_BUFFER, recv);
         let mut buf = Vec::new();
         loop {
             match frame::read(&mut recv, &mut buf).await {

@@ -14,6 +14,10 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 /// The largest payload a frame may carry.
 pub const MAX_FRAME: usize = 1 << 20;
 
+/// The buffer a stream of frames is read through: a frame's header and
+/// payload come from it, not from a call into the QUIC stream each.
+pub const READ_BUFFER: usize = 64 * 1024;
+
 /// How long a host waits for the first message of a stream.
 pub const FIRST_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
