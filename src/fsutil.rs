@@ -15,13 +15,14 @@ use std::path::Path;
 
 use nix::fcntl::OFlag;
 
-/// Runs `f`, file work that blocks (the fsyncs of `write_atomic`), from
-/// async code without holding a runtime worker: on the daemon's
-/// multi-threaded runtime the worker hands its other tasks to a new thread
-/// while `f` runs (`block_in_place`), so a slow disk stalls this task only,
-/// not every peer and cluster the daemon serves. Elsewhere (the CLI's one
-/// thread, a test's runtime, no runtime) `f` runs in place, as it would
-/// anyway.
+/// Runs `f`, file work that blocks (the fsyncs of `write_atomic`, the
+/// cluster directory's `flock` another command may hold), from async code
+/// without holding a runtime worker: on the daemon's multi-threaded
+/// runtime the worker hands its other tasks to a new thread while `f` runs
+/// (`block_in_place`), so a slow disk or a held lock stalls this task
+/// only, not every peer and cluster the daemon serves. Elsewhere (the
+/// CLI's one thread, a test's runtime, no runtime) `f` runs in place, as
+/// it would anyway.
 pub fn blocking<T>(f: impl FnOnce() -> T) -> T {
     use tokio::runtime::{Handle, RuntimeFlavor};
     match Handle::try_current() {

@@ -251,12 +251,12 @@ pub fn runtime() -> anyhow::Result<&'static tokio::runtime::Runtime> {
 
 /// The tokio runtime of a service (the daemon, the helper, a forward the
 /// CLI serves): one worker unless `TOKIO_WORKER_THREADS` asks for more.
-/// A stream through the daemon then wakes no second thread per packet:
-/// 1 GiB through it went from 0.87x ssh's speed to 1.02x, and its CPU
-/// from 2.6x ssh's to 2.3x (docs/BENCHMARKS.md, sixth pass). Work that
-/// blocks (fsync) leaves the worker to the other tasks
-/// (`fsutil::blocking`); the process's main thread runs the daemon's
-/// control loop beside it.
+/// A stream through the daemon then hands no work between threads: 1 GiB
+/// through it moved at 0.87-0.92x ssh's rate with two workers and
+/// 0.97-1.06x with one, for less CPU (docs/BENCHMARKS.md, sixth pass).
+/// Work that blocks (an fsync, a lock) leaves the worker to the other
+/// tasks (`fsutil::blocking`); the process's main thread runs the
+/// daemon's control loop beside it.
 pub fn service_runtime() -> anyhow::Result<&'static tokio::runtime::Runtime> {
     static RUNTIME: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
     made_once(&RUNTIME, || {
