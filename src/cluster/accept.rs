@@ -48,11 +48,10 @@ impl Cluster {
 
     /// Accepts `envelope` from the CM; the version in force after it.
     pub async fn accept(&self, envelope: Envelope) -> Result<u64, AcceptError> {
-        let _apply = self.apply.lock().await;
-        fsutil::blocking(|| self.accept_locked(envelope))
+        self.applying(|| self.accept_locked(envelope)).await
     }
 
-    /// `accept`, under the apply lock: reads and durable writes.
+    /// `accept`, applying (`Cluster::applying`).
     fn accept_locked(&self, envelope: Envelope) -> Result<u64, AcceptError> {
         let me = self.id52();
         if let Err(reason) = envelope.verify(&self.cm_id52, &me) {
@@ -134,11 +133,10 @@ impl Cluster {
     /// restarts this cluster on it (`handed_over`, once the answer is
     /// sent). The key it reaches from then on.
     pub async fn take_handover(&self, chain: &[Link]) -> Result<Id52, String> {
-        let _apply = self.apply.lock().await;
-        fsutil::blocking(|| self.take_handover_locked(chain))
+        self.applying(|| self.take_handover_locked(chain)).await
     }
 
-    /// `take_handover`, under the apply lock: reads and durable writes.
+    /// `take_handover`, applying (`Cluster::applying`).
     fn take_handover_locked(&self, chain: &[Link]) -> Result<Id52, String> {
         let known = self.cm_id52;
         let links = handover::follow(chain, &known)?;

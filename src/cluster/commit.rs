@@ -77,11 +77,10 @@ pub enum EditError {
 impl Cluster {
     /// Commits `change` (CM only) and puts the result in force.
     pub async fn commit(&self, change: Change) -> Result<Committed, EditError> {
-        let _apply = self.apply.lock().await;
-        crate::fsutil::blocking(|| self.commit_locked(change))
+        self.applying(|| self.commit_locked(change)).await
     }
 
-    /// `commit`, under the apply lock: reads and durable writes.
+    /// `commit`, applying (`Cluster::applying`).
     fn commit_locked(&self, change: Change) -> Result<Committed, EditError> {
         let before = self.config();
         // A rotated key is replaced, not removed: no farewell to the old one.

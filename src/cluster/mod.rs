@@ -98,8 +98,8 @@ pub struct Cluster {
     /// A std `RwLock`: read everywhere, written once when a waiting machine
     /// gets its first config; never held across `.await`.
     role: RwLock<Role>,
-    /// Serializes `commit` and `accept`. A tokio `Mutex`: held across file
-    /// writes and awaits of the whole change.
+    /// Serializes the changes to the config in force (`applying`). A tokio
+    /// `Mutex`: a change waiting for it gives the worker to other tasks.
     apply: tokio::sync::Mutex<()>,
     /// CM only: versions and acknowledgements, mirrored in state.json (this
     /// daemon is its only writer while it runs: it holds malai.lock). A
@@ -297,6 +297,15 @@ impl Cluster {
     /// cost N² (12% of a CM's CPU pushing to 300). `look` must not block.
     pub fn with_ledger<T>(&self, look: impl FnOnce(&CmState) -> T) -> T {
         look(&self.ledger.lock().expect("ledger lock"))
+    }
+
+    /// Runs `change` (a commit, an accepted config, a handover: reads and
+    /// durable writes) once the changes before it are done, with the
+    /// runtime's worker left to the other tasks while it runs
+    /// (`fsutil::blocking`).
+    async fn applying<T>(&self, change: impl FnOnce() -> T) -> T {
+        let _apply = self.apply.lock().await;
+        crate::fsutil::blocking(change)
     }
 
     /// The cluster's directory.
