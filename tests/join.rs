@@ -194,100 +194,116 @@ fn two_hundred_strangers_hammering_the_join_door_neither_grow_the_cm_nor_keep_a_
     let (web, _webd) = device("web01");
     let (id, ticket) = invite(&cm, &["--name", "web01"]);
     let t = Ticket::decode(&ticket).unwrap();
-    let cm_id = t.cm_id52();
-    let addr = t.addrs[0];
-    let (idle, idle_anon) = (common::rss_kib(cmd.pid()), common::rss_anon_kib(cmd.pid()));
+    let (cm_id, addr) = (t.cm_id52(), t.addrs[0]);
+    let idle_anon = common::rss_anon_kib(cmd.pid());
 
-    let network = common::raw::loopback_network();
-    let hammer = std::thread::spawn(move || {
-        let rt = tokio::runtime::Runtime::new().unwrap();
-        rt.block_on(async move {
-            // 200 keys, 50 at a time.
-            let at_once = std::sync::Arc::new(tokio::sync::Semaphore::new(50));
-            let mut tasks = Vec::new();
-            for _ in 0..200 {
-                let (network, id, at_once) = (network.clone(), id.clone(), at_once.clone());
-                tasks.push(tokio::spawn(async move {
-                    let _slot = at_once.acquire_owned().await.unwrap();
-                    let me = Identity::generate();
-                    let ep = p2p::bind(
-                        &me,
-                        &network,
-                        &p2p::RelayChoice::Disabled,
-                        0,
-                        Vec::new(),
-                        None,
-                    )
-                    .await
-                    .unwrap();
-                    let mut answers = Vec::new();
-                    if let Ok(conn) =
-                        p2p::dial(&ep, &cm_id, &p2p::Reach::at(&[addr]), JOIN_ALPN).await
-                    {
-                        for _ in 0..5 {
-                            let Ok((mut send, mut recv)) = conn.open_bi().await else {
-                                break;
-                            };
-                            let ask = JoinRequest {
-                                invite: id.clone(),
-                                secret: "11".repeat(32),
-                                name: "intruder".into(),
-                                addrs: Vec::new(),
-                            };
-                            if frame::write_msg(&mut send, &ask).await.is_err() {
-                                break;
-                            }
-                            let _ = send.finish();
-                            match frame::read_msg::<_, JoinAnswer>(&mut recv).await {
-                                Ok(a) => answers.push(a),
-                                Err(_) => break,
-                            }
-                        }
-                    }
-                    ep.close().await;
-                    answers
-                }));
-            }
-            let mut all = Vec::new();
-            for t in tasks {
-                all.extend(t.await.unwrap());
-            }
-            all
-        })
-    });
-    // Meanwhile, the real device joins.
+    // The first flood, while the real device joins.
+    let first = {
+        let id = id.clone();
+        std::thread::spawn(move || hammer(&id, cm_id, addr))
+    };
     let joined = web.json(&["machine", "join", &ticket, "--json"]);
     assert_eq!(joined["machine"], "web01");
-    let answers = hammer.join().unwrap();
-    let peak = common::hwm_kib(cmd.pid());
-    let (now, now_anon) = (common::rss_kib(cmd.pid()), common::rss_anon_kib(cmd.pid()));
+    let mut answers = first.join().unwrap();
+    let first_anon = common::rss_anon_kib(cmd.pid());
+    // A second flood of 200 more fresh keys.
+    answers.extend(hammer(&id, cm_id, addr));
+    let second_anon = common::rss_anon_kib(cmd.pid());
     assert!(
         answers
             .iter()
             .all(|a| !matches!(a, JoinAnswer::Joined { .. })),
         "no stranger joined"
     );
-    let refused = answers
-        .iter()
-        .filter(|a| matches!(a, JoinAnswer::Refused { .. }))
-        .count();
-    let busy = answers
-        .iter()
-        .filter(|a| matches!(a, JoinAnswer::Busy { .. }))
-        .count();
+    let count = |f: fn(&JoinAnswer) -> bool| answers.iter().filter(|a| f(a)).count();
+    let refused = count(|a| matches!(a, JoinAnswer::Refused { .. }));
+    let busy = count(|a| matches!(a, JoinAnswer::Busy { .. }));
     eprintln!(
-        "measured: {} answers ({refused} refused, {busy} busy); CM RSS idle {idle} KiB, peak {peak} KiB, \
-         after {now} KiB; of it anonymous (heap, stacks): idle {idle_anon} KiB, after {now_anon} KiB",
+        "measured: {} answers ({refused} refused, {busy} busy); CM anonymous RSS (heap, stacks): \
+         idle {idle_anon} KiB, after the first flood {first_anon} KiB, after the second {second_anon} KiB",
         answers.len()
     );
-    // The heap is what a flood could grow; the debug binary's code pages
-    // that the handshakes fault in are not (the release binary is a
-    // fraction of it).
+    // What a flood costs is the connections it has open at once: the
+    // handshakes in flight (`gate::MAX_HANDSHAKES`), the joins admitted
+    // (`gate::MAX_JOIN_CONNECTIONS`) and those closing, each some tens of
+    // KiB in this debug build; the heap keeps what it freed for reuse.
+    // Measured +18-22 MiB for the first flood (its 200 connections
+    // overlap while the CM's one worker is busy).
     assert!(
-        now_anon < idle_anon + 20 * 1024,
-        "anonymous RSS grew from {idle_anon} to {now_anon} KiB"
+        first_anon < idle_anon + 32 * 1024,
+        "anonymous RSS grew from {idle_anon} to {first_anon} KiB in the first flood"
+    );
+    // The second flood mostly reuses what the first freed: a flood does
+    // not pile up. What it adds (measured +5-7 MiB, a third of the first)
+    // is iroh's state per key, kept 60 s after its last connection, and
+    // the heap's fragments around it.
+    let (grew_first, grew_second) = (
+        first_anon - idle_anon,
+        second_anon.saturating_sub(first_anon),
+    );
+    assert!(
+        grew_second < grew_first / 2,
+        "anonymous RSS grew by {grew_first} KiB in the first flood and {grew_second} KiB more in the second"
     );
     cmd.wait_status("1/1 machines in sync");
     let text = cluster_toml(&cm);
     assert!(!text.contains("intruder"), "{text}");
+}
+
+/// 200 fresh keys, 50 at a time, each asking the CM five times to join
+/// with invite `id` and a wrong secret; their answers.
+fn hammer(id: &str, cm_id: malai::identity::Id52, addr: std::net::SocketAddr) -> Vec<JoinAnswer> {
+    let network = common::raw::loopback_network();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async move {
+        let at_once = std::sync::Arc::new(tokio::sync::Semaphore::new(50));
+        let mut tasks = Vec::new();
+        for _ in 0..200 {
+            let (network, id, at_once) = (network.clone(), id.to_owned(), at_once.clone());
+            tasks.push(tokio::spawn(async move {
+                let _slot = at_once.acquire_owned().await.unwrap();
+                let me = Identity::generate();
+                let ep = p2p::bind(
+                    &me,
+                    &network,
+                    &p2p::RelayChoice::Disabled,
+                    0,
+                    Vec::new(),
+                    None,
+                )
+                .await
+                .unwrap();
+                let mut answers = Vec::new();
+                if let Ok(conn) = p2p::dial(&ep, &cm_id, &p2p::Reach::at(&[addr]), JOIN_ALPN).await
+                {
+                    for _ in 0..5 {
+                        let Ok((mut send, mut recv)) = conn.open_bi().await else {
+                            break;
+                        };
+                        let ask = JoinRequest {
+                            invite: id.clone(),
+                            secret: "11".repeat(32),
+                            name: "intruder".into(),
+                            addrs: Vec::new(),
+                        };
+                        if frame::write_msg(&mut send, &ask).await.is_err() {
+                            break;
+                        }
+                        let _ = send.finish();
+                        match frame::read_msg::<_, JoinAnswer>(&mut recv).await {
+                            Ok(a) => answers.push(a),
+                            Err(_) => break,
+                        }
+                    }
+                }
+                ep.close().await;
+                answers
+            }));
+        }
+        let mut all = Vec::new();
+        for t in tasks {
+            all.extend(t.await.unwrap());
+        }
+        all
+    })
 }

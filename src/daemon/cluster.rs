@@ -1,11 +1,11 @@
 //! One cluster identity running in the daemon: its endpoint with the gate
-//! of its cluster, the `Cluster` handle, its router (one handler per ALPN:
-//! exec, config, forward, and join on a CM) and its role's config-sync tasks (the CM's
-//! pusher, or a machine's fetches and the watch on its config's age).
+//! of its cluster, the `Cluster` handle, its accept loop (the gate's cap
+//! on handshakes, then one handler per ALPN: exec, config, forward, and
+//! join on a CM) and its role's config-sync tasks (the CM's pusher, or a
+//! machine's fetches and the watch on its config's age).
 
 use std::sync::Arc;
 
-use iroh::protocol::Router;
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
@@ -16,6 +16,7 @@ use crate::forward::host::ForwardHandler;
 use crate::home::{ClusterDir, Role};
 use crate::join::server::JoinHandler;
 use crate::p2p::gate::Gate;
+use crate::p2p::serve::{Server, ServerBuilder};
 use crate::p2p::{
     self, CONFIG_ALPN, EXEC_ALPN, FORWARD_ALPN, JOIN_ALPN, Pool, RECORD_ALPN, RelayChoice,
 };
@@ -26,7 +27,7 @@ pub struct RunningCluster {
     pub port: u16,
     /// The relay its endpoint was bound with; another one needs a restart.
     pub relay: RelayChoice,
-    router: Router,
+    server: Server,
     tasks: Vec<JoinHandle<()>>,
 }
 
@@ -54,12 +55,12 @@ impl RunningCluster {
         let role = c.role;
         let alias = c.alias.clone();
         let pool = Pool::new(&relay);
-        let cluster = Cluster::start(c, endpoint.clone(), pool, gate, changed).await?;
-        let mut router = Router::builder(endpoint);
+        let cluster = Cluster::start(c, endpoint.clone(), pool, gate.clone(), changed).await?;
+        let mut server = ServerBuilder::new(endpoint, gate);
         if role == Role::ClusterManager {
-            router = router.accept(JOIN_ALPN, JoinHandler::new(cluster.clone()));
+            server = server.accept(JOIN_ALPN, JoinHandler::new(cluster.clone()));
         }
-        let router = router
+        let server = server
             .accept(EXEC_ALPN, ExecHandler::new(cluster.clone()))
             .accept(
                 FORWARD_ALPN,
@@ -106,7 +107,7 @@ impl RunningCluster {
             cluster,
             port,
             relay,
-            router,
+            server,
             tasks,
         })
     }
@@ -117,7 +118,7 @@ impl RunningCluster {
         for task in &self.tasks {
             task.abort();
         }
-        let _ = self.router.shutdown().await;
+        self.server.shutdown().await;
     }
 }
 

@@ -11,12 +11,22 @@
 //! connection for `malai/join/1` (and nothing else: a connection carries
 //! one protocol) is admitted, one per key and `MAX_JOIN_CONNECTIONS` in
 //! all; the join handler decides the rest.
+//!
+//! Before all that, the handshakes: a connection's state is kept from its
+//! first packet, before anyone knows who sends it. At most
+//! `MAX_HANDSHAKES` are in flight at once (as sshd's `MaxStartups`);
+//! past `RETRY_ABOVE`, a source that has not proved it receives at its
+//! address gets a QUIC Retry first, which costs a real client one round
+//! trip and a forged source everything.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
-use iroh::endpoint::{AfterHandshakeOutcome, Connection, EndpointHooks, SendStream, Side, VarInt};
+use iroh::endpoint::{
+    AfterHandshakeOutcome, Connection, EndpointHooks, Incoming, IncomingAddr, SendStream, Side,
+    VarInt,
+};
 
 use crate::config::ClusterConfig;
 use crate::identity::Id52;
@@ -36,6 +46,17 @@ pub const MAX_STREAMS: usize = 4096;
 
 /// Strangers' join connections held open at once, all keys together.
 pub const MAX_JOIN_CONNECTIONS: usize = 16;
+
+/// Handshakes in flight at once (from the first packet until the gate's
+/// decision), all sources together: what a flood of handshakes that never
+/// finish, or of fresh keys, can make an identity hold (each is a QUIC
+/// connection's state, some tens of KiB). Past it, new connections are
+/// refused before any state is kept; `p2p::dial` tries again.
+pub const MAX_HANDSHAKES: usize = 64;
+/// Handshakes in flight past which a source address not yet validated is
+/// sent a QUIC Retry (stateless) before its connection is taken: a forged
+/// source never answers it, so it cannot fill the slots.
+pub const RETRY_ABOVE: usize = 16;
 
 /// The QUIC close code for a refused connection; its reason says why.
 pub const REFUSED: u32 = 403;
@@ -67,6 +88,8 @@ struct Shared {
     joins_open: std::sync::atomic::AtomicBool,
     /// Every connection completed, dialled or accepted, for status.
     links: super::links::Links,
+    /// Handshakes in flight (`MAX_HANDSHAKES` permits).
+    handshakes: Arc<tokio::sync::Semaphore>,
     log: Mutex<RateLimit>,
 }
 
@@ -84,6 +107,7 @@ impl Gate {
                 joins: Counter::new(1, MAX_JOIN_CONNECTIONS),
                 joins_open: std::sync::atomic::AtomicBool::new(false),
                 links: super::links::Links::default(),
+                handshakes: Arc::new(tokio::sync::Semaphore::new(MAX_HANDSHAKES)),
                 log: Mutex::new(RateLimit::default()),
             }),
         };
@@ -131,6 +155,29 @@ impl Gate {
         permit
     }
 
+    /// Whether an incoming connection may start its handshake: the slot it
+    /// holds until the handshake is decided, or `None` when `incoming` was
+    /// answered without one (a Retry, or refused past `MAX_HANDSHAKES`).
+    pub fn admit_handshake(&self, incoming: Incoming) -> Option<(Incoming, HandshakeSlot)> {
+        let slots = &self.shared.handshakes;
+        let in_flight = MAX_HANDSHAKES - slots.available_permits();
+        if in_flight >= RETRY_ABOVE && !incoming.remote_addr_validated() {
+            // Stateless: the source comes back with a token, or never.
+            if let Err(e) = incoming.retry() {
+                e.into_incoming().refuse();
+            }
+            return None;
+        }
+        match slots.clone().try_acquire_owned() {
+            Ok(slot) => Some((incoming, HandshakeSlot { _slot: slot })),
+            Err(_) => {
+                self.refused_source(&incoming.remote_addr(), "too many handshakes in flight");
+                incoming.refuse();
+                None
+            }
+        }
+    }
+
     /// The peers this identity talked to, and how (for status).
     pub fn links(&self) -> Vec<super::links::Link> {
         self.shared.links.snapshot()
@@ -144,15 +191,8 @@ impl Gate {
 
     /// Logs a refusal of `peer`, at most `LOG_BURST` lines per window.
     pub fn refused(&self, peer: Id52, why: &str) {
-        let suppressed = match self
-            .shared
-            .log
-            .lock()
-            .expect("log lock")
-            .allow(Instant::now())
-        {
-            Some(suppressed) => suppressed,
-            None => return,
+        let Some(suppressed) = self.may_log() else {
+            return;
         };
         tracing::warn!(
             malai_cluster = %self.shared.cluster, malai_peer = %peer, malai_decision = "refused",
@@ -160,6 +200,42 @@ impl Gate {
             LOG_WINDOW.as_secs()
         );
     }
+}
+
+impl Gate {
+    /// Whether a refusal may be logged now, and how many were not since
+    /// the last one.
+    fn may_log(&self) -> Option<u64> {
+        self.shared
+            .log
+            .lock()
+            .expect("log lock")
+            .allow(Instant::now())
+    }
+
+    /// `refused`, for a connection whose key is not known yet.
+    fn refused_source(&self, from: &IncomingAddr, why: &str) {
+        let from = match from {
+            IncomingAddr::Ip(addr) => addr.to_string(),
+            IncomingAddr::Relay { url, endpoint_id } => format!("{endpoint_id} through {url}"),
+            other => format!("{other:?}"),
+        };
+        let Some(suppressed) = self.may_log() else {
+            return;
+        };
+        tracing::warn!(
+            malai_cluster = %self.shared.cluster, malai_decision = "refused",
+            "refused a connection from {from}: {why} ({suppressed} more refusals not logged in the last {} s)",
+            LOG_WINDOW.as_secs()
+        );
+    }
+}
+
+/// One handshake in flight, counted against `MAX_HANDSHAKES` until it is
+/// dropped (when the handshake is decided, or given up).
+#[derive(Debug)]
+pub struct HandshakeSlot {
+    _slot: tokio::sync::OwnedSemaphorePermit,
 }
 
 /// Applies a `Gate` right after each incoming handshake.

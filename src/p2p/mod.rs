@@ -5,6 +5,7 @@
 pub mod frame;
 pub mod gate;
 pub mod links;
+pub mod serve;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -12,7 +13,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use iroh::endpoint::{Connection, PortmapperConfig, QuicTransportConfig, VarInt, presets};
+use iroh::endpoint::{
+    ConnectError, ConnectingError, Connection, ConnectionError, PortmapperConfig,
+    QuicTransportConfig, TransportErrorCode, VarInt, presets,
+};
 use iroh::{Endpoint, EndpointAddr, NetReportConfig, RelayMode};
 use tokio::sync::Mutex;
 
@@ -217,7 +221,9 @@ impl Reach {
 }
 
 /// Connects to `peer` (at `reach`, plus whatever discovery finds) for
-/// `alpn`.
+/// `alpn`. A peer that refuses the connection before its handshake (all
+/// its handshake slots taken: `gate::MAX_HANDSHAKES`) is asked again,
+/// after a growing pause, until `DIAL_TIMEOUT`.
 pub async fn dial(
     endpoint: &Endpoint,
     peer: &Id52,
@@ -231,10 +237,38 @@ pub async fn dial(
     if let Some(relay) = &reach.relay {
         addr = addr.with_relay_url(relay.clone());
     }
-    match tokio::time::timeout(DIAL_TIMEOUT, endpoint.connect(addr, alpn)).await {
+    let attempts = async {
+        let mut pause = Duration::from_millis(20);
+        loop {
+            match endpoint.connect(addr.clone(), alpn).await {
+                Err(e) if refused_before_handshake(&e) => {
+                    tracing::debug!("{peer} is busy with handshakes; asking again in {pause:?}");
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_secs(1));
+                }
+                done => return done,
+            }
+        }
+    };
+    match tokio::time::timeout(DIAL_TIMEOUT, attempts).await {
         Ok(conn) => conn.with_context(|| format!("connecting to {peer}")),
         Err(_) => anyhow::bail!("{peer} did not answer within {} s", DIAL_TIMEOUT.as_secs()),
     }
+}
+
+/// Whether the peer refused a connection before its handshake, as a peer
+/// whose handshake slots are all taken does.
+fn refused_before_handshake(e: &ConnectError) -> bool {
+    let closed = match e {
+        ConnectError::Connection { source, .. } => source,
+        ConnectError::Connecting {
+            source: ConnectingError::ConnectionError { source, .. },
+            ..
+        } => source,
+        _ => return false,
+    };
+    matches!(closed, ConnectionError::ConnectionClosed(close)
+        if close.error_code == TransportErrorCode::CONNECTION_REFUSED)
 }
 
 /// Connections by (peer, ALPN).
