@@ -507,3 +507,200 @@ fn a_local_user_outside_group_malai_gets_nothing_from_a_forward() {
     let _ = server.kill();
     let _ = server.wait();
 }
+
+/// 300 fresh keys start handshakes from their real addresses and never
+/// finish them (their second flight is dropped on the way): the daemon
+/// holds at most `gate::MAX_HANDSHAKES` of them at once and refuses the
+/// rest before keeping anything for them; its memory stays flat. Without
+/// the cap every one of them held a connection's state until its timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handshakes_that_never_finish_hold_at_most_the_cap() {
+    let lab = Lab::start("");
+    let idle_anon = common::rss_anon_kib(lab.daemon.pid());
+    let outcomes = stalled_flood(&lab, 300, true).await;
+    let held = outcomes.iter().filter(|o| **o == Outcome::Held).count();
+    let refused = outcomes.iter().filter(|o| **o == Outcome::Refused).count();
+    let anon = common::rss_anon_kib(lab.daemon.pid());
+    eprintln!(
+        "measured: {held} handshakes held, {refused} refused; anonymous RSS {idle_anon} -> {anon} KiB"
+    );
+    assert!(
+        held <= malai::p2p::gate::MAX_HANDSHAKES,
+        "{held} handshakes held at once"
+    );
+    assert_eq!(held + refused, 300, "{outcomes:?}");
+    assert!(
+        anon < idle_anon + 16 * 1024,
+        "anonymous RSS grew from {idle_anon} to {anon} KiB"
+    );
+    let log = lab.daemon.log_text();
+    assert!(log.contains("too many handshakes in flight"), "{log}");
+}
+
+/// 300 handshakes from forged sources (nothing ever comes back to them)
+/// hold no more than `gate::RETRY_ABOVE` slots: past that, a source must
+/// answer a Retry first. A member is served at once while they are held.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handshakes_from_forged_sources_cannot_keep_a_member_out() {
+    let lab = Lab::start(
+        r#"allow_from = "{mallory}"
+"#,
+    );
+    let member = endpoint(&lab.mallory).await;
+    let (sent, mut first_flights) = tokio::sync::mpsc::unbounded_channel();
+    let started = std::time::Instant::now();
+    let flood = {
+        let (cm_id, addr) = (lab.cm_id, lab.addr);
+        tokio::spawn(async move { stalled_flood_to(cm_id, addr, 300, false, sent).await })
+    };
+    // The member's first packet reaches the host behind every forged
+    // source's first flight.
+    for _ in 0..300 {
+        first_flights.recv().await.unwrap();
+    }
+    let ran = raw_exec(
+        &member,
+        &lab.cm_id,
+        lab.addr,
+        request(&["echo", "in"], false),
+    )
+    .await;
+    assert_eq!(ran.stdout, "in\n", "{ran:?}");
+    let served_after = started.elapsed();
+    // The forged handshakes hold their slots for `HANDSHAKE_TIMEOUT`
+    // from their first packet: a member served before then got in beside
+    // them.
+    assert!(
+        served_after < malai::p2p::serve::HANDSHAKE_TIMEOUT,
+        "the member waited {served_after:?}"
+    );
+    let outcomes = flood.await.unwrap();
+    assert!(
+        outcomes.iter().all(|o| *o == Outcome::Unanswered),
+        "a forged source heard back: {outcomes:?}"
+    );
+    member.close().await;
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum Outcome {
+    /// The host answered the first flight and now waits for the client's
+    /// last one, which never comes (the client's side of the handshake
+    /// completes: its last flight needs no answer).
+    Held,
+    /// No answer at all within a few seconds (a forged source).
+    Unanswered,
+    /// Refused before the handshake.
+    Refused,
+    /// Another error.
+    Other(String),
+}
+
+async fn stalled_flood(lab: &Lab, n: usize, replies: bool) -> Vec<Outcome> {
+    let (sent, _) = tokio::sync::mpsc::unbounded_channel();
+    stalled_flood_to(lab.cm_id, lab.addr, n, replies, sent).await
+}
+
+/// `n` fresh keys at once dial `cm` for exec, each through its own
+/// `stalling_path` (which says on `sent` when it passed a first flight);
+/// how each attempt ended.
+async fn stalled_flood_to(
+    cm: Id52,
+    addr: SocketAddr,
+    n: usize,
+    replies: bool,
+    sent: tokio::sync::mpsc::UnboundedSender<()>,
+) -> Vec<Outcome> {
+    let mut tasks = Vec::new();
+    for _ in 0..n {
+        let sent = sent.clone();
+        tasks.push(tokio::spawn(async move {
+            let ep = endpoint(&Identity::generate()).await;
+            let front = stalling_path(addr, replies, sent).await;
+            let to = iroh::EndpointAddr::new(cm.public_key()).with_ip_addr(front);
+            let outcome = match tokio::time::timeout(
+                std::time::Duration::from_secs(3),
+                ep.connect(to, EXEC_ALPN),
+            )
+            .await
+            {
+                Err(_) => Outcome::Unanswered,
+                Ok(Err(e)) if format!("{e:#}").contains("refused") => Outcome::Refused,
+                Ok(Err(e)) => Outcome::Other(format!("{e:#}")),
+                Ok(Ok(_)) => Outcome::Held,
+            };
+            malai::p2p::close_without_waiting(ep).await;
+            outcome
+        }));
+    }
+    let mut outcomes = Vec::new();
+    for t in tasks {
+        outcomes.push(t.await.unwrap());
+    }
+    outcomes
+}
+
+/// A UDP path from one client to the daemon at `cm`, on a port of its own,
+/// that passes from the client only datagrams that are one QUIC Initial
+/// packet (the first flight, or again with a Retry's token), so that the
+/// client's handshake never finishes; and from the daemon everything
+/// (`replies`: a real address) or nothing (a forged one, which also sends
+/// only its first packet). Says on `sent`
+/// when it passed the client's first Initial.
+async fn stalling_path(
+    cm: SocketAddr,
+    replies: bool,
+    sent: tokio::sync::mpsc::UnboundedSender<()>,
+) -> SocketAddr {
+    let sock = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let front = sock.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut buf = vec![0u8; 65536];
+        let mut client = None;
+        while let Ok((n, from)) = sock.recv_from(&mut buf).await {
+            if from == cm {
+                if let (true, Some(to)) = (replies, client) {
+                    let _ = sock.send_to(&buf[..n], to).await;
+                }
+            } else {
+                // A forged source sends its first packet and no other.
+                if lone_initial(&buf[..n]) && (replies || client.is_none()) {
+                    let _ = sock.send_to(&buf[..n], cm).await;
+                    if client.replace(from).is_none() {
+                        let _ = sent.send(());
+                    }
+                }
+            }
+        }
+    });
+    front
+}
+
+/// Whether `d` is exactly one QUIC v1 Initial packet (RFC 9000 17.2.2):
+/// nothing coalesced after it, as a client's Handshake packets are.
+fn lone_initial(d: &[u8]) -> bool {
+    fn varint(d: &[u8], i: &mut usize) -> Option<usize> {
+        let first = *d.get(*i)?;
+        let len = 1usize << (first >> 6);
+        let mut v = u64::from(first & 0x3f);
+        for k in 1..len {
+            v = (v << 8) | u64::from(*d.get(*i + k)?);
+        }
+        *i += len;
+        usize::try_from(v).ok()
+    }
+    let parse = || -> Option<bool> {
+        let (first, version) = (*d.first()?, d.get(1..5)?);
+        if first & 0x80 == 0 || first & 0x30 != 0 || version != [0, 0, 0, 1] {
+            return Some(false);
+        }
+        let mut i = 5;
+        i += 1 + usize::from(*d.get(i)?); // destination connection id
+        i += 1 + usize::from(*d.get(i)?); // source connection id
+        let token = varint(d, &mut i)?;
+        i += token;
+        let length = varint(d, &mut i)?;
+        Some(i + length == d.len())
+    };
+    parse().unwrap_or(false)
+}
