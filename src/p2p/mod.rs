@@ -332,6 +332,55 @@ impl Pool {
 mod tests {
     use super::*;
 
+    /// A peer that refuses the first connections before their handshake
+    /// (as one whose handshake slots are all taken does) is asked again:
+    /// the dial succeeds once it accepts.
+    #[tokio::test]
+    async fn a_dial_refused_before_the_handshake_asks_again() {
+        let net = NetworkSettings {
+            relay: Relay::Disabled,
+            discovery: false,
+            bind: std::net::Ipv4Addr::LOCALHOST.into(),
+            ..NetworkSettings::default()
+        };
+        let bind = |id: Identity, alpns: Vec<Vec<u8>>| {
+            let net = net.clone();
+            async move {
+                bind(&id, &net, &RelayChoice::Disabled, 0, alpns, None)
+                    .await
+                    .unwrap()
+            }
+        };
+        let server_id = Identity::generate();
+        let peer = server_id.id52();
+        let server = bind(server_id, vec![EXEC_ALPN.to_vec()]).await;
+        let client = bind(Identity::generate(), Vec::new()).await;
+        let reach = Reach::at(&local_addrs(&server));
+        let accepting = {
+            let server = server.clone();
+            tokio::spawn(async move {
+                for _ in 0..3 {
+                    server.accept().await.unwrap().refuse();
+                }
+                let conn = server
+                    .accept()
+                    .await
+                    .unwrap()
+                    .accept()
+                    .unwrap()
+                    .await
+                    .unwrap();
+                conn.closed().await;
+            })
+        };
+        let conn = dial(&client, &peer, &reach, EXEC_ALPN).await.unwrap();
+        assert_eq!(conn.alpn(), EXEC_ALPN);
+        conn.close(0u32.into(), b"done");
+        accepting.await.unwrap();
+        client.close().await;
+        server.close().await;
+    }
+
     #[test]
     fn malai_toml_overrides_the_clusters_relay() {
         let own = |url: &str, ca: Option<&str>| OwnRelay {
