@@ -4,8 +4,9 @@
 
 use std::os::fd::AsFd;
 
+use bytes::Bytes;
 use iroh::endpoint::Connection;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::mpsc;
 
@@ -298,10 +299,10 @@ pub async fn run_with(
     started(answer, what)?;
 
     // Everything the client sends goes through one writer task.
-    let (tx, mut rx) = mpsc::channel::<(Kind, Vec<u8>)>(8);
+    let (tx, mut rx) = mpsc::channel::<(Kind, Bytes)>(8);
     let writer = tokio::spawn(async move {
         while let Some((kind, bytes)) = rx.recv().await {
-            if frame::write(&mut send, kind, &bytes).await.is_err() {
+            if frame::write_chunk(&mut send, kind, bytes).await.is_err() {
                 break;
             }
         }
@@ -314,7 +315,11 @@ pub async fn run_with(
     let control_task = tokio::spawn(async move {
         while let Some(msg) = controls.recv().await {
             let bytes = serde_json::to_vec(&msg).expect("json");
-            if control_tx.send((Kind::Control, bytes)).await.is_err() {
+            if control_tx
+                .send((Kind::Control, bytes.into()))
+                .await
+                .is_err()
+            {
                 break;
             }
         }
@@ -376,22 +381,15 @@ fn started(answer: HostMsg, what: &str) -> Result<(), ExecError> {
 }
 
 /// Sends what `input` yields as stdin frames, then the EOF.
-async fn send_stdin<R: AsyncRead + Unpin>(mut input: R, tx: mpsc::Sender<(Kind, Vec<u8>)>) {
-    let mut buf = vec![0u8; 64 * 1024];
-    loop {
-        match input.read(&mut buf).await {
-            Ok(0) | Err(_) => {
-                let eof = serde_json::to_vec(&ClientMsg::Eof).expect("json");
-                let _ = tx.send((Kind::Control, eof)).await;
-                break;
-            }
-            Ok(n) => {
-                if tx.send((Kind::Stdin, buf[..n].to_vec())).await.is_err() {
-                    break;
-                }
-            }
+async fn send_stdin<R: AsyncRead + Unpin>(input: R, tx: mpsc::Sender<(Kind, Bytes)>) {
+    let mut chunks = frame::ChunkReader::new(input, 64 * 1024);
+    while let Some(bytes) = chunks.next().await {
+        if tx.send((Kind::Stdin, bytes)).await.is_err() {
+            return;
         }
     }
+    let eof = serde_json::to_vec(&ClientMsg::Eof).expect("json");
+    let _ = tx.send((Kind::Control, eof.into())).await;
 }
 
 pub fn window_size() -> Option<WindowSize> {

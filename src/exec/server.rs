@@ -10,10 +10,11 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use bytes::Bytes;
 use iroh::endpoint::{Connection, RecvStream, SendStream};
 use iroh::protocol::{AcceptError, ProtocolHandler};
 use nix::sys::signal::Signal;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWriteExt};
 use tokio::sync::{Notify, mpsc};
 
 use super::launch::{self, Launch};
@@ -399,7 +400,7 @@ async fn pump(
     revoked: impl std::future::Future<Output = Revoked>,
     recording: Option<Recording>,
 ) -> anyhow::Result<Ended> {
-    let (tx, rx) = mpsc::channel::<(Kind, Vec<u8>)>(QUEUE);
+    let (tx, rx) = mpsc::channel::<(Kind, Bytes)>(QUEUE);
     let mut readers = Vec::new();
     let mut stdin_sink: Option<StdinSink> = None;
     let master = s.pty_master.take();
@@ -507,7 +508,7 @@ async fn pump(
 /// alive). It gives the recording each chunk before the client, and its
 /// end before the exit.
 async fn write_out(
-    mut rx: mpsc::Receiver<(Kind, Vec<u8>)>,
+    mut rx: mpsc::Receiver<(Kind, Bytes)>,
     mut send: SendStream,
     mut recording: Option<Recording>,
 ) -> anyhow::Result<SendStream> {
@@ -530,8 +531,9 @@ async fn write_out(
                 tracing::warn!(malai_recording = %id, "recording {id} may be incomplete: {why}");
             }
         }
-        frame::write(&mut send, kind, &bytes).await?;
-        if kind == Kind::Control {
+        let control = kind == Kind::Control;
+        frame::write_chunk(&mut send, kind, bytes).await?;
+        if control {
             break;
         }
     }
@@ -541,11 +543,11 @@ async fn write_out(
 /// Queues `last` after the output, lets the writer send it all, and ends
 /// the stream.
 async fn end_with(
-    tx: &mpsc::Sender<(Kind, Vec<u8>)>,
+    tx: &mpsc::Sender<(Kind, Bytes)>,
     writer: tokio::task::JoinHandle<anyhow::Result<SendStream>>,
     last: &HostMsg,
 ) -> anyhow::Result<()> {
-    tx.send((Kind::Control, serde_json::to_vec(last)?))
+    tx.send((Kind::Control, serde_json::to_vec(last)?.into()))
         .await
         .map_err(|_| anyhow::anyhow!("output writer ended early"))?;
     let mut send = writer.await??;
@@ -561,7 +563,7 @@ async fn end_with(
 #[allow(unsafe_code)]
 fn pty_io(
     master: &std::os::fd::OwnedFd,
-    tx: mpsc::Sender<(Kind, Vec<u8>)>,
+    tx: mpsc::Sender<(Kind, Bytes)>,
 ) -> anyhow::Result<(tokio::task::JoinHandle<()>, StdinSink)> {
     let fd = master.try_clone()?;
     let flags = rustix::fs::fcntl_getfl(&fd)?;
@@ -582,7 +584,11 @@ fn pty_io(
                 // EIO once every process has closed the PTY's other side.
                 Ok(Ok(0) | Err(_)) => break,
                 Ok(Ok(n)) => {
-                    if tx.send((Kind::Stdout, buf[..n].to_vec())).await.is_err() {
+                    if tx
+                        .send((Kind::Stdout, Bytes::copy_from_slice(&buf[..n])))
+                        .await
+                        .is_err()
+                    {
                         break;
                     }
                 }
@@ -610,10 +616,10 @@ impl StdinSink {
     }
 }
 
-async fn read_into<R: AsyncRead + Unpin>(mut r: R, kind: Kind, tx: mpsc::Sender<(Kind, Vec<u8>)>) {
-    let mut buf = vec![0u8; CHUNK];
-    while let Ok(n) = r.read(&mut buf).await {
-        if n == 0 || tx.send((kind, buf[..n].to_vec())).await.is_err() {
+async fn read_into<R: AsyncRead + Unpin>(r: R, kind: Kind, tx: mpsc::Sender<(Kind, Bytes)>) {
+    let mut chunks = frame::ChunkReader::new(r, CHUNK);
+    while let Some(bytes) = chunks.next().await {
+        if tx.send((kind, bytes)).await.is_err() {
             break;
         }
     }

@@ -6,6 +6,7 @@
 //! reads a stream's first message with `read_request`: a smaller cap and a
 //! timeout, because it comes before the request is authorized.
 
+use bytes::{Bytes, BytesMut};
 use serde::{Serialize, de::DeserializeOwned};
 use std::time::Duration;
 
@@ -77,6 +78,60 @@ pub async fn write<W: AsyncWrite + Unpin>(
     w.write_all(&head).await?;
     w.write_all(payload).await?;
     Ok(())
+}
+
+/// Writes one frame to a QUIC stream, handing it `payload` itself (no
+/// copy: the stream keeps the `Bytes` until they are acknowledged).
+pub async fn write_chunk(
+    send: &mut iroh::endpoint::SendStream,
+    kind: Kind,
+    payload: Bytes,
+) -> Result<(), FrameError> {
+    if payload.len() > MAX_FRAME {
+        return Err(FrameError::TooLarge(payload.len()));
+    }
+    let mut head = [0u8; 5];
+    head[..4].copy_from_slice(&(payload.len() as u32).to_be_bytes());
+    head[4] = kind as u8;
+    send.write_all_chunks(&mut [Bytes::copy_from_slice(&head), payload])
+        .await
+        .map_err(std::io::Error::from)?;
+    Ok(())
+}
+
+/// Reads a pipe in chunks for `write_chunk`: a read that fills at least
+/// half the buffer is handed on as it is (no copy); a smaller one is
+/// copied out and the buffer kept, so that a queue of small chunks (a
+/// command that prints line by line to a slow peer) never holds a large
+/// buffer for each: what is queued costs at most twice its length.
+pub struct ChunkReader<R> {
+    r: R,
+    buf: BytesMut,
+    chunk: usize,
+}
+
+impl<R: AsyncRead + Unpin> ChunkReader<R> {
+    pub fn new(r: R, chunk: usize) -> ChunkReader<R> {
+        ChunkReader {
+            r,
+            buf: BytesMut::new(),
+            chunk,
+        }
+    }
+
+    /// The next chunk; `None` at the end or on an error.
+    pub async fn next(&mut self) -> Option<Bytes> {
+        self.buf.reserve(self.chunk);
+        match self.r.read_buf(&mut self.buf).await {
+            Ok(0) | Err(_) => None,
+            Ok(n) if n >= self.chunk / 2 => Some(self.buf.split().freeze()),
+            Ok(_) => {
+                let small = Bytes::copy_from_slice(&self.buf);
+                self.buf.clear();
+                Some(small)
+            }
+        }
+    }
 }
 
 /// Writes a control message as JSON.
@@ -157,6 +212,30 @@ async fn read_msg_capped<R: AsyncRead + Unpin, T: DeserializeOwned>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_full_read_is_handed_on_and_a_small_one_holds_no_large_buffer() {
+        const CHUNK: usize = 64 * 1024;
+        let data: Vec<u8> = (0..100_000u32).map(|i| i as u8).collect();
+        let mut chunks = ChunkReader::new(&data[..], CHUNK);
+        let mut got = Vec::new();
+        while let Some(c) = chunks.next().await {
+            assert!(c.len() >= CHUNK / 2, "{}", c.len());
+            got.extend_from_slice(&c);
+        }
+        assert_eq!(got, data);
+
+        let mut chunks = ChunkReader::new(&data[..100], CHUNK);
+        let small = chunks.next().await.unwrap();
+        assert_eq!(&small[..], &data[..100]);
+        let owned = small.try_into_mut().expect("the chunk is its own");
+        assert!(owned.capacity() < 1024, "{} bytes held", owned.capacity());
+        assert!(
+            chunks.buf.capacity() >= CHUNK,
+            "the reader keeps its buffer"
+        );
+        assert!(chunks.next().await.is_none());
+    }
 
     #[tokio::test]
     async fn round_trip_and_cap() {
