@@ -91,7 +91,13 @@ async fn run(endpoint: Endpoint, gate: Gate, handlers: Handlers, stop: Arc<Notif
         tokio::select! {
             biased;
             _ = stop.notified() => break,
-            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+            Some(ended) = connections.join_next(), if !connections.is_empty() => {
+                if let Err(e) = ended
+                    && e.is_panic()
+                {
+                    tracing::error!("a connection's task panicked: {e}");
+                }
+            }
             incoming = endpoint.accept() => {
                 let Some(incoming) = incoming else { break };
                 let Some((incoming, slot)) = gate.admit_handshake(incoming) else {
