@@ -7,13 +7,12 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::path::Path;
 use std::process::Stdio;
 
 use common::bus::PrivateBus;
 use common::net::{Company, Daemon, Host, id52_of, pids_matching, sleep_secs, wait_until};
+use common::raw::endpoint;
 use iroh::Endpoint;
-use malai::config::NetworkSettings;
 use malai::exec::proto::{ClientMsg, ExecRequest, HostMsg, WindowSize};
 use malai::identity::{Id52, Identity};
 use malai::p2p::{self, CONFIG_ALPN, EXEC_ALPN, FORWARD_ALPN, frame};
@@ -50,26 +49,6 @@ impl Lab {
             mallory,
         }
     }
-}
-
-fn loopback_net() -> NetworkSettings {
-    let text = "[network]\nrelay = \"disabled\"\ndiscovery = false\nbind = \"127.0.0.1\"\n";
-    malai::config::local::parse(Path::new("malai.toml"), text)
-        .unwrap_or_else(|d| panic!("{d}"))
-        .network
-}
-
-async fn endpoint(id: &Identity) -> Endpoint {
-    p2p::bind(
-        id,
-        &loopback_net(),
-        &p2p::RelayChoice::Disabled,
-        0,
-        Vec::new(),
-        None,
-    )
-    .await
-    .unwrap()
 }
 
 /// What a raw exec request got: the host's first answer, then (if it

@@ -253,26 +253,15 @@ fn two_hundred_strangers_hammering_the_join_door_neither_grow_the_cm_nor_keep_a_
 /// 200 fresh keys, 50 at a time, each asking the CM five times to join
 /// with invite `id` and a wrong secret; their answers.
 fn hammer(id: &str, cm_id: malai::identity::Id52, addr: std::net::SocketAddr) -> Vec<JoinAnswer> {
-    let network = common::raw::loopback_network();
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async move {
         let at_once = std::sync::Arc::new(tokio::sync::Semaphore::new(50));
         let mut tasks = Vec::new();
         for _ in 0..200 {
-            let (network, id, at_once) = (network.clone(), id.to_owned(), at_once.clone());
+            let (id, at_once) = (id.to_owned(), at_once.clone());
             tasks.push(tokio::spawn(async move {
                 let _slot = at_once.acquire_owned().await.unwrap();
-                let me = Identity::generate();
-                let ep = p2p::bind(
-                    &me,
-                    &network,
-                    &p2p::RelayChoice::Disabled,
-                    0,
-                    Vec::new(),
-                    None,
-                )
-                .await
-                .unwrap();
+                let ep = common::raw::endpoint(&Identity::generate()).await;
                 let mut answers = Vec::new();
                 if let Ok(conn) = p2p::dial(&ep, &cm_id, &p2p::Reach::at(&[addr]), JOIN_ALPN).await
                 {

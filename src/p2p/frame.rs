@@ -63,19 +63,25 @@ pub enum FrameError {
     Io(#[from] std::io::Error),
 }
 
+/// A frame's header: the payload's length (big-endian u32), then its
+/// kind; a payload over `MAX_FRAME` is refused.
+fn head(kind: Kind, len: usize) -> Result<[u8; 5], FrameError> {
+    if len > MAX_FRAME {
+        return Err(FrameError::TooLarge(len));
+    }
+    let mut head = [0u8; 5];
+    head[..4].copy_from_slice(&(len as u32).to_be_bytes());
+    head[4] = kind as u8;
+    Ok(head)
+}
+
 /// Writes one frame.
 pub async fn write<W: AsyncWrite + Unpin>(
     w: &mut W,
     kind: Kind,
     payload: &[u8],
 ) -> Result<(), FrameError> {
-    if payload.len() > MAX_FRAME {
-        return Err(FrameError::TooLarge(payload.len()));
-    }
-    let mut head = [0u8; 5];
-    head[..4].copy_from_slice(&(payload.len() as u32).to_be_bytes());
-    head[4] = kind as u8;
-    w.write_all(&head).await?;
+    w.write_all(&head(kind, payload.len())?).await?;
     w.write_all(payload).await?;
     Ok(())
 }
@@ -87,12 +93,7 @@ pub async fn write_chunk(
     kind: Kind,
     payload: Bytes,
 ) -> Result<(), FrameError> {
-    if payload.len() > MAX_FRAME {
-        return Err(FrameError::TooLarge(payload.len()));
-    }
-    let mut head = [0u8; 5];
-    head[..4].copy_from_slice(&(payload.len() as u32).to_be_bytes());
-    head[4] = kind as u8;
+    let head = head(kind, payload.len())?;
     send.write_all_chunks(&mut [Bytes::copy_from_slice(&head), payload])
         .await
         .map_err(std::io::Error::from)?;

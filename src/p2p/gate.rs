@@ -200,9 +200,7 @@ impl Gate {
             LOG_WINDOW.as_secs()
         );
     }
-}
 
-impl Gate {
     /// Whether a refusal may be logged now, and how many were not since
     /// the last one.
     fn may_log(&self) -> Option<u64> {

@@ -22,6 +22,21 @@ pub fn loopback_network() -> malai::config::NetworkSettings {
         .network
 }
 
+/// An endpoint for `id` on loopback, as a test client (no ALPN of its own,
+/// no gate).
+pub async fn endpoint(id: &Identity) -> iroh::Endpoint {
+    p2p::bind(
+        id,
+        &loopback_network(),
+        &p2p::RelayChoice::Disabled,
+        0,
+        Vec::new(),
+        None,
+    )
+    .await
+    .unwrap()
+}
+
 /// One request to `to` at `addr`, as `from`; the answer, of the type that
 /// answers the request's kind.
 pub fn config_request<A: DeserializeOwned>(
@@ -59,22 +74,12 @@ pub fn try_request<R: Serialize, A: DeserializeOwned>(
     alpn: &[u8],
     request: &R,
 ) -> Result<A, String> {
-    let network = loopback_network();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
     rt.block_on(async move {
-        let endpoint = p2p::bind(
-            from,
-            &network,
-            &p2p::RelayChoice::Disabled,
-            0,
-            Vec::new(),
-            None,
-        )
-        .await
-        .unwrap();
+        let endpoint = endpoint(from).await;
         let answer = async {
             let conn = p2p::dial(&endpoint, to, &p2p::Reach::at(&[addr]), alpn)
                 .await
